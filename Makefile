@@ -1,0 +1,64 @@
+# routing-atlas — the two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines: never let an install pull a CUDA build of torch (several GB).
+PIP_INSTALL := $(BIN)/pip install -q -c constraints/cpu.txt
+DEMO_DIR ?= atlas-demo
+DEMO_MAX_LEMMAS ?= 300
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: venv wordnet demo test lint format bench test-vllm clean
+
+$(BIN)/atlas: pyproject.toml constraints/cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e '.[dev]'
+	touch $(BIN)/atlas
+
+venv: $(BIN)/atlas
+
+# WordNet 3.0 from Debian (wordnet-base: the dict files; wordnet-sense-index: index.sense).
+wordnet:
+	@if [ -f /usr/share/wordnet/index.sense ] || [ -f /usr/share/wordnet/dict/index.sense ]; then \
+	  echo "WordNet 3.0 found in /usr/share/wordnet"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq wordnet-base wordnet-sense-index)) && echo "installed wordnet-base wordnet-sense-index"; \
+	else \
+	  $(BIN)/atlas wordnet-check || { echo "WordNet 3.0 is missing: run 'sudo apt-get install wordnet-base wordnet-sense-index'" \
+	    "or: $(BIN)/python -c \"import nltk; nltk.download('wordnet')\""; exit 1; }; \
+	fi
+
+demo: venv wordnet
+	$(OFFLINE) $(BIN)/atlas build --model tiny-deepseek-v3 --out $(DEMO_DIR) --max-lemmas $(DEMO_MAX_LEMMAS)
+	$(OFFLINE) $(BIN)/atlas validate $(DEMO_DIR)
+	@echo
+	@echo "Demo atlas written to $(abspath $(DEMO_DIR))  (tiny-deepseek-v3 is RANDOM-INIT: its routing is plumbing, not findings)"
+	@echo "Load it with:"
+	@echo "  from datasets import load_dataset"
+	@echo "  routing = load_dataset(\"$(abspath $(DEMO_DIR))\", \"routing-tiny-deepseek-v3\", split=\"train\")"
+	@echo "  senses = load_dataset(\"$(abspath $(DEMO_DIR))\", \"senses\", split=\"train\")"
+
+test: venv wordnet
+	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv wordnet
+	@for script in bench/bench_*.py; do echo "== $$script"; $(OFFLINE) $(BIN)/python $$script || exit 1; done
+
+# Needs vllm and a CUDA GPU (its own environment, see README); skips cleanly without them.
+test-vllm: venv
+	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider -m gpu tests/engines/test_vllm_gpu.py
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,60 @@
+"""Where things live inside an atlas directory.
+
+DIR/README.md                             dataset card (YAML `configs:` lists every config)
+DIR/manifest.json                         every data file with sha256 and rows; build records
+DIR/<config>/<config>-<shard:05d>.parquet data files, one folder per config
+DIR/.atlas/                               build state: shard markers, lock (not published)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from atlas_build.atlas.schema import ROUTING_PREFIX, check_slug
+
+MANIFEST = "manifest.json"
+CARD = "README.md"
+STATE_DIR = ".atlas"
+
+
+@dataclass(frozen=True)
+class AtlasLayout:
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def card_path(self) -> Path:
+        return self.root / CARD
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def config_dir(self, config: str) -> Path:
+        if config.startswith(ROUTING_PREFIX):
+            check_slug(config[len(ROUTING_PREFIX) :])
+        path = (self.root / config).resolve()
+        # Config names come from options and data: never let one point outside the atlas.
+        if path.parent != self.root.resolve():
+            raise ValueError(f"config name {config!r} would write outside the atlas directory {self.root}")
+        return self.root / config
+
+    def shard_path(self, config: str, shard: int) -> Path:
+        return self.config_dir(config) / f"{config}-{shard:05d}.parquet"
+
+    def marker_path(self, config: str, shard: int) -> Path:
+        self.config_dir(config)
+        return self.state_dir / "shards" / config / f"{shard:05d}.json"
+
+    def relative(self, path: Path) -> str:
+        return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+
+    def data_glob(self, config: str) -> str:
+        return f"{config}/{config}-*.parquet"

@@ -1,0 +1,227 @@
+"""The atlas contract: one fixed Arrow schema per config.
+
+Everything else (writer, validation, cards, metrics, publishing) reads these definitions. A config's
+schema never depends on the data written into it; the routing configs depend only on the model's shape
+(expert count, number of MoE layers, top-k) and on whether the engine returns weights.
+
+Configs of an atlas directory::
+
+    senses                 one row per WordNet example sentence of a polysemous lemma
+    sense-pairs            same-lemma example pairs, same sense vs different sense (WiC-like)
+    substitutions          examples with the target replaced by a synonym or an other-sense lemma
+    traces                 reasoning traces (formatted text and segment spans)
+    models                 one row per routed model
+    routing-<model_slug>   one row per token of every routed text
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+# Bumped whenever a config's schema changes; an atlas of another version is refused, not mixed.
+SCHEMA_VERSION = 1
+
+SENSES = "senses"
+SENSE_PAIRS = "sense-pairs"
+SUBSTITUTIONS = "substitutions"
+TRACES = "traces"
+MODELS = "models"
+ROUTING_PREFIX = "routing-"
+
+# Corpus names as they appear in the routing configs' `corpus` column.
+TEXT_CONFIGS = (SENSES, SUBSTITUTIONS, TRACES)
+
+SENSES_SCHEMA = pa.schema(
+    [
+        pa.field("example_id", pa.string(), nullable=False),
+        pa.field("lemma", pa.string(), nullable=False),  # WordNet lemma name, '_' for spaces
+        pa.field("pos", pa.string(), nullable=False),  # n, v, a (satellites included), r
+        pa.field("synset", pa.string(), nullable=False),  # e.g. bank.n.01
+        pa.field("sense_key", pa.string(), nullable=False),  # e.g. bank%1:17:01::
+        pa.field("sense_number", pa.int16(), nullable=False),  # 1 = WordNet's most frequent sense
+        pa.field("lemma_n_senses", pa.int16(), nullable=False),  # synsets of the lemma in this pos
+        pa.field("lexname", pa.string(), nullable=False),  # e.g. noun.object
+        pa.field("gloss", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("target_start", pa.int32(), nullable=False),  # character offsets, end exclusive
+        pa.field("target_end", pa.int32(), nullable=False),
+        pa.field("target_form", pa.string(), nullable=False),  # text[target_start:target_end]
+        pa.field("source", pa.string(), nullable=False),  # e.g. wordnet-3.0:example
+    ]
+)
+
+SENSE_PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("lemma", pa.string(), nullable=False),
+        pa.field("pos", pa.string(), nullable=False),
+        pa.field("example_a", pa.string(), nullable=False),  # senses.example_id
+        pa.field("example_b", pa.string(), nullable=False),
+        pa.field("synset_a", pa.string(), nullable=False),
+        pa.field("synset_b", pa.string(), nullable=False),
+        pa.field("same_sense", pa.bool_(), nullable=False),
+    ]
+)
+
+SUBSTITUTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("substitution_id", pa.string(), nullable=False),
+        pa.field("example_id", pa.string(), nullable=False),  # the base example (senses.example_id)
+        pa.field("lemma", pa.string(), nullable=False),  # the replaced lemma
+        pa.field("pos", pa.string(), nullable=False),
+        pa.field("relation", pa.string(), nullable=False),  # "synonym" | "other-sense"
+        pa.field("substitute", pa.string(), nullable=False),  # the lemma put in its place
+        pa.field("substitute_synset", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("target_start", pa.int32(), nullable=False),
+        pa.field("target_end", pa.int32(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+TRACES_SCHEMA = pa.schema(
+    [
+        pa.field("trace_id", pa.string(), nullable=False),
+        pa.field("model_slug", pa.string(), nullable=False),  # whose chat template formatted it
+        pa.field("text", pa.string(), nullable=False),  # the formatted text that was routed
+        pa.field("template", pa.string(), nullable=False),  # "chat" | "plain"
+        # Segment spans in `text`, character offsets, end exclusive.
+        pa.field(
+            "segments",
+            pa.list_(pa.struct([("name", pa.string()), ("start", pa.int32()), ("end", pa.int32())])),
+        ),
+        pa.field("source", pa.string(), nullable=False),  # "import:<file>" | "discoveryworld"
+        pa.field("meta", pa.string()),  # JSON object, as given
+    ]
+)
+
+MODELS_SCHEMA = pa.schema(
+    [
+        pa.field("model_slug", pa.string(), nullable=False),  # the routing config is routing-<model_slug>
+        pa.field("model_id", pa.string(), nullable=False),  # hub id, built-in name or local path
+        pa.field("revision", pa.string()),  # hub revision, when known
+        pa.field("checkpoint_sha256", pa.string()),  # hash of config + weight files, when local
+        pa.field("architecture", pa.string(), nullable=False),  # e.g. DeepseekV3ForCausalLM
+        pa.field("model_type", pa.string(), nullable=False),  # e.g. deepseek_v3
+        pa.field("router_adapter", pa.string(), nullable=False),
+        pa.field("num_hidden_layers", pa.int32(), nullable=False),
+        pa.field("moe_layers", pa.list_(pa.int32()), nullable=False),  # decoder layer index per experts row
+        pa.field("n_routed_experts", pa.int32(), nullable=False),
+        pa.field("top_k", pa.int32(), nullable=False),
+        pa.field("n_shared_experts", pa.int32(), nullable=False),
+        pa.field("scoring_func", pa.string(), nullable=False),  # softmax | sigmoid
+        pa.field("topk_method", pa.string(), nullable=False),  # greedy | group_limited_greedy | noaux_tc
+        pa.field("n_group", pa.int32()),
+        pa.field("topk_group", pa.int32()),
+        pa.field("norm_topk_prob", pa.bool_(), nullable=False),
+        pa.field("routed_scaling_factor", pa.float64(), nullable=False),
+        pa.field("total_params", pa.int64(), nullable=False),
+        pa.field("active_params", pa.int64(), nullable=False),  # per token: shared + top_k routed
+        pa.field("dtype", pa.string(), nullable=False),  # compute dtype of the run
+        pa.field("engine", pa.string(), nullable=False),  # hf | vllm
+        pa.field("weights_dtype", pa.string()),  # float16 | float32 | null (engine gives ids only)
+        pa.field("tokenizer", pa.string(), nullable=False),  # where the tokenizer was loaded from
+        pa.field("add_bos_token", pa.bool_(), nullable=False),
+        pa.field("random_init", pa.bool_(), nullable=False),  # True: weights are random, findings are not
+        pa.field("seed", pa.int64()),  # seed of random-init weights
+    ]
+)
+
+FIXED_SCHEMAS: dict[str, pa.Schema] = {
+    SENSES: SENSES_SCHEMA,
+    SENSE_PAIRS: SENSE_PAIRS_SCHEMA,
+    SUBSTITUTIONS: SUBSTITUTIONS_SCHEMA,
+    TRACES: TRACES_SCHEMA,
+    MODELS: MODELS_SCHEMA,
+}
+
+# Primary key column of each text config (what routing rows' source_id points at).
+TEXT_ID_COLUMN = {SENSES: "example_id", SUBSTITUTIONS: "substitution_id", TRACES: "trace_id"}
+
+WEIGHT_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+
+_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
+
+
+def expert_id_type(n_routed_experts: int) -> pa.DataType:
+    """The smallest unsigned integer type that holds ids in [0, n_routed_experts)."""
+    if n_routed_experts <= 0:
+        raise ValueError(f"n_routed_experts must be positive, got {n_routed_experts}")
+    if n_routed_experts <= 2**8:
+        return pa.uint8()
+    if n_routed_experts <= 2**16:
+        return pa.uint16()
+    return pa.uint32()
+
+
+def routing_schema(
+    n_routed_experts: int, n_moe_layers: int, top_k: int, weights_dtype: str | None
+) -> pa.Schema:
+    """Schema of a `routing-<model_slug>` config: one row per token of a routed text.
+
+    `experts` and `weights` are `[moe_layer][k]`: fixed-size lists of `n_moe_layers` lists of `top_k`,
+    the k entries ordered by gate weight, highest first. `weights` are the gate weights that the model
+    multiplies the expert outputs by (after normalisation and `routed_scaling_factor`); they are null for
+    engines that return expert ids only (`weights_dtype=None`).
+    """
+    id_type = expert_id_type(n_routed_experts)
+    weight_type = WEIGHT_DTYPES[weights_dtype] if weights_dtype else pa.float16()
+    return pa.schema(
+        [
+            pa.field("source_id", pa.string(), nullable=False),  # senses/substitutions/traces id
+            pa.field("corpus", pa.string(), nullable=False),  # senses | substitutions | traces
+            pa.field("token_index", pa.int32(), nullable=False),  # 0..n-1 within the text
+            pa.field("token_id", pa.int32(), nullable=False),
+            pa.field("token", pa.string(), nullable=False),  # the tokenizer's token string
+            pa.field("char_start", pa.int32(), nullable=False),  # -1 for special tokens
+            pa.field("char_end", pa.int32(), nullable=False),
+            pa.field("is_target", pa.bool_(), nullable=False),  # overlaps the target span
+            pa.field("segment", pa.string()),  # traces: prompt | think | answer; else null
+            pa.field("marker", pa.string()),  # traces: reasoning marker this token belongs to; else null
+            pa.field("experts", pa.list_(pa.list_(id_type, top_k), n_moe_layers), nullable=False),
+            pa.field("weights", pa.list_(pa.list_(weight_type, top_k), n_moe_layers), nullable=True),
+        ],
+        metadata={
+            b"routing_atlas.schema_version": str(SCHEMA_VERSION).encode(),
+            b"routing_atlas.weights_dtype": (weights_dtype or "none").encode(),
+        },
+    )
+
+
+def routing_config_name(model_slug: str) -> str:
+    return ROUTING_PREFIX + check_slug(model_slug)
+
+
+def check_slug(model_slug: str) -> str:
+    """A slug names a config and a folder: lower-case letters, digits, '.', '_' and '-', no path parts."""
+    if not _SLUG_RE.match(model_slug) or ".." in model_slug:
+        raise ValueError(
+            f"invalid model slug {model_slug!r}: use 1-96 lower-case letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (pass --slug to choose one)"
+        )
+    return model_slug
+
+
+def slugify(model_id: str) -> str:
+    """A config-safe slug from a model id: 'deepseek-ai/DeepSeek-R1' -> 'deepseek-r1'."""
+    name = model_id.rstrip("/").split("/")[-1].lower()
+    name = re.sub(r"[^a-z0-9._-]+", "-", name).strip("-._")
+    return check_slug(name[:96] or "model")
+
+
+def schema_for(config: str, models_row: dict | None = None) -> pa.Schema:
+    """The declared schema of a config; routing configs need their `models` row."""
+    if config in FIXED_SCHEMAS:
+        return FIXED_SCHEMAS[config]
+    if config.startswith(ROUTING_PREFIX):
+        if models_row is None:
+            raise ValueError(f"the schema of {config} depends on its models row; none was given")
+        return routing_schema(
+            models_row["n_routed_experts"],
+            len(models_row["moe_layers"]),
+            models_row["top_k"],
+            models_row["weights_dtype"],
+        )
+    raise ValueError(f"unknown config {config!r}: expected one of {sorted(FIXED_SCHEMAS)} or routing-<slug>")

@@ -1,0 +1,1 @@
+"""Dataset card template and renderer: reads the manifest and the atlas, never the models."""
