@@ -26,11 +26,12 @@ from typing import Any
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.schema import SCHEMA_VERSION
 from atlas_build.atlas.writer import WrittenFile, write_text_atomic
+from atlas_build.errors import AtlasError
 
 FORMAT = "routing-atlas"
 
 
-class ManifestError(ValueError):
+class ManifestError(AtlasError):
     """The manifest is missing, unreadable, or of an incompatible schema version."""
 
 

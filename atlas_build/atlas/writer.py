@@ -15,12 +15,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from atlas_build.errors import AtlasError
+
 COMPRESSION = "zstd"
 # Row groups are the unit validation and metrics stream over; ~64k rows keeps them well under memory.
 ROW_GROUP_ROWS = 65536
 
 
-class AtlasWriteError(RuntimeError):
+class AtlasWriteError(AtlasError):
     """A data file could not be written (disk full, permissions, schema mismatch)."""
 
 

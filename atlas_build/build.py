@@ -1,0 +1,403 @@
+"""One build: corpora -> engine -> routing shards -> manifest and card.
+
+The routed texts are split into deterministic shards of `texts_per_shard` texts. Each shard is written
+atomically and then marked done (`.atlas/shards/<config>/<shard>.json`: file hash, row count, hash of the
+shard's inputs), so a rerun into the same directory skips finished shards and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from atlas_build.atlas.layout import AtlasLayout
+from atlas_build.atlas.lock import AtlasLock
+from atlas_build.atlas.manifest import Manifest
+from atlas_build.atlas.routing import routing_table
+from atlas_build.atlas.schema import (
+    FIXED_SCHEMAS,
+    MODELS,
+    MODELS_SCHEMA,
+    SENSE_PAIRS,
+    SENSES,
+    SUBSTITUTIONS,
+    TEXT_ID_COLUMN,
+    check_slug,
+    routing_config_name,
+    routing_schema,
+    slugify,
+)
+from atlas_build.atlas.store import write_config
+from atlas_build.atlas.writer import WrittenFile, sha256_file, write_parquet_atomic, write_text_atomic
+from atlas_build.errors import BuildOptionsError
+
+CORPORA = ("wordnet", "traces")
+WEIGHT_STORAGE = ("float16", "float32")
+
+
+@dataclass
+class BuildConfig:
+    """Options of `atlas build`; see `atlas build --help` for each."""
+
+    model: str
+    out: Path
+    corpus: str = "wordnet"
+    # Corpus options: part of the atlas's identity (a second model must route the same texts).
+    max_lemmas: int | None = None
+    wordnet_dir: str | None = None
+    traces: str | None = None
+    seed: int = 0
+    # Engine options.
+    engine: str = "hf"
+    revision: str | None = None
+    device: str = "cpu"
+    device_map: str | None = None
+    dtype: str = "float32"
+    batch_size: int = 16
+    trust_remote_code: bool = False
+    random_init: bool = False
+    # Storage: float16 halves the routing bytes; the order is taken from float32 before rounding.
+    weights_dtype: str = "float16"
+    slug: str | None = None
+    texts_per_shard: int = 512
+    executor: str = "local"
+    executor_options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        if self.corpus not in CORPORA:
+            raise BuildOptionsError(f"--corpus must be one of {CORPORA}, got {self.corpus!r}")
+        if self.max_lemmas is not None and self.max_lemmas < 1:
+            raise BuildOptionsError(f"--max-lemmas must be at least 1, got {self.max_lemmas}")
+        if self.batch_size < 1:
+            raise BuildOptionsError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.texts_per_shard < 1:
+            raise BuildOptionsError(f"--texts-per-shard must be at least 1, got {self.texts_per_shard}")
+        if self.weights_dtype not in WEIGHT_STORAGE:
+            raise BuildOptionsError(
+                f"--weights-dtype must be one of {WEIGHT_STORAGE}, got {self.weights_dtype!r}"
+            )
+        if self.corpus == "traces" and not self.traces:
+            raise BuildOptionsError("--corpus traces needs --traces FILE.jsonl")
+        if self.out.exists() and not self.out.is_dir():
+            raise BuildOptionsError(f"--out {self.out} is a file; pass a directory for the atlas")
+        if self.slug is not None:
+            try:
+                check_slug(self.slug)
+            except ValueError as error:
+                raise BuildOptionsError(str(error)) from None
+
+    def corpus_options(self) -> dict[str, Any]:
+        return {"corpus": "wordnet", "max_lemmas": self.max_lemmas, "seed": self.seed}
+
+    def engine_options(self) -> dict[str, Any]:
+        keys = (
+            "engine",
+            "revision",
+            "device",
+            "device_map",
+            "dtype",
+            "batch_size",
+            "random_init",
+            "weights_dtype",
+        )
+        return {key: getattr(self, key) for key in keys}
+
+
+@dataclass(frozen=True)
+class TextItem:
+    """A text to route: its id in its corpus config and its target span (-1, -1 when none)."""
+
+    source_id: str
+    corpus: str
+    text: str
+    target_start: int = -1
+    target_end: int = -1
+
+
+@dataclass
+class BuildStats:
+    texts: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    shards_written: int = 0
+    shards_skipped: int = 0
+    files: int = 0
+    bytes: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---- corpora --------------------------------------------------------------------------------------
+def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> None:
+    """Write senses, sense-pairs and substitutions unless the atlas already holds them (same options)."""
+    from atlas_build.corpora import build_wordnet_corpora, corpus_counts
+
+    existing = manifest.corpus_counts.get("options")
+    if existing is not None and SENSES in manifest.configs():
+        if existing != config.corpus_options():
+            raise BuildOptionsError(
+                f"{config.out} holds WordNet corpora built with {existing}, not {config.corpus_options()}: "
+                "every model of an atlas routes the same texts, so build into a new directory or repeat "
+                "the original options"
+            )
+        return
+    tables = build_wordnet_corpora(
+        wordnet_dir=config.wordnet_dir, max_lemmas=config.max_lemmas, seed=config.seed
+    )
+    for name in (SENSES, SENSE_PAIRS, SUBSTITUTIONS):
+        write_config(config.out, manifest, name, tables[name], FIXED_SCHEMAS[name])
+    manifest.corpus_counts = {**corpus_counts(tables), "options": config.corpus_options()}
+
+
+def read_config(root: Path, manifest: Manifest, config: str) -> pa.Table:
+    files = manifest.config_files(config)
+    if not files:
+        return FIXED_SCHEMAS[config].empty_table()
+    return pa.concat_tables([pq.read_table(root / rel, schema=FIXED_SCHEMAS[config]) for rel in files])
+
+
+def wordnet_texts(root: Path, manifest: Manifest) -> list[TextItem]:
+    """Every sense example, then every substitution, each sorted by id (a fixed order for sharding)."""
+    items: list[TextItem] = []
+    for name in (SENSES, SUBSTITUTIONS):
+        table = read_config(root, manifest, name)
+        if table.num_rows == 0:
+            continue
+        table = table.sort_by(TEXT_ID_COLUMN[name])
+        ids, texts = table.column(TEXT_ID_COLUMN[name]).to_pylist(), table.column("text").to_pylist()
+        starts, ends = table.column("target_start").to_pylist(), table.column("target_end").to_pylist()
+        items.extend(TextItem(*row) for row in zip(ids, [name] * len(ids), texts, starts, ends, strict=True))
+    return items
+
+
+# ---- routing shards -------------------------------------------------------------------------------
+def shard_inputs_sha256(items: list[TextItem]) -> str:
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps(asdict(item), ensure_ascii=False, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def shard_table(engine, items: list[TextItem], schema: pa.Schema, weights_stored: bool) -> pa.Table:
+    """Route one shard's texts and return its routing rows."""
+    batch = engine.route([item.text for item in items])
+    starts = np.repeat(np.array([item.target_start for item in items], dtype=np.int64), batch.token_counts)
+    ends = np.repeat(np.array([item.target_end for item in items], dtype=np.int64), batch.token_counts)
+    spans = batch.char_spans
+    is_target = (spans[:, 0] >= 0) & (spans[:, 0] < ends) & (spans[:, 1] > starts)
+    return routing_table(
+        schema,
+        source_ids=[item.source_id for item in items],
+        corpus=[item.corpus for item in items],
+        token_counts=batch.token_counts,
+        token_ids=batch.token_ids,
+        tokens=batch.tokens,
+        char_spans=spans,
+        is_target=is_target,
+        experts=batch.experts,
+        weights=batch.weights if weights_stored else None,
+    )
+
+
+def shard_is_done(layout: AtlasLayout, config: str, shard: int, inputs_sha256: str) -> bool:
+    marker = layout.marker_path(config, shard)
+    path = layout.shard_path(config, shard)
+    if not marker.exists() or not path.exists():
+        return False
+    try:
+        done = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return done.get("inputs_sha256") == inputs_sha256 and done.get("sha256") == sha256_file(path)
+
+
+def mark_shard_done(
+    layout: AtlasLayout, config: str, shard: int, written: WrittenFile, inputs_sha256: str
+) -> None:
+    payload = {
+        "sha256": written.sha256,
+        "rows": written.rows,
+        "bytes": written.bytes,
+        "inputs_sha256": inputs_sha256,
+    }
+    write_text_atomic(layout.marker_path(config, shard), json.dumps(payload) + "\n")
+
+
+# ---- the build ------------------------------------------------------------------------------------
+def model_slug(config: BuildConfig, engine) -> str:
+    if config.slug:
+        return config.slug
+    base = slugify(config.model)
+    return f"{base}-random-init" if config.random_init else base
+
+
+def merge_models_row(root: Path, manifest: Manifest, row: dict[str, Any]) -> pa.Table:
+    rows = [
+        r for r in read_config(root, manifest, MODELS).to_pylist() if r["model_slug"] != row["model_slug"]
+    ]
+    rows.append(row)
+    rows.sort(key=lambda r: r["model_slug"])
+    return pa.Table.from_pylist(rows, schema=MODELS_SCHEMA)
+
+
+def check_slug_free(root: Path, manifest: Manifest, row: dict[str, Any]) -> None:
+    """A slug already in the atlas may only be rebuilt (resumed) by the same checkpoint."""
+    for existing in read_config(root, manifest, MODELS).to_pylist():
+        if existing["model_slug"] != row["model_slug"]:
+            continue
+        same = all(
+            existing.get(k) == row.get(k) for k in ("model_id", "checkpoint_sha256", "random_init", "engine")
+        )
+        if not same:
+            raise BuildOptionsError(
+                f"the atlas already has a model with slug {row['model_slug']!r} ({existing['model_id']}, "
+                f"{existing['engine']}); pass --slug to give this one another name"
+            )
+
+
+def make_engine(config: BuildConfig):
+    from atlas_build.engines import ENGINES
+
+    engine_cls = ENGINES.get(config.engine)
+    return engine_cls(
+        config.model,
+        revision=config.revision,
+        dtype=config.dtype,
+        device=config.device,
+        device_map=config.device_map,
+        batch_size=config.batch_size,
+        trust_remote_code=config.trust_remote_code,
+        random_init=config.random_init,
+        seed=config.seed,
+    )
+
+
+def run_build(config: BuildConfig, log=print) -> BuildStats:
+    """Build (or resume) the atlas at `config.out` for one model. Returns the run's statistics."""
+    from tqdm.auto import tqdm
+
+    from dataset_cards.render import write_card
+
+    root = config.out
+    layout = AtlasLayout(root)
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        with AtlasLock(root):
+            manifest = Manifest.load_or_new(root)
+            started = time.perf_counter()
+            if config.corpus == "wordnet":
+                ensure_wordnet_corpora(config, manifest)
+                # The atlas is consistent after each step: corpora first, then the routing.
+                manifest.save(root)
+                write_card(root)
+                items = wordnet_texts(root, manifest)
+            else:
+                from atlas_build.corpora.traces import ensure_traces  # the traces corpus
+
+                items = ensure_traces(config, manifest)
+            if not items:
+                raise BuildOptionsError("the corpus is empty after filtering: nothing to route")
+
+            engine = make_engine(config)
+            row = engine.model_row()
+            row["model_slug"] = model_slug(config, engine)
+            weights_stored = engine.returns_weights
+            row["weights_dtype"] = config.weights_dtype if weights_stored else None
+            check_slug_free(root, manifest, row)
+            routing_name = routing_config_name(row["model_slug"])
+            schema = routing_schema(
+                row["n_routed_experts"], len(row["moe_layers"]), row["top_k"], row["weights_dtype"]
+            )
+
+            shards = [
+                items[i : i + config.texts_per_shard] for i in range(0, len(items), config.texts_per_shard)
+            ]
+            stats = BuildStats(texts=len(items))
+            log(
+                f"routing {len(items)} texts with {config.model} ({row['model_slug']}) in {len(shards)} shards"
+            )
+            bar = tqdm(total=len(items), unit="text", desc=routing_name, disable=not config.progress)
+            written: list[WrittenFile] = []
+            for index, shard_items in enumerate(shards):
+                inputs = shard_inputs_sha256(shard_items)
+                path = layout.shard_path(routing_name, index)
+                if shard_is_done(layout, routing_name, index, inputs):
+                    stats.shards_skipped += 1
+                    written.append(
+                        WrittenFile(
+                            path,
+                            sha256_file(path),
+                            pq.ParquetFile(path).metadata.num_rows,
+                            path.stat().st_size,
+                        )
+                    )
+                    bar.update(len(shard_items))
+                    continue
+                table = shard_table(engine, shard_items, schema, weights_stored)
+                result = write_parquet_atomic(table, path, schema)
+                mark_shard_done(layout, routing_name, index, result, inputs)
+                written.append(result)
+                stats.shards_written += 1
+                stats.tokens += table.num_rows
+                bar.update(len(shard_items))
+            bar.close()
+            engine.close()
+            # Shards beyond this build's count belong to an older, larger corpus.
+            for stale in layout.config_dir(routing_name).glob(f"{routing_name}-*.parquet"):
+                if stale not in {w.path for w in written}:
+                    stale.unlink()
+            manifest.drop_config(routing_name)
+            for result in written:
+                manifest.record(root, routing_name, result)
+            write_config(root, manifest, MODELS, merge_models_row(root, manifest, row), MODELS_SCHEMA)
+            stats.seconds = time.perf_counter() - started
+            manifest.builds.append(
+                {
+                    "kind": "routing",
+                    "model_slug": row["model_slug"],
+                    "model": config.model,
+                    "corpus": config.corpus_options() if config.corpus == "wordnet" else {"corpus": "traces"},
+                    "engine": config.engine_options(),
+                    "code_version": manifest.code_version,
+                    "stats": {
+                        "texts": stats.texts,
+                        "tokens_routed": stats.tokens,
+                        "seconds": round(stats.seconds, 2),
+                    },
+                    "summary": (
+                        f"atlas build --model {config.model} --corpus {config.corpus} --engine {config.engine} "
+                        f"--dtype {config.dtype} --seed {config.seed}"
+                        + (f" --max-lemmas {config.max_lemmas}" if config.max_lemmas else "")
+                        + (" --random-init" if config.random_init else "")
+                    ),
+                }
+            )
+            manifest.save(root)
+            write_card(root)
+            stats.files = len(manifest.files)
+            stats.bytes = sum(entry["bytes"] for entry in manifest.files.values())
+            return stats
+    except BaseException:
+        # A build that failed before writing anything leaves no empty directory behind.
+        if (
+            created
+            and root.exists()
+            and not any(p for p in root.iterdir() if p.name != layout.state_dir.name)
+        ):
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+        raise

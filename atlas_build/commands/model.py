@@ -1,0 +1,50 @@
+"""`atlas model`: the built-in checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group("model")
+def command() -> None:
+    """Built-in models (random-init, for tests and as null models)."""
+
+
+@command.command("materialize")
+@click.argument("name")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--seed", type=int, default=None, help="Weight seed (default: the built-in seed).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
+def materialize(name: str, out_dir: Path, seed: int | None, overwrite: bool) -> None:
+    """Write built-in model NAME as a standard HF checkpoint directory OUT_DIR."""
+    from atlas_build.models import BUILTIN
+    from atlas_build.registry import Registry
+
+    if name not in BUILTIN:
+        from atlas_build.errors import AtlasError
+
+        raise AtlasError(Registry("built-in model", dict.fromkeys(BUILTIN, "")).unknown_message(name))
+    module = BUILTIN[name]
+    if out_dir.exists() and not out_dir.is_dir():
+        from atlas_build.errors import AtlasError
+
+        raise AtlasError(f"{out_dir} is a file; pass a directory")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        from atlas_build.errors import AtlasError
+
+        raise AtlasError(f"{out_dir} is not empty: pass --overwrite or choose another directory")
+    path = module.materialize(
+        out_dir, seed=module.DEFAULT_SEED if seed is None else seed, overwrite=overwrite
+    )
+    click.echo(f"wrote {name} (RANDOM-INIT) to {path}")
+
+
+@command.command("list")
+def list_models() -> None:
+    """List the built-in models."""
+    from atlas_build.models import BUILTIN
+
+    for name, module in sorted(BUILTIN.items()):
+        click.echo(f"{name}\t{(module.__doc__ or '').strip().splitlines()[0]}")

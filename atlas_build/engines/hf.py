@@ -1,0 +1,363 @@
+"""The `hf` engine: transformers' own model code, routing captured by forward hooks on the routers.
+
+`output_router_logits` gives only logits for DeepSeek-V3 (the group-limited, bias-corrected choice is not
+recoverable from them), so the routers' own outputs are recorded instead. Only the decoder stack runs:
+the LM head is never computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atlas_build.engines.base import Engine, ModelLoadError, RoutingBatch
+from atlas_build.errors import AtlasError
+from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+# Above this, a checkpoint is identified by its file listing rather than by hashing every byte.
+HASH_WEIGHTS_LIMIT = 4 << 30
+
+
+class TextTooLongError(AtlasError):
+    """A text has more tokens than the model's context."""
+
+
+def resolve_checkpoint(model: str, revision: str | None = None) -> tuple[Path, str | None, bool]:
+    """Model name -> (local checkpoint dir, hub revision, is_builtin).
+
+    A built-in name is materialised into the cache; a local directory is used as it is; anything else is a
+    hub id, fetched (or found in the local cache when offline) with `huggingface_hub.snapshot_download`.
+    """
+    from atlas_build.models import BUILTIN, builtin_checkpoint
+
+    if model in BUILTIN:
+        return builtin_checkpoint(model), None, True
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"model path {path} is a file; pass a checkpoint directory (with config.json)"
+            )
+        return path, None, False
+    looks_like_path = model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", os.sep, 1)
+    if looks_like_path or model.count("/") > 1:
+        raise ModelLoadError(
+            f"model path {model!r} does not exist. Pass a built-in name ({', '.join(sorted(BUILTIN))}), "
+            "a checkpoint directory, or a hub id such as deepseek-ai/DeepSeek-R1"
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        local = snapshot_download(
+            model,
+            revision=revision,
+            allow_patterns=["*.json", "*.safetensors", "*.py", "*.model", "*.txt", "*.jinja"],
+        )
+    except LocalEntryNotFoundError as error:
+        raise ModelLoadError(
+            f"{model!r} is neither a built-in model ({', '.join(sorted(BUILTIN))}) nor a local directory, and "
+            "it is not in the local Hugging Face cache (offline or no network). Download it first "
+            f"(`huggingface-cli download {model}`) or pass its directory."
+        ) from error
+    except (RepositoryNotFoundError, HfHubHTTPError, ValueError) as error:
+        raise ModelLoadError(f"could not fetch {model!r} from the hub: {error}") from error
+    return Path(local), Path(local).name, False
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """sha256 over config.json and the weight files; for very large checkpoints over their listing."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
+    total = sum(p.stat().st_size for p in files)
+    digest = hashlib.sha256()
+    by_content = total <= HASH_WEIGHTS_LIMIT
+    for p in files:
+        digest.update(p.name.encode() + b"\0")
+        if by_content or p.suffix == ".json":
+            with open(p, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+        else:
+            digest.update(str(p.stat().st_size).encode())
+    return ("" if by_content else "listing:") + digest.hexdigest()
+
+
+def load_config(path: Path, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
+    try:
+        json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelLoadError(
+            f"{config_file} is corrupt (not valid JSON: {error}); re-download the checkpoint"
+        ) from error
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        message = str(error)
+        if "trust_remote_code" in message:
+            raise ModelLoadError(
+                f"{path} needs custom code from the checkpoint; pass --trust-remote-code if you trust it"
+            ) from error
+        raise ModelLoadError(f"could not read {config_file}: {message.splitlines()[0]}") from error
+    except (OSError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"could not read {config_file}: {error}") from error
+
+
+class HFEngine(Engine):
+    """transformers engine with router hooks.
+
+    Args:
+        model: built-in name, checkpoint directory or hub id.
+        dtype: compute dtype (routers of DeepSeek-V3 score in float32 regardless).
+        device: "cpu" or "cuda" (ignored when `device_map` is given).
+        device_map: passed to `from_pretrained` (e.g. "auto" to spread a large checkpoint over GPUs).
+        random_init: build the architecture from its config with seeded random weights (a null model).
+    """
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        revision: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        device_map: str | None = None,
+        batch_size: int = 16,
+        trust_remote_code: bool = False,
+        random_init: bool = False,
+        seed: int = 0,
+    ):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        import torch
+
+        self.model_id = model
+        self.batch_size = batch_size
+        self.dtype_name = dtype
+        self.random_init = random_init
+        self.seed = seed
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError("--device cuda was asked for, but torch sees no CUDA device")
+        path, self.revision, self.builtin = resolve_checkpoint(model, revision)
+        self.path = path
+        self.config = load_config(path, trust_remote_code)
+        self.adapter: RouterAdapter = adapter_for(self.config)
+        self.spec = self.adapter.routing_spec(self.config)
+        self._model = self._load_model(path, dtype, device, device_map, trust_remote_code)
+        self.device = next(self._model.parameters()).device
+        self._routers = self.adapter.router_modules(self._model)
+        self._tokenizer = self._load_tokenizer(path, trust_remote_code)
+        self._captured: list[list[tuple[Any, Any]]] = [[] for _ in self._routers]
+        self._hooks = [
+            router.register_forward_hook(self._make_hook(i)) for i, (_, router) in enumerate(self._routers)
+        ]
+
+    # ---- loading -------------------------------------------------------------------------------
+    def _load_model(
+        self, path: Path, dtype: str, device: str, device_map: str | None, trust_remote_code: bool
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+        try:
+            if self.random_init:
+                torch.manual_seed(self.seed)
+                model = AutoModelForCausalLM.from_config(
+                    self.config,
+                    dtype=torch_dtype if dtype != "auto" else None,
+                    trust_remote_code=trust_remote_code,
+                )
+            else:
+                kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+                if device_map:
+                    kwargs["device_map"] = device_map
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except (OSError, RuntimeError, ValueError, KeyError) as error:
+            raise ModelLoadError(
+                f"could not load the weights of {self.model_id} from {path}: {str(error).splitlines()[0]}"
+            ) from error
+        if not device_map:
+            model = model.to(device)
+        model.eval()
+        return model
+
+    def _load_tokenizer(self, path: Path, trust_remote_code: bool):
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"could not load the tokenizer of {self.model_id} from {path}: {error}"
+            ) from error
+        if not tokenizer.is_fast:
+            raise ModelLoadError(f"{self.model_id}: character offsets need a fast (tokenizers) tokenizer")
+        return tokenizer
+
+    def _make_hook(self, slot: int):
+        def hook(module, args, output):
+            index, weights = self.adapter.read_router_output(output)
+            self._captured[slot].append((index.detach(), weights.detach().float()))
+
+        return hook
+
+    # ---- contract ------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def max_length(self) -> int | None:
+        return getattr(self.config, "max_position_embeddings", None)
+
+    def model_row(self) -> dict[str, Any]:
+        total = sum(p.numel() for p in self._model.parameters())
+        routed = sum(self.adapter.routed_expert_params(self._model, idx) for idx, _ in self._routers)
+        inactive = routed * (self.spec.n_routed_experts - self.spec.top_k) // self.spec.n_routed_experts
+        architectures = getattr(self.config, "architectures", None) or [type(self._model).__name__]
+        return {
+            "model_id": self.model_id,
+            "revision": self.revision,
+            "checkpoint_sha256": None if self.random_init else checkpoint_sha256(self.path),
+            "architecture": architectures[0],
+            "model_type": self.config.model_type,
+            "router_adapter": self.adapter.name,
+            "num_hidden_layers": self.config.num_hidden_layers,
+            "moe_layers": list(self.spec.moe_layers),
+            "n_routed_experts": self.spec.n_routed_experts,
+            "top_k": self.spec.top_k,
+            "n_shared_experts": self.spec.n_shared_experts,
+            "scoring_func": self.spec.scoring_func,
+            "topk_method": self.spec.topk_method,
+            "n_group": self.spec.n_group,
+            "topk_group": self.spec.topk_group,
+            "norm_topk_prob": self.spec.norm_topk_prob,
+            "routed_scaling_factor": self.spec.routed_scaling_factor,
+            "total_params": int(total),
+            "active_params": int(total - inactive),
+            "dtype": str(next(self._model.parameters()).dtype).removeprefix("torch."),
+            "engine": self.name,
+            "tokenizer": self.model_id if not self.builtin else str(self.path),
+            "add_bos_token": self._adds_bos(),
+            "random_init": self.is_random_init,
+            "seed": self.seed if self.random_init else self._builtin_info.get("seed"),
+        }
+
+    @property
+    def _builtin_info(self) -> dict[str, Any]:
+        # Checkpoints that routing-atlas generated say so in their config.json.
+        return getattr(self.config, "routing_atlas", None) or {}
+
+    @property
+    def is_random_init(self) -> bool:
+        return bool(self.random_init or self._builtin_info.get("random_init"))
+
+    def _adds_bos(self) -> bool:
+        bos = self._tokenizer.bos_token_id
+        ids = self._tokenizer("a")["input_ids"]
+        return bos is not None and len(ids) > 0 and ids[0] == bos
+
+    def encode(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Tokenize as `tokenizer(text)` does (special tokens included), with offsets."""
+        encoded = self._tokenizer(
+            texts, return_offsets_mapping=True, return_special_tokens_mask=True, add_special_tokens=True
+        )
+        out = []
+        limit = self.max_length
+        for i in range(len(texts)):
+            ids = np.asarray(encoded["input_ids"][i], dtype=np.int64)
+            if limit is not None and len(ids) > limit:
+                raise TextTooLongError(
+                    f"text {i} has {len(ids)} tokens, more than the model's context of {limit}: "
+                    "split it before routing"
+                )
+            spans = np.asarray(encoded["offset_mapping"][i], dtype=np.int32).reshape(-1, 2)
+            special = np.asarray(encoded["special_tokens_mask"][i], dtype=bool)
+            spans[special] = -1
+            out.append({"ids": ids, "spans": spans})
+        return out
+
+    def route(self, texts: list[str]) -> RoutingBatch:
+        import torch
+
+        encoded = self.encode(texts)
+        lengths = np.array([len(e["ids"]) for e in encoded], dtype=np.int64)
+        n_layers, k = len(self._routers), self.spec.top_k
+        experts_out: list[np.ndarray | None] = [None] * len(texts)
+        weights_out: list[np.ndarray | None] = [None] * len(texts)
+        # Longest first within the call: less padding, and a deterministic batch composition.
+        order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
+        pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        base_model = getattr(self._model, self._model.base_model_prefix)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                width = int(lengths[batch].max())
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    input_ids[row, : lengths[i]] = torch.from_numpy(encoded[i]["ids"])
+                    mask[row, : lengths[i]] = 1
+                for slot in self._captured:
+                    slot.clear()
+                # Right padding: real tokens never attend to pads, so their routing is unaffected.
+                base_model(
+                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
+                )
+                index, weights = self._collect(len(batch), width, n_layers, k)
+                for row, i in enumerate(batch):
+                    experts_out[i] = index[row, : lengths[i]]
+                    weights_out[i] = weights[row, : lengths[i]]
+        tokens: list[str] = []
+        for e in encoded:
+            tokens.extend(self._tokenizer.convert_ids_to_tokens(e["ids"].tolist()))
+        return RoutingBatch(
+            token_counts=lengths,
+            token_ids=np.concatenate([e["ids"] for e in encoded]) if encoded else np.zeros(0, np.int64),
+            tokens=tokens,
+            char_spans=np.concatenate([e["spans"] for e in encoded])
+            if encoded
+            else np.zeros((0, 2), np.int32),
+            experts=np.concatenate(experts_out) if encoded else np.zeros((0, n_layers, k), np.int16),
+            weights=np.concatenate(weights_out) if encoded else np.zeros((0, n_layers, k), np.float32),
+        )
+
+    def _collect(self, batch: int, width: int, n_layers: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hook captures -> experts int16 `[B, S, L, k]`, weights float32 `[B, S, L, k]`, highest first."""
+        import torch
+
+        index_layers, weight_layers = [], []
+        for slot, captures in enumerate(self._captured):
+            if len(captures) != 1:
+                raise RuntimeError(f"router of MoE layer {self._routers[slot][0]} ran {len(captures)} times")
+            index, weights = captures[0]
+            weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
+            index = torch.gather(index, -1, order)
+            index_layers.append(index.reshape(batch, width, k))
+            weight_layers.append(weights.reshape(batch, width, k))
+        index = torch.stack(index_layers, dim=2).to(torch.int16).cpu().numpy()
+        weights = torch.stack(weight_layers, dim=2).cpu().numpy()
+        return index, weights
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._model = None
+
+
+__all__ = ["HFEngine", "ModelLoadError", "TextTooLongError", "UnsupportedModelError"]

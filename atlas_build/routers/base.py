@@ -1,0 +1,114 @@
+"""Router adapters: where one architecture's router is, and how to read its choice.
+
+An adapter knows one MoE architecture and nothing else. Adding an architecture is one file in this
+folder, one line in `routers/__init__.py`, and a verification test that recomputes the gate
+independently from the router's input.
+
+transformers 5 routers (`*TopkRouter`, `*TopKRouter`) return `(router_logits, top_k_weights,
+top_k_index)`; `top_k_weights` is what the MoE block multiplies each expert's output by.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from atlas_build.errors import AtlasError
+
+
+class UnsupportedModelError(AtlasError):
+    """The model is dense, or its MoE architecture has no adapter."""
+
+
+@dataclass(frozen=True)
+class RoutingSpec:
+    """What an architecture's router does, read from the model config.
+
+    `moe_layers` are decoder-layer indices, in the order of the routing rows' `experts` lists.
+    """
+
+    n_routed_experts: int
+    top_k: int
+    n_shared_experts: int
+    scoring_func: str  # softmax | sigmoid
+    topk_method: str  # greedy | group_limited_greedy | noaux_tc
+    norm_topk_prob: bool
+    routed_scaling_factor: float
+    moe_layers: tuple[int, ...]
+    n_group: int | None = None
+    topk_group: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["moe_layers"] = list(self.moe_layers)
+        return out
+
+
+class RouterAdapter(ABC):
+    """Reads one architecture's routing.
+
+    Subclasses set `name`, `model_types` (transformers `config.model_type` values) and
+    `router_class_names` (class names of the router modules), and implement `routing_spec`.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    router_class_names: tuple[str, ...]
+    # Where the router sits inside a decoder layer, and where the decoder layers are.
+    router_path: str = "mlp.gate"
+    experts_path: str = "mlp.experts"
+    layers_path: str = "model.layers"
+
+    @abstractmethod
+    def routing_spec(self, config) -> RoutingSpec:
+        """The routing hyper-parameters and MoE layer indices of `config`."""
+
+    def is_moe_layer(self, config, layer_idx: int) -> bool:
+        return layer_idx in self.routing_spec(config).moe_layers
+
+    @staticmethod
+    def _get(module, dotted: str):
+        for part in dotted.split("."):
+            module = getattr(module, part)
+        return module
+
+    def decoder_layers(self, model) -> list:
+        return list(self._get(model, self.layers_path))
+
+    def router_modules(self, model) -> list[tuple[int, Any]]:
+        """`(decoder layer index, router module)` for every MoE layer, in layer order.
+
+        Raises UnsupportedModelError when the instantiated model disagrees with its config (a router
+        class this adapter does not know, or a layer that should be MoE without a router).
+        """
+        spec = self.routing_spec(model.config)
+        layers = self.decoder_layers(model)
+        out = []
+        for idx in spec.moe_layers:
+            try:
+                router = self._get(layers[idx], self.router_path)
+            except (AttributeError, IndexError) as error:
+                raise UnsupportedModelError(
+                    f"{self.name}: decoder layer {idx} should be an MoE layer but has no {self.router_path}"
+                ) from error
+            if type(router).__name__ not in self.router_class_names:
+                raise UnsupportedModelError(
+                    f"{self.name}: layer {idx} router is {type(router).__name__}, expected one of "
+                    f"{self.router_class_names} (transformers version mismatch?)"
+                )
+            out.append((idx, router))
+        return out
+
+    def read_router_output(self, output) -> tuple[Any, Any]:
+        """Router forward output -> (top_k_index long `[tokens, k]`, top_k_weights float32 `[tokens, k]`).
+
+        The weights are those the MoE block multiplies the expert outputs by; order is the router's own.
+        """
+        _, weights, index = output
+        return index, weights
+
+    def routed_expert_params(self, model, layer_idx: int) -> int:
+        """Parameters of all routed experts of one MoE layer (for active-parameter counts)."""
+        experts = self._get(self.decoder_layers(model)[layer_idx], self.experts_path)
+        return sum(p.numel() for p in experts.parameters())
