@@ -146,11 +146,13 @@ def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> None:
 
     existing = manifest.corpus_counts.get("options")
     if existing is not None and SENSES in manifest.configs():
-        if existing != config.corpus_options():
+        # Every model of an atlas routes the same texts: the corpus of the first build is reused, and a
+        # conflicting --max-lemmas is refused rather than silently mixing two corpora.
+        if config.max_lemmas is not None and config.max_lemmas != existing.get("max_lemmas"):
             raise BuildOptionsError(
-                f"{config.out} holds WordNet corpora built with {existing}, not {config.corpus_options()}: "
-                "every model of an atlas routes the same texts, so build into a new directory or repeat "
-                "the original options"
+                f"{config.out} holds WordNet corpora built with --max-lemmas {existing.get('max_lemmas')}, "
+                f"not {config.max_lemmas}: every model of an atlas routes the same texts, so build into a new "
+                "directory, or leave out --max-lemmas to reuse the atlas's corpus"
             )
         return
     tables = build_wordnet_corpora(

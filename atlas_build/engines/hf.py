@@ -252,7 +252,8 @@ class HFEngine(Engine):
             "active_params": int(total - inactive),
             "dtype": str(next(self._model.parameters()).dtype).removeprefix("torch."),
             "engine": self.name,
-            "tokenizer": self.model_id if not self.builtin else str(self.path),
+            # Where to load it from: the hub id, the built-in name, or the local path given.
+            "tokenizer": self.model_id,
             "add_bos_token": self._adds_bos(),
             "random_init": self.is_random_init,
             "seed": self.seed if self.random_init else self._builtin_info.get("seed"),
