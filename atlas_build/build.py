@@ -38,6 +38,8 @@ from atlas_build.atlas.schema import (
 from atlas_build.atlas.store import write_config
 from atlas_build.atlas.writer import WrittenFile, sha256_file, write_parquet_atomic, write_text_atomic
 from atlas_build.errors import BuildOptionsError
+from atlas_build.executors import EXECUTORS
+from atlas_build.executors.base import ShardTask
 
 CORPORA = ("wordnet", "traces")
 WEIGHT_STORAGE = ("float16", "float32")
@@ -115,13 +117,16 @@ class BuildConfig:
 
 @dataclass(frozen=True)
 class TextItem:
-    """A text to route: its id in its corpus config and its target span (-1, -1 when none)."""
+    """A text to route: its id in its corpus config, its target span (-1, -1 when none), and labelled
+    character spans `(name, start, end)` for trace segments and reasoning markers."""
 
     source_id: str
     corpus: str
     text: str
     target_start: int = -1
     target_end: int = -1
+    segments: tuple[tuple[str, int, int], ...] = ()
+    markers: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass
@@ -133,10 +138,12 @@ class BuildStats:
     shards_skipped: int = 0
     files: int = 0
     bytes: int = 0
+    routing_seconds: float = 0.0
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        """Routing throughput: tokens routed and written per second of the routing step."""
+        return self.tokens / self.routing_seconds if self.routing_seconds > 0 else 0.0
 
 
 # ---- corpora --------------------------------------------------------------------------------------
@@ -192,6 +199,25 @@ def shard_inputs_sha256(items: list[TextItem]) -> str:
     return digest.hexdigest()
 
 
+def span_labels(
+    char_spans: np.ndarray, token_counts: np.ndarray, items: list[TextItem], field_name: str
+) -> list[str | None] | None:
+    """Per-token label from the items' `(name, start, end)` spans: a token takes the name of the first span it
+    overlaps (special tokens, with no characters, take none). None when no item has such spans."""
+    if not any(getattr(item, field_name) for item in items):
+        return None
+    labels: list[str | None] = [None] * len(char_spans)
+    offset = 0
+    for item, count in zip(items, token_counts.tolist(), strict=True):
+        spans = char_spans[offset : offset + count]
+        for name, start, end in reversed(getattr(item, field_name)):  # reversed: the first span wins
+            hit = np.flatnonzero((spans[:, 0] >= 0) & (spans[:, 0] < end) & (spans[:, 1] > start))
+            for i in hit:
+                labels[offset + i] = name
+        offset += count
+    return labels
+
+
 def shard_table(engine, items: list[TextItem], schema: pa.Schema, weights_stored: bool) -> pa.Table:
     """Route one shard's texts and return its routing rows."""
     batch = engine.route([item.text for item in items])
@@ -210,7 +236,38 @@ def shard_table(engine, items: list[TextItem], schema: pa.Schema, weights_stored
         is_target=is_target,
         experts=batch.experts,
         weights=batch.weights if weights_stored else None,
+        segment=span_labels(spans, batch.token_counts, items, "segments"),
+        marker=span_labels(spans, batch.token_counts, items, "markers"),
     )
+
+
+class ShardWorker:
+    """Routes shard tasks and writes each shard atomically, then its done-marker.
+
+    Picklable before first use (the engine is built lazily), so the Ray executor can ship it to workers.
+    """
+
+    def __init__(self, config: BuildConfig, schema: pa.Schema, weights_stored: bool, engine=None):
+        self.config = config
+        self.schema = schema
+        self.weights_stored = weights_stored
+        self._engine = engine
+
+    def __getstate__(self):
+        return {**self.__dict__, "_engine": None}
+
+    def __call__(self, task: ShardTask) -> WrittenFile:
+        if self._engine is None:
+            self._engine = make_engine(self.config)
+        layout = AtlasLayout(self.config.out)
+        table = shard_table(self._engine, list(task.items), self.schema, self.weights_stored)
+        written = write_parquet_atomic(table, layout.shard_path(task.config, task.index), self.schema)
+        mark_shard_done(layout, task.config, task.index, written, task.inputs_sha256)
+        return written
+
+
+def written_file(path: Path) -> WrittenFile:
+    return WrittenFile(path, sha256_file(path), pq.ParquetFile(path).metadata.num_rows, path.stat().st_size)
 
 
 def shard_is_done(layout: AtlasLayout, config: str, shard: int, inputs_sha256: str) -> bool:
@@ -324,39 +381,39 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
                 row["n_routed_experts"], len(row["moe_layers"]), row["top_k"], row["weights_dtype"]
             )
 
-            shards = [
-                items[i : i + config.texts_per_shard] for i in range(0, len(items), config.texts_per_shard)
+            tasks = [
+                ShardTask(routing_name, n, tuple(chunk), shard_inputs_sha256(chunk))
+                for n, chunk in enumerate(
+                    items[i : i + config.texts_per_shard]
+                    for i in range(0, len(items), config.texts_per_shard)
+                )
             ]
-            stats = BuildStats(texts=len(items))
+            done = [
+                task for task in tasks if shard_is_done(layout, routing_name, task.index, task.inputs_sha256)
+            ]
+            todo = [task for task in tasks if task not in done]
+            stats = BuildStats(texts=len(items), shards_skipped=len(done), shards_written=len(todo))
             log(
-                f"routing {len(items)} texts with {config.model} ({row['model_slug']}) in {len(shards)} shards"
+                f"routing {len(items)} texts with {config.model} ({row['model_slug']}): "
+                f"{len(tasks)} shards, {len(done)} already done"
             )
             bar = tqdm(total=len(items), unit="text", desc=routing_name, disable=not config.progress)
-            written: list[WrittenFile] = []
-            for index, shard_items in enumerate(shards):
-                inputs = shard_inputs_sha256(shard_items)
-                path = layout.shard_path(routing_name, index)
-                if shard_is_done(layout, routing_name, index, inputs):
-                    stats.shards_skipped += 1
-                    written.append(
-                        WrittenFile(
-                            path,
-                            sha256_file(path),
-                            pq.ParquetFile(path).metadata.num_rows,
-                            path.stat().st_size,
-                        )
-                    )
-                    bar.update(len(shard_items))
-                    continue
-                table = shard_table(engine, shard_items, schema, weights_stored)
-                result = write_parquet_atomic(table, path, schema)
-                mark_shard_done(layout, routing_name, index, result, inputs)
-                written.append(result)
-                stats.shards_written += 1
-                stats.tokens += table.num_rows
-                bar.update(len(shard_items))
+            bar.update(sum(task.n_texts for task in done))
+            executor = EXECUTORS.get(config.executor)(**config.executor_options)
+            worker = ShardWorker(
+                config, schema, weights_stored, engine=engine if config.executor == "local" else None
+            )
+            routing_started = time.perf_counter()
+            fresh = executor.run(todo, lambda: worker, progress=lambda task: bar.update(task.n_texts))
+            stats.routing_seconds = time.perf_counter() - routing_started
             bar.close()
             engine.close()
+            stats.tokens = sum(w.rows for w in fresh)
+            by_index = {task.index: w for task, w in zip(todo, fresh, strict=True)}
+            written = [
+                by_index.get(task.index) or written_file(layout.shard_path(routing_name, task.index))
+                for task in tasks
+            ]
             # Shards beyond this build's count belong to an older, larger corpus.
             for stale in layout.config_dir(routing_name).glob(f"{routing_name}-*.parquet"):
                 if stale not in {w.path for w in written}:

@@ -1,0 +1,30 @@
+"""Mixtral routing (Mixtral-8x7B, Mixtral-8x22B and their fine-tunes).
+
+Router (`MixtralTopKRouter`), per token h:
+    p = softmax(W h)                                     over all N = num_local_experts, in float32
+    E = top-k experts of p                               (top_k = num_experts_per_tok)
+    w_e = p_e / sum_{E} p                                always renormalised; no scaling factor
+Every decoder layer is MoE; there are no shared experts.
+"""
+
+from __future__ import annotations
+
+from atlas_build.routers.base import RouterAdapter, RoutingSpec
+
+
+class MixtralAdapter(RouterAdapter):
+    name = "mixtral"
+    model_types = ("mixtral",)
+    router_class_names = ("MixtralTopKRouter",)
+
+    def routing_spec(self, config) -> RoutingSpec:
+        return RoutingSpec(
+            n_routed_experts=config.num_local_experts,
+            top_k=config.num_experts_per_tok,
+            n_shared_experts=0,
+            scoring_func="softmax",
+            topk_method="greedy",
+            norm_topk_prob=True,
+            routed_scaling_factor=1.0,
+            moe_layers=tuple(range(config.num_hidden_layers)),
+        )

@@ -1,0 +1,1 @@
+"""Router adapter tests."""

@@ -1,0 +1,268 @@
+"""Tiny random checkpoints, one per routed architecture, built offline and shared by the router tests.
+
+Each checkpoint is a standard HF directory (config.json, safetensors, a word-level fast tokenizer with
+offsets), small enough for two CPU cores. Router weights are re-drawn wider than HF's std 0.02 so that
+expert choices are decided by clear margins rather than float noise; DeepSeek-V3 also gets a non-zero
+`e_score_correction_bias`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Texts routed in the tests: different lengths, so that batches are padded.
+TEXTS = [
+    "the bank of the river was muddy after the rain",
+    "she deposited money at the bank",
+    "fox",
+    "a quick brown fox jumps over the lazy dog near the old bank of the river today",
+    "they sat on the bank",
+]
+# Tokenizer training corpus: a few words of TEXTS are left out on purpose, so [UNK] is routed too.
+CORPUS = [
+    "the bank of the river was muddy after the rain",
+    "she deposited money at the bank",
+    "a quick brown fox jumps over the lazy dog",
+    "they sat on the old bank and talked",
+]
+VOCAB_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Case:
+    """One tiny checkpoint: its architecture, config and what the tests expect of it.
+
+    Attributes:
+        name: fixture key (an architecture, or architecture + variant).
+        model_type: transformers `model_type` (the adapter registry key).
+        config: keyword arguments of the config class.
+        moe_block: class name of the decoder layers' MoE block (`layer.mlp`).
+        moe_layers: the decoder layers that must be MoE.
+        router_std: std of the re-drawn router weights.
+        bias_std: std of DeepSeek-V3's `e_score_correction_bias` (0: left at zero).
+    """
+
+    name: str
+    model_type: str
+    config: dict[str, Any]
+    moe_block: str
+    moe_layers: tuple[int, ...]
+    router_std: float = 0.5
+    bias_std: float = 0.0
+
+
+_COMMON = {
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "bos_token_id": 1,
+    "eos_token_id": 1,
+    "pad_token_id": 0,
+    "tie_word_embeddings": False,
+}
+_MLA = {  # DeepSeek multi-head latent attention, scaled down
+    "num_key_value_heads": 4,
+    "kv_lora_rank": 16,
+    "q_lora_rank": 24,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 8,
+}
+
+CASES = {
+    case.name: case
+    for case in [
+        Case(
+            "deepseek_v2_greedy",
+            "deepseek_v2",
+            {
+                **_COMMON,
+                **_MLA,
+                "num_hidden_layers": 3,
+                "first_k_dense_replace": 1,
+                "n_routed_experts": 8,
+                "n_shared_experts": 1,
+                "moe_intermediate_size": 16,
+                "num_experts_per_tok": 2,
+                "topk_method": "greedy",
+                "routed_scaling_factor": 2.0,
+            },
+            "DeepseekV2Moe",
+            (1, 2),
+        ),
+        Case(
+            "deepseek_v2_group_limited",
+            "deepseek_v2",
+            {
+                **_COMMON,
+                **_MLA,
+                "num_hidden_layers": 3,
+                "first_k_dense_replace": 1,
+                "n_routed_experts": 16,
+                "n_shared_experts": 2,
+                "moe_intermediate_size": 8,
+                "num_experts_per_tok": 3,
+                "topk_method": "group_limited_greedy",
+                "n_group": 4,
+                "topk_group": 2,
+                "routed_scaling_factor": 16.0,
+            },
+            "DeepseekV2Moe",
+            (1, 2),
+        ),
+        Case(
+            "deepseek_v3",
+            "deepseek_v3",
+            {
+                **_COMMON,
+                **_MLA,
+                "num_hidden_layers": 3,
+                "first_k_dense_replace": 1,
+                "n_routed_experts": 16,
+                "n_shared_experts": 1,
+                "moe_intermediate_size": 8,
+                "num_experts_per_tok": 4,
+                "n_group": 4,
+                "topk_group": 2,
+                "norm_topk_prob": True,
+                "routed_scaling_factor": 2.5,
+                "num_nextn_predict_layers": 0,
+            },
+            "DeepseekV3MoE",
+            (1, 2),
+            router_std=0.15,
+            bias_std=0.1,
+        ),
+        Case(
+            "mixtral",
+            "mixtral",
+            {
+                **_COMMON,
+                "num_hidden_layers": 2,
+                "num_local_experts": 8,
+                "num_experts_per_tok": 2,
+                "sliding_window": None,
+            },
+            "MixtralSparseMoeBlock",
+            (0, 1),
+        ),
+        Case(
+            "qwen2_moe",
+            "qwen2_moe",
+            {
+                **_COMMON,
+                "num_hidden_layers": 4,
+                "decoder_sparse_step": 2,  # layers 1 and 3 MoE, 0 and 2 dense
+                "num_experts": 8,
+                "num_experts_per_tok": 2,
+                "moe_intermediate_size": 16,
+                "shared_expert_intermediate_size": 32,
+                "norm_topk_prob": False,
+            },
+            "Qwen2MoeSparseMoeBlock",
+            (1, 3),
+        ),
+        Case(
+            "qwen3_moe",
+            "qwen3_moe",
+            {
+                **_COMMON,
+                "head_dim": 8,
+                "num_hidden_layers": 3,
+                "mlp_only_layers": [1],  # layer 1 dense, 0 and 2 MoE
+                "num_experts": 8,
+                "num_experts_per_tok": 3,
+                "moe_intermediate_size": 16,
+                "norm_topk_prob": True,
+            },
+            "Qwen3MoeSparseMoeBlock",
+            (0, 2),
+        ),
+        Case(
+            "olmoe",
+            "olmoe",
+            {
+                **_COMMON,
+                "num_hidden_layers": 2,
+                "num_experts": 8,
+                "num_experts_per_tok": 2,
+                "norm_topk_prob": False,
+            },
+            "OlmoeSparseMoeBlock",
+            (0, 1),
+        ),
+    ]
+}
+
+
+def make_config(case: Case):
+    """The transformers config of a case (from its model_type, as AutoConfig would build it)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(case.model_type, **case.config)
+
+
+def build_model(case: Case, seed: int = 0):
+    """Seeded random-init model of a case, with wide routers (and a correction bias where it has one)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = make_config(case)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            if type(layer.mlp).__name__ != case.moe_block:
+                continue
+            gate = layer.mlp.gate
+            gate.weight.normal_(0.0, case.router_std, generator=generator)
+            if case.bias_std:
+                bias = torch.randn(gate.e_score_correction_bias.shape, generator=generator) * case.bias_std
+                gate.e_score_correction_bias.copy_(bias)
+    return model.eval()
+
+
+def write_tokenizer(path: Path) -> None:
+    """A word-level fast tokenizer (offsets, [BOS] prepended, [PAD] id 0) trained on CORPUS."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=["[PAD]", "[BOS]", "[UNK]"], vocab_size=VOCAB_SIZE)
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    assert tokenizer.get_vocab_size() <= VOCAB_SIZE
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A", pair="[BOS] $A [BOS] $B", special_tokens=[("[BOS]", 1)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="[BOS]", pad_token="[PAD]", unk_token="[UNK]"
+    )
+    fast.save_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """`tiny_checkpoint(name) -> Path`: the checkpoint directory of `CASES[name]`, built once a session."""
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            path = tmp_path_factory.mktemp(name)
+            build_model(CASES[name]).save_pretrained(path)
+            write_tokenizer(path)
+            built[name] = path
+        return built[name]
+
+    return get

@@ -1,0 +1,155 @@
+"""Adapter registry and RoutingSpec: what each adapter reports, and which decoder layers it calls MoE."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from atlas_build.routers import ADAPTERS, RoutingSpec, UnsupportedModelError, adapter_for
+
+from .conftest import CASES, make_config
+
+
+def _spec(n, k, shared, scoring, method, norm, scale, layers, n_group=None, topk_group=None) -> RoutingSpec:
+    return RoutingSpec(
+        n_routed_experts=n,
+        top_k=k,
+        n_shared_experts=shared,
+        scoring_func=scoring,
+        topk_method=method,
+        norm_topk_prob=norm,
+        routed_scaling_factor=scale,
+        moe_layers=layers,
+        n_group=n_group,
+        topk_group=topk_group,
+    )
+
+
+EXPECTED_SPECS = {
+    "deepseek_v2_greedy": _spec(8, 2, 1, "softmax", "greedy", False, 2.0, (1, 2)),
+    "deepseek_v2_group_limited": _spec(
+        16, 3, 2, "softmax", "group_limited_greedy", False, 16.0, (1, 2), 4, 2
+    ),
+    "deepseek_v3": _spec(16, 4, 1, "sigmoid", "noaux_tc", True, 2.5, (1, 2), 4, 2),
+    "mixtral": _spec(8, 2, 0, "softmax", "greedy", True, 1.0, (0, 1)),
+    "qwen2_moe": _spec(8, 2, 1, "softmax", "greedy", False, 1.0, (1, 3)),
+    "qwen3_moe": _spec(8, 3, 0, "softmax", "greedy", True, 1.0, (0, 2)),
+    "olmoe": _spec(8, 2, 0, "softmax", "greedy", False, 1.0, (0, 1)),
+}
+
+# (case, config overrides, MoE layers the model must have)
+LAYER_RULES = [
+    ("deepseek_v2_greedy", {"first_k_dense_replace": 0}, (0, 1, 2)),
+    ("deepseek_v2_greedy", {"first_k_dense_replace": 2}, (2,)),
+    ("deepseek_v3", {"first_k_dense_replace": 0}, (0, 1, 2)),
+    ("deepseek_v3", {"first_k_dense_replace": 2}, (2,)),
+    ("mixtral", {"num_hidden_layers": 3}, (0, 1, 2)),
+    ("olmoe", {"num_hidden_layers": 3}, (0, 1, 2)),
+    ("qwen2_moe", {"decoder_sparse_step": 1, "mlp_only_layers": [0, 3]}, (1, 2)),
+    ("qwen2_moe", {"decoder_sparse_step": 3, "num_hidden_layers": 6}, (2, 5)),
+    ("qwen2_moe", {"decoder_sparse_step": 2, "mlp_only_layers": [1]}, (3,)),
+    ("qwen3_moe", {"decoder_sparse_step": 2, "mlp_only_layers": []}, (1,)),
+    ("qwen3_moe", {"mlp_only_layers": [0, 1, 2], "num_hidden_layers": 4}, (3,)),
+]
+
+
+def test_every_architecture_is_registered():
+    assert set(ADAPTERS.names()) >= {
+        "deepseek_v2",
+        "deepseek_v3",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+        "olmoe",
+    }
+    for model_type in ADAPTERS.names():
+        adapter = ADAPTERS.get(model_type)()
+        assert adapter.name == model_type and model_type in adapter.model_types
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_routing_spec(name):
+    config = make_config(CASES[name])
+    adapter = adapter_for(config)
+    assert adapter.name == CASES[name].model_type
+    assert adapter.routing_spec(config) == EXPECTED_SPECS[name]
+
+
+@pytest.mark.parametrize(("name", "overrides", "moe_layers"), LAYER_RULES)
+def test_moe_layers_are_the_models_moe_layers(name, overrides, moe_layers):
+    from transformers import AutoModelForCausalLM
+
+    case = CASES[name]
+    config = make_config(dataclasses.replace(case, config={**case.config, **overrides}))
+    with torch.device("meta"):  # structure only: no weights are allocated
+        model = AutoModelForCausalLM.from_config(config)
+    actual = tuple(
+        i for i, layer in enumerate(model.model.layers) if type(layer.mlp).__name__ == case.moe_block
+    )
+    adapter = adapter_for(config)
+    assert actual == moe_layers
+    assert adapter.routing_spec(config).moe_layers == actual
+    assert [i for i, _ in adapter.router_modules(model)] == list(actual)
+    assert all(adapter.is_moe_layer(config, i) == (i in actual) for i in range(config.num_hidden_layers))
+    assert all(adapter.routed_expert_params(model, i) > 0 for i in actual)
+
+
+def test_qwen3_reads_num_experts_as_released_configs_spell_it():
+    from transformers import Qwen3MoeConfig
+
+    # Qwen3's config.json says "num_experts"; transformers 5 stores it as num_local_experts.
+    config = Qwen3MoeConfig.from_dict({**CASES["qwen3_moe"].config, "num_experts": 6})
+    assert adapter_for(config).routing_spec(config).n_routed_experts == 6
+
+
+def test_dense_model_is_refused_naming_the_supported_architectures():
+    from transformers import LlamaConfig
+
+    with pytest.raises(UnsupportedModelError, match="dense model") as error:
+        adapter_for(LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4))
+    for model_type in ADAPTERS.names():
+        assert model_type in str(error.value)
+
+
+def test_unknown_moe_architecture_is_refused():
+    from transformers import PretrainedConfig
+
+    class MadeUpMoeConfig(PretrainedConfig):
+        model_type = "made_up_moe"
+
+    with pytest.raises(UnsupportedModelError, match="without a router adapter") as error:
+        adapter_for(MadeUpMoeConfig(num_local_experts=8))
+    assert "'made_up_moe'" in str(error.value) and "mixtral" in str(error.value)
+
+
+def test_deepseek_v2_topk_method_transformers_lacks_is_refused():
+    config = make_config(CASES["deepseek_v2_greedy"])
+    config.topk_method = "noaux_tc"
+    with pytest.raises(UnsupportedModelError, match="noaux_tc"):
+        adapter_for(config).routing_spec(config)
+
+
+def test_deepseek_v2_norm_topk_prob_is_reported_as_transformers_applies_it():
+    config = make_config(CASES["deepseek_v2_greedy"])
+    config.norm_topk_prob = True
+    with pytest.warns(UserWarning, match="does not renormalise"):
+        spec = adapter_for(config).routing_spec(config)
+    assert spec.norm_topk_prob is False
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("deepseek_v2_greedy", {"first_k_dense_replace": 3}),
+        ("qwen2_moe", {"mlp_only_layers": [1, 3]}),
+        ("qwen3_moe", {"decoder_sparse_step": 4}),
+    ],
+)
+def test_config_without_moe_layers_is_refused(name, overrides):
+    config = make_config(CASES[name])
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    with pytest.raises(UnsupportedModelError, match="no MoE layer"):
+        adapter_for(config).routing_spec(config)
