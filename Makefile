@@ -20,16 +20,16 @@ $(BIN)/atlas: pyproject.toml constraints/cpu.txt
 
 venv: $(BIN)/atlas
 
-# WordNet 3.0 from Debian (wordnet-base: the dict files; wordnet-sense-index: index.sense).
-wordnet:
-	@if [ -f /usr/share/wordnet/index.sense ] || [ -f /usr/share/wordnet/dict/index.sense ]; then \
-	  echo "WordNet 3.0 found in /usr/share/wordnet"; \
+# WordNet 3.0: nltk's data path or Debian's /usr/share/wordnet; installs Debian's packages when root.
+wordnet: venv
+	@if $(BIN)/atlas wordnet-check 2>/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's wordnet-base wordnet-sense-index"; \
 	  (apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null 2>&1 || \
-	   (apt-get update -qq && apt-get install -y -qq wordnet-base wordnet-sense-index)) && echo "installed wordnet-base wordnet-sense-index"; \
+	   (apt-get update -qq && apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null)) && \
+	  $(BIN)/atlas wordnet-check; \
 	else \
-	  $(BIN)/atlas wordnet-check || { echo "WordNet 3.0 is missing: run 'sudo apt-get install wordnet-base wordnet-sense-index'" \
-	    "or: $(BIN)/python -c \"import nltk; nltk.download('wordnet')\""; exit 1; }; \
+	  $(BIN)/atlas wordnet-check || { echo "Install it: sudo apt-get install wordnet-base wordnet-sense-index"; exit 1; }; \
 	fi
 
 demo: venv wordnet
