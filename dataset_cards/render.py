@@ -1,18 +1,54 @@
-"""Render `DIR/README.md` (the dataset card) from the atlas itself: manifest, `models` rows, counts."""
+"""Render `DIR/README.md` (the dataset card) and `DIR/LICENSE.md` from the atlas itself.
+
+Everything on the card is read from the atlas directory: `manifest.json` (configs, rows, builds, corpus
+counts), the Parquet schemas and the `models` rows, `validation.json` (written by `atlas validate DIR`) and
+`metrics/metrics.json` (written by `atlas metrics DIR --out DIR/metrics`) when they exist. Nothing here
+imports the engines, models, corpora or the publishing code.
+
+    >>> write_card(Path("atlas-demo"))  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
+import json
+import pprint
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, SENSE_PAIRS, SENSES, SUBSTITUTIONS, TRACES
+from atlas_build.atlas.writer import sha256_file, write_text_atomic
 
 TEMPLATE = Path(__file__).with_name("template.md")
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+
+LICENSE_FILE = "LICENSE.md"
+VALIDATION_JSON = "validation.json"
+# `atlas metrics DIR --out DIR/metrics`: the convention the card and the publisher read.
+METRICS_DIR = "metrics"
+METRICS_JSON = "metrics.json"
+METRICS_REPORT = "report.md"
+
+PRETTY_NAME = "routing-atlas: MoE routing over WordNet senses"
+PAPER_ARXIV = "2502.10928"
+WORDNET_LICENSE_URL = "https://wordnet.princeton.edu/license-and-commercial-use"
+CODE_LICENSE = "Apache-2.0"
+RANDOM_INIT = "random-init"
+
+SUMMARY = (
+    "For every token of WordNet-derived sense corpora (and reasoning traces, when present), and every MoE "
+    "layer of each routed model: the top-k experts the router chose and their gate weights. Built to test "
+    "whether Mixture-of-Experts routing follows word senses or only token identity, as in *Probing Semantic "
+    "Routing in Large Mixture-of-Expert Models* (Olson et al., Findings of EMNLP 2025, arXiv:2502.10928)."
+)
 
 CONFIG_DESCRIPTIONS = {
     SENSES: "a WordNet 3.0 example sentence of a polysemous lemma, with the lemma's span",
@@ -37,7 +73,7 @@ COLUMN_DOCS = {
     "target_start": "character offset of the target word (inclusive)",
     "target_end": "character offset of the target word (exclusive)",
     "target_form": "the target as it appears in the text",
-    "source": "where the row comes from",
+    "source": "where the row comes from (e.g. `wordnet-3.0:example`)",
     "pair_id": "id of the pair",
     "example_a": "`senses.example_id` of the first example",
     "example_b": "`senses.example_id` of the second example",
@@ -77,7 +113,7 @@ COLUMN_DOCS = {
     "weights_dtype": "storage dtype of `weights`; null when the engine gives ids only",
     "tokenizer": "where the tokenizer was loaded from",
     "add_bos_token": "whether the tokenizer prepends its begin-of-sentence token",
-    "random_init": "**true: random weights, routing carries no finding**",
+    "random_init": "**true: random weights (random-init), routing carries no finding**",
     "seed": "seed of the random-init weights",
     "source_id": "id of the routed text in `senses`, `substitutions` or `traces`",
     "corpus": "config that holds the routed text",
@@ -93,105 +129,474 @@ COLUMN_DOCS = {
     "weights": "[MoE layer][k] gate weights the model multiplies the expert outputs by; null: ids-only engine",
 }
 
+SIZE_CATEGORIES = (
+    (1e3, "n<1K"),
+    (1e4, "1K<n<10K"),
+    (1e5, "10K<n<100K"),
+    (1e6, "100K<n<1M"),
+    (1e7, "1M<n<10M"),
+    (1e8, "10M<n<100M"),
+    (1e9, "100M<n<1B"),
+    (1e10, "1B<n<10B"),
+    (1e11, "10B<n<100B"),
+    (1e12, "100B<n<1T"),
+)
 
-def _models_rows(root: Path, manifest: Manifest) -> list[dict[str, Any]]:
-    files = manifest.config_files(MODELS)
+# Hub ids are `owner/name`; local paths start with /, ., ~ or a drive letter.
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class CardContext:
+    """Where the card says the atlas lives, and which release it is (all optional)."""
+
+    repo_ref: str | None = None  # what load snippets name: a hub id or a local path
+    revision: str | None = None  # a hub revision / git tag, e.g. v0.2.0
+    version: str | None = None  # release version, e.g. 0.2.0
+    released: str | None = None  # release date, YYYY-MM-DD
+    hub_id: str | None = None  # set when the release lives on the Hub
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- reading the atlas ------------------------------------------------------------------------------------
+
+
+def models_rows(root: Path, manifest: Manifest) -> list[dict[str, Any]]:
+    """The `models` rows, sorted by slug, with `n_moe_layers` added."""
     rows: list[dict[str, Any]] = []
-    for rel in files:
-        rows.extend(pq.read_table(root / rel).to_pylist())
+    for rel in manifest.config_files(MODELS):
+        rows.extend(pq.read_table(Path(root) / rel).to_pylist())
     for row in rows:
-        row["n_moe_layers"] = len(row["moe_layers"])
+        row["n_moe_layers"] = len(row["moe_layers"] or [])
     return sorted(rows, key=lambda r: r["model_slug"])
 
 
-def _schema_tables(root: Path, manifest: Manifest) -> list[dict[str, Any]]:
-    out = []
+def config_schemas(root: Path, manifest: Manifest) -> dict[str, Any]:
+    """Config -> Arrow schema of its first data file (every file of a config has the declared schema)."""
+    out = {}
     for config in manifest.configs():
-        first = manifest.config_files(config)[0]
-        schema = pq.read_schema(root / first)
-        columns = [
-            {"name": f.name, "type": str(f.type), "meaning": COLUMN_DOCS.get(f.name, "")} for f in schema
-        ]
-        out.append({"name": config, "columns": columns})
+        files = manifest.config_files(config)
+        if files:
+            out[config] = pq.read_schema(Path(root) / files[0])
     return out
 
 
-def card_data(root: Path, manifest: Manifest, models: list[dict[str, Any]]) -> DatasetCardData:
+def is_hub_id(model_id: str) -> bool:
+    return bool(_HUB_ID_RE.match(model_id or "")) and not Path(model_id).is_absolute()
+
+
+def is_synthetic(row: dict[str, Any]) -> bool:
+    return row.get("model_id") == "synthetic" or row.get("model_type") == "synthetic"
+
+
+def model_license(row: dict[str, Any], recorded: str | None = None) -> str:
+    """What licence governs a model's routing rows (stated, never guessed; offline, so from the row only)."""
+    model_id = row["model_id"]
+    if is_synthetic(row):
+        return f"synthetic data generated by routing-atlas ({CODE_LICENSE} code); no model weights involved"
+    if recorded:
+        return f"{recorded} (as recorded at build time from the model's card/config of `{model_id}`)"
+    hub = is_hub_id(model_id)
+    if row.get("random_init"):
+        seed = row.get("seed")
+        text = (
+            f"{RANDOM_INIT} weights generated by routing-atlas ({CODE_LICENSE} code)"
+            + (f", seed {seed}" if seed is not None else "")
+            + "; no trained weights are involved"
+        )
+        if hub:
+            text += f"; its config/tokenizer come from `{model_id}`: see the model's card, https://huggingface.co/{model_id}"
+        return text
+    if hub:
+        return f"see the model's card: https://huggingface.co/{model_id} (licence not recorded in the atlas)"
+    return f"local checkpoint `{model_id}`: licence not recorded in the atlas; see where the checkpoint came from"
+
+
+def recorded_licenses(manifest: Manifest) -> dict[str, str]:
+    """slug -> licence, when a build recorded one (`builds[].model_license`)."""
+    return {
+        b["model_slug"]: b["model_license"]
+        for b in manifest.builds
+        if b.get("model_slug") and b.get("model_license")
+    }
+
+
+def corpus_sources(root: Path, manifest: Manifest) -> list[str]:
+    """Distinct `source` values of the corpus configs (e.g. `wordnet-3.0:example`): what the texts are."""
+    values: set[str] = set()
+    for config in (SENSES, SUBSTITUTIONS):
+        for rel in manifest.config_files(config):
+            column = pq.read_table(Path(root) / rel, columns=["source"]).column("source")
+            values.update(v for v in column.unique().to_pylist() if v)
+    return sorted(values)
+
+
+def wordnet_version(sources: list[str]) -> str | None:
+    for source in sources:
+        match = re.match(r"wordnet-([0-9.]+)", source)
+        if match:
+            return match.group(1)
+    return None
+
+
+def size_category(n_rows: int) -> str:
+    """The Hub's size bucket for a number of rows (of the largest config: a routing config's tokens)."""
+    for limit, name in SIZE_CATEGORIES:
+        if n_rows < limit:
+            return name
+    return "n>1T"
+
+
+def read_validation(root: Path) -> dict[str, Any] | None:
+    """`DIR/validation.json` with a `stale` note when it predates the manifest, or None when absent."""
+    root = Path(root)
+    path = root / VALIDATION_JSON
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        return {"passed": False, "unreadable": str(error), "summary": {}, "results": [], "stale": None}
+    manifest_path = AtlasLayout(root).manifest_path
+    stale = None
+    if data.get("manifest_sha256"):
+        if data["manifest_sha256"] != sha256_file(manifest_path):
+            stale = "it was run on another version of manifest.json"
+    elif path.stat().st_mtime < manifest_path.stat().st_mtime:
+        stale = "it is older than manifest.json"
+    data["stale"] = stale
+    return data
+
+
+def read_metrics(root: Path) -> dict[str, Any] | None:
+    path = Path(root) / METRICS_DIR / METRICS_JSON
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def metrics_mismatch(metrics: dict[str, Any], manifest: Manifest) -> list[str]:
+    """Ways `metrics.json` disagrees with the atlas (computed on other data); empty when it fits."""
+    problems = []
+    configs = manifest.configs()
+    slugs = {c[len(ROUTING_PREFIX) :] for c in configs if c.startswith(ROUTING_PREFIX)}
+    measured = set(metrics.get("models") or {})
+    if measured - slugs:
+        problems.append(f"metrics of model(s) not in the atlas: {', '.join(sorted(measured - slugs))}")
+    if slugs - measured:
+        problems.append(
+            f"model(s) without metrics: {', '.join(sorted(slugs - slugs.intersection(measured)))}"
+        )
+    corpus = metrics.get("corpus") or {}
+    for config, key in ((SENSES, "senses"), (SENSE_PAIRS, "sense_pairs")):
+        counted = corpus.get(key)
+        rows = configs.get(config, {}).get("rows", 0)
+        if counted is not None and counted != rows:
+            problems.append(f"metrics counted {counted} {config} rows, the atlas has {rows}")
+    return problems
+
+
+def metrics_summary(metrics: dict[str, Any]) -> str:
+    """The metrics package's markdown summary, or a minimal table from `metrics.json` if it is unavailable."""
+    try:
+        from atlas_build.metrics.report import summarize
+    except ImportError:  # metrics package absent in this install: render the headline numbers ourselves
+        summarize = None
+    if summarize is not None:
+        try:
+            text = summarize(metrics).strip()
+            # The card has its own "Routing metrics" heading.
+            if text.startswith("#"):
+                text = text.split("\n", 1)[1].strip() if "\n" in text else ""
+            return text
+        except (KeyError, TypeError, ValueError):  # a metrics.json of another format version
+            pass
+    lines = ["| model | Δκ same − different sense (layer mean) | 95% CI |", "|---|---:|---|"]
+    for slug, entry in (metrics.get("models") or {}).items():
+        delta = (((entry or {}).get("sense_pairs") or {}).get("layer_mean") or {}).get("delta") or {}
+        label = f"`{slug}`" + (f" ({RANDOM_INIT})" if entry.get("random_init") else "")
+        lines.append(
+            f"| {label} | {delta.get('estimate')} | [{delta.get('ci_low')}, {delta.get('ci_high')}] |"
+        )
+    return "\n".join(lines)
+
+
+# ---- card metadata ----------------------------------------------------------------------------------------
+
+
+def dataset_infos(root: Path, manifest: Manifest, schemas: dict[str, Any]):
+    """`datasets.DatasetInfosDict`: the features (from the Parquet schemas) and split sizes of every config.
+
+    `load_dataset` reads these from the card and checks the split sizes against the files it reads.
+    """
+    from datasets import DatasetInfo, Features, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+
+    infos = {}
+    for config, info in manifest.configs().items():
+        if config not in schemas:
+            continue
+        # Uncompressed column-chunk sizes: the closest footer figure to the in-memory (Arrow) size.
+        num_bytes = 0
+        for rel in info["files"]:
+            meta = pq.ParquetFile(Path(root) / rel).metadata
+            num_bytes += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        splits = SplitDict()
+        splits.add(SplitInfo(name="train", num_bytes=num_bytes, num_examples=info["rows"]))
+        infos[config] = DatasetInfo(
+            features=Features.from_arrow_schema(schemas[config]),
+            splits=splits,
+            download_size=info["bytes"],
+            dataset_size=num_bytes,
+            config_name=config,
+        )
+    return DatasetInfosDict(infos)
+
+
+def card_data(
+    root: Path, manifest: Manifest, models: list[dict[str, Any]], schemas: dict[str, Any]
+) -> DatasetCardData:
+    """The card's YAML metadata: licence, language, tasks, size, tags, `configs:` and `dataset_info`."""
     layout = AtlasLayout(root)
-    configs = [
-        {"config_name": name, "data_files": [{"split": "train", "path": layout.data_glob(name)}]}
-        for name in manifest.configs()
-    ]
-    total_rows = sum(c["rows"] for c in manifest.configs().values())
-    size = "n<1K" if total_rows < 1e3 else "1K<n<10K" if total_rows < 1e4 else "10K<n<100K"
-    if total_rows >= 1e5:
-        size = "100K<n<1M" if total_rows < 1e6 else "1M<n<10M" if total_rows < 1e7 else "10M<n<100M"
-    return DatasetCardData(
+    configs = manifest.configs()
+    largest = max((c["rows"] for c in configs.values()), default=0)
+    tags = ["mixture-of-experts", "moe", "routing", "interpretability", "wordnet", "word-sense"]
+    if any(m["random_init"] for m in models):
+        tags.append(RANDOM_INIT)
+    if any(is_synthetic(m) for m in models) or manifest.corpus_counts.get("synthetic"):
+        tags.append("synthetic")
+    data = DatasetCardData(
         language=["en"],
         license="other",
         license_name="wordnet-3.0-and-model-licenses",
-        license_details=(
-            "Sense corpora: WordNet 3.0 license (Princeton University), which permits use, copying and "
-            "distribution with the copyright notice. Routing data: subject to each model's license "
-            "(see the Models section)."
-        ),
-        pretty_name="routing-atlas: MoE routing over WordNet senses",
-        size_categories=[size],
-        task_categories=["text-classification"],
-        tags=["mixture-of-experts", "routing", "interpretability", "wordnet", "word-sense"],
-        configs=configs,
+        license_link=LICENSE_FILE,
+        annotations_creators=["expert-generated", "machine-generated"],
+        language_creators=["expert-generated"],
+        multilinguality=["monolingual"],
+        pretty_name=PRETTY_NAME,
+        size_categories=[size_category(largest)],
+        task_categories=["text-classification", "token-classification"],
+        tags=tags,
+        configs=[
+            {"config_name": name, "data_files": [{"split": "train", "path": layout.data_glob(name)}]}
+            for name in configs
+        ],
     )
+    dataset_infos(root, manifest, schemas).to_dataset_card_data(data)
+    return data
 
 
-def render_card(root: Path, repo_ref: str | None = None) -> str:
-    """The card's markdown for the atlas at `root` (`repo_ref`: what the load snippet names)."""
-    root = Path(root)
-    manifest = Manifest.load(root)
-    models = _models_rows(root, manifest)
-    data = card_data(root, manifest, models)
+# ---- the card ---------------------------------------------------------------------------------------------
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_format_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_format_value(v) for v in value)
+    return str(value)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(TEMPLATE.parent), str(TEMPLATES_DIR)]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # markdown, not HTML  # noqa: S701
+    )
+    env.filters["fmt"] = _format_value
+    env.filters["pyrepr"] = lambda value: pprint.pformat(value, width=100, sort_dicts=False)
+    return env
+
+
+def render_template(name: str, **context: Any) -> str:
+    """Render a template of this package (`template.md` or `templates/<name>`)."""
+    return _environment().get_template(name).render(**context)
+
+
+@dataclass
+class AtlasView:
+    """What the card reads from an atlas directory, loaded once."""
+
+    root: Path
+    manifest: Manifest
+    models: list[dict[str, Any]]
+    schemas: dict[str, Any]
+
+    @classmethod
+    def load(cls, root: Path) -> AtlasView:
+        root = Path(root)
+        manifest = Manifest.load(root)
+        return cls(root, manifest, models_rows(root, manifest), config_schemas(root, manifest))
+
+
+def card_context(view: AtlasView, context: CardContext | None = None) -> dict[str, Any]:
+    """Everything the templates need, read from the atlas."""
+    root, manifest, models, schemas = view.root, view.manifest, view.models, view.schemas
+    context = context or CardContext()
+    licenses = recorded_licenses(manifest)
+    random_slugs = {m["model_slug"] for m in models if m["random_init"]}
+    synthetic = any(is_synthetic(m) for m in models) or bool(manifest.corpus_counts.get("synthetic"))
+
+    def label(config: str) -> str:
+        """A config name, marked wherever it holds a random-init model's routing."""
+        slug = config[len(ROUTING_PREFIX) :] if config.startswith(ROUTING_PREFIX) else None
+        return f"`{config}` ({RANDOM_INIT} model)" if slug in random_slugs else f"`{config}`"
+
     configs = []
     for name, info in manifest.configs().items():
-        description = (
-            ROUTING_DESCRIPTION if name.startswith(ROUTING_PREFIX) else CONFIG_DESCRIPTIONS.get(name, "")
-        )
-        var = name.replace("-", "_")
+        routing = name.startswith(ROUTING_PREFIX)
+        description = ROUTING_DESCRIPTION if routing else CONFIG_DESCRIPTIONS.get(name, "")
+        slug = name[len(ROUTING_PREFIX) :] if routing else None
+        if slug in random_slugs:
+            description += f"; **{RANDOM_INIT} model: a null model, not a finding**"
         configs.append(
             {
                 "name": name,
+                "label": label(name),
                 "rows": info["rows"],
                 "files": len(info["files"]),
+                "bytes": info["bytes"],
                 "description": description,
-                "var": var,
+                "var": name.replace("-", "_").replace(".", "_"),
+                "random_init": slug in random_slugs,
             }
         )
-    builds = [{"summary": b.get("summary", b.get("kind", ""))} for b in manifest.builds]
-    random_init = [m["model_slug"] for m in models if m["random_init"]]
-    card = DatasetCard.from_template(
-        data,
-        template_path=str(TEMPLATE),
-        pretty_name=data.pretty_name,
-        summary=(
-            "For every token of WordNet-derived sense corpora (and reasoning traces, when present), and every "
-            "MoE layer of each routed model: the top-k experts the router chose and their gate weights. Built "
-            "to test whether Mixture-of-Experts routing is semantic or token-driven."
-        ),
-        random_init_models=random_init,
-        configs=configs,
-        repo_ref=repo_ref or str(root.resolve()),
-        schemas=_schema_tables(root, manifest),
-        models=models,
-        corpus_counts=manifest.corpus_counts,
-        corpus_notes=[],
-        code_version=manifest.code_version,
-        schema_version=manifest.schema_version,
-        builds=builds,
-    )
-    return str(card)
+    schema_tables = [
+        {
+            "name": name,
+            "label": label(name),
+            "columns": [
+                {
+                    "name": f.name,
+                    "type": str(f.type),
+                    "nullable": f.nullable,
+                    "meaning": COLUMN_DOCS.get(f.name, ""),
+                }
+                for f in schema
+            ],
+        }
+        for name, schema in schemas.items()
+    ]
+    for model in models:
+        model["label"] = f"`{model['model_slug']}`" + (f" ({RANDOM_INIT})" if model["random_init"] else "")
+        model["license"] = model_license(model, licenses.get(model["model_slug"]))
+        model["hub"] = is_hub_id(model["model_id"]) and not is_synthetic(model)
+        model["builds"] = [b for b in manifest.builds if b.get("model_slug") == model["model_slug"]]
+    builds = []
+    for build in manifest.builds:
+        summary = build.get("summary") or build.get("kind", "")
+        slug = build.get("model_slug")
+        builds.append(
+            {
+                "summary": summary,
+                "random_init": slug in random_slugs and RANDOM_INIT not in summary,
+                "code_version": build.get("code_version"),
+                "stats": build.get("stats"),
+            }
+        )
+    counts = {
+        k: v for k, v in manifest.corpus_counts.items() if k not in ("options", "notes", "source", "wordnet")
+    }
+    sources = corpus_sources(root, manifest)
+    validation = read_validation(root)
+    metrics = read_metrics(root)
+    metrics_block = None
+    if metrics is not None:
+        problems = metrics_mismatch(metrics, manifest)
+        metrics_path = root / METRICS_DIR / METRICS_JSON
+        if not problems and metrics_path.stat().st_mtime < AtlasLayout(root).manifest_path.stat().st_mtime:
+            problems = ["metrics.json is older than manifest.json"]
+        metrics_block = {
+            "summary": metrics_summary(metrics),
+            "problems": problems,
+            "report": (root / METRICS_DIR / METRICS_REPORT).exists(),
+            "options": metrics.get("options") or {},
+        }
+    repo_ref = context.repo_ref or str(root.resolve())
+    return {
+        "pretty_name": PRETTY_NAME,
+        "summary": SUMMARY,
+        "version": context.version,
+        "revision": context.revision,
+        "released": context.released,
+        "hub_id": context.hub_id,
+        "repo_ref": repo_ref,
+        "load_kwargs": f', revision="{context.revision}"' if context.revision and context.hub_id else "",
+        "random_init_models": [m for m in models if m["random_init"]],
+        "synthetic": synthetic,
+        "configs": configs,
+        "schemas": schema_tables,
+        "models": models,
+        "corpus_counts": counts,
+        "corpus_options": manifest.corpus_counts.get("options") or {},
+        "corpus_notes": list(manifest.corpus_counts.get("notes") or []),
+        "wordnet_source": manifest.corpus_counts.get("source") or manifest.corpus_counts.get("wordnet"),
+        "wordnet_version": wordnet_version(sources),
+        "corpus_sources": sources,
+        "code_version": manifest.code_version,
+        "schema_version": manifest.schema_version,
+        "builds": builds,
+        "validation": validation,
+        "validation_problems": [
+            r for r in (validation or {}).get("results", []) if r.get("status") not in ("passed",)
+        ],
+        "label": label,
+        "metrics": metrics_block,
+        "paper_arxiv": PAPER_ARXIV,
+        "wordnet_license_url": WORDNET_LICENSE_URL,
+        "code_license": CODE_LICENSE,
+        "license_file": LICENSE_FILE,
+        "year": (context.released or datetime.now(timezone.utc).date().isoformat())[:4],
+        "bibtex_key": "routing_atlas" + (f"_v{context.version.replace('.', '_')}" if context.version else ""),
+        **context.extra,
+    }
 
 
-def write_card(root: Path, repo_ref: str | None = None) -> Path:
-    from atlas_build.atlas.writer import write_text_atomic
+def render_card(root: Path, repo_ref: str | None = None, *, context: CardContext | None = None) -> str:
+    """The card (YAML metadata + markdown) for the atlas at `root`.
 
-    path = AtlasLayout(root).card_path
-    write_text_atomic(path, render_card(root, repo_ref))
-    return path
+    Args:
+        root: the atlas directory.
+        repo_ref: what the load snippets name (default: the directory's absolute path).
+        context: release details (version, revision, hub id); `repo_ref` wins over `context.repo_ref`.
+
+    Returns:
+        The README.md text; `DatasetCard` has parsed it, so its YAML block is valid.
+    """
+    return _render(AtlasView.load(root), _context(repo_ref, context))[0]
+
+
+def _context(repo_ref: str | None, context: CardContext | None) -> CardContext:
+    context = context or CardContext()
+    if repo_ref is not None:
+        context.repo_ref = repo_ref
+    return context
+
+
+def _render(view: AtlasView, context: CardContext) -> tuple[str, str]:
+    """(README.md, LICENSE.md) texts."""
+    values = card_context(view, context)
+    data = card_data(view.root, view.manifest, view.models, view.schemas)
+    body = render_template(TEMPLATE.name, **values)
+    # DatasetCard parses (and so checks) the YAML block that DatasetCardData wrote.
+    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body.lstrip()}")
+    return str(card), render_template("LICENSE.md.jinja", **values)
+
+
+def write_card(root: Path, repo_ref: str | None = None, *, context: CardContext | None = None) -> Path:
+    """Write `DIR/README.md` (the card) and `DIR/LICENSE.md` (what its `license_link` names).
+
+    Returns:
+        The card's path.
+    """
+    layout = AtlasLayout(root)
+    card, license_text = _render(AtlasView.load(root), _context(repo_ref, context))
+    write_text_atomic(Path(root) / LICENSE_FILE, license_text)
+    write_text_atomic(layout.card_path, card)
+    return layout.card_path
