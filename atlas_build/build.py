@@ -3,6 +3,12 @@
 The routed texts are split into deterministic shards of `texts_per_shard` texts. Each shard is written
 atomically and then marked done (`.atlas/shards/<config>/<shard>.json`: file hash, row count, hash of the
 shard's inputs), so a rerun into the same directory skips finished shards and redoes the rest.
+
+Failure and recovery: the build holds the atlas lock (`atlas_build.atlas.lock`) throughout, loads the model before
+writing anything (a bad model name or an unsupported model leaves the directory as it was), and saves the
+manifest only after a whole step (corpora; routing + models). A build killed at any point resumes where it
+stopped; a failed write (a full disk) removes its temporary file and leaves no unmarked shard behind.
+`crash_point(event)` calls mark the protocol's steps for the crash tests (inert outside them).
 """
 
 from __future__ import annotations
@@ -36,7 +42,15 @@ from atlas_build.atlas.schema import (
     slugify,
 )
 from atlas_build.atlas.store import write_config
-from atlas_build.atlas.writer import WrittenFile, sha256_file, write_parquet_atomic, write_text_atomic
+from atlas_build.atlas.writer import (
+    AtlasWriteError,
+    WrittenFile,
+    crash_point,
+    remove_temp_files,
+    sha256_file,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 from atlas_build.errors import BuildOptionsError
 from atlas_build.executors import EXECUTORS
 from atlas_build.executors.base import ShardTask
@@ -66,6 +80,8 @@ class BuildConfig:
     batch_size: int = 16
     trust_remote_code: bool = False
     random_init: bool = False
+    # Engine-specific keyword arguments, passed to the engine as they are (vllm: tensor_parallel_size).
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
     # Storage: float16 halves the routing bytes; the order is taken from float32 before rounding.
     weights_dtype: str = "float16"
     slug: str | None = None
@@ -111,6 +127,7 @@ class BuildConfig:
             "batch_size",
             "random_init",
             "weights_dtype",
+            "engine_kwargs",
         )
         return {key: getattr(self, key) for key in keys}
 
@@ -147,10 +164,8 @@ class BuildStats:
 
 
 # ---- corpora --------------------------------------------------------------------------------------
-def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> None:
-    """Write senses, sense-pairs and substitutions unless the atlas already holds them (same options)."""
-    from atlas_build.corpora import build_wordnet_corpora, corpus_counts
-
+def wordnet_corpora_present(config: BuildConfig, manifest: Manifest) -> bool:
+    """Whether the atlas already holds the WordNet corpora; refuses a conflicting --max-lemmas."""
     existing = manifest.corpus_counts.get("options")
     if existing is not None and SENSES in manifest.configs():
         # Every model of an atlas routes the same texts: the corpus of the first build is reused, and a
@@ -161,13 +176,28 @@ def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> None:
                 f"not {config.max_lemmas}: every model of an atlas routes the same texts, so build into a new "
                 "directory, or leave out --max-lemmas to reuse the atlas's corpus"
             )
-        return
+        return True
+    return False
+
+
+def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> bool:
+    """Write senses, sense-pairs and substitutions unless the atlas already holds them (same options).
+
+    Returns:
+        Whether the corpora were written (the manifest, updated in memory, then needs saving).
+    """
+    from atlas_build.corpora import build_wordnet_corpora, corpus_counts
+
+    if wordnet_corpora_present(config, manifest):
+        return False
     tables = build_wordnet_corpora(
         wordnet_dir=config.wordnet_dir, max_lemmas=config.max_lemmas, seed=config.seed
     )
+    crash_point("corpus-before-write")
     for name in (SENSES, SENSE_PAIRS, SUBSTITUTIONS):
         write_config(config.out, manifest, name, tables[name], FIXED_SCHEMAS[name])
     manifest.corpus_counts = {**corpus_counts(tables), "options": config.corpus_options()}
+    return True
 
 
 def read_config(root: Path, manifest: Manifest, config: str) -> pa.Table:
@@ -192,8 +222,11 @@ def wordnet_texts(root: Path, manifest: Manifest) -> list[TextItem]:
 
 
 # ---- routing shards -------------------------------------------------------------------------------
-def shard_inputs_sha256(items: list[TextItem]) -> str:
+def shard_inputs_sha256(items: list[TextItem], run_key: str = "") -> str:
+    """Hash of a shard's texts and `run_key` (see `run_fingerprint`): a marker only counts for the same."""
     digest = hashlib.sha256()
+    if run_key:
+        digest.update(run_key.encode())
     for item in items:
         digest.update(json.dumps(asdict(item), ensure_ascii=False, sort_keys=True).encode())
     return digest.hexdigest()
@@ -241,6 +274,38 @@ def shard_table(engine, items: list[TextItem], schema: pa.Schema, weights_stored
     )
 
 
+def run_fingerprint(row: dict[str, Any], schema: pa.Schema) -> str:
+    """What a routing shard's bytes depend on besides its texts: the model, the compute dtype and the schema.
+
+    Part of the shard key, so that resuming with another checkpoint under the same slug, another --dtype or
+    another --weights-dtype redoes the shards instead of mixing two runs in one config.
+    """
+    keys = ("model_id", "revision", "checkpoint_sha256", "engine", "dtype", "random_init", "seed")
+    identity = {key: row.get(key) for key in keys}
+    return json.dumps({**identity, "schema": schema.to_string()}, sort_keys=True, default=str)
+
+
+def check_text_lengths(engine, items: list[TextItem], chunk: int = 1024) -> None:
+    """Refuse texts longer than the model's context before routing anything, naming them."""
+    limit = engine.max_length
+    if limit is None:
+        return
+    from atlas_build.engines.hf import TextTooLongError
+
+    too_long: list[tuple[TextItem, int]] = []
+    for start in range(0, len(items), chunk):
+        part = items[start : start + chunk]
+        ids = engine.tokenizer([item.text for item in part], add_special_tokens=True)["input_ids"]
+        too_long += [(item, len(i)) for item, i in zip(part, ids, strict=True) if len(i) > limit]
+    if too_long:
+        named = ", ".join(f"{item.corpus} {item.source_id!r} ({n} tokens)" for item, n in too_long[:5])
+        more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
+        raise TextTooLongError(
+            f"{len(too_long)} text(s) are longer than the model's context of {limit} tokens: {named}{more}. "
+            "Nothing was routed: split or drop those texts, or use a model with a longer context"
+        )
+
+
 class ShardWorker:
     """Routes shard tasks and writes each shard atomically, then its done-marker.
 
@@ -260,9 +325,19 @@ class ShardWorker:
         if self._engine is None:
             self._engine = make_engine(self.config)
         layout = AtlasLayout(self.config.out)
+        crash_point("shard-before-write")
         table = shard_table(self._engine, list(task.items), self.schema, self.weights_stored)
-        written = write_parquet_atomic(table, layout.shard_path(task.config, task.index), self.schema)
-        mark_shard_done(layout, task.config, task.index, written, task.inputs_sha256)
+        path = layout.shard_path(task.config, task.index)
+        written = write_parquet_atomic(table, path, self.schema)
+        crash_point("marker-before-write")
+        try:
+            mark_shard_done(layout, task.config, task.index, written, task.inputs_sha256)
+        except BaseException:
+            # Unmarked, the shard would be redone anyway: drop it, so that a failed write (a full disk)
+            # leaves the atlas as it was before the shard began.
+            path.unlink(missing_ok=True)
+            raise
+        crash_point("marker-written")
         return written
 
 
@@ -340,6 +415,7 @@ def make_engine(config: BuildConfig):
         trust_remote_code=config.trust_remote_code,
         random_init=config.random_init,
         seed=config.seed,
+        **config.engine_kwargs,
     )
 
 
@@ -352,16 +428,40 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
     root = config.out
     layout = AtlasLayout(root)
     created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
     try:
-        with AtlasLock(root):
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AtlasWriteError(
+            f"cannot create the atlas directory {root}: {error.strerror or error}"
+        ) from error
+    try:
+        with AtlasLock(root) as lock:
             manifest = Manifest.load_or_new(root)
+            if lock.stale_recovered:
+                pid = (lock.previous_owner or {}).get("pid", "unknown")
+                log(f"resuming the interrupted build (pid {pid}) in {root}: finished shards are kept")
+            # Temporary files of a killed writer: safe to remove while holding the lock.
+            remove_temp_files(root)
             started = time.perf_counter()
+            # Inputs that cannot be used are refused before a model is loaded (minutes for a large one).
+            if config.corpus == "wordnet" and not wordnet_corpora_present(config, manifest):
+                from atlas_build.corpora import find_wordnet_dir
+
+                find_wordnet_dir(config.wordnet_dir)
+            elif config.corpus == "traces":
+                from atlas_build.corpora.traces import read_traces
+
+                read_traces(config.traces)
+            # The model before anything is written: a typo, a dense or an unsupported model, a corrupt
+            # checkpoint leaves the directory as it was.
+            engine = make_engine(config)
             if config.corpus == "wordnet":
-                ensure_wordnet_corpora(config, manifest)
-                # The atlas is consistent after each step: corpora first, then the routing.
-                manifest.save(root)
-                write_card(root)
+                if ensure_wordnet_corpora(config, manifest):
+                    crash_point("corpus-written")
+                    # The atlas is consistent after each step: corpora first, then the routing.
+                    manifest.save(root)
+                    crash_point("corpus-saved")
+                    write_card(root)
                 items = wordnet_texts(root, manifest)
             else:
                 from atlas_build.corpora.traces import ensure_traces  # the traces corpus
@@ -370,19 +470,20 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
             if not items:
                 raise BuildOptionsError("the corpus is empty after filtering: nothing to route")
 
-            engine = make_engine(config)
             row = engine.model_row()
             row["model_slug"] = model_slug(config, engine)
             weights_stored = engine.returns_weights
             row["weights_dtype"] = config.weights_dtype if weights_stored else None
             check_slug_free(root, manifest, row)
+            check_text_lengths(engine, items)
             routing_name = routing_config_name(row["model_slug"])
             schema = routing_schema(
                 row["n_routed_experts"], len(row["moe_layers"]), row["top_k"], row["weights_dtype"]
             )
+            run_key = run_fingerprint(row, schema)
 
             tasks = [
-                ShardTask(routing_name, n, tuple(chunk), shard_inputs_sha256(chunk))
+                ShardTask(routing_name, n, tuple(chunk), shard_inputs_sha256(chunk, run_key))
                 for n, chunk in enumerate(
                     items[i : i + config.texts_per_shard]
                     for i in range(0, len(items), config.texts_per_shard)
@@ -408,6 +509,7 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
             stats.routing_seconds = time.perf_counter() - routing_started
             bar.close()
             engine.close()
+            crash_point("routing-done")
             stats.tokens = sum(w.rows for w in fresh)
             by_index = {task.index: w for task, w in zip(todo, fresh, strict=True)}
             written = [
@@ -422,6 +524,7 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
             for result in written:
                 manifest.record(root, routing_name, result)
             write_config(root, manifest, MODELS, merge_models_row(root, manifest, row), MODELS_SCHEMA)
+            crash_point("models-written")
             stats.seconds = time.perf_counter() - started
             manifest.builds.append(
                 {
@@ -445,7 +548,9 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
                 }
             )
             manifest.save(root)
+            crash_point("manifest-saved")
             write_card(root)
+            crash_point("build-done")
             stats.files = len(manifest.files)
             stats.bytes = sum(entry["bytes"] for entry in manifest.files.values())
             return stats

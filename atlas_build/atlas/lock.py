@@ -1,75 +1,135 @@
-"""One writer at a time: an exclusive lock file in the atlas's state folder.
+"""One writer at a time: an exclusive `flock` on the atlas's lock file.
 
-The lock holds the owner's pid and host. A lock whose process is gone (a killed build) is stale and is
-taken over; a live one makes the second build refuse with a clear message.
+The kernel holds the lock for the open file and drops it when the process exits in any way (SIGKILL,
+OOM, a preempted node), so a killed build never leaves a lock that blocks the next one: there is no
+stale lock to detect, and no takeover for two recovering builds to race on. The file also records the
+holder's pid, host and start time, for the message a second build gets. On network file systems the lock
+is only as good as the server's locking (Linux NFS maps `flock` to byte-range locks, which work).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.errors import LockError
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class AtlasLock:
+    """Exclusive, non-blocking lock on an atlas directory (`DIR/.atlas/lock`); a context manager.
+
+    Attributes:
+        stale_recovered: set by `acquire` when the file named an earlier holder that never released it
+            (a killed build); that build is dead, because its lock was free.
+        previous_owner: that holder's record (pid, host, started), else None.
+    """
+
     def __init__(self, root: Path):
+        self.root = Path(root)
         self.path = AtlasLayout(root).state_dir / "lock"
         self.stale_recovered = False
+        self.previous_owner: dict | None = None
+        self._fd: int | None = None
+        self._made_state_dir = False
 
     def acquire(self) -> AtlasLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
-        for _ in range(2):
+        self._made_state_dir = not self.path.parent.exists()
+        while True:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner and owner.get("host") == socket.gethostname() and _alive(int(owner.get("pid", -1))):
-                    raise LockError(
-                        f"{self.path.parent.parent} is being written by another build (pid {owner['pid']}); "
-                        "wait for it to finish, or build into another directory"
-                    ) from None
-                if owner and owner.get("host") != socket.gethostname():
-                    raise LockError(
-                        f"{self.path.parent.parent} is locked by a build on host {owner.get('host')!r} "
-                        f"(pid {owner.get('pid')}); if that build is dead, remove {self.path}"
-                    ) from None
-                # The owner died without releasing (SIGKILL, power loss): recover the stale lock.
-                self.path.unlink(missing_ok=True)
-                self.stale_recovered = True
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise LockError(f"cannot create {self.path.parent}: {error.strerror or error}") from error
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                continue  # a refused build removed the state folder it had made: make it again
+            except OSError as error:
+                raise LockError(
+                    f"cannot open the lock file {self.path}: {error.strerror or error}"
+                ) from error
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                owner = _read(fd)
+                os.close(fd)
+                if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise LockError(f"cannot lock {self.path}: {error.strerror or error}") from error
+                raise LockError(self._busy_message(owner)) from None
+            # A holder that released between our open and our flock unlinked the file first: we would hold
+            # an orphan inode that the next build never sees. Only the file at the path counts.
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            opened = os.fstat(fd)
+            if current is None or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(payload)
-            return self
-        raise LockError(f"could not take the lock {self.path}")
+            break
+        self.previous_owner = _read(fd)
+        self.stale_recovered = self.previous_owner is not None
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": int(time.time())}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+        except OSError:
+            pass  # the record only feeds messages; a full disk must not stop us from holding the lock
+        self._fd = fd
+        return self
 
-    def _owner(self) -> dict | None:
+    def _busy_message(self, owner: dict | None) -> str:
+        if owner:
+            who = f"pid {owner.get('pid')} on host {owner.get('host')!r}"
+            if owner.get("started"):
+                who += f", started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner['started']))}"
+        else:
+            who = "pid unknown"
+        return (
+            f"{self.root} is being written by another build ({who}); wait for it to finish, or build into "
+            "another directory. The lock is released when that process exits, even if it is killed"
+        )
+
+    def owner(self) -> dict | None:
+        """The record of the current (or last) holder, or None."""
         try:
             return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None  # half-written by a killed process: treat as stale
+        except (OSError, ValueError):
+            return None
 
     def release(self) -> None:
-        owner = self._owner()
-        if owner and owner.get("pid") == os.getpid():
+        if self._fd is None:
+            return
+        # Unlink while still holding: a build that opened the file meanwhile sees the inode change and
+        # starts again on a fresh file.
+        with contextlib.suppress(OSError):
             self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+        if self._made_state_dir:  # a refused build leaves no trace in a directory that had no state
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def __enter__(self) -> AtlasLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _read(fd: int) -> dict | None:
+    try:
+        data = os.pread(fd, 4096, 0)
+        return json.loads(data) if data.strip() else None
+    except (OSError, ValueError):
+        return None

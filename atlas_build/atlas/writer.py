@@ -1,13 +1,17 @@
 """Atomic Parquet writing with the declared schema.
 
 A shard is written to a temporary file in the same folder, flushed to disk and renamed into place, so a
-build that dies (or a disk that fills) never leaves a half-written shard under its real name.
+build that dies (or a disk that fills) never leaves a half-written shard under its real name. A write that
+fails removes its temporary file and raises `AtlasWriteError` naming the file (and, for a full disk, what to
+do); temporary files of a process that was killed are removed by the next build (`remove_temp_files`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,11 @@ from atlas_build.errors import AtlasError
 COMPRESSION = "zstd"
 # Row groups are the unit validation and metrics stream over; ~64k rows keeps them well under memory.
 ROW_GROUP_ROWS = 65536
+# Temporary files are `.<name>.<random>.tmp` next to their target: hidden, so no data glob matches them.
+TEMP_SUFFIX = ".tmp"
+# Test hook, inert unless set: `<event>:<n>` SIGKILLs the process at the n-th `crash_point(event)`.
+KILL_AT_ENV = "ROUTING_ATLAS_TEST_KILL_AT"
+_crash_counts: dict[str, int] = {}
 
 
 class AtlasWriteError(AtlasError):
@@ -32,6 +41,36 @@ class WrittenFile:
     sha256: str
     rows: int
     bytes: int
+
+
+def crash_point(event: str) -> None:
+    """Kill this process with SIGKILL at the n-th `event` when `ROUTING_ATLAS_TEST_KILL_AT=<event>:<n>`.
+
+    The crash tests (tests/reliability/test_resume.py) interrupt builds at exact points of the write
+    protocol with it; a SIGKILL runs no cleanup, like a preempted node. Does nothing unless the variable
+    is set.
+    """
+    spec = os.environ.get(KILL_AT_ENV)
+    if not spec:
+        return
+    name, _, nth = spec.rpartition(":")
+    if name != event:
+        return
+    _crash_counts[event] = _crash_counts.get(event, 0) + 1
+    if str(_crash_counts[event]) == nth:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_error(path: Path, error: OSError) -> AtlasWriteError:
+    """An `AtlasWriteError` naming `path`; a full disk (or quota) says how to resume."""
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error):
+        return AtlasWriteError(
+            f"could not write {path}: the disk is full ({reason}). Nothing was half-written: free some "
+            "space (or move the atlas to a larger disk) and rerun the same command to resume; finished "
+            "shards are kept"
+        )
+    return AtlasWriteError(f"could not write {path}: {reason}")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -54,14 +93,36 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.replace_schema_metadata(schema.metadata)
 
 
+def _temp_file(path: Path) -> Path:
+    """A new, empty temporary file next to `path` (creating its folder)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as error:
+        raise write_error(path, error) from error
+    os.close(fd)
+    return Path(tmp_name)
+
+
+def _sync_dir(folder: Path) -> None:
+    """Persist a rename (best effort: some file systems cannot fsync a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_parquet_atomic(table: pa.Table, path: Path, schema: pa.Schema) -> WrittenFile:
     """Write `table` (conformed to `schema`) to `path` atomically; return its hash and size."""
     table = conform(table, schema)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temp_file(path)
     try:
         pq.write_table(
             table,
@@ -72,31 +133,48 @@ def write_parquet_atomic(table: pa.Table, path: Path, schema: pa.Schema) -> Writ
             write_statistics=True,
             store_schema=True,
         )
+        crash_point("parquet-temp-written")
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
-        raise AtlasWriteError(f"could not write {path}: {error.strerror or error}") from error
+        raise write_error(path, error) from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _sync_dir(path.parent)
+    crash_point("parquet-renamed")
     return WrittenFile(path=path, sha256=sha256_file(path), rows=table.num_rows, bytes=path.stat().st_size)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a small text file (manifest, card, marker) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _temp_file(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        crash_point("text-temp-written")
+        os.replace(tmp, path)
     except BaseException as error:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise AtlasWriteError(f"could not write {path}: {error.strerror or error}") from error
+            raise write_error(path, error) from error
         raise
+    _sync_dir(path.parent)
+
+
+def remove_temp_files(root: Path) -> list[Path]:
+    """Remove the temporary files that killed writers left under `root`; return them.
+
+    Only safe while holding the atlas lock (another writer's temporary files would vanish under it).
+    """
+    removed = []
+    for tmp in Path(root).rglob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

@@ -31,6 +31,7 @@ from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
 from atlas_build.atlas.schema import SENSES_SCHEMA
 from atlas_build.corpora.wordnet import wordnet_version
+from atlas_build.errors import AtlasError
 
 POS_TAGS = ("n", "v", "a", "r")  # WordNet's parts of speech; satellites ('s') are read as 'a'
 
@@ -54,7 +55,7 @@ CORPUS_NOTES = [
 ]
 
 
-class EmptyCorpusError(ValueError):
+class EmptyCorpusError(ValueError, AtlasError):
     """The corpus filters left no example (the message names the filter)."""
 
 

@@ -27,6 +27,8 @@ import nltk
 from nltk.corpus.reader.wordnet import WordNetCorpusReader
 from nltk.data import FileSystemPathPointer, ZipFilePathPointer
 
+from atlas_build.errors import AtlasError
+
 INSTALL_HINT = (
     "install WordNet 3.0 with `apt-get install wordnet-base wordnet-sense-index` (Debian/Ubuntu), "
     "or with `python -c \"import nltk; nltk.download('wordnet')\"`, or pass --wordnet-dir DIR "
@@ -92,7 +94,7 @@ LEXNAMES: tuple[tuple[str, int], ...] = (
 )
 
 
-class WordNetNotFoundError(Exception):
+class WordNetNotFoundError(AtlasError):
     """No usable WordNet 3.0 installation was found (the message says what to install)."""
 
 

@@ -7,6 +7,7 @@ the LM head is never computed.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -54,6 +55,9 @@ def resolve_checkpoint(model: str, revision: str | None = None) -> tuple[Path, s
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    # A name close to a built-in one is most likely a typo of it: say so when the hub lookup fails.
+    close = difflib.get_close_matches(model, sorted(BUILTIN), n=1, cutoff=0.8) if "/" not in model else []
+    hint = f"Did you mean {close[0]!r}? " if close else ""
     try:
         local = snapshot_download(
             model,
@@ -62,12 +66,12 @@ def resolve_checkpoint(model: str, revision: str | None = None) -> tuple[Path, s
         )
     except LocalEntryNotFoundError as error:
         raise ModelLoadError(
-            f"{model!r} is neither a built-in model ({', '.join(sorted(BUILTIN))}) nor a local directory, and "
-            "it is not in the local Hugging Face cache (offline or no network). Download it first "
-            f"(`huggingface-cli download {model}`) or pass its directory."
+            f"unknown model {model!r}. {hint}It is neither a built-in model ({', '.join(sorted(BUILTIN))}) "
+            "nor a local directory, and it is not in the local Hugging Face cache (offline or no network). "
+            f"Download it first (`huggingface-cli download {model}`) or pass its directory."
         ) from error
     except (RepositoryNotFoundError, HfHubHTTPError, ValueError) as error:
-        raise ModelLoadError(f"could not fetch {model!r} from the hub: {error}") from error
+        raise ModelLoadError(f"could not fetch {model!r} from the hub: {hint}{error}") from error
     return Path(local), Path(local).name, False
 
 
@@ -359,6 +363,136 @@ class HFEngine(Engine):
         for hook in self._hooks:
             hook.remove()
         self._model = None
+
+    def generate(
+        self, prompt_text: str, max_new_tokens: int, *, stop_token_ids: list[int] | None = None
+    ) -> tuple[str, RoutingBatch]:
+        """Greedy generation from `prompt_text` with the routing of every token captured on the way.
+
+        The prompt is tokenized as `route` does (special tokens added, e.g. R1's BOS) and prefilled once;
+        then each decoding step feeds one token through the KV cache, so each router call covers exactly
+        that new token. After the last step the last generated token is fed once more (its logits are
+        not used), so the routing covers the prompt and every generated token: the same tokens a prefill
+        of the whole sequence routes, and, up to float rounding of the cached attention, with the same
+        experts (tests/traces/test_generate.py checks this on the tiny model).
+
+        Args:
+            prompt_text: the formatted prompt (chat template applied, BOS left to the tokenizer).
+            max_new_tokens: most tokens to generate; fewer when the model's context is reached first.
+            stop_token_ids: tokens that end the generation (default: the config's and tokenizer's EOS).
+                The stopping token is routed, but left out of the returned text.
+
+        Returns:
+            `(generated_text, routing)`: the decoded new tokens (special tokens kept, so that the text
+            re-tokenizes to the same ids where byte-level decoding allows), and a one-text
+            `RoutingBatch` over prompt + generated tokens. Character spans of generated tokens are
+            offsets into `prompt_text + generated_text`; special tokens, and generated tokens whose
+            bytes do not decode to whole characters, get (-1, -1).
+        """
+        import torch
+
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        tokenizer = self._tokenizer
+        prompt = self.encode([prompt_text])[0]
+        n_prompt = len(prompt["ids"])
+        limit = self.max_length
+        budget = max_new_tokens if limit is None else min(max_new_tokens, limit - n_prompt)
+        if budget < 1:
+            raise TextTooLongError(
+                f"the prompt has {n_prompt} tokens, the model's context is {limit}: no room to generate"
+            )
+        if stop_token_ids is None:
+            stop_token_ids = []
+            for source in (getattr(self._model, "generation_config", None), self.config, tokenizer):
+                eos = getattr(source, "eos_token_id", None)
+                stop_token_ids.extend(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        stops = set(stop_token_ids)
+        # The embedding matrix may be padded past the tokenizer's vocabulary (R1: 129280 rows for 128815
+        # ids): such ids have no text, so greedy decoding never picks them.
+        vocab = len(tokenizer)
+        n_layers, k = len(self._routers), self.spec.top_k
+        index_parts: list[list[torch.Tensor]] = [[] for _ in self._routers]
+        weight_parts: list[list[torch.Tensor]] = [[] for _ in self._routers]
+
+        def step(ids: list[int], cache):
+            for slot in self._captured:
+                slot.clear()
+            out = self._model(
+                input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            for slot, captures in enumerate(self._captured):
+                if len(captures) != 1:
+                    raise RuntimeError(
+                        f"router of MoE layer {self._routers[slot][0]} ran {len(captures)} times in one step"
+                    )
+                index, weights = captures[0]
+                index_parts[slot].append(index.reshape(len(ids), k))
+                weight_parts[slot].append(weights.reshape(len(ids), k))
+            return out
+
+        generated: list[int] = []
+        with torch.inference_mode():
+            out = step(prompt["ids"].tolist(), None)
+            while True:
+                next_id = int(out.logits[0, -1, :vocab].float().argmax())
+                generated.append(next_id)
+                if next_id in stops or len(generated) >= budget:
+                    break
+                out = step([next_id], out.past_key_values)
+            # Route the last generated token too: its router calls are what a prefill would record.
+            step([generated[-1]], out.past_key_values)
+        for slot in self._captured:
+            slot.clear()
+
+        index_layers, weight_layers = [], []
+        for slot in range(n_layers):
+            weights = torch.cat(weight_parts[slot])
+            weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
+            index_layers.append(torch.gather(torch.cat(index_parts[slot]), -1, order))
+            weight_layers.append(weights)
+        experts = torch.stack(index_layers, dim=1).to(torch.int16).cpu().numpy()
+        gate_weights = torch.stack(weight_layers, dim=1).cpu().numpy()
+
+        text_ids = generated[:-1] if generated[-1] in stops else generated
+        generated_text = tokenizer.decode(
+            text_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+        # Spans of generated tokens: each token's text is what it adds to the decoded prefix. Decoding a
+        # short window before it keeps this linear and lets byte-level pieces merge into characters.
+        special = set(tokenizer.all_special_ids)
+        spans = np.full((len(generated), 2), -1, dtype=np.int32)
+        cursor, pieces_ok = len(prompt_text), True
+        pieces = []
+        for i, token_id in enumerate(text_ids):
+            window = text_ids[max(0, i - 6) : i]
+            before = tokenizer.decode(window, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            after = tokenizer.decode(
+                [*window, token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+            piece = after[len(before) :] if after.startswith(before) else None
+            if piece is None or "\ufffd" in piece:
+                pieces_ok = False
+                piece = ""
+            pieces.append(piece)
+            if token_id not in special and piece:
+                spans[i] = (cursor, cursor + len(piece))
+            cursor += len(piece)
+        if not pieces_ok or "".join(pieces) != generated_text:
+            # Bytes split across tokens (or a decoder that rewrites text): no exact offsets to give.
+            spans[:] = -1
+        ids = np.concatenate([prompt["ids"], np.asarray(generated, dtype=np.int64)])
+        return generated_text, RoutingBatch(
+            token_counts=np.array([len(ids)], dtype=np.int64),
+            token_ids=ids,
+            tokens=tokenizer.convert_ids_to_tokens(ids.tolist()),
+            char_spans=np.concatenate([prompt["spans"], spans]),
+            experts=experts,
+            weights=gate_weights,
+        )
 
 
 __all__ = ["HFEngine", "ModelLoadError", "TextTooLongError", "UnsupportedModelError"]
