@@ -196,7 +196,12 @@ def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> bool:
     crash_point("corpus-before-write")
     for name in (SENSES, SENSE_PAIRS, SUBSTITUTIONS):
         write_config(config.out, manifest, name, tables[name], FIXED_SCHEMAS[name])
-    manifest.corpus_counts = {**corpus_counts(tables), "options": config.corpus_options()}
+    # Other corpora's counts (traces) stay.
+    manifest.corpus_counts = {
+        **manifest.corpus_counts,
+        **corpus_counts(tables),
+        "options": config.corpus_options(),
+    }
     return True
 
 
@@ -327,11 +332,11 @@ class ShardWorker:
         layout = AtlasLayout(self.config.out)
         crash_point("shard-before-write")
         table = shard_table(self._engine, list(task.items), self.schema, self.weights_stored)
-        path = layout.shard_path(task.config, task.index)
+        path = layout.shard_path(task.config, task.index, task.part)
         written = write_parquet_atomic(table, path, self.schema)
         crash_point("marker-before-write")
         try:
-            mark_shard_done(layout, task.config, task.index, written, task.inputs_sha256)
+            mark_shard_done(layout, task.config, task.index, written, task.inputs_sha256, task.part)
         except BaseException:
             # Unmarked, the shard would be redone anyway: drop it, so that a failed write (a full disk)
             # leaves the atlas as it was before the shard began.
@@ -345,9 +350,9 @@ def written_file(path: Path) -> WrittenFile:
     return WrittenFile(path, sha256_file(path), pq.ParquetFile(path).metadata.num_rows, path.stat().st_size)
 
 
-def shard_is_done(layout: AtlasLayout, config: str, shard: int, inputs_sha256: str) -> bool:
-    marker = layout.marker_path(config, shard)
-    path = layout.shard_path(config, shard)
+def shard_is_done(layout: AtlasLayout, config: str, shard: int, inputs_sha256: str, part: str = "") -> bool:
+    marker = layout.marker_path(config, shard, part)
+    path = layout.shard_path(config, shard, part)
     if not marker.exists() or not path.exists():
         return False
     try:
@@ -358,7 +363,7 @@ def shard_is_done(layout: AtlasLayout, config: str, shard: int, inputs_sha256: s
 
 
 def mark_shard_done(
-    layout: AtlasLayout, config: str, shard: int, written: WrittenFile, inputs_sha256: str
+    layout: AtlasLayout, config: str, shard: int, written: WrittenFile, inputs_sha256: str, part: str = ""
 ) -> None:
     payload = {
         "sha256": written.sha256,
@@ -366,7 +371,7 @@ def mark_shard_done(
         "bytes": written.bytes,
         "inputs_sha256": inputs_sha256,
     }
-    write_text_atomic(layout.marker_path(config, shard), json.dumps(payload) + "\n")
+    write_text_atomic(layout.marker_path(config, shard, part), json.dumps(payload) + "\n")
 
 
 # ---- the build ------------------------------------------------------------------------------------
@@ -466,7 +471,8 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
             else:
                 from atlas_build.corpora.traces import ensure_traces  # the traces corpus
 
-                items = ensure_traces(config, manifest)
+                items = ensure_traces(config, manifest, engine=engine)
+                write_card(root)
             if not items:
                 raise BuildOptionsError("the corpus is empty after filtering: nothing to route")
 
@@ -482,15 +488,20 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
             )
             run_key = run_fingerprint(row, schema)
 
+            # Each corpus has its own shards in the model's routing config: a traces build never replaces
+            # the WordNet routing of the same model, nor the other way round.
+            part = "" if config.corpus == "wordnet" else config.corpus
             tasks = [
-                ShardTask(routing_name, n, tuple(chunk), shard_inputs_sha256(chunk, run_key))
+                ShardTask(routing_name, n, tuple(chunk), shard_inputs_sha256(chunk, run_key), part)
                 for n, chunk in enumerate(
                     items[i : i + config.texts_per_shard]
                     for i in range(0, len(items), config.texts_per_shard)
                 )
             ]
             done = [
-                task for task in tasks if shard_is_done(layout, routing_name, task.index, task.inputs_sha256)
+                task
+                for task in tasks
+                if shard_is_done(layout, routing_name, task.index, task.inputs_sha256, part)
             ]
             todo = [task for task in tasks if task not in done]
             stats = BuildStats(texts=len(items), shards_skipped=len(done), shards_written=len(todo))
@@ -513,14 +524,16 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
             stats.tokens = sum(w.rows for w in fresh)
             by_index = {task.index: w for task, w in zip(todo, fresh, strict=True)}
             written = [
-                by_index.get(task.index) or written_file(layout.shard_path(routing_name, task.index))
+                by_index.get(task.index) or written_file(layout.shard_path(routing_name, task.index, part))
                 for task in tasks
             ]
-            # Shards beyond this build's count belong to an older, larger corpus.
+            # Shards of this corpus beyond this build's count belong to an older, larger corpus.
+            own_shard = layout.shard_name_pattern(routing_name, part)
+            keep = {w.path.name for w in written}
             for stale in layout.config_dir(routing_name).glob(f"{routing_name}-*.parquet"):
-                if stale not in {w.path for w in written}:
+                if own_shard.match(stale.name) and stale.name not in keep:
                     stale.unlink()
-            manifest.drop_config(routing_name)
+            manifest.drop_files(routing_name, lambda rel: own_shard.match(Path(rel).name) is not None)
             for result in written:
                 manifest.record(root, routing_name, result)
             write_config(root, manifest, MODELS, merge_models_row(root, manifest, row), MODELS_SCHEMA)
@@ -531,7 +544,9 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
                     "kind": "routing",
                     "model_slug": row["model_slug"],
                     "model": config.model,
-                    "corpus": config.corpus_options() if config.corpus == "wordnet" else {"corpus": "traces"},
+                    "corpus": config.corpus_options()
+                    if config.corpus == "wordnet"
+                    else {"corpus": "traces", "traces": Path(config.traces).name},
                     "engine": config.engine_options(),
                     "code_version": manifest.code_version,
                     "stats": {
@@ -544,6 +559,7 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
                         f"--dtype {config.dtype} --seed {config.seed}"
                         + (f" --max-lemmas {config.max_lemmas}" if config.max_lemmas else "")
                         + (" --random-init" if config.random_init else "")
+                        + (f" --traces {Path(config.traces).name}" if config.corpus == "traces" else "")
                     ),
                 }
             )

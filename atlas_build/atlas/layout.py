@@ -8,6 +8,7 @@ DIR/.atlas/                               build state: shard markers, lock (not 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,15 +47,27 @@ class AtlasLayout:
             raise ValueError(f"config name {config!r} would write outside the atlas directory {self.root}")
         return self.root / config
 
-    def shard_path(self, config: str, shard: int) -> Path:
-        return self.config_dir(config) / f"{config}-{shard:05d}.parquet"
+    def shard_path(self, config: str, shard: int, part: str = "") -> Path:
+        """`<config>/<config>-[<part>-]<shard:05d>.parquet`; `part` keeps the shards of one corpus (e.g.
+        traces) apart from another's inside the same routing config."""
+        return self.config_dir(config) / f"{config}-{_part_prefix(part)}{shard:05d}.parquet"
 
-    def marker_path(self, config: str, shard: int) -> Path:
+    def marker_path(self, config: str, shard: int, part: str = "") -> Path:
         self.config_dir(config)
-        return self.state_dir / "shards" / config / f"{shard:05d}.json"
+        return self.state_dir / "shards" / config / f"{_part_prefix(part)}{shard:05d}.json"
+
+    def shard_name_pattern(self, config: str, part: str = "") -> re.Pattern:
+        """Matches the file names of one part's shards, and no other part's."""
+        return re.compile(rf"^{re.escape(config)}-{re.escape(_part_prefix(part))}\d{{5}}\.parquet$")
 
     def relative(self, path: Path) -> str:
         return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
 
     def data_glob(self, config: str) -> str:
         return f"{config}/{config}-*.parquet"
+
+
+def _part_prefix(part: str) -> str:
+    if part and not re.fullmatch(r"[a-z][a-z0-9]*", part):
+        raise ValueError(f"invalid shard part {part!r}: lower-case letters and digits")
+    return f"{part}-" if part else ""

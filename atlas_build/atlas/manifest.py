@@ -121,6 +121,12 @@ class Manifest:
     def drop_config(self, config: str) -> None:
         self.files = {path: entry for path, entry in self.files.items() if entry["config"] != config}
 
+    def drop_files(self, config: str, select) -> None:
+        """Forget the files of `config` whose relative path `select(path)` is true."""
+        self.files = {
+            path: entry for path, entry in self.files.items() if entry["config"] != config or not select(path)
+        }
+
     def configs(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for path, entry in sorted(self.files.items()):

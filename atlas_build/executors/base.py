@@ -22,6 +22,8 @@ class ShardTask:
     index: int
     items: tuple
     inputs_sha256: str
+    # Which corpus's shards within the config ("" for WordNet, "traces"): their files never collide.
+    part: str = ""
 
     @property
     def n_texts(self) -> int:

@@ -141,7 +141,9 @@ def test_routing_equals_an_independent_recomputation(small_atlas, tiny_checkpoin
     experts = routing_array(routing.column("experts"))
     weights = routing_array(routing.column("weights")).astype(np.float32)
     source_ids = routing.column("source_id").to_pylist()
-    starts = [0] + [i for i in range(1, len(source_ids)) if source_ids[i] != source_ids[i - 1]] + [len(source_ids)]
+    starts = (
+        [0] + [i for i in range(1, len(source_ids)) if source_ids[i] != source_ids[i - 1]] + [len(source_ids)]
+    )
     mismatched_sets = 0
     max_weight_error = 0.0
     with torch.inference_mode():
@@ -150,12 +152,16 @@ def test_routing_equals_an_independent_recomputation(small_atlas, tiny_checkpoin
             assert ids.shape[1] == b - a
             model.model(input_ids=ids)
             for slot, layer in enumerate(moe_layers):
-                ref_experts, ref_weights = recompute_deepseek_v3_gate(captured[layer], model.model.layers[layer].mlp.gate)
+                ref_experts, ref_weights = recompute_deepseek_v3_gate(
+                    captured[layer], model.model.layers[layer].mlp.gate
+                )
                 got = experts[a:b, slot]
                 mismatched_sets += int(
                     sum(set(x) != set(y) for x, y in zip(got.tolist(), ref_experts.tolist(), strict=True))
                 )
-                max_weight_error = max(max_weight_error, float(np.abs(weights[a:b, slot] - ref_weights.numpy()).max()))
+                max_weight_error = max(
+                    max_weight_error, float(np.abs(weights[a:b, slot] - ref_weights.numpy()).max())
+                )
     for hook in hooks:
         hook.remove()
     assert len(starts) - 1 == len(texts)
@@ -207,7 +213,8 @@ def test_changing_corpus_options_in_an_existing_atlas_is_refused(atlas_copy):
     before = Manifest.load(atlas_copy).data_hashes()
     with pytest.raises(BuildOptionsError, match="new.*directory"):
         run_build(
-            BuildConfig(model="tiny-deepseek-v3", out=atlas_copy, max_lemmas=3, progress=False), log=lambda *_: None
+            BuildConfig(model="tiny-deepseek-v3", out=atlas_copy, max_lemmas=3, progress=False),
+            log=lambda *_: None,
         )
     assert Manifest.load(atlas_copy).data_hashes() == before
 
@@ -218,3 +225,33 @@ def test_manifest_records_the_build(small_atlas):
     assert build["engine"]["dtype"] == "float32" and build["corpus"]["max_lemmas"] == 12
     assert data["corpus_counts"]["examples"] == data["configs"]["senses"]["rows"]
     assert data["code_version"].startswith("0.")
+
+
+def test_traces_and_wordnet_share_one_routing_config(atlas_copy):
+    """A traces build for a model that already has WordNet routing adds shards beside it, losing nothing."""
+    from pathlib import Path
+
+    before = Manifest.load(atlas_copy)
+    wordnet_rows = before.configs()[ROUTING]["rows"]
+    traces = Path(__file__).resolve().parents[1] / "fixtures" / "traces" / "sample.jsonl"
+    run_build(
+        BuildConfig(
+            model="tiny-deepseek-v3", out=atlas_copy, corpus="traces", traces=str(traces), progress=False
+        ),
+        log=lambda *_: None,
+    )
+    after = Manifest.load(atlas_copy)
+    assert {p: h for p, h in after.data_hashes().items() if p in before.data_hashes()} == {
+        p: h for p, h in before.data_hashes().items() if not p.startswith("models/")
+    } | {"models/models-00000.parquet": after.data_hashes()["models/models-00000.parquet"]}
+    routing = read(atlas_copy, ROUTING)
+    corpora = routing.unique("corpus")
+    assert set(corpora) == {"senses", "substitutions", "traces"}
+    assert len(routing) > wordnet_rows
+    assert "traces" in after.corpus_counts and "options" in after.corpus_counts
+    # Rebuilding WordNet routing (a resume, same sharding as the fixture) keeps the traces shards.
+    run_build(
+        BuildConfig(model="tiny-deepseek-v3", out=atlas_copy, progress=False, texts_per_shard=64),
+        log=lambda *_: None,
+    )
+    assert Manifest.load(atlas_copy).data_hashes() == after.data_hashes()
