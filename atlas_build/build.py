@@ -186,7 +186,8 @@ def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> bool:
     Returns:
         Whether the corpora were written (the manifest, updated in memory, then needs saving).
     """
-    from atlas_build.corpora import build_wordnet_corpora, corpus_counts
+    from atlas_build.corpora import CORPUS_NOTES, build_wordnet_corpora, corpus_counts
+    from atlas_build.corpora.wordnet import describe_source
 
     if wordnet_corpora_present(config, manifest):
         return False
@@ -201,6 +202,9 @@ def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> bool:
         **manifest.corpus_counts,
         **corpus_counts(tables),
         "options": config.corpus_options(),
+        # For the card, which never imports corpora: where WordNet came from and how the corpora were made.
+        "source": describe_source(config.wordnet_dir),
+        "notes": list(CORPUS_NOTES),
     }
     return True
 
@@ -548,6 +552,7 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
                     if config.corpus == "wordnet"
                     else {"corpus": "traces", "traces": Path(config.traces).name},
                     "engine": config.engine_options(),
+                    "model_notes": engine.model_notes(),
                     "code_version": manifest.code_version,
                     "stats": {
                         "texts": stats.texts,

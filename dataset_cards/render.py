@@ -488,6 +488,8 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
         model["license"] = model_license(model, licenses.get(model["model_slug"]))
         model["hub"] = is_hub_id(model["model_id"]) and not is_synthetic(model)
         model["builds"] = [b for b in manifest.builds if b.get("model_slug") == model["model_slug"]]
+        # What the build recorded about the model (e.g. what was verified of a built-in tokenizer).
+        model["notes"] = list(dict.fromkeys(n for b in model["builds"] for n in b.get("model_notes") or []))
     builds = []
     for build in manifest.builds:
         summary = build.get("summary") or build.get("kind", "")

@@ -18,6 +18,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The tiny models are latency-bound: one torch thread is as fast, and far faster when the cores are busy
+# (OpenMP threads spin against each other).
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a dependency
+    pass
+
 # Small enough for CI, large enough that every config has rows and most lemmas have pairs.
 SMALL_ATLAS_LEMMAS = 12
 
@@ -35,7 +44,9 @@ def _wordnet_available() -> bool:
 @pytest.fixture(scope="session")
 def requires_wordnet():
     if not _wordnet_available():
-        pytest.skip("WordNet 3.0 not found: `make wordnet` (apt-get install wordnet-base wordnet-sense-index)")
+        pytest.skip(
+            "WordNet 3.0 not found: `make wordnet` (apt-get install wordnet-base wordnet-sense-index)"
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,7 +70,13 @@ def small_atlas(tmp_path_factory, requires_wordnet) -> Path:
 
     out = tmp_path_factory.mktemp("atlas") / "small"
     run_build(
-        BuildConfig(model="tiny-deepseek-v3", out=out, max_lemmas=SMALL_ATLAS_LEMMAS, progress=False, texts_per_shard=64),
+        BuildConfig(
+            model="tiny-deepseek-v3",
+            out=out,
+            max_lemmas=SMALL_ATLAS_LEMMAS,
+            progress=False,
+            texts_per_shard=64,
+        ),
         log=lambda *_: None,
     )
     return out

@@ -63,6 +63,10 @@ class Engine(ABC):
     def tokenizer(self):
         """The model's tokenizer (a transformers tokenizer)."""
 
+    def model_notes(self) -> list[str]:
+        """Sentences for the dataset card about this model (what is verified, what is random-init)."""
+        return []
+
     @property
     def max_length(self) -> int | None:
         """Longest text, in tokens, the engine routes (None: no limit known)."""

@@ -263,6 +263,17 @@ class HFEngine(Engine):
             "seed": self.seed if self.random_init else self._builtin_info.get("seed"),
         }
 
+    def model_notes(self) -> list[str]:
+        from atlas_build.models import BUILTIN
+
+        notes = list(getattr(BUILTIN.get(self.model_id), "CARD_NOTES", [])) if self.builtin else []
+        if self.random_init:
+            notes.append(
+                f"Random-init twin of {self.model_id}'s architecture (seed {self.seed}): a null model, its "
+                "routing carries no finding."
+            )
+        return notes
+
     @property
     def _builtin_info(self) -> dict[str, Any]:
         # Checkpoints that routing-atlas generated say so in their config.json.

@@ -216,7 +216,8 @@ def plot_scale(metrics: dict, path: Path) -> bool:
             est, lo, hi = (mean.get(k) for k in ("estimate", "ci_low", "ci_high"))
             if est is None:
                 continue
-            err = [[est - lo if lo is not None else 0], [hi - est if hi is not None else 0]]
+            # A bootstrap interval need not contain its estimate (few clusters): errorbar needs >= 0.
+            err = [[max(est - lo, 0) if lo is not None else 0], [max(hi - est, 0) if hi is not None else 0]]
             ax.errorbar(
                 [x],
                 [est],

