@@ -15,7 +15,7 @@ $(BIN)/atlas: pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(PIP_INSTALL) torch==2.13.0
-	$(PIP_INSTALL) -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev,traces]'
 	touch $(BIN)/atlas
 
 venv: $(BIN)/atlas
@@ -35,8 +35,11 @@ wordnet: venv
 demo: venv wordnet
 	$(OFFLINE) $(BIN)/atlas build --model tiny-deepseek-v3 --out $(DEMO_DIR) --max-lemmas $(DEMO_MAX_LEMMAS)
 	$(OFFLINE) $(BIN)/atlas validate $(DEMO_DIR)
+	$(OFFLINE) $(BIN)/atlas metrics $(DEMO_DIR) --out $(DEMO_DIR)/metrics
+	$(OFFLINE) $(BIN)/atlas card $(DEMO_DIR)
 	@echo
-	@echo "Demo atlas written to $(abspath $(DEMO_DIR))  (tiny-deepseek-v3 is RANDOM-INIT: its routing is plumbing, not findings)"
+	@echo "Demo atlas: $(abspath $(DEMO_DIR))  (metrics report: $(DEMO_DIR)/metrics/report.md)"
+	@echo "tiny-deepseek-v3 is RANDOM-INIT: its routing is plumbing and a null model, not a finding."
 	@echo "Load it with:"
 	@echo "  from datasets import load_dataset"
 	@echo "  routing = load_dataset(\"$(abspath $(DEMO_DIR))\", \"routing-tiny-deepseek-v3\", split=\"train\")"
