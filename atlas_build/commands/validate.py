@@ -1,0 +1,53 @@
+"""`atlas validate DIR`: the quality gate every atlas passes before it is published."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_FAILED = 1  # the atlas has defects
+EXIT_NOT_AN_ATLAS = 2  # nothing to validate (missing directory, no manifest)
+
+
+@click.command("validate")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=True, dir_okay=True))
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Where to write the report [default: DIR/validation.json].",
+)
+@click.option("--examples", default=3, show_default=True, help="Failing examples shown per check.")
+@click.option("--problems-only", is_flag=True, help="List only the checks that did not pass.")
+@click.option(
+    "--no-hashes", is_flag=True, help="Skip recomputing sha256 of the data files (row counts still checked)."
+)
+@click.option("--no-tokenizer", is_flag=True, help="Skip the token-strings check (no tokenizer is loaded).")
+def command(
+    directory: Path,
+    json_path: Path | None,
+    examples: int,
+    problems_only: bool,
+    no_hashes: bool,
+    no_tokenizer: bool,
+) -> None:
+    """Validate the atlas in DIRECTORY: schema, keys, references, routing rules, manifest checksums.
+
+    Prints one line per (config, check) with a few failing examples, writes DIR/validation.json, and exits
+    0 only when every check passes (1 when some check fails, 2 when DIRECTORY is not an atlas).
+    """
+    from validation import AtlasNotFoundError, run_validation
+    from validation.runner import REPORT_NAME
+
+    try:
+        report = run_validation(directory, hashes=not no_hashes, tokenizers=not no_tokenizer)
+    except AtlasNotFoundError as error:
+        click.echo(f"atlas validate: {error}", err=True)
+        sys.exit(EXIT_NOT_AN_ATLAS)
+    click.echo(report.render_table(max_examples=examples, only_problems=problems_only))
+    written = report.write(json_path or directory / REPORT_NAME)
+    click.echo(f"report written to {written}")
+    sys.exit(0 if report.passed else EXIT_FAILED)

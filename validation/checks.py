@@ -1,0 +1,69 @@
+"""The checks of the validation gate, by name, with the rule each one enforces.
+
+A check is reported per config (`atlas` for atlas-wide ones). Most checks are one or more
+great-expectations expectations over frames derived from the Parquet batches (`validation.corpora`,
+`validation.routing`); `manifest-files`, `configs`, `schema` and `models-consistency` compare files and
+schemas directly.
+"""
+
+from __future__ import annotations
+
+# Atlas-wide and per-config checks, in report order.
+CHECKS: dict[str, str] = {
+    # ---- the directory ------------------------------------------------------------------------
+    "manifest-files": "every manifest file exists with its sha256, byte size and row count; no data file "
+    "is missing from the manifest",
+    "configs": "senses, models and at least one routing-<slug> config hold data; no unknown config folders",
+    "schema": "the Parquet schema of every data file equals the declared schema of its config "
+    "(column names, order, types, nullability, routing schema metadata)",
+    # ---- every config -------------------------------------------------------------------------
+    "ids-unique": "the id column of the config is unique and never null (sense-pairs: also the "
+    "(example_a, example_b) pair)",
+    "value-sets": "categorical columns hold declared values; numeric columns lie in their ranges",
+    # ---- corpora ------------------------------------------------------------------------------
+    "target-span": "0 <= target_start < target_end <= len(text); senses: text[target_start:target_end] == "
+    "target_form; the span is word-aligned and holds a form of the lemma (substitutions: of the substitute)",
+    "references": "sense-pairs: both examples exist, differ, have the pair's lemma and pos, and the synsets "
+    "match; substitutions: the base example exists with the same lemma and pos, and the relation agrees "
+    "with the synsets",
+    "same-sense": "sense-pairs: same_sense == (synset_a == synset_b)",
+    "segments": "traces: segment spans lie inside the text, in order, without overlap, with known names; "
+    "meta is a JSON object or null",
+    # ---- models -------------------------------------------------------------------------------
+    "models-fields": "models rows: unique slugs, 1 <= top_k <= n_routed_experts, moe_layers strictly "
+    "increasing inside [0, num_hidden_layers), known scoring/top-k methods and weight dtypes",
+    "models-consistency": "every routing config has exactly one models row and vice versa; its file's "
+    "[moe_layer][k] shape and expert id type agree with that row",
+    # ---- routing ------------------------------------------------------------------------------
+    "source-exists": "corpus is senses, substitutions or traces, and every source_id exists in that config",
+    "token-keys-unique": "(source_id, token_index) is unique",
+    "token-index-contiguous": "the token indices of every text are exactly 0..n-1",
+    "experts-top-k": "every token-layer holds exactly top_k distinct expert ids; the experts list has one "
+    "entry per MoE layer and top_k entries each",
+    "experts-in-range": "every expert id lies in [0, n_routed_experts)",
+    "weights-null": "weights are null exactly when the models row's weights_dtype is null",
+    "weights-finite-nonnegative": "every weight is finite and >= 0",
+    "weights-sorted": "the weights of every token-layer are ordered highest first (ties allowed)",
+    "weights-sum": "per token-layer, with norm_topk_prob the weights sum to routed_scaling_factor; without "
+    "it (softmax) they sum to at most routed_scaling_factor, (sigmoid) none exceeds it; relative tolerance "
+    "from the storage and compute dtypes",
+    "char-offsets": "special tokens have char_start = char_end = -1; other tokens have "
+    "0 <= char_start <= char_end <= len(text), and within a text neither offset ever goes backwards",
+    "token-coverage": "senses/substitutions: the tokens' character spans cover every non-whitespace "
+    "character of their text (a dropped first, middle or last token leaves text uncovered); traces are "
+    "exempt (template markup becomes special tokens without offsets)",
+    "target-tokens": "is_target is true exactly on the tokens with char_start >= 0 overlapping the target "
+    "span (traces: never), and every senses/substitutions text has at least one target token",
+    "segment-labels": "segment and marker are null outside traces; trace segments have known names",
+    "token-ids": "token ids are >= 0, and below the tokenizer's size when the tokenizer is available",
+    "token-strings": "every token string equals tokenizer.convert_ids_to_tokens(token_id) (skipped when "
+    "the tokenizer cannot be loaded)",
+    "routing-not-degenerate": "no MoE layer where one expert is in the top-k of every token, none where "
+    "every token's expert ids (or weights) are all zero",
+}
+
+
+def check_order(name: str) -> int:
+    """Report order of a check (unknown names last)."""
+    names = list(CHECKS)
+    return names.index(name) if name in names else len(names)
