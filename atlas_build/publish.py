@@ -616,7 +616,9 @@ def run_validation_gate(root: Path):
             "install routing-atlas with its validation package"
         ) from error
     try:
-        return run_validation(Path(root))
+        from atlas_build.models import load_tokenizer
+
+        return run_validation(Path(root), tokenizer_loader=load_tokenizer)
     except AtlasError:
         raise
     except Exception as error:

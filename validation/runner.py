@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ def run_validation(
     tokenizers: bool = True,
     batch_rows: int = BATCH_ROWS,
     max_examples: int = MAX_EXAMPLES,
+    tokenizer_loader: Callable[[str], Any] | None = None,
 ) -> ValidationReport:
     """Validate the atlas at `root` against its contract; nothing is written.
 
@@ -66,6 +67,9 @@ def run_validation(
             loaded, e.g. offline).
         batch_rows: rows per Parquet batch read.
         max_examples: failing examples kept per check.
+        tokenizer_loader: turns a models row's `tokenizer` into a tokenizer (default
+            `AutoTokenizer.from_pretrained`); the CLI passes one that also knows the built-in models, which
+            validation itself must not import.
 
     Returns:
         The report; `report.passed` is the gate.
@@ -115,7 +119,9 @@ def run_validation(
         slug = config[len(ROUTING_PREFIX) :]
         candidates = models.get(slug, [])
         model = candidates[0] if len(candidates) == 1 else None
-        tokenizer, problem = (None, "tokenizer check disabled") if not tokenizers else _load_tokenizer(model)
+        tokenizer, problem = (
+            (None, "tokenizer check disabled") if not tokenizers else _load_tokenizer(model, tokenizer_loader)
+        )
         with _guard(ledger, config, ROUTING_CHECKS):
             validator = RoutingValidator(
                 config, files.configs[config], model, registry, gx, ledger, tokenizer, problem, batch_rows
@@ -162,14 +168,17 @@ def _check_manifest(root: Path, manifest: Manifest, files: AtlasFiles, ledger: L
 
 def _check_configs(files: AtlasFiles, ledger: Ledger) -> None:
     ledger.declare(ATLAS, "configs", configs=list(files.configs))
-    problems = [f"{name}: no data files" for name in (SENSES, MODELS) if not files.configs.get(name)]
+    problems = [f"{MODELS}: no data files"] if not files.configs.get(MODELS) else []
+    # A traces-only atlas is complete without the WordNet corpora; an atlas needs some routed texts.
+    if not any(files.configs.get(name) for name in (SENSES, TRACES)):
+        problems.append(f"no text config with data files ({SENSES} or {TRACES})")
     if not any(files.configs.get(name) for name in files.routing_configs):
         problems.append("no routing-<slug> config with data files")
     problems += [f"{name}: not a config of the atlas contract" for name in files.unknown]
     problems += [
         f"{name}: listed in the manifest, no data files on disk"
         for name, paths in files.configs.items()
-        if not paths and name not in (SENSES, MODELS)
+        if not paths and name not in (SENSES, TRACES, MODELS)
     ]
     if problems:
         ledger.fail(ATLAS, "configs", problems, failing=len(problems))
@@ -305,7 +314,7 @@ def _check_models_consistency(files: AtlasFiles, models: dict[str, list[dict]], 
             ledger.add_examples(config, "models-consistency", (f"{path.name}: {p}" for p in problems))
 
 
-def _load_tokenizer(model: dict | None) -> tuple[Any, str | None]:
+def _load_tokenizer(model: dict | None, loader: Callable[[str], Any] | None = None) -> tuple[Any, str | None]:
     """The model's tokenizer, or None and why not (transformers is imported only here)."""
     if model is None:
         return None, "no single models row (see models-consistency)"
@@ -319,7 +328,7 @@ def _load_tokenizer(model: dict | None) -> tuple[Any, str | None]:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            return AutoTokenizer.from_pretrained(spec), None
+            return (loader or AutoTokenizer.from_pretrained)(spec), None
         finally:
             hf_logging.set_verbosity(verbosity)
     except Exception as error:  # noqa: BLE001 - offline, unknown id, missing files: all mean "not available"

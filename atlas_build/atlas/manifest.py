@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from atlas_build.atlas.layout import AtlasLayout
@@ -83,8 +83,16 @@ class Manifest:
                 f"{root} was built with atlas schema version {version}, this code writes version "
                 f"{SCHEMA_VERSION}: build into a new directory (or use the routing-atlas release that made it)"
             )
+        files = data.get("files", {})
+        for rel in files:
+            parts = PurePosixPath(rel).parts
+            # Paths come from a file anyone can edit: never let one point outside the atlas.
+            if PurePosixPath(rel).is_absolute() or ".." in parts or not parts:
+                raise ManifestError(
+                    f"{path} lists {rel!r}, a path outside the atlas directory: it is not trustworthy"
+                )
         return cls(
-            files=data.get("files", {}),
+            files=files,
             builds=data.get("builds", []),
             corpus_counts=data.get("corpus_counts", {}),
             schema_version=version,

@@ -42,13 +42,68 @@ import click
 @click.option("--trust-remote-code", is_flag=True, help="Run the checkpoint's own code (off unless given).")
 @click.option("--texts-per-shard", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--executor", default="local", show_default=True, help="local or ray.")
+@click.option(
+    "--tensor-parallel-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="vllm engine: GPUs per model replica (8 for DeepSeek-R1 on one 8-GPU node).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="ray executor: cluster address (auto, ray://head:10001); default starts Ray on this machine.",
+)
+@click.option(
+    "--shards",
+    "ray_workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="ray executor: workers (actors, one engine each) the shards are spread over; default: as many as fit.",
+)
+@click.option(
+    "--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="ray executor: GPUs per worker."
+)
+@click.option(
+    "--cpus-per-worker", type=click.FloatRange(min=0), default=None, help="ray executor: CPUs per worker."
+)
+@click.option(
+    "--shard-retries",
+    type=click.IntRange(min=0),
+    default=None,
+    help="ray executor: extra attempts of a failed shard (default 2).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def command(**options) -> None:
     """Route a corpus through MODEL and write (or resume) the atlas in OUT."""
     from atlas_build.build import BuildConfig, run_build
+    from atlas_build.errors import BuildOptionsError
 
     progress = not options.pop("no_progress")
-    config = BuildConfig(progress=progress, **options)
+    engine_kwargs = {}
+    tensor_parallel_size = options.pop("tensor_parallel_size")
+    if tensor_parallel_size is not None:
+        if options["engine"] != "vllm":
+            raise BuildOptionsError("--tensor-parallel-size is an option of --engine vllm")
+        engine_kwargs["tensor_parallel_size"] = tensor_parallel_size
+    ray_options = {
+        key: options.pop(option)
+        for option, key in (
+            ("ray_address", "address"),
+            ("ray_workers", "workers"),
+            ("gpus_per_worker", "gpus_per_worker"),
+            ("cpus_per_worker", "cpus_per_worker"),
+            ("shard_retries", "max_retries"),
+        )
+    }
+    ray_options = {key: value for key, value in ray_options.items() if value is not None}
+    if ray_options and options["executor"] != "ray":
+        raise BuildOptionsError(
+            "--ray-address, --shards, --gpus-per-worker, --cpus-per-worker and --shard-retries are options "
+            "of --executor ray"
+        )
+    config = BuildConfig(
+        progress=progress, engine_kwargs=engine_kwargs, executor_options=ray_options, **options
+    )
     stats = run_build(config, log=click.echo)
     rate = f"{stats.tokens_per_s:,.0f} tokens/s" if stats.tokens else "nothing new to route"
     click.echo(

@@ -39,11 +39,29 @@ def command(
     Prints one line per (config, check) with a few failing examples, writes DIR/validation.json, and exits
     0 only when every check passes (1 when some check fails, 2 when DIRECTORY is not an atlas).
     """
-    from validation import AtlasNotFoundError, run_validation
+    from atlas_build.atlas.manifest import ManifestError
+    from atlas_build.commands.verify import classify, format_table, temp_files
+    from atlas_build.models import load_tokenizer
+    from validation import AtlasNotFoundError, run_validation, verify_files
     from validation.runner import REPORT_NAME
 
+    # `atlas verify` first: damaged or unfinished files make every later check meaningless.
     try:
-        report = run_validation(directory, hashes=not no_hashes, tokenizers=not no_tokenizer)
+        damaged = classify(verify_files(directory, hashes=not no_hashes)) + temp_files(directory)
+    except (ManifestError, OSError):
+        damaged = []  # not an atlas: run_validation says so below
+    if damaged:
+        click.echo(format_table(damaged))
+        click.echo(
+            f"{directory} does not match its manifest (see `atlas verify`): not validated. Rerun an interrupted "
+            "build to finish it, or rebuild the damaged configs.",
+            err=True,
+        )
+        sys.exit(EXIT_FAILED)
+    try:
+        report = run_validation(
+            directory, hashes=not no_hashes, tokenizers=not no_tokenizer, tokenizer_loader=load_tokenizer
+        )
     except AtlasNotFoundError as error:
         click.echo(f"atlas validate: {error}", err=True)
         sys.exit(EXIT_NOT_AN_ATLAS)

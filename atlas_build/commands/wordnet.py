@@ -9,7 +9,12 @@ import click
 @click.option("--wordnet-dir", default=None, help="WordNet dict directory (default: auto-detect).")
 def command(wordnet_dir: str | None) -> None:
     """Find WordNet 3.0 (nltk data path, Debian's /usr/share/wordnet, or --wordnet-dir) and describe it."""
-    from atlas_build.corpora.wordnet import WordNetNotFoundError, describe_source, find_wordnet_dir, load_wordnet
+    from atlas_build.corpora.wordnet import (
+        WordNetNotFoundError,
+        describe_source,
+        find_wordnet_dir,
+        load_wordnet,
+    )
     from atlas_build.errors import AtlasError
 
     try:

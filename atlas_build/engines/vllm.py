@@ -96,6 +96,80 @@ def meta_model(config, dtype: str, trust_remote_code: bool = False):
         )
 
 
+def _checked_rows(routed: Any, n_tokens: int, num_hidden_layers: int, n_moe: int, top_k: int, text: str):
+    """One prompt's array, checked for presence, shape and row count (no pass over its values)."""
+    if routed is None:
+        raise VLLMRoutingError(
+            f"vLLM returned no routed experts for {text}: this engine needs vllm>=0.32 started with "
+            "enable_return_routed_experts=True (and Model Runner V2, prefix caching on, no pipeline parallelism)"
+        )
+    array = np.asarray(routed)
+    if array.ndim != 3 or array.shape[2] != top_k:
+        raise VLLMRoutingError(
+            f"vLLM's routed experts for {text} have shape {array.shape}, expected [tokens, layers, top_k={top_k}]"
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        raise VLLMRoutingError(f"vLLM's routed experts for {text} are {array.dtype}, not integer expert ids")
+    if array.shape[1] not in (num_hidden_layers, n_moe):
+        raise VLLMRoutingError(
+            f"vLLM's routed experts for {text} have {array.shape[1]} layers; the model has {num_hidden_layers} "
+            f"decoder layers of which {n_moe} are MoE"
+        )
+    rows = array.shape[0]
+    if rows != n_tokens:
+        why = (
+            "the last prompt token was dropped (a known bug of some vLLM versions: upgrade vLLM)"
+            if rows == n_tokens - 1
+            else "vLLM's routing does not line up with the prompt"
+        )
+        raise VLLMRoutingError(
+            f"vLLM returned routing for {rows} tokens of {text}, which has {n_tokens}: {why}"
+        )
+    return array
+
+
+def _moe_ids(array: np.ndarray, num_hidden_layers: int, moe_layers, n_routed_experts: int, top_k: int, where):
+    """Checked rows `[T, layers, k]` -> int16 `[T, moe_layers, k]`, ids ascending; one vectorised pass.
+
+    `where(token)` names a row of `array` in error messages.
+    """
+    moe = list(moe_layers)
+    if array.shape[1] == num_hidden_layers and num_hidden_layers != len(moe):
+        dense = [layer for layer in range(num_hidden_layers) if layer not in set(moe)]
+        if np.any(array[:, dense]):
+            token = int(np.argwhere(array[:, dense].any(axis=(1, 2)))[0, 0])
+            raise VLLMRoutingError(
+                f"vLLM reported experts for dense decoder layers {dense} at {where(token)}: its layer indexing "
+                "does not match the model's MoE layers, so no layer can be trusted"
+            )
+        array = array[:, moe]
+    if array.size and (array.min() < 0 or array.max() >= n_routed_experts):
+        token = int(np.argwhere(((array < 0) | (array >= n_routed_experts)).any(axis=(1, 2)))[0, 0])
+        raise VLLMRoutingError(
+            f"vLLM returned expert ids in [{array.min()}, {array.max()}] (first at {where(token)}); valid ids "
+            f"are [0, {n_routed_experts})"
+        )
+    ids = np.sort(array, axis=-1)
+    if top_k > 1 and ids.size:
+        # A top-k holds k distinct experts: k zeros mean a capture buffer that was never filled.
+        zero = ~ids.any(axis=-1)
+        if zero.any():
+            token, layer = (int(x) for x in np.argwhere(zero)[0])
+            raise VLLMRoutingError(
+                f"vLLM returned all-zero expert ids for MoE layer {moe[layer]} at {where(token)} "
+                f"({int(zero.sum())} (token, layer) rows in all): the capture buffer was never filled (a known "
+                "bug of some fused-MoE paths); upgrade vLLM or change the MoE backend"
+            )
+        duplicate = ids[..., 1:] == ids[..., :-1]
+        if duplicate.any():
+            token, layer, _ = (int(x) for x in np.argwhere(duplicate)[0])
+            raise VLLMRoutingError(
+                f"vLLM returned duplicate ids {array[token, layer].tolist()} in the top-{top_k} of MoE layer "
+                f"{moe[layer]} at {where(token)}: a top-k holds distinct experts, so the capture is corrupt"
+            )
+    return ids.astype(np.int16)
+
+
 def experts_from_vllm(
     routed: Any,
     *,
@@ -120,66 +194,17 @@ def experts_from_vllm(
 
     Raises:
         VLLMRoutingError: missing array, wrong shape, dropped tokens, a dense layer with ids (layer
-            mapping broken), ids out of range, an all-zero MoE layer, duplicate ids within a top-k.
+            mapping broken), ids out of range, all-zero ids or duplicate ids within a top-k.
     """
-    if routed is None:
-        raise VLLMRoutingError(
-            f"vLLM returned no routed experts for {text}: this engine needs vllm>=0.32 started with "
-            "enable_return_routed_experts=True (and Model Runner V2, prefix caching on, no pipeline parallelism)"
-        )
-    array = np.asarray(routed)
-    moe = list(moe_layers)
-    if array.ndim != 3 or array.shape[2] != top_k:
-        raise VLLMRoutingError(
-            f"vLLM's routed experts for {text} have shape {array.shape}, expected [tokens, layers, top_k={top_k}]"
-        )
-    if not np.issubdtype(array.dtype, np.integer):
-        raise VLLMRoutingError(f"vLLM's routed experts for {text} are {array.dtype}, not integer expert ids")
-    rows = array.shape[0]
-    if rows != n_tokens:
-        why = (
-            "the last prompt token was dropped (a known bug of some vLLM versions: upgrade vLLM)"
-            if rows == n_tokens - 1
-            else "vLLM's routing does not line up with the prompt"
-        )
-        raise VLLMRoutingError(
-            f"vLLM returned routing for {rows} tokens of {text}, which has {n_tokens}: {why}"
-        )
-    if array.shape[1] == num_hidden_layers:
-        dense = [layer for layer in range(num_hidden_layers) if layer not in set(moe)]
-        if dense and np.any(array[:, dense]):
-            raise VLLMRoutingError(
-                f"vLLM reported experts for dense decoder layers {dense} of {text}: its layer indexing does not "
-                "match the model's MoE layers, so no layer can be trusted"
-            )
-        array = array[:, moe]
-    elif array.shape[1] != len(moe):
-        raise VLLMRoutingError(
-            f"vLLM's routed experts for {text} have {array.shape[1]} layers; the model has {num_hidden_layers} "
-            f"decoder layers of which {len(moe)} are MoE"
-        )
-    if array.size and (array.min() < 0 or array.max() >= n_routed_experts):
-        raise VLLMRoutingError(
-            f"vLLM returned expert ids in [{array.min()}, {array.max()}] for {text}; valid ids are "
-            f"[0, {n_routed_experts})"
-        )
-    ids = np.sort(array, axis=-1)
-    if top_k > 1 and rows:
-        zero_layers = [moe[i] for i in range(len(moe)) if not ids[:, i].any()]
-        if zero_layers:
-            raise VLLMRoutingError(
-                f"vLLM returned all-zero expert ids for MoE layers {zero_layers} of {text}: the capture "
-                "buffer was never filled (a known bug of some fused-MoE paths); upgrade vLLM or change the "
-                "MoE backend"
-            )
-        duplicate = ids[..., 1:] == ids[..., :-1]
-        if duplicate.any():
-            token, layer, _ = np.argwhere(duplicate)[0]
-            raise VLLMRoutingError(
-                f"vLLM returned duplicate ids {array[token, layer].tolist()} in the top-{top_k} of token {token}, "
-                f"MoE layer {moe[layer]} of {text}: a top-k holds distinct experts, so the capture is corrupt"
-            )
-    return ids.astype(np.int16)
+    array = _checked_rows(routed, n_tokens, num_hidden_layers, len(moe_layers), top_k, text)
+    return _moe_ids(
+        array,
+        num_hidden_layers,
+        moe_layers,
+        n_routed_experts,
+        top_k,
+        lambda token: f"token {token} of {text}",
+    )
 
 
 def routing_batch_from_vllm(
@@ -194,6 +219,9 @@ def routing_batch_from_vllm(
 ) -> RoutingBatch:
     """vLLM's request outputs for `encoded` prompts -> a RoutingBatch with `weights=None`.
 
+    The checks of `experts_from_vllm` run once over the whole batch (per-text numpy calls would cost more
+    than vLLM's forward pass per token at R1's shape).
+
     Args:
         encoded: per text `{"ids": int64 [n], "spans": int32 [n, 2]}` (`HFEngine.encode`).
         tokens: token strings of all texts, concatenated (`[T]`).
@@ -202,7 +230,8 @@ def routing_batch_from_vllm(
     """
     if len(request_outputs) != len(encoded):
         raise VLLMRoutingError(f"vLLM returned {len(request_outputs)} outputs for {len(encoded)} prompts")
-    experts = []
+    n_moe = len(moe_layers)
+    arrays = []
     for i, (enc, out) in enumerate(zip(encoded, request_outputs, strict=True)):
         sent = getattr(out, "prompt_token_ids", None)
         if sent is not None and list(sent) != enc["ids"].tolist():
@@ -210,24 +239,30 @@ def routing_batch_from_vllm(
                 f"vLLM routed other tokens than it was given for text {i} ({len(sent)} vs {len(enc['ids'])} "
                 "tokens): the two engines would not route the same sequence"
             )
-        experts.append(
-            experts_from_vllm(
-                routed_experts_of(out),
-                n_tokens=len(enc["ids"]),
-                num_hidden_layers=num_hidden_layers,
-                moe_layers=moe_layers,
-                n_routed_experts=n_routed_experts,
-                top_k=top_k,
-                text=f"text {i}",
-            )
+        array = _checked_rows(
+            routed_experts_of(out), len(enc["ids"]), num_hidden_layers, n_moe, top_k, f"text {i}"
         )
-    n_moe = len(moe_layers)
+        if arrays and array.shape[1] != arrays[0].shape[1]:
+            raise VLLMRoutingError(f"vLLM's routed experts change layout between text 0 and text {i}")
+        arrays.append(array)
+    counts = np.array([len(e["ids"]) for e in encoded], dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+
+    def where(token: int) -> str:
+        text = int(np.searchsorted(starts, token, side="right") - 1)
+        return f"token {token - int(starts[text])} of text {text}"
+
+    experts = (
+        _moe_ids(np.concatenate(arrays), num_hidden_layers, moe_layers, n_routed_experts, top_k, where)
+        if arrays
+        else np.zeros((0, n_moe, top_k), np.int16)
+    )
     return RoutingBatch(
-        token_counts=np.array([len(e["ids"]) for e in encoded], dtype=np.int64),
+        token_counts=counts,
         token_ids=np.concatenate([e["ids"] for e in encoded]) if encoded else np.zeros(0, np.int64),
         tokens=list(tokens),
         char_spans=np.concatenate([e["spans"] for e in encoded]) if encoded else np.zeros((0, 2), np.int32),
-        experts=np.concatenate(experts) if experts else np.zeros((0, n_moe, top_k), np.int16),
+        experts=experts,
         weights=None,
     )
 

@@ -27,3 +27,10 @@ def builtin_checkpoint(name: str) -> Path:
     if not (path / "config.json").exists():
         module.materialize(path, seed=module.DEFAULT_SEED, overwrite=True)
     return path
+
+
+def load_tokenizer(spec: str):
+    """A models row's `tokenizer` -> the tokenizer: built-in names resolve to their materialised checkpoint."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(builtin_checkpoint(spec) if spec in BUILTIN else spec)
