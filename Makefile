@@ -15,7 +15,7 @@ $(BIN)/atlas: pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(PIP_INSTALL) torch==2.13.0
-	$(PIP_INSTALL) -e '.[dev,traces]'
+	$(PIP_INSTALL) -e '.[dev,traces,ray]'
 	touch $(BIN)/atlas
 
 venv: $(BIN)/atlas
@@ -59,9 +59,13 @@ format: venv
 bench: venv wordnet
 	@for script in bench/bench_*.py; do echo "== $$script"; $(OFFLINE) $(BIN)/python $$script || exit 1; done
 
-# Needs vllm and a CUDA GPU (its own environment, see README); skips cleanly without them.
-test-vllm: venv
-	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider -m gpu tests/engines/test_vllm_gpu.py
+# Needs vllm and a CUDA GPU, in its own environment (vllm pins its own torch; see docs/runbook.md):
+#   python3 -m venv .venv-vllm && .venv-vllm/bin/pip install -r requirements/vllm.txt -e '.[dev]'
+# Skips cleanly without them.
+VLLM_VENV ?= .venv-vllm
+test-vllm:
+	@test -x $(VLLM_VENV)/bin/python || { echo "no $(VLLM_VENV): see docs/runbook.md (vLLM environment)"; exit 1; }
+	$(OFFLINE) $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m gpu tests/engines/test_vllm_gpu.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -186,8 +186,7 @@ def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> bool:
     Returns:
         Whether the corpora were written (the manifest, updated in memory, then needs saving).
     """
-    from atlas_build.corpora import CORPUS_NOTES, build_wordnet_corpora, corpus_counts
-    from atlas_build.corpora.wordnet import describe_source
+    from atlas_build.corpora import CORPUS_NOTES, build_wordnet_corpora, corpus_counts, describe_source
 
     if wordnet_corpora_present(config, manifest):
         return False

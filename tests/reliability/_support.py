@@ -257,6 +257,8 @@ def install_fakes(setattr_, setitem) -> None:
     setattr_(corpora, "build_wordnet_corpora", fake_wordnet_corpora)
     setattr_(corpora, "corpus_counts", fake_corpus_counts)
     setattr_(corpora, "find_wordnet_dir", _fixed_wordnet_dir)
+    setattr_(corpora, "describe_source", lambda wordnet_dir=None: "fixed test corpus (not WordNet)")
+    setattr_(corpora, "CORPUS_NOTES", ["fixed test corpus for the reliability tests"])
 
 
 def _stub_corpora_package() -> None:
