@@ -52,7 +52,7 @@ significant digits; NaN/undefined is null)::
                       "coactivation": {"file", "independent_baseline", "min_support", "max_conditional": [L],
                                        "top_pairs": [L][{"i", "j", "p"}]}},
           "token_specialisation": {"min_count", "n_token_ids", "n_occurrences",
-                                   "top1": {"share": [L], "shuffled": [L], "random": 1/N},
+                                   "top1": {"share": [L], "shuffled": [L], "random": 1/N} | null (ids-only engine),
                                    "topk": {"share": [L], "shuffled": [L], "random": k/N}},
           "traces": null | {"n_tokens", "n_marker_tokens", "npmi": [L][N],
                             "top_experts": [L][{"expert", "npmi", "count"}],

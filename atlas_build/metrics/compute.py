@@ -282,7 +282,10 @@ def expert_metrics(ep: ex.ExpertPass, row: dict, slug: str, min_count: int) -> t
             "min_count": min_count,
             "n_token_ids": len(ep.ranks.occurrences),
             "n_occurrences": int(ep.ranks.occurrences.sum()),
-            "top1": {
+            # Id-only engines (vLLM) store the k ids as a set in id order: their first id is no top-1.
+            "top1": None
+            if row.get("weights_dtype") is None
+            else {
                 "share": [p["top1"] for p in per],
                 "shuffled": [p["top1_shuffled"] for p in per],
                 "random": 1 / n_experts,

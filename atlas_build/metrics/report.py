@@ -369,19 +369,23 @@ def render_report(metrics: dict) -> str:
         ts = entry.get("token_specialisation")
         if not ts:
             continue
+        # Id-only engines: no weights, so no top-1 (the stored ids are an unordered set).
+        top1 = ts["top1"] or {"random": None, "share": [None] * len(ts["topk"]["share"]), "shuffled": None}
+        top1["shuffled"] = top1["shuffled"] or top1["share"]
         lines += [
             f"### {_label(slug, entry)}",
             "",
             f"{ts['n_token_ids']} token ids with ≥ {ts['min_count']} occurrences ({ts['n_occurrences']} tokens). "
-            f"Random baselines: top-1 1/N = {_num(ts['top1']['random'], 4)}, top-k k/N = {_num(ts['topk']['random'], 4)}. "
-            "The shuffled baseline is the fair one (same loads, same counts).",
+            f"Random baselines: top-1 1/N = {_num(top1['random'], 4)}, top-k k/N = {_num(ts['topk']['random'], 4)}. "
+            "The shuffled baseline is the fair one (same loads, same counts)."
+            + ("" if ts["top1"] else " No top-1: this engine stores expert ids without weights, as a set."),
             "",
             "| layer | top-1 share | shuffled | top-k share | shuffled |",
             "|---:|---:|---:|---:|---:|",
         ]
         for i, layer in enumerate(entry["model"]["moe_layers"]):
             lines.append(
-                f"| {layer} | {_num(ts['top1']['share'][i])} | {_num(ts['top1']['shuffled'][i])} "
+                f"| {layer} | {_num(top1['share'][i])} | {_num(top1['shuffled'][i])} "
                 f"| {_num(ts['topk']['share'][i])} | {_num(ts['topk']['shuffled'][i])} |"
             )
         lines.append("")
