@@ -50,6 +50,7 @@ def test_atlas_validate_command(atlas_editor, tmp_path):
     broken = runner.invoke(main, ["validate", str(atlas_editor.root), "--problems-only"])
     assert broken.exit_code == 1, broken.output
     assert "manifest-files" in broken.output and "FAILED" in broken.output and "rows 120" in broken.output
+    assert broken.output.index("atlas verify") < broken.output.index("manifest-files")  # verify runs first
     assert "token-strings" not in broken.output  # --problems-only hides what passed
     assert json.loads((atlas_editor.root / "validation.json").read_text())["passed"] is False
 
