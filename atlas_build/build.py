@@ -247,16 +247,15 @@ def span_labels(
     overlaps (special tokens, with no characters, take none). None when no item has such spans."""
     if not any(getattr(item, field_name) for item in items):
         return None
-    labels: list[str | None] = [None] * len(char_spans)
+    labels = np.full(len(char_spans), None, dtype=object)
     offset = 0
     for item, count in zip(items, token_counts.tolist(), strict=True):
         spans = char_spans[offset : offset + count]
         for name, start, end in reversed(getattr(item, field_name)):  # reversed: the first span wins
-            hit = np.flatnonzero((spans[:, 0] >= 0) & (spans[:, 0] < end) & (spans[:, 1] > start))
-            for i in hit:
-                labels[offset + i] = name
+            hit = (spans[:, 0] >= 0) & (spans[:, 0] < end) & (spans[:, 1] > start)
+            labels[offset : offset + count][hit] = name
         offset += count
-    return labels
+    return labels.tolist()
 
 
 def shard_table(engine, items: list[TextItem], schema: pa.Schema, weights_stored: bool) -> pa.Table:
@@ -409,7 +408,9 @@ def check_slug_free(root: Path, manifest: Manifest, row: dict[str, Any]) -> None
             )
 
 
-def make_engine(config: BuildConfig):
+def make_engine(config: BuildConfig, load_weights: bool = True):
+    """The build's engine. `load_weights=False`: the architecture only (meta device), for the driver of a
+    distributed build, whose workers load the weights."""
     from atlas_build.engines import ENGINES
 
     engine_cls = ENGINES.get(config.engine)
@@ -423,6 +424,7 @@ def make_engine(config: BuildConfig):
         trust_remote_code=config.trust_remote_code,
         random_init=config.random_init,
         seed=config.seed,
+        load_weights=load_weights,
         **config.engine_kwargs,
     )
 
@@ -462,7 +464,8 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
                 read_traces(config.traces)
             # The model before anything is written: a typo, a dense or an unsupported model, a corrupt
             # checkpoint leaves the directory as it was.
-            engine = make_engine(config)
+            # A distributed build's driver needs only the models row and the tokenizer: no weights.
+            engine = make_engine(config, load_weights=config.executor == "local")
             if config.corpus == "wordnet":
                 if ensure_wordnet_corpora(config, manifest):
                     crash_point("corpus-written")

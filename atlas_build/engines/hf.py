@@ -117,6 +117,30 @@ def load_config(path: Path, trust_remote_code: bool):
         raise ModelLoadError(f"could not read {config_file}: {error}") from error
 
 
+def resolve_dtype(config, dtype: str):
+    """`--dtype` -> torch dtype; "auto" is the checkpoint's own (`config.dtype`), as `from_pretrained` does."""
+    import torch
+
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    return getattr(torch, found) if isinstance(found, str) else found
+
+
+def meta_model(config, dtype: str, trust_remote_code: bool = False):
+    """The architecture of `config` on the meta device: shapes and parameter counts, no memory, no weights.
+
+    Quantized checkpoints (FP8) are counted as their unquantized architecture (no scale tensors).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(
+            config, dtype=resolve_dtype(config, dtype), trust_remote_code=trust_remote_code
+        )
+
+
 class HFEngine(Engine):
     """transformers engine with router hooks.
 
@@ -126,6 +150,8 @@ class HFEngine(Engine):
         device: "cpu" or "cuda" (ignored when `device_map` is given).
         device_map: passed to `from_pretrained` (e.g. "auto" to spread a large checkpoint over GPUs).
         random_init: build the architecture from its config with seeded random weights (a null model).
+        load_weights: False builds the architecture on the meta device: enough for `model_row()` and the
+            tokenizer (the driver of a distributed build), no memory, and it cannot route.
     """
 
     name = "hf"
@@ -142,6 +168,7 @@ class HFEngine(Engine):
         trust_remote_code: bool = False,
         random_init: bool = False,
         seed: int = 0,
+        load_weights: bool = True,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -154,14 +181,19 @@ class HFEngine(Engine):
         self.dtype_name = dtype
         self.random_init = random_init
         self.seed = seed
-        if device == "cuda" and not torch.cuda.is_available():
+        # The driver of a distributed build (load_weights=False) may run where the workers' GPUs are not.
+        if load_weights and device == "cuda" and not torch.cuda.is_available():
             raise ModelLoadError("--device cuda was asked for, but torch sees no CUDA device")
         path, self.revision, self.builtin = resolve_checkpoint(model, revision)
         self.path = path
         self.config = load_config(path, trust_remote_code)
         self.adapter: RouterAdapter = adapter_for(self.config)
         self.spec = self.adapter.routing_spec(self.config)
-        self._model = self._load_model(path, dtype, device, device_map, trust_remote_code)
+        self._model = (
+            self._load_model(path, dtype, device, device_map, trust_remote_code)
+            if load_weights
+            else meta_model(self.config, dtype, trust_remote_code)
+        )
         self.device = next(self._model.parameters()).device
         self._routers = self.adapter.router_modules(self._model)
         self._tokenizer = self._load_tokenizer(path, trust_remote_code)
@@ -311,6 +343,8 @@ class HFEngine(Engine):
     def route(self, texts: list[str]) -> RoutingBatch:
         import torch
 
+        if self.device.type == "meta":
+            raise RuntimeError("this engine was built without weights (load_weights=False): it cannot route")
         encoded = self.encode(texts)
         lengths = np.array([len(e["ids"]) for e in encoded], dtype=np.int64)
         n_layers, k = len(self._routers), self.spec.top_k

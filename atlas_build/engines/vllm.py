@@ -39,7 +39,13 @@ from typing import Any
 import numpy as np
 
 from atlas_build.engines.base import RoutingBatch
-from atlas_build.engines.hf import DTYPES, HFEngine, load_config, resolve_checkpoint
+from atlas_build.engines.hf import (
+    DTYPES,
+    HFEngine,
+    load_config,
+    meta_model,
+    resolve_checkpoint,
+)
 from atlas_build.errors import AtlasError
 from atlas_build.routers import adapter_for
 
@@ -70,30 +76,6 @@ def import_vllm():
             ".venv-vllm/bin/pip install --no-deps -e .` (see docs/runbook.md)"
         ) from error
     return vllm
-
-
-def resolve_dtype(config, dtype: str):
-    """`--dtype` -> torch dtype; "auto" is the checkpoint's own (`config.dtype`), as `from_pretrained` does."""
-    import torch
-
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
-    return getattr(torch, found) if isinstance(found, str) else found
-
-
-def meta_model(config, dtype: str, trust_remote_code: bool = False):
-    """The architecture of `config` on the meta device: shapes and parameter counts, no memory, no weights.
-
-    Quantized checkpoints (FP8) are counted as their unquantized architecture (no scale tensors).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(
-            config, dtype=resolve_dtype(config, dtype), trust_remote_code=trust_remote_code
-        )
 
 
 def _checked_rows(routed: Any, n_tokens: int, num_hidden_layers: int, n_moe: int, top_k: int, text: str):
@@ -315,6 +297,7 @@ class VLLMEngine(HFEngine):
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         llm_kwargs: dict[str, Any] | None = None,
+        load_weights: bool = False,  # vLLM loads its weights itself, on the first route
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")

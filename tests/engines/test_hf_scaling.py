@@ -41,3 +41,17 @@ def test_bfloat16_routes_mostly_the_same_expert_sets(hf_engine):
         assert same_set > 0.9, same_set
     finally:
         engine.close()
+
+
+def test_driver_engine_without_weights_gives_the_same_models_row():
+    """A distributed build's driver builds the architecture on the meta device: same row, no routing."""
+    import pytest
+
+    from atlas_build.engines.hf import HFEngine
+
+    loaded = HFEngine("tiny-deepseek-v3")
+    driver = HFEngine("tiny-deepseek-v3", load_weights=False)
+    assert driver.device.type == "meta"
+    assert driver.model_row() == loaded.model_row()
+    with pytest.raises(RuntimeError, match="without weights"):
+        driver.route(["a text"])
