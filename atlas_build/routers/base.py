@@ -39,6 +39,22 @@ class RoutingSpec:
     n_group: int | None = None
     topk_group: int | None = None
 
+    @classmethod
+    def softmax_greedy(
+        cls, n_routed_experts: int, top_k: int, norm_topk_prob: bool, moe_layers, n_shared_experts: int = 0
+    ) -> RoutingSpec:
+        """Plain softmax top-k routing (Mixtral, Qwen-MoE, OLMoE): no groups, no scaling."""
+        return cls(
+            n_routed_experts=n_routed_experts,
+            top_k=top_k,
+            n_shared_experts=n_shared_experts,
+            scoring_func="softmax",
+            topk_method="greedy",
+            norm_topk_prob=bool(norm_topk_prob),
+            routed_scaling_factor=1.0,
+            moe_layers=tuple(moe_layers),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["moe_layers"] = list(self.moe_layers)

@@ -18,13 +18,9 @@ class OlmoeAdapter(RouterAdapter):
     router_class_names = ("OlmoeTopKRouter",)
 
     def routing_spec(self, config) -> RoutingSpec:
-        return RoutingSpec(
+        return RoutingSpec.softmax_greedy(
             n_routed_experts=config.num_experts,
             top_k=config.num_experts_per_tok,
-            n_shared_experts=0,
-            scoring_func="softmax",
-            topk_method="greedy",
             norm_topk_prob=bool(config.norm_topk_prob),
-            routed_scaling_factor=1.0,
-            moe_layers=tuple(range(config.num_hidden_layers)),
+            moe_layers=range(config.num_hidden_layers),
         )

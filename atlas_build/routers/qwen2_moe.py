@@ -37,13 +37,10 @@ class Qwen2MoeAdapter(RouterAdapter):
     router_class_names = ("Qwen2MoeTopKRouter",)
 
     def routing_spec(self, config) -> RoutingSpec:
-        return RoutingSpec(
+        return RoutingSpec.softmax_greedy(
             n_routed_experts=config.num_experts,
             top_k=config.num_experts_per_tok,
-            n_shared_experts=1 if (config.shared_expert_intermediate_size or 0) > 0 else 0,
-            scoring_func="softmax",
-            topk_method="greedy",
-            norm_topk_prob=bool(config.norm_topk_prob),
-            routed_scaling_factor=1.0,
+            norm_topk_prob=config.norm_topk_prob,
             moe_layers=qwen_moe_layers(config, self.name),
+            n_shared_experts=1 if (config.shared_expert_intermediate_size or 0) > 0 else 0,
         )
