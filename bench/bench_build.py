@@ -307,13 +307,12 @@ WEIGHTS_LEAF = "weights.list.element.list.element"
 EXPERTS_LEAF = "experts.list.element.list.element"
 STRING_COLUMNS = ["source_id", "corpus", "token", "segment", "marker"]
 WRITER_VARIANTS = {
-    # The project's writer (atlas/writer.py): zstd at pyarrow's default level, dictionaries on every column.
+    # The earlier writer: zstd at pyarrow's default level, dictionaries on every column; atlas/writer.py now
+    # writes routing configs as "bss weights (writer.py)" (see writer.routing_encodings).
     # (BYTE_STREAM_SPLIT alone changes nothing: a column with a dictionary never uses it.)
-    "writer.py today": {},
-    "bss weights": {
-        "use_dictionary": [*STRING_COLUMNS, EXPERTS_LEAF],
-        "use_byte_stream_split": [WEIGHTS_LEAF],
-    },
+    "all dictionaries (earlier writer)": {},
+    # Exactly what atlas/writer.py writes (its routing_encodings).
+    "bss weights (writer.py)": {"writer": True, "use_byte_stream_split": [WEIGHTS_LEAF]},
     "bss weights, zstd 9": {
         "use_dictionary": [*STRING_COLUMNS, EXPERTS_LEAF],
         "use_byte_stream_split": [WEIGHTS_LEAF],
@@ -324,8 +323,10 @@ WRITER_VARIANTS = {
 
 
 def write_variant(table: pa.Table, path: Path, extra: dict) -> None:
-    from atlas_build.atlas.writer import COMPRESSION, ROW_GROUP_ROWS
+    from atlas_build.atlas.writer import COMPRESSION, ROW_GROUP_ROWS, routing_encodings
 
+    if extra.get("writer"):
+        extra = routing_encodings(table.schema)
     pq.write_table(
         table,
         path,
@@ -484,7 +485,7 @@ def real_shard_bytes(table: pa.Table, spec) -> dict:
     """Bytes per entry of a real routing shard of the tiny model (its own shape: 5 layers x top-8 of 32)."""
     entries = table.num_rows * len(spec.moe_layers) * spec.top_k
     out = {}
-    for variant in ("writer.py today", "bss weights"):
+    for variant in ("all dictionaries (earlier writer)", "bss weights (writer.py)"):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "real.parquet"
             write_variant(table, path, WRITER_VARIANTS[variant])
@@ -530,10 +531,10 @@ def atlas_size(tokens: dict, per_entry: dict) -> dict:
     entries = total_tokens * R1_MOE_LAYERS * R1_TOP_K
     out: dict = {"tokens": total_tokens, "entries": entries, "MB": {}}
     for key in (
-        "float16 weights | writer.py today",
-        "float16 weights | bss weights",
-        "ids only, weight order | writer.py today",
-        "ids only, ascending (vllm) | writer.py today",
+        "float16 weights | all dictionaries (earlier writer)",
+        "float16 weights | bss weights (writer.py)",
+        "ids only, weight order | all dictionaries (earlier writer)",
+        "ids only, ascending (vllm) | all dictionaries (earlier writer)",
     ):
         r = per_entry[key]
         size = entries * r["routing_B_per_entry"] + total_tokens * r["other_columns_B_per_token"]
