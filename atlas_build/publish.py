@@ -836,6 +836,14 @@ def _check_source(source: Path) -> Manifest:
     return Manifest.load(source)
 
 
+def _dry_run(source, parsed, target, previous, validate, released, log) -> PublishResult:
+    """What a publish would do, as the result of one that wrote nothing."""
+    diff, entry, files = _dry_run_report(source, parsed, target, previous, validate, released, log)
+    return PublishResult(
+        str(parsed), parsed.tag, target.describe(parsed), diff.previous, entry, files, True, diff.to_dict()
+    )
+
+
 def _dry_run_report(
     source: Path, version: Version, target: Target, previous: Snapshot | None, validate, released: str, log
 ) -> tuple[ReleaseDiff, str, list[str]]:
@@ -919,17 +927,7 @@ def publish_local(
     target = Target(path=path)
 
     if dry_run:
-        diff, entry, files = _dry_run_report(source, parsed, target, previous, validate, released, log)
-        return PublishResult(
-            str(parsed),
-            parsed.tag,
-            target.describe(parsed),
-            diff.previous,
-            entry,
-            files,
-            True,
-            diff.to_dict(),
-        )
+        return _dry_run(source, parsed, target, previous, validate, released, log)
 
     path.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{parsed.tag}-", dir=path))
@@ -1082,17 +1080,7 @@ def publish_hub(
     with tempfile.TemporaryDirectory(prefix="atlas-publish-") as tmp:
         previous = hub_snapshot(api, repo_id, prev, Path(tmp) / "previous") if prev else None
         if dry_run:
-            diff, entry, files = _dry_run_report(source, parsed, target, previous, validate, released, log)
-            return PublishResult(
-                str(parsed),
-                parsed.tag,
-                target.describe(parsed),
-                diff.previous,
-                entry,
-                files,
-                True,
-                diff.to_dict(),
-            )
+            return _dry_run(source, parsed, target, previous, validate, released, log)
         staging = Path(tmp) / parsed.tag
         _, diff, entry = stage_release(
             source, staging, parsed, target, previous, validate=validate, released=released, log=log
