@@ -181,6 +181,7 @@ class HFEngine(Engine):
         self.dtype_name = dtype
         self.random_init = random_init
         self.seed = seed
+        self._trust = trust_remote_code
         # The driver of a distributed build (load_weights=False) may run where the workers' GPUs are not.
         if load_weights and device == "cuda" and not torch.cuda.is_available():
             raise ModelLoadError("--device cuda was asked for, but torch sees no CUDA device")
@@ -261,9 +262,18 @@ class HFEngine(Engine):
     def max_length(self) -> int | None:
         return getattr(self.config, "max_position_embeddings", None)
 
+    @property
+    def weightless(self) -> bool:
+        """True when the model is only its architecture on the meta device (no weights loaded)."""
+        return str(self.device) == "meta"
+
     def model_row(self) -> dict[str, Any]:
-        total = sum(p.numel() for p in self._model.parameters())
-        routed = sum(self.adapter.routed_expert_params(self._model, idx) for idx, _ in self._routers)
+        # Counted on the architecture (meta device), not on the loaded weights: an FP8 checkpoint's scale
+        # tensors would otherwise make the row, and so the atlas, differ between a local build and a
+        # distributed one (whose driver never loads weights).
+        arch = self._model if self.weightless else meta_model(self.config, self.dtype_name, self._trust)
+        total = sum(p.numel() for p in arch.parameters())
+        routed = sum(self.adapter.routed_expert_params(arch, idx) for idx, _ in self._routers)
         inactive = routed * (self.spec.n_routed_experts - self.spec.top_k) // self.spec.n_routed_experts
         architectures = getattr(self.config, "architectures", None) or [type(self._model).__name__]
         return {
@@ -286,7 +296,7 @@ class HFEngine(Engine):
             "routed_scaling_factor": self.spec.routed_scaling_factor,
             "total_params": int(total),
             "active_params": int(total - inactive),
-            "dtype": str(next(self._model.parameters()).dtype).removeprefix("torch."),
+            "dtype": str(resolve_dtype(self.config, self.dtype_name)).removeprefix("torch."),
             "engine": self.name,
             # Where to load it from: the hub id, the built-in name, or the local path given.
             "tokenizer": self.model_id,
@@ -343,7 +353,7 @@ class HFEngine(Engine):
     def route(self, texts: list[str]) -> RoutingBatch:
         import torch
 
-        if self.device.type == "meta":
+        if self.weightless:
             raise RuntimeError("this engine was built without weights (load_weights=False): it cannot route")
         encoded = self.encode(texts)
         lengths = np.array([len(e["ids"]) for e in encoded], dtype=np.int64)
