@@ -348,20 +348,26 @@ class ShardWorker:
         return written
 
 
-def written_file(path: Path) -> WrittenFile:
-    return WrittenFile(path, sha256_file(path), pq.ParquetFile(path).metadata.num_rows, path.stat().st_size)
-
-
-def shard_is_done(layout: AtlasLayout, config: str, shard: int, inputs_sha256: str, part: str = "") -> bool:
+def done_shard(
+    layout: AtlasLayout, config: str, shard: int, inputs_sha256: str, part: str = ""
+) -> WrittenFile | None:
+    """The finished shard, when its marker matches these inputs and the file's checksum (else None)."""
     marker = layout.marker_path(config, shard, part)
     path = layout.shard_path(config, shard, part)
     if not marker.exists() or not path.exists():
-        return False
+        return None
     try:
         done = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    return done.get("inputs_sha256") == inputs_sha256 and done.get("sha256") == sha256_file(path)
+        return None
+    if done.get("inputs_sha256") != inputs_sha256:
+        return None
+    # The one read of the file on resume: its checksum, checked against the marker and then recorded.
+    digest = sha256_file(path)
+    rows = done.get("rows")
+    if done.get("sha256") != digest or not isinstance(rows, int):
+        return None
+    return WrittenFile(path, digest, rows, path.stat().st_size)
 
 
 def mark_shard_done(
@@ -504,19 +510,19 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
                     for i in range(0, len(items), config.texts_per_shard)
                 )
             ]
-            done = [
-                task
+            finished = {
+                task.index: found
                 for task in tasks
-                if shard_is_done(layout, routing_name, task.index, task.inputs_sha256, part)
-            ]
-            todo = [task for task in tasks if task not in done]
-            stats = BuildStats(texts=len(items), shards_skipped=len(done), shards_written=len(todo))
+                if (found := done_shard(layout, routing_name, task.index, task.inputs_sha256, part))
+            }
+            todo = [task for task in tasks if task.index not in finished]
+            stats = BuildStats(texts=len(items), shards_skipped=len(finished), shards_written=len(todo))
             log(
                 f"routing {len(items)} texts with {config.model} ({row['model_slug']}): "
-                f"{len(tasks)} shards, {len(done)} already done"
+                f"{len(tasks)} shards, {len(finished)} already done"
             )
             bar = tqdm(total=len(items), unit="text", desc=routing_name, disable=not config.progress)
-            bar.update(sum(task.n_texts for task in done))
+            bar.update(sum(task.n_texts for task in tasks if task.index in finished))
             executor = EXECUTORS.get(config.executor)(**config.executor_options)
             worker = ShardWorker(
                 config, schema, weights_stored, engine=engine if config.executor == "local" else None
@@ -528,11 +534,8 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
             engine.close()
             crash_point("routing-done")
             stats.tokens = sum(w.rows for w in fresh)
-            by_index = {task.index: w for task, w in zip(todo, fresh, strict=True)}
-            written = [
-                by_index.get(task.index) or written_file(layout.shard_path(routing_name, task.index, part))
-                for task in tasks
-            ]
+            finished.update((task.index, w) for task, w in zip(todo, fresh, strict=True))
+            written = [finished[task.index] for task in tasks]
             # Shards of this corpus beyond this build's count belong to an older, larger corpus.
             own_shard = layout.shard_name_pattern(routing_name, part)
             keep = {w.path.name for w in written}

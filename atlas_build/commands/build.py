@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from atlas_build.commands._options import model_loading_options
+
 
 @click.command("build")
 @click.option(
@@ -19,15 +21,7 @@ import click
 @click.option("--wordnet-dir", default=None, help="WordNet 3.0 dict directory (default: auto-detect).")
 @click.option("--traces", "traces", default=None, help="Traces JSONL to import (with --corpus traces).")
 @click.option("--engine", default="hf", show_default=True, help="hf (transformers) or vllm.")
-@click.option("--revision", default=None, help="Hub revision of the model.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--device-map", default=None, help="e.g. auto: spread a large checkpoint over the GPUs.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16", "auto"]),
-    default="float32",
-    show_default=True,
-)
+@model_loading_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for sampling pairs and random-init twins."
@@ -39,7 +33,6 @@ import click
 @click.option(
     "--random-init", is_flag=True, help="Route a seeded random-init twin of the architecture (a null model)."
 )
-@click.option("--trust-remote-code", is_flag=True, help="Run the checkpoint's own code (off unless given).")
 @click.option("--texts-per-shard", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--executor", default="local", show_default=True, help="local or ray.")
 @click.option(

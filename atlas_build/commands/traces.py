@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from atlas_build.commands._options import model_loading_options
+
 
 @click.group("traces")
 def command() -> None:
@@ -72,17 +74,8 @@ def list_scenarios() -> None:
     default=None,
     help="Shorten longer step prompts (drop nearby objects, then history); default: fit the context only.",
 )
-@click.option("--revision", default=None, help="Hub revision of the model.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--device-map", default=None, help="e.g. auto: spread a large checkpoint over the GPUs.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16", "auto"]),
-    default="float32",
-    show_default=True,
-)
+@model_loading_options
 @click.option("--random-init", is_flag=True, help="Play with a seeded random-init twin of the architecture.")
-@click.option("--trust-remote-code", is_flag=True, help="Run the checkpoint's own code (off unless given).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def discoveryworld(**options) -> None:
     """Play DiscoveryWorld with MODEL as the agent; write one trace per step to --out.
