@@ -205,8 +205,9 @@ def check_slug(model_slug: str) -> str:
 
 
 def slugify(model_id: str) -> str:
-    """A config-safe slug from a model id: 'deepseek-ai/DeepSeek-R1' -> 'deepseek-r1'."""
-    name = model_id.rstrip("/").split("/")[-1].lower()
+    """A config-safe slug from a model id: 'deepseek-ai/DeepSeek-R1' -> 'deepseek-r1' (a pinned
+    '@revision' is not part of it)."""
+    name = model_id.rstrip("/").split("/")[-1].split("@")[0].lower()
     name = re.sub(r"[^a-z0-9._-]+", "-", name).strip("-._")
     return check_slug(name[:96] or "model")
 
