@@ -212,6 +212,15 @@ def slugify(model_id: str) -> str:
     return check_slug(name[:96] or "model")
 
 
+def default_model_slug(model_id: str, random_init: bool = False, slug: str | None = None) -> str:
+    """The slug a build gives its model: `slug` when given, else from the model id (a random-init twin gets
+    `-random-init` appended, so it never shares a routing config with the trained model)."""
+    if slug:
+        return check_slug(slug)
+    base = slugify(model_id)
+    return f"{base}-random-init" if random_init else base
+
+
 def schema_for(config: str, models_row: dict | None = None) -> pa.Schema:
     """The declared schema of a config; routing configs need their `models` row."""
     if config in FIXED_SCHEMAS:
