@@ -23,6 +23,8 @@ from atlas_build.metrics.senses import (
     sense_probe,
     substitution_overlap,
 )
+from atlas_build.metrics.paths import FORMULAS as PATH_FORMULAS
+from atlas_build.metrics.paths import path_metrics
 from atlas_build.metrics.source import AtlasSource, SourceError
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ FORMULAS = {
     "frequent sense among tied neighbours, then lowest sense number; MFS baseline: majority sense among the "
     "lemma's other examples",
 }
+
+FORMULAS.update(PATH_FORMULAS)  # routing paths across layers (metrics/paths.py)
 
 
 @dataclass
@@ -427,6 +431,18 @@ def compute_metrics(
                     entry["substitutions"] = substitution_overlap(
                         targets, sub_targets, corpus, substitutions, top_k, n_experts, boot
                     )
+            # Routing paths across layers (metrics/paths.py), while the layer pass runs in its workers.
+            path_null = None if row["random_init"] else find_null(row, rows)
+            entry["paths"], path_arrays = path_metrics(
+                routing,
+                row,
+                corpus,
+                options=boot,
+                target=options.target,
+                min_count=options.min_count,
+                null_routing=src.routing(path_null["model_slug"]) if path_null else None,
+                null_row=path_null,
+            )
             ep = job.result()
         finally:
             job.close()
@@ -434,7 +450,7 @@ def compute_metrics(
         entry.update(parts)
         entry["traces"] = trace_metrics(ep, options.min_count)
         out_models[slug] = entry
-        arrays[slug] = model_arrays
+        arrays[slug] = {**model_arrays, **path_arrays}
 
     metrics = {
         "format": FORMAT,
