@@ -12,6 +12,8 @@ import numpy as np
 from atlas_build.atlas.schema import SENSE_PAIRS, SENSES, SUBSTITUTIONS, TRACES
 from atlas_build.metrics import experts as ex
 from atlas_build.metrics.overlap import TARGET_MODES, select_targets, target_rows_table
+from atlas_build.metrics.paths import FORMULAS as PATH_FORMULAS
+from atlas_build.metrics.paths import path_metrics
 from atlas_build.metrics.senses import (
     BootstrapOptions,
     SenseCorpus,
@@ -23,8 +25,6 @@ from atlas_build.metrics.senses import (
     sense_probe,
     substitution_overlap,
 )
-from atlas_build.metrics.paths import FORMULAS as PATH_FORMULAS
-from atlas_build.metrics.paths import path_metrics
 from atlas_build.metrics.source import AtlasSource, SourceError
 
 log = logging.getLogger(__name__)
