@@ -39,8 +39,12 @@ from atlas_build.metrics.stats import (
 
 DISTANCES = (1, 2, 4)
 WINDOWS = (1, 2, 4, "all")
-# Diversity over long atlases: at most this many evenly spaced window starts per window width.
-MAX_WINDOW_STARTS = 8
+# Long atlases: at most this many evenly spaced window starts per width for the diversity statistics, and
+# layer pairs per distance d > 1 for the transitions (d = 1: every adjacent pair).
+MAX_WINDOW_STARTS = 4
+MAX_DISTANT_PAIRS = 8
+# Top-k path sets cost k lookups per token and layer: fewer window starts (and no all-layer window).
+MAX_SET_WINDOW_STARTS = 2
 # Transitions reported per layer pair (highest lift among cells with enough support).
 TOP_TRANSITIONS = 3
 # Permutations of the entropy null (a one-sided p-value; its resolution is 1 / (R + 1)).
@@ -82,22 +86,29 @@ def id_bits(n_experts: int) -> int:
 
 
 def window_codes(ids: np.ndarray, start: int, width: int, n_experts: int) -> tuple[np.ndarray, bool]:
-    """Codes of the windows `ids[:, start:start + width]` (`ids` `[n, L]` top-1 ids or set codes).
+    """Codes of the windows `ids[start:start + width]` (`ids` layer-major `[L, n]` top-1 ids or set codes).
 
     Returns `(codes uint64 [n], exact)`: packed ids when `width · bits(N) ≤ 64` (and `ids` are expert ids),
     else a splitmix64 chain over the window.
     """
     bits = id_bits(n_experts)
-    window = ids[:, start : start + width]
+    window = ids[start : start + width]
+    n = ids.shape[1]
     if ids.dtype != np.uint64 and width * bits <= 64:
-        codes = np.zeros(len(ids), dtype=np.uint64)
+        codes = np.zeros(n, dtype=np.uint64)
         for j in range(width):
-            codes |= window[:, j].astype(np.uint64) << np.uint64(j * bits)
+            codes |= window[j].astype(np.uint64) << np.uint64(j * bits)
         return codes, True
-    codes = np.full(len(ids), 0x9E3779B97F4A7C15, dtype=np.uint64)
+    # Ids packed exactly into 64-bit words of 64 // bits layers each, the words chained through mix64.
+    per_word = max(1, 64 // bits) if ids.dtype != np.uint64 else 1
+    codes = np.full(n, 0x9E3779B97F4A7C15, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for j in range(width):
-            codes = mix64(codes + window[:, j].astype(np.uint64) + np.uint64(j + 1))
+        for lo in range(0, width, per_word):
+            word = np.zeros(n, dtype=np.uint64)
+            for j in range(lo, min(width, lo + per_word)):
+                shift = np.uint64((j - lo) * bits) if per_word > 1 else np.uint64(0)
+                word ^= window[j].astype(np.uint64) << shift
+            codes = mix64(codes + word + np.uint64(lo + 1))
     return codes, False
 
 
@@ -107,28 +118,23 @@ def set_codes(experts: np.ndarray, table: np.ndarray) -> np.ndarray:
         return mix64(table[experts.astype(np.intp)].sum(axis=1, dtype=np.uint64))
 
 
-def top_columns(
-    column: pa.ChunkedArray | pa.Array,
-    n_layers: int,
-    top_k: int,
-    slot: int = 0,
-    rows: np.ndarray | None = None,
-) -> np.ndarray:
-    """The experts in top-k slot `slot` of every layer, `[T, L]` (or `[len(rows), L]`), chunk by chunk."""
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    dtype = np.dtype(column.type.value_type.value_type.to_pandas_dtype())
+def _chunks(column: pa.ChunkedArray | pa.Array, rows: np.ndarray | None) -> list:
     if rows is not None:
-        picked = column.take(pa.array(np.asarray(rows, dtype=np.int64)))
-        return (
-            np.ascontiguousarray(routing_array(picked)[:, :, slot])
-            if len(rows)
-            else np.zeros((0, n_layers), dtype)
-        )
-    out = np.empty((sum(len(c) for c in chunks), n_layers), dtype=dtype)
+        return [column.take(pa.array(np.asarray(rows, dtype=np.int64)))]
+    return column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+
+
+def top_columns(
+    column: pa.ChunkedArray | pa.Array, n_layers: int, slot: int = 0, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """The experts in top-k slot `slot`, layer-major `[L, T]` (or `[L, len(rows)]`), chunk by chunk."""
+    chunks = _chunks(column, rows)
+    dtype = np.dtype(column.type.value_type.value_type.to_pandas_dtype())
+    out = np.empty((n_layers, sum(len(c) for c in chunks)), dtype=dtype)
     at = 0
     for chunk in chunks:
         if len(chunk):
-            out[at : at + len(chunk)] = routing_array(chunk)[:, :, slot]
+            out[:, at : at + len(chunk)] = routing_array(chunk)[:, :, slot].T
             at += len(chunk)
     return out
 
@@ -140,22 +146,18 @@ def layer_set_codes(
     seed: int,
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Top-k set codes `[T, len(layers)]` (uint64) of the given layers (a random value table per layer)."""
+    """Top-k set codes, layer-major `[len(layers), T]` uint64 (a random value table per layer)."""
     rng = np.random.default_rng(seed)
     tables = rng.integers(0, 2**63, size=(max(layers, default=0) + 1, n_experts), dtype=np.uint64)
-    chunks = (
-        [column.take(pa.array(np.asarray(rows, np.int64)))]
-        if rows is not None
-        else (column.chunks if isinstance(column, pa.ChunkedArray) else [column])
-    )
-    out = np.empty((sum(len(c) for c in chunks), len(layers)), dtype=np.uint64)
+    chunks = _chunks(column, rows)
+    out = np.empty((len(layers), sum(len(c) for c in chunks)), dtype=np.uint64)
     at = 0
     for chunk in chunks:
         if not len(chunk):
             continue
         arr = routing_array(chunk)
         for j, layer in enumerate(layers):
-            out[at : at + len(chunk), j] = set_codes(arr[:, layer, :], tables[layer])
+            out[j, at : at + len(chunk)] = set_codes(arr[:, layer, :], tables[layer])
         at += len(chunk)
     return out
 
@@ -188,10 +190,10 @@ def widths(n_layers: int) -> list[tuple[str, int]]:
 def transition_counts(
     top1: np.ndarray, lo: int, hi: int, n_experts: int, shuffled_rows: np.ndarray | None = None
 ):
-    """C `[N, N]`: tokens with top-1 e' at layer `lo` and e at layer `hi` (layer `hi` read from
-    `shuffled_rows`, the rows permuted across tokens, when given)."""
-    a = top1[:, lo].astype(np.intp)
-    b = top1[:, hi] if shuffled_rows is None else shuffled_rows[:, hi]
+    """C `[N, N]`: tokens with top-1 e' at layer `lo` and e at layer `hi` of layer-major `top1` `[L, T]`
+    (layer `hi`'s tokens permuted by `shuffled_rows` when given)."""
+    a = top1[lo].astype(np.intp)
+    b = top1[hi] if shuffled_rows is None else top1[hi][shuffled_rows]
     codes = a * n_experts + b.astype(np.intp)
     return np.bincount(codes, minlength=n_experts * n_experts).reshape(n_experts, n_experts)
 
@@ -217,9 +219,10 @@ def lift(counts: np.ndarray) -> np.ndarray:
 
 
 def transitions(top1: np.ndarray, n_experts: int, moe_layers: list[int], min_count: int, seed: int):
-    """Top-1 transitions for every layer pair (l, l+d), d in `DISTANCES`; also the d = 1 counts `[L-1, N, N]`."""
-    n, n_layers = top1.shape
-    shuffled_rows = top1[np.random.default_rng(seed).permutation(n)]
+    """Top-1 transitions between layers l and l+d of layer-major `top1` `[L, T]`: every adjacent pair, and
+    up to `MAX_DISTANT_PAIRS` evenly spaced pairs per d > 1; also the d = 1 counts `[L-1, N, N]`."""
+    n_layers, n = top1.shape
+    shuffled_rows = np.random.default_rng(seed).permutation(n)
     out: dict = {"basis": "top-1", "distances": {}}
     adjacent = np.zeros((max(n_layers - 1, 0), n_experts, n_experts), dtype=np.int32)
     for d in DISTANCES:
@@ -227,7 +230,8 @@ def transitions(top1: np.ndarray, n_experts: int, moe_layers: list[int], min_cou
             continue
         block: dict = {"from_layers": [], "to_layers": [], "mi_bits": [], "mi_shuffled_bits": []}
         block.update({"max_lift": [], "top": []})
-        for lo in range(n_layers - d):
+        los = range(n_layers - d) if d == 1 else window_starts(n_layers, d + 1, MAX_DISTANT_PAIRS)
+        for lo in los:
             counts = transition_counts(top1, lo, lo + d, n_experts)
             shuffled = transition_counts(top1, lo, lo + d, n_experts, shuffled_rows=shuffled_rows)
             if d == 1:
@@ -291,12 +295,20 @@ def diversity(
     n_experts: int,
     min_count: int,
     seed: int,
+    n_layers: int | None = None,
 ) -> dict:
-    """Distinct paths per token id and H(path | token id), per window width (see `FORMULAS`)."""
+    """Distinct paths per token id and H(path | token id), per window width (see `FORMULAS`).
+
+    Args:
+        top1: layer-major top-1 ids `[L, T]`, or None (id-only engine).
+        sets: top-k set codes `[len(set_layers), T]` of the MoE layers `set_layers`, or None.
+        token_ids: `[T]`.
+        n_layers: L (default: from `top1`).
+    """
     ranks = token_ranks(token_ids, min_count, np.random.default_rng(seed + 11))
     occurrences = ranks.occurrences.astype(np.float64)
     n_ranks, m = len(occurrences), float(occurrences.sum())
-    n_layers = top1.shape[1] if top1 is not None else len(set_layers)
+    n_layers = n_layers if n_layers is not None else top1.shape[0]
     out: dict = {"min_count": min_count, "n_token_ids": n_ranks, "n_occurrences": int(m), "windows": {}}
     if not n_ranks:
         return out
@@ -312,16 +324,17 @@ def diversity(
                 continue
             starts = window_starts(n_layers, width)
             if kind == "topk":
-                # Set codes exist for the layers of the sampled windows only.
-                starts = [s for s in starts if all(x in layers for x in range(s, s + width))]
+                starts = window_starts(n_layers, width, MAX_SET_WINDOW_STARTS)
             stats = {"distinct": [], "distinct_shuffled": [], "h": [], "h_shuffled": []}
             for s in starts:
                 if kind == "topk":
                     cols = [layers.index(x) for x in range(s, s + width)]
-                    codes, exact = window_codes(ids[:, cols], 0, width, n_experts)
+                    codes, exact = window_codes(ids[cols], 0, width, n_experts)
                 else:
                     codes, exact = window_codes(ids, s, width, n_experts)
-                for suffix, rank in (("", ranks.rank), ("_shuffled", ranks.shuffled)):
+                # The shuffled-token baseline for top-1 paths only (one more sort per window).
+                rankings = [("", ranks.rank)] + ([("_shuffled", ranks.shuffled)] if kind == "top1" else [])
+                for suffix, rank in rankings:
                     distinct, f_cells = _grouped(rank, codes, exact, n_ranks)
                     stats["distinct" + suffix].append(float((distinct / np.maximum(occurrences, 1)).mean()))
                     # H(P | T) = H(T, P) − H(T) = (Σ f(n_t) − Σ f(n_tp)) / M, f(n) = n ln n.
@@ -329,9 +342,9 @@ def diversity(
             block[kind] = {
                 "layers_start": [int(s) for s in starts],
                 "distinct_share": _mean(stats["distinct"]),
-                "distinct_share_shuffled": _mean(stats["distinct_shuffled"]),
+                "distinct_share_shuffled": _mean(stats["distinct_shuffled"]) if kind == "top1" else None,
                 "h_path_given_token_bits": _mean(stats["h"]),
-                "h_path_given_shuffled_token_bits": _mean(stats["h_shuffled"]),
+                "h_path_given_shuffled_token_bits": _mean(stats["h_shuffled"]) if kind == "top1" else None,
             }
         out["windows"][name] = block
     return out
@@ -352,6 +365,7 @@ def sense_entropy(
     """gain = H(path | token id) − H(path | token id, sense) on target tokens, per window width, with a
     within-token-id permutation null of the senses (see `FORMULAS`)."""
     n, n_layers = target_top1.shape
+    layer_major = np.ascontiguousarray(target_top1.T)
     t = np.unique(target_token, return_inverse=True)[1].reshape(-1).astype(np.int64)
     span = int(sense.max()) + 1 if n else 1
     combos, inverse = np.unique(t * span + sense, return_inverse=True)
@@ -368,25 +382,28 @@ def sense_entropy(
     for name, width in widths(n_layers):
         gains, nulls, h_t, h_ts = [], [], [], []
         for s in window_starts(n_layers, width):
-            codes, _ = window_codes(target_top1, s, width, n_experts)
-            tp = np.unique(np.stack([t.astype(np.uint64), codes]), axis=1, return_inverse=True)[1].reshape(-1)
-            n_tp = int(tp.max()) + 1 if n else 0
+            codes, _ = window_codes(layer_major, s, width, n_experts)
+            # (token id, path) cells: one 64-bit key per row (a hash: collisions are negligible here).
+            tp = np.unique(mix64(codes ^ mix64(t.astype(np.uint64))), return_inverse=True)[1].reshape(-1)
             f_tp = _flogf(np.bincount(tp)) if n else 0.0
             f_tsp = _flogf(np.bincount(tp * n_local + local)) if n else 0.0
             h_t.append((f_t - f_tp) / n)
             h_ts.append((f_ts - f_tsp) / n)
             gains.append((f_tsp - f_tp - f_ts + f_t) / n)
-            null = np.zeros(r)
-            cells = n_tp * n_local
-            chunk = max(1, _CELLS_PER_CHUNK // max(cells, 1))
-            for lo in range(0, r, chunk):
-                block = permuted[lo : lo + chunk]
-                keys = (np.arange(len(block))[:, None] * cells + tp[None, :] * n_local + block).ravel()
-                counts = np.bincount(keys, minlength=len(block) * cells).reshape(len(block), cells)
-                c = counts.astype(np.float64)
+            # Under a permutation only (token, path) cells of ≥ 2 rows can change their Σ n log n.
+            sizes = np.bincount(tp) if n else np.zeros(0, np.int64)
+            sub = np.flatnonzero(sizes[tp] >= 2) if n else np.zeros(0, np.int64)
+            group = np.unique(tp[sub], return_inverse=True)[1].reshape(-1)
+            cells = (int(group.max()) + 1 if len(group) else 0) * n_local
+            null = np.full(r, (-f_tp - f_ts + f_t) / n)
+            chunk = max(1, _CELLS_PER_CHUNK // max(cells, len(sub), 1))
+            for lo in range(0, r if len(sub) else 0, chunk):
+                block = permuted[lo : lo + chunk][:, sub]
+                keys = (np.arange(len(block))[:, None] * cells + group[None, :] * n_local + block).ravel()
+                c = np.bincount(keys, minlength=len(block) * cells).reshape(len(block), cells)
+                c = c.astype(np.float64)
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    f = np.where(c > 0, c * np.log(c), 0.0).sum(axis=1)
-                null[lo : lo + len(block)] = (f - f_tp - f_ts + f_t) / n
+                    null[lo : lo + len(block)] += np.where(c > 0, c * np.log(c), 0.0).sum(axis=1) / n
             nulls.append(null)
         if not gains:
             continue
@@ -637,12 +654,12 @@ def path_metrics(
     """
     from atlas_build.atlas.schema import SENSES
 
-    n_experts, top_k, moe_layers = row["n_routed_experts"], row["top_k"], list(row["moe_layers"])
+    n_experts, moe_layers = row["n_routed_experts"], list(row["moe_layers"])
     n_layers = len(moe_layers)
     has_top1 = row.get("weights_dtype") is not None
     column = routing.column("experts")
     seed = options.seed if options is not None else 0
-    top1 = top_columns(column, n_layers, top_k) if has_top1 else None
+    top1 = top_columns(column, n_layers) if has_top1 else None  # [L, T]
     token_ids = routing.column("token_id").to_numpy()
     # Top-k set codes for the layers of the sampled windows (the all-layer window uses top-1 only).
     set_layers = sorted(
@@ -650,7 +667,7 @@ def path_metrics(
             x
             for name, w in widths(n_layers)
             if name != "all"
-            for s in window_starts(n_layers, w)
+            for s in window_starts(n_layers, w, MAX_SET_WINDOW_STARTS)
             for x in range(s, s + w)
         }
     )
@@ -660,7 +677,7 @@ def path_metrics(
         if has_top1
         else "top-k path sets only (no top-1: id-only engine)",
         "transitions": None,
-        "diversity": diversity(top1, sets, set_layers, token_ids, n_experts, min_count, seed),
+        "diversity": diversity(top1, sets, set_layers, token_ids, n_experts, min_count, seed, n_layers),
         "sense_entropy": None,
         "agreement": None,
     }
@@ -673,7 +690,7 @@ def path_metrics(
         present = rows >= 0
         target_token = np.where(present, token_ids[np.maximum(rows, 0)], -1)
         target_top1 = np.zeros((len(rows), n_layers), dtype=top1.dtype)
-        target_top1[present] = top1[rows[present]]
+        target_top1[present] = top1[:, rows[present]].T
         out["target"] = "last" if target == "all" else target
         out["sense_entropy"] = sense_entropy(
             target_top1[present],
@@ -689,11 +706,8 @@ def path_metrics(
             null_top1 = np.full((len(null_rows), len(null_row["moe_layers"])), -1, dtype=np.int64)
             ok = null_rows >= 0
             null_top1[ok] = top_columns(
-                null_routing.column("experts"),
-                len(null_row["moe_layers"]),
-                null_row["top_k"],
-                rows=null_rows[ok],
-            )
+                null_routing.column("experts"), len(null_row["moe_layers"]), rows=null_rows[ok]
+            ).T
         out["agreement"] = agreement(
             target_top1.astype(np.int64),
             target_token,

@@ -41,7 +41,7 @@ def test_planted_transitions_are_recovered_with_lift_against_the_shuffle():
     follow = rng.random((n, L)) < 0.9  # 90%: the next layer's expert is e' + 1
     for layer in range(1, L):
         top1[:, layer] = np.where(follow[:, layer], (top1[:, layer - 1] + 1) % N, rng.integers(0, N, n))
-    out, adjacent = paths.transitions(top1, N, [3, 4, 5, 6], min_count=5, seed=0)
+    out, adjacent = paths.transitions(np.ascontiguousarray(top1.T), N, [3, 4, 5, 6], min_count=5, seed=0)
     d1 = out["distances"]["1"]
     assert d1["from_layers"] == [3, 4, 5] and d1["to_layers"] == [4, 5, 6]
     for lo in range(L - 1):
@@ -67,7 +67,7 @@ def test_planted_transitions_are_recovered_with_lift_against_the_shuffle():
 def test_independent_layers_have_lift_one_and_mi_at_the_shuffle_level():
     rng = np.random.default_rng(1)
     top1 = rng.integers(0, N, (50_000, L)).astype(np.uint8)
-    out, adjacent = paths.transitions(top1, N, list(range(L)), min_count=5, seed=0)
+    out, adjacent = paths.transitions(np.ascontiguousarray(top1.T), N, list(range(L)), min_count=5, seed=0)
     ratio = paths.lift(adjacent[0])
     assert np.nanmax(np.abs(ratio - 1)) < 0.25
     d1 = out["distances"]["1"]
@@ -91,7 +91,7 @@ def test_diversity_matches_counting_and_finds_token_determined_paths():
     column = _experts_column(experts)
     set_layers = list(range(L))
     sets = paths.layer_set_codes(column, set_layers, N, seed=0)
-    out = paths.diversity(top1, sets, set_layers, token_ids, N, min_count=5, seed=0)
+    out = paths.diversity(np.ascontiguousarray(top1.T), sets, set_layers, token_ids, N, min_count=5, seed=0)
     w1, w2 = out["windows"]["1"], out["windows"]["2"]
     # Independent: per window, mean over token ids of distinct paths / occurrences, and H(path | token).
     for name, width in (("1", 1), ("2", 2), ("all", L)):
@@ -119,9 +119,9 @@ def test_diversity_matches_counting_and_finds_token_determined_paths():
 def test_path_codes_are_exact_or_hashed_without_collisions():
     rng = np.random.default_rng(3)
     ids = rng.integers(0, 256, (20_000, 12)).astype(np.uint8)
-    exact_codes, exact = paths.window_codes(ids, 0, 8, 256)
+    exact_codes, exact = paths.window_codes(np.ascontiguousarray(ids.T), 0, 8, 256)
     assert exact
-    hashed, exact_long = paths.window_codes(ids, 0, 12, 256)
+    hashed, exact_long = paths.window_codes(np.ascontiguousarray(ids.T), 0, 12, 256)
     assert not exact_long
     distinct_rows = len({tuple(r) for r in ids.tolist()})
     assert len(np.unique(hashed)) == distinct_rows
