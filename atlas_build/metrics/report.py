@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas_build.metrics.compute import FORMULAS, MetricsResult
+from atlas_build.metrics.paths_report import path_figures, path_section
 
 METRICS_JSON = "metrics.json"
 REPORT_MD = "report.md"
@@ -461,6 +462,7 @@ def render_report(metrics: dict) -> str:
             f"| {_label(slug, entry)} | {pr['n_examples']} | {pr['n_lemmas']} | {_ci(pr['accuracy'], signed=False)} "
             f"| {_ci(pr['mfs_accuracy'], signed=False)} | {_ci(pr['difference'])} |"
         )
+    lines += path_section(metrics)  # routing paths across layers (metrics/paths_report.py)
     if metrics.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in metrics["notes"]]
     return "\n".join(lines) + "\n"
@@ -534,6 +536,7 @@ def write_outputs(result: MetricsResult, out_dir: Path) -> dict:
             entry = clean["models"][slug]
             plot_coactivation(slug, entry, arrays["coactivation_counts"], entry["n_tokens"], out_dir / name)
             figures[f"coactivation-{slug}"] = name
+    figures.update(path_figures(clean, result.arrays, out_dir))  # routing paths (metrics/paths_report.py)
     clean["figures"] = figures
     metrics["figures"] = figures
     (out_dir / METRICS_JSON).write_text(
