@@ -60,6 +60,9 @@ CHECKS: dict[str, str] = {
     "the tokenizer cannot be loaded)",
     "routing-not-degenerate": "no MoE layer where one expert is in the top-k of every token, none where "
     "every token's expert ids (or weights) are all zero",
+    "scores-reproduce-experts": "with --scores: the model's selection rule (top-k; n_group / topk_group "
+    "group limits) applied to the stored top-M selection scores gives back `experts` on every token-layer "
+    "the M scores decide (undecided token-layers and exact ties are counted, not failed)",
 }
 
 

@@ -32,6 +32,8 @@ from validation.report import ValidationReport
 from validation.routing import CHECKS as ROUTING_CHECKS
 from validation.routing import RoutingValidator
 from validation.rules import BATCH_ROWS, MAX_EXAMPLES, MIN_TOKENS_FOR_DEGENERACY, WEIGHT_SUM_RTOL
+from validation.scores import CHECK as SCORES_CHECK
+from validation.scores import check_scores
 
 ATLAS = "atlas"  # the config name of atlas-wide results
 REPORT_NAME = "validation.json"
@@ -127,6 +129,9 @@ def run_validation(
                 config, files.configs[config], model, registry, gx, ledger, tokenizer, problem, batch_rows
             )
             rows[config] = validator.run()
+        if model is not None and model.get("scores_top_m"):  # `atlas build --scores M` (validation/scores.py)
+            with _guard(ledger, config, (SCORES_CHECK,)):
+                check_scores(config, files.configs[config], model, ledger, batch_rows)
 
     return ValidationReport(
         root=str(root),

@@ -55,6 +55,8 @@ def routing_table(
     weights: np.ndarray | None,
     segment: Sequence[str | None] | None = None,
     marker: Sequence[str | None] | None = None,
+    score_experts: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
 ) -> pa.Table:
     """Build routing rows for a batch of texts.
 
@@ -69,6 +71,9 @@ def routing_table(
         experts: int `[T, moe_layers, top_k]`, ordered by weight, highest first.
         weights: float32 `[T, moe_layers, top_k]` or None when the engine gives ids only.
         segment, marker: `[T]` trace labels, or None (all null).
+        score_experts, scores: int `[T, moe_layers, M]` and float32 `[T, moe_layers, M]`, the top-M experts
+            by selection score, highest first, and their scores; for schemas with score columns (None:
+            null rows).
     """
     total = int(np.sum(token_counts))
     for name, arr in (("token_ids", token_ids), ("experts", experts), ("is_target", is_target)):
@@ -102,4 +107,26 @@ def routing_table(
         ),
         "weights": weights_arr,
     }
+    if "scores" in schema.names:
+        columns.update(score_arrays(schema, total, score_experts, scores))
     return pa.table(columns, schema=schema)
+
+
+def score_arrays(
+    schema: pa.Schema, total: int, score_experts: np.ndarray | None, scores: np.ndarray | None
+) -> dict[str, pa.Array]:
+    """The `score_experts` and `scores` columns (null rows when the engine gave no scores)."""
+    if (score_experts is None) != (scores is None):
+        raise ValueError("score_experts and scores come together")
+    if score_experts is None:
+        return {name: pa.nulls(total, schema.field(name).type) for name in ("score_experts", "scores")}
+    width = schema.field("scores").type.value_type.list_size
+    if scores.shape[0] != total or scores.shape[-1] != width or score_experts.shape != scores.shape:
+        raise ValueError(f"scores are {scores.shape}, expected [{total}, moe_layers, {width}]")
+    id_type = schema.field("score_experts").type.value_type.value_type
+    return {
+        "score_experts": nested_fixed_list(
+            np.asarray(score_experts).astype(id_type.to_pandas_dtype()), id_type
+        ),
+        "scores": nested_fixed_list(np.asarray(scores, dtype=np.float32), pa.float32()),
+    }

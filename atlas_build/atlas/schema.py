@@ -2,7 +2,8 @@
 
 Everything else (writer, validation, cards, metrics, publishing) reads these definitions. A config's
 schema never depends on the data written into it; the routing configs depend only on the model's shape
-(expert count, number of MoE layers, top-k) and on whether the engine returns weights.
+(expert count, number of MoE layers, top-k), on whether the engine returns weights, and on whether the build
+stored the router's selection scores (`atlas build --scores M`, the models row's `scores_top_m`).
 
 Configs of an atlas directory::
 
@@ -21,7 +22,7 @@ import re
 import pyarrow as pa
 
 # Bumped whenever a config's schema changes; an atlas of another version is refused, not mixed.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: models.scores_top_m and the optional score columns of the routing configs
 
 SENSES = "senses"
 SENSE_PAIRS = "sense-pairs"
@@ -126,6 +127,9 @@ MODELS_SCHEMA = pa.schema(
         pa.field("add_bos_token", pa.bool_(), nullable=False),
         pa.field("random_init", pa.bool_(), nullable=False),  # True: weights are random, findings are not
         pa.field("seed", pa.int64()),  # seed of random-init weights
+        # M of `atlas build --scores M`: the routing config's score columns hold the top-M experts by the
+        # router's selection score; null: no scores stored (the columns are absent).
+        pa.field("scores_top_m", pa.int32()),
     ]
 )
 
@@ -157,7 +161,11 @@ def expert_id_type(n_routed_experts: int) -> pa.DataType:
 
 
 def routing_schema(
-    n_routed_experts: int, n_moe_layers: int, top_k: int, weights_dtype: str | None
+    n_routed_experts: int,
+    n_moe_layers: int,
+    top_k: int,
+    weights_dtype: str | None,
+    scores_top_m: int | None = None,
 ) -> pa.Schema:
     """Schema of a `routing-<model_slug>` config: one row per token of a routed text.
 
@@ -165,6 +173,12 @@ def routing_schema(
     the k entries ordered by gate weight, highest first. `weights` are the gate weights that the model
     multiplies the expert outputs by (after normalisation and `routed_scaling_factor`); they are null for
     engines that return expert ids only (`weights_dtype=None`).
+
+    With `scores_top_m = M` (`atlas build --scores M`, M ≥ k) two more columns, `[moe_layer][M]`:
+    `score_experts`, the M experts of highest *selection* score (the score the router chooses on: for
+    DeepSeek-V3/R1 sigmoid(logits) + e_score_correction_bias before the group mask, for softmax routers
+    the probability), highest first (ties: lower id first), and `scores`, those scores as float32. Null
+    rows: tokens whose engine gave no scores. Without `scores_top_m` the columns are absent.
     """
     id_type = expert_id_type(n_routed_experts)
     weight_type = WEIGHT_DTYPES[weights_dtype] if weights_dtype else pa.float16()
@@ -182,12 +196,28 @@ def routing_schema(
             pa.field("marker", pa.string()),  # traces: reasoning marker this token belongs to; else null
             pa.field("experts", pa.list_(pa.list_(id_type, top_k), n_moe_layers), nullable=False),
             pa.field("weights", pa.list_(pa.list_(weight_type, top_k), n_moe_layers), nullable=True),
+            *score_fields(id_type, n_moe_layers, scores_top_m),
         ],
         metadata={
             b"routing_atlas.schema_version": str(SCHEMA_VERSION).encode(),
             b"routing_atlas.weights_dtype": (weights_dtype or "none").encode(),
         },
     )
+
+
+SCORE_COLUMNS = ("score_experts", "scores")
+
+
+def score_fields(id_type: pa.DataType, n_moe_layers: int, scores_top_m: int | None) -> list[pa.Field]:
+    """The optional score columns of a routing config (none when `scores_top_m` is None)."""
+    if scores_top_m is None:
+        return []
+    if scores_top_m < 1:
+        raise ValueError(f"scores_top_m must be at least 1, got {scores_top_m}")
+    return [
+        pa.field("score_experts", pa.list_(pa.list_(id_type, scores_top_m), n_moe_layers), nullable=True),
+        pa.field("scores", pa.list_(pa.list_(pa.float32(), scores_top_m), n_moe_layers), nullable=True),
+    ]
 
 
 def routing_config_name(model_slug: str) -> str:
@@ -233,5 +263,6 @@ def schema_for(config: str, models_row: dict | None = None) -> pa.Schema:
             len(models_row["moe_layers"]),
             models_row["top_k"],
             models_row["weights_dtype"],
+            models_row.get("scores_top_m"),
         )
     raise ValueError(f"unknown config {config!r}: expected one of {sorted(FIXED_SCHEMAS)} or routing-<slug>")

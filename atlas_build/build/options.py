@@ -40,6 +40,8 @@ class BuildConfig:
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     # Storage: float16 halves the routing bytes; the order is taken from float32 before rounding.
     weights_dtype: str = "float16"
+    # `--scores M`: also store the top-M experts by the router's selection score, and those scores (hf only).
+    scores: int | None = None
     slug: str | None = None
     texts_per_shard: int = 512
     executor: str = "local"
@@ -59,6 +61,14 @@ class BuildConfig:
         if self.weights_dtype not in WEIGHT_STORAGE:
             raise BuildOptionsError(
                 f"--weights-dtype must be one of {WEIGHT_STORAGE}, got {self.weights_dtype!r}"
+            )
+        if self.scores is not None and self.scores < 1:
+            raise BuildOptionsError(
+                f"--scores must be at least 1 (and at least the model's top-k), got {self.scores}"
+            )
+        if self.scores is not None and self.engine != "hf":
+            raise BuildOptionsError(
+                f"--scores needs --engine hf: the {self.engine} engine returns no router scores"
             )
         if self.corpus == "traces" and not self.traces:
             raise BuildOptionsError("--corpus traces needs --traces FILE.jsonl")
@@ -84,6 +94,7 @@ class BuildConfig:
             "random_init",
             "weights_dtype",
             "engine_kwargs",
+            "scores",
         )
         return {key: getattr(self, key) for key in keys}
 

@@ -71,6 +71,8 @@ def shard_table(engine, items: list[TextItem], schema: pa.Schema, weights_stored
         weights=batch.weights if weights_stored else None,
         segment=span_labels(spans, batch.token_counts, items, "segments"),
         marker=span_labels(spans, batch.token_counts, items, "markers"),
+        score_experts=batch.score_experts,
+        scores=batch.scores,
     )
 
 
@@ -187,5 +189,6 @@ def make_engine(config: BuildConfig, load_weights: bool = True):
         random_init=config.random_init,
         seed=config.seed,
         load_weights=load_weights,
+        **({"scores_top_m": config.scores} if config.scores is not None else {}),
         **config.engine_kwargs,
     )

@@ -180,7 +180,11 @@ def plan(run: BuildRun) -> None:
     check_slug_free(run.root, run.manifest, row)
     check_text_lengths(engine, run.items)
     run.schema = routing_schema(
-        row["n_routed_experts"], len(row["moe_layers"]), row["top_k"], row["weights_dtype"]
+        row["n_routed_experts"],
+        len(row["moe_layers"]),
+        row["top_k"],
+        row["weights_dtype"],
+        row.get("scores_top_m"),
     )
     run_key = run_fingerprint(row, run.schema)
     size = config.texts_per_shard
@@ -274,6 +278,7 @@ def build_record(run: BuildRun) -> dict[str, Any]:
             f"--dtype {config.dtype} --seed {config.seed}"
             + (f" --max-lemmas {config.max_lemmas}" if config.max_lemmas else "")
             + (" --random-init" if config.random_init else "")
+            + (f" --scores {config.scores}" if config.scores else "")
             + (f" --traces {Path(config.traces).name}" if traces else "")
         ),
     }

@@ -29,6 +29,13 @@ from atlas_build.commands._options import model_loading_options
 @click.option(
     "--weights-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True
 )
+@click.option(
+    "--scores",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Also store, per token and MoE layer, the top-M experts by the router's selection score and those "
+    "scores (M >= top-k; hf engine; default: off).",
+)
 @click.option("--slug", default=None, help="Name of the model's routing config (default: from the model id).")
 @click.option(
     "--random-init", is_flag=True, help="Route a seeded random-init twin of the architecture (a null model)."

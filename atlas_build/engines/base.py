@@ -29,6 +29,9 @@ class RoutingBatch:
             (ordered by the float32 weight; ties keep the router's order).
         weights: float32 `[T, moe_layers, top_k]`, the gate weights the model multiplies each expert's
             output by (after normalisation and `routed_scaling_factor`), or None for id-only engines.
+        score_experts: int16 `[T, moe_layers, M]`, the M experts of highest selection score (the score the
+            router chooses on), highest first, ties to the lower id; None unless scores were asked for.
+        scores: float32 `[T, moe_layers, M]`, those selection scores; None with `score_experts`.
     """
 
     token_counts: np.ndarray
@@ -37,6 +40,8 @@ class RoutingBatch:
     char_spans: np.ndarray
     experts: np.ndarray
     weights: np.ndarray | None
+    score_experts: np.ndarray | None = None
+    scores: np.ndarray | None = None
 
     @property
     def n_tokens(self) -> int:

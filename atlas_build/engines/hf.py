@@ -105,6 +105,8 @@ class HFEngine(Engine):
         random_init: build the architecture from its config with seeded random weights (a null model).
         load_weights: False builds the architecture on the meta device: enough for `model_row()` and the
             tokenizer (the driver of a distributed build), no memory, and it cannot route.
+        scores_top_m: M ≥ top_k: also capture, per token and MoE layer, the M experts of highest selection
+            score and those scores (the router adapter's `selection_scores`); None: no scores.
     """
 
     name = "hf"
@@ -122,6 +124,7 @@ class HFEngine(Engine):
         random_init: bool = False,
         seed: int = 0,
         load_weights: bool = True,
+        scores_top_m: int | None = None,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -143,6 +146,7 @@ class HFEngine(Engine):
         self.config = load_config(path, trust_remote_code)
         self.adapter: RouterAdapter = adapter_for(self.config)
         self.spec = self.adapter.routing_spec(self.config)
+        self.scores_top_m = self._check_scores_top_m(scores_top_m)
         self._model = (
             self._load_model(path, dtype, device, device_map, trust_remote_code)
             if load_weights
@@ -199,12 +203,38 @@ class HFEngine(Engine):
             raise ModelLoadError(f"{self.model_id}: character offsets need a fast (tokenizers) tokenizer")
         return tokenizer
 
+    def _check_scores_top_m(self, scores_top_m: int | None) -> int | None:
+        """`--scores M`: refused (before any weight is loaded) for adapters without selection scores, and
+        outside top_k ≤ M ≤ N."""
+        if scores_top_m is None:
+            return None
+        self.adapter.require_selection_scores()
+        k, n = self.spec.top_k, self.spec.n_routed_experts
+        if not k <= scores_top_m <= n:
+            raise ModelLoadError(
+                f"--scores {scores_top_m}: M must be between top_k = {k} and the {n} routed experts of "
+                f"{self.model_id}"
+            )
+        return int(scores_top_m)
+
     def _make_hook(self, slot: int):
         def hook(module, args, output):
             index, weights = self.adapter.read_router_output(output)
-            self._captured[slot].append((index.detach(), weights.detach().float()))
+            captured = (index.detach(), weights.detach().float())
+            if self.scores_top_m:
+                captured += self._top_scores(module, args, output)
+            self._captured[slot].append(captured)
 
         return hook
+
+    def _top_scores(self, module, args, output):
+        """The top-M experts by selection score, highest first (a stable sort: ties to the lower id)."""
+        import torch
+
+        scores = self.adapter.selection_scores(module, args, output).detach().float()
+        values, ids = torch.sort(scores, dim=-1, descending=True, stable=True)
+        m = self.scores_top_m
+        return ids[..., :m].contiguous(), values[..., :m].contiguous()
 
     # ---- contract ------------------------------------------------------------------------------
     @property
@@ -256,6 +286,7 @@ class HFEngine(Engine):
             "add_bos_token": self._adds_bos(),
             "random_init": self.is_random_init,
             "seed": self.seed if self.random_init else self._builtin_info.get("seed"),
+            "scores_top_m": self.scores_top_m,
         }
 
     def model_notes(self) -> list[str]:
@@ -266,6 +297,12 @@ class HFEngine(Engine):
             notes.append(
                 f"Random-init twin of {self.model_id}'s architecture (seed {self.seed}): a null model, its "
                 "routing carries no finding."
+            )
+        if self.scores_top_m:
+            notes.append(
+                f"Selection scores (--scores {self.scores_top_m}): `score_experts` / `scores` hold, per token "
+                f"and MoE layer, the {self.scores_top_m} experts of highest "
+                f"{self.adapter.selection_score_kind}, highest first (ties: lower id first)."
             )
         return notes
 
@@ -313,6 +350,8 @@ class HFEngine(Engine):
         n_layers, k = len(self._routers), self.spec.top_k
         experts_out: list[np.ndarray | None] = [None] * len(texts)
         weights_out: list[np.ndarray | None] = [None] * len(texts)
+        score_ids_out: list[np.ndarray | None] = [None] * len(texts)
+        scores_out: list[np.ndarray | None] = [None] * len(texts)
         # Longest first within the call: less padding, and a deterministic batch composition.
         order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
         pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
@@ -332,10 +371,13 @@ class HFEngine(Engine):
                 base_model(
                     input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
                 )
-                index, weights = self._collect(len(batch), width, n_layers, k)
+                index, weights, score_ids, scores = self._collect(len(batch), width, n_layers, k)
                 for row, i in enumerate(batch):
                     experts_out[i] = index[row, : lengths[i]]
                     weights_out[i] = weights[row, : lengths[i]]
+                    if scores is not None:
+                        score_ids_out[i] = score_ids[row, : lengths[i]]
+                        scores_out[i] = scores[row, : lengths[i]]
         tokens: list[str] = []
         for e in encoded:
             tokens.extend(self._tokenizer.convert_ids_to_tokens(e["ids"].tolist()))
@@ -348,24 +390,42 @@ class HFEngine(Engine):
             else np.zeros((0, 2), np.int32),
             experts=np.concatenate(experts_out) if encoded else np.zeros((0, n_layers, k), np.int16),
             weights=np.concatenate(weights_out) if encoded else np.zeros((0, n_layers, k), np.float32),
+            **self._score_arrays(score_ids_out, scores_out, n_layers),
         )
 
-    def _collect(self, batch: int, width: int, n_layers: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hook captures -> experts int16 `[B, S, L, k]`, weights float32 `[B, S, L, k]`, highest first."""
+    def _score_arrays(self, score_ids: list, scores: list, n_layers: int) -> dict[str, np.ndarray | None]:
+        if not self.scores_top_m:
+            return {"score_experts": None, "scores": None}
+        m = self.scores_top_m
+        return {
+            "score_experts": np.concatenate(score_ids) if score_ids else np.zeros((0, n_layers, m), np.int16),
+            "scores": np.concatenate(scores) if scores else np.zeros((0, n_layers, m), np.float32),
+        }
+
+    def _collect(self, batch: int, width: int, n_layers: int, k: int) -> tuple[np.ndarray, ...]:
+        """Hook captures -> experts int16 `[B, S, L, k]`, weights float32 `[B, S, L, k]`, highest first;
+        with scores also the top-M ids int16 `[B, S, L, M]` and scores float32 `[B, S, L, M]` (else None)."""
         import torch
 
-        index_layers, weight_layers = [], []
+        index_layers, weight_layers, score_id_layers, score_layers = [], [], [], []
         for slot, captures in enumerate(self._captured):
             if len(captures) != 1:
                 raise RuntimeError(f"router of MoE layer {self._routers[slot][0]} ran {len(captures)} times")
-            index, weights = captures[0]
+            index, weights = captures[0][:2]
             weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
             index = torch.gather(index, -1, order)
             index_layers.append(index.reshape(batch, width, k))
             weight_layers.append(weights.reshape(batch, width, k))
+            if self.scores_top_m:
+                score_id_layers.append(captures[0][2].reshape(batch, width, self.scores_top_m))
+                score_layers.append(captures[0][3].reshape(batch, width, self.scores_top_m))
         index = torch.stack(index_layers, dim=2).to(torch.int16).cpu().numpy()
         weights = torch.stack(weight_layers, dim=2).cpu().numpy()
-        return index, weights
+        if not self.scores_top_m:
+            return index, weights, None, None
+        score_ids = torch.stack(score_id_layers, dim=2).to(torch.int16).cpu().numpy()
+        scores = torch.stack(score_layers, dim=2).cpu().numpy()
+        return index, weights, score_ids, scores
 
     def close(self) -> None:
         for hook in self._hooks:
@@ -422,6 +482,8 @@ class HFEngine(Engine):
         n_layers, k = len(self._routers), self.spec.top_k
         index_parts: list[list[torch.Tensor]] = [[] for _ in self._routers]
         weight_parts: list[list[torch.Tensor]] = [[] for _ in self._routers]
+        score_id_parts: list[list[torch.Tensor]] = [[] for _ in self._routers]
+        score_parts: list[list[torch.Tensor]] = [[] for _ in self._routers]
 
         def step(ids: list[int], cache):
             for slot in self._captured:
@@ -437,9 +499,12 @@ class HFEngine(Engine):
                     raise RuntimeError(
                         f"router of MoE layer {self._routers[slot][0]} ran {len(captures)} times in one step"
                     )
-                index, weights = captures[0]
+                index, weights = captures[0][:2]
                 index_parts[slot].append(index.reshape(len(ids), k))
                 weight_parts[slot].append(weights.reshape(len(ids), k))
+                if self.scores_top_m:
+                    score_id_parts[slot].append(captures[0][2].reshape(len(ids), self.scores_top_m))
+                    score_parts[slot].append(captures[0][3].reshape(len(ids), self.scores_top_m))
             return out
 
         generated: list[int] = []
@@ -464,6 +529,15 @@ class HFEngine(Engine):
             weight_layers.append(weights)
         experts = torch.stack(index_layers, dim=1).to(torch.int16).cpu().numpy()
         gate_weights = torch.stack(weight_layers, dim=1).cpu().numpy()
+        score_arrays = {"score_experts": None, "scores": None}
+        if self.scores_top_m:
+            score_arrays = {
+                "score_experts": torch.stack([torch.cat(p) for p in score_id_parts], dim=1)
+                .to(torch.int16)
+                .cpu()
+                .numpy(),
+                "scores": torch.stack([torch.cat(p) for p in score_parts], dim=1).cpu().numpy(),
+            }
 
         text_ids = generated[:-1] if generated[-1] in stops else generated
         generated_text = tokenizer.decode(
@@ -500,6 +574,7 @@ class HFEngine(Engine):
             char_spans=np.concatenate([prompt["spans"], spans]),
             experts=experts,
             weights=gate_weights,
+            **score_arrays,
         )
 
 

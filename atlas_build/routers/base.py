@@ -124,6 +124,33 @@ class RouterAdapter(ABC):
         _, weights, index = output
         return index, weights
 
+    # What `selection_scores` returns, in words (for the dataset card); None: the adapter gives none.
+    selection_score_kind: str | None = None
+
+    @property
+    def gives_selection_scores(self) -> bool:
+        return type(self).selection_scores is not RouterAdapter.selection_scores
+
+    def selection_scores(self, router, inputs, output):
+        """Router forward `(module, inputs, output)` -> float32 `[tokens, N]`: the scores the router selects
+        its top-k on, computed exactly as the router computes them (so that the model's own selection rule
+        applied to them gives back its choice).
+
+        The default refuses: an adapter without this method cannot serve `atlas build --scores`.
+        """
+        raise self._no_selection_scores()
+
+    def require_selection_scores(self) -> None:
+        """Refuse `--scores` up front (before loading weights) when this adapter gives no selection scores."""
+        if not self.gives_selection_scores:
+            raise self._no_selection_scores()
+
+    def _no_selection_scores(self) -> UnsupportedModelError:
+        return UnsupportedModelError(
+            f"router adapter {self.name!r} gives no selection scores: `atlas build --scores` is not available "
+            "for this architecture (build without --scores, or add selection_scores to the adapter)"
+        )
+
     def routed_expert_params(self, model, layer_idx: int) -> int:
         """Parameters of all routed experts of one MoE layer (for active-parameter counts)."""
         experts = self._get(self.decoder_layers(model)[layer_idx], self.experts_path)

@@ -28,6 +28,10 @@ class DeepseekV2Adapter(RouterAdapter):
     name = "deepseek_v2"
     model_types = ("deepseek_v2",)
     router_class_names = ("DeepseekV2TopkRouter",)
+    selection_score_kind = (
+        "softmax probability over all routed experts, before the group mask of group_limited_greedy (what"
+        " top-k selects on)"
+    )
 
     def routing_spec(self, config) -> RoutingSpec:
         method = config.topk_method
@@ -63,3 +67,9 @@ class DeepseekV2Adapter(RouterAdapter):
             n_group=config.n_group if grouped else None,
             topk_group=config.topk_group if grouped else None,
         )
+
+    def selection_scores(self, router, inputs, output):
+        # As DeepseekV2TopkRouter.forward: softmax of the float32 logits (before any group mask).
+        import torch
+
+        return output[0].softmax(dim=-1, dtype=torch.float32)

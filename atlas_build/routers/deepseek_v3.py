@@ -19,6 +19,10 @@ class DeepseekV3Adapter(RouterAdapter):
     name = "deepseek_v3"
     model_types = ("deepseek_v3",)
     router_class_names = ("DeepseekV3TopkRouter",)
+    selection_score_kind = (
+        "sigmoid(router logits) + e_score_correction_bias: the bias-corrected score DeepSeek-V3/R1 "
+        "chooses on, before the group mask (the gate weights use the sigmoid without the bias)"
+    )
 
     def routing_spec(self, config) -> RoutingSpec:
         first_dense = config.first_k_dense_replace or 0
@@ -34,3 +38,8 @@ class DeepseekV3Adapter(RouterAdapter):
             n_group=config.n_group,
             topk_group=config.topk_group,
         )
+
+    def selection_scores(self, router, inputs, output):
+        # As DeepseekV3TopkRouter.forward: sigmoid of the float32 logits plus the correction bias.
+        logits = output[0]
+        return logits.float().sigmoid() + router.e_score_correction_bias.float()

@@ -16,6 +16,7 @@ class MixtralAdapter(RouterAdapter):
     name = "mixtral"
     model_types = ("mixtral",)
     router_class_names = ("MixtralTopKRouter",)
+    selection_score_kind = "softmax probability over all routed experts (what top-k selects on)"
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(
@@ -24,3 +25,9 @@ class MixtralAdapter(RouterAdapter):
             norm_topk_prob=True,  # Mixtral always renormalises
             moe_layers=range(config.num_hidden_layers),
         )
+
+    def selection_scores(self, router, inputs, output):
+        # As MixtralTopKRouter.forward: softmax of the logits cast to float32.
+        import torch
+
+        return torch.nn.functional.softmax(output[0].float(), dim=-1)

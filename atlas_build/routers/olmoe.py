@@ -16,6 +16,7 @@ class OlmoeAdapter(RouterAdapter):
     name = "olmoe"
     model_types = ("olmoe",)
     router_class_names = ("OlmoeTopKRouter",)
+    selection_score_kind = "softmax probability over all routed experts (what top-k selects on)"
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(
@@ -24,3 +25,9 @@ class OlmoeAdapter(RouterAdapter):
             norm_topk_prob=bool(config.norm_topk_prob),
             moe_layers=range(config.num_hidden_layers),
         )
+
+    def selection_scores(self, router, inputs, output):
+        # As the router's forward: softmax of the logits in float32.
+        import torch
+
+        return torch.nn.functional.softmax(output[0], dtype=torch.float, dim=-1)

@@ -35,6 +35,7 @@ class Qwen2MoeAdapter(RouterAdapter):
     name = "qwen2_moe"
     model_types = ("qwen2_moe",)
     router_class_names = ("Qwen2MoeTopKRouter",)
+    selection_score_kind = "softmax probability over all routed experts (what top-k selects on)"
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(
@@ -44,3 +45,9 @@ class Qwen2MoeAdapter(RouterAdapter):
             moe_layers=qwen_moe_layers(config, self.name),
             n_shared_experts=1 if (config.shared_expert_intermediate_size or 0) > 0 else 0,
         )
+
+    def selection_scores(self, router, inputs, output):
+        # As the router's forward: softmax of the logits in float32.
+        import torch
+
+        return torch.nn.functional.softmax(output[0], dtype=torch.float, dim=-1)

@@ -18,6 +18,7 @@ class Qwen3MoeAdapter(RouterAdapter):
     name = "qwen3_moe"
     model_types = ("qwen3_moe",)
     router_class_names = ("Qwen3MoeTopKRouter",)
+    selection_score_kind = "softmax probability over all routed experts (what top-k selects on)"
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(
@@ -26,3 +27,9 @@ class Qwen3MoeAdapter(RouterAdapter):
             norm_topk_prob=config.norm_topk_prob,
             moe_layers=qwen_moe_layers(config, self.name),
         )
+
+    def selection_scores(self, router, inputs, output):
+        # As the router's forward: softmax of the logits in float32.
+        import torch
+
+        return torch.nn.functional.softmax(output[0], dtype=torch.float, dim=-1)
