@@ -14,6 +14,8 @@ from atlas_build.metrics import experts as ex
 from atlas_build.metrics.overlap import TARGET_MODES, select_targets, target_rows_table
 from atlas_build.metrics.paths import FORMULAS as PATH_FORMULAS
 from atlas_build.metrics.paths import path_metrics
+from atlas_build.metrics.scores import FORMULAS as SCORE_FORMULAS
+from atlas_build.metrics.scores import model_scores
 from atlas_build.metrics.senses import (
     BootstrapOptions,
     SenseCorpus,
@@ -70,6 +72,7 @@ FORMULAS = {
 }
 
 FORMULAS.update(PATH_FORMULAS)  # routing paths across layers (metrics/paths.py)
+FORMULAS.update(SCORE_FORMULAS)  # router scores beyond the top-k (metrics/scores.py)
 
 
 @dataclass
@@ -443,6 +446,8 @@ def compute_metrics(
                 null_routing=src.routing(path_null["model_slug"]) if path_null else None,
                 null_row=path_null,
             )
+            # Router scores beyond the top-k (metrics/scores.py): None unless built with --scores.
+            entry["scores"] = model_scores(src, row, routing, corpus, options=boot, target=options.target)
             ep = job.result()
         finally:
             job.close()
