@@ -193,10 +193,11 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def bench(root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int) -> dict:
+def bench(root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int, paths: bool = True) -> dict:
     from atlas_build.atlas.schema import SENSE_PAIRS, SENSES
     from atlas_build.metrics import experts as ex
     from atlas_build.metrics.overlap import select_targets, target_rows_table
+    from atlas_build.metrics.paths import path_metrics
     from atlas_build.metrics.senses import (
         BootstrapOptions,
         context_adjusted,
@@ -228,6 +229,15 @@ def bench(root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int) ->
     sp = sense_pair_overlap(kappa, corpus, options)
     sp["context_adjusted"] = context_adjusted(kappa, corpus, options)
     sense_s = time.perf_counter() - t0
+    # Routing paths across layers (as `atlas metrics` runs them, in the main process beside the workers).
+    # The synthetic routing stores ids only (weights null); its first id stands in for a top-1 here, so
+    # that the top-1 statistics are measured too (the ids are uniformly random either way).
+    as_weighted = dict(row, weights_dtype="float16")
+    paths_cpu = time.process_time()
+    if paths:
+        paths, _ = path_metrics(routing, as_weighted, corpus, options=options, target="last", min_count=5)
+    paths_cpu = time.process_time() - paths_cpu
+    paths_s = time.perf_counter() - t0 - sense_s
     ep = job.result()
     entropy = ex.normalised_entropy(ep.load)
     metric_s = time.perf_counter() - t0
@@ -243,6 +253,8 @@ def bench(root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int) ->
         "lemmas": sp["n_lemmas"],
         "load_s": load_s,
         "sense_s": sense_s,
+        "paths_s": paths_s if paths else None,
+        "paths_cpu_s": paths_cpu if paths else None,
         "metric_s": metric_s,
         "rate": entries / metric_s,
         "cpu_s": cpu_s,
@@ -281,6 +293,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="write (or reuse) the atlas here and keep it")
     parser.add_argument("--generate-only", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--measure-only", type=Path, nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no-paths", action="store_true", help="leave the routing-path metrics out")
     args = parser.parse_args(argv)
     shape = (args.tokens, args.layers, args.experts, args.top_k, args.words_per_text, args.seed)
     if args.generate_only:
@@ -289,7 +302,7 @@ def main(argv=None) -> int:
     if args.measure_only:
         # A fresh process, so its peak RSS (and its workers') is the metrics' own.
         load_before = os.getloadavg()[0]
-        r = bench(*args.measure_only, args.bootstrap, args.permutations)
+        r = bench(*args.measure_only, args.bootstrap, args.permutations, paths=not args.no_paths)
         r["load_before"] = load_before
         print(json.dumps(r))
         return 0
@@ -318,6 +331,7 @@ def main(argv=None) -> int:
             _, gen_s, gen_rss = _run_child(["--generate-only", str(root), *flags])
             gen = f"{gen_s:.1f} s, peak RSS {gen_rss:.2f} GiB"
         opts = ["--bootstrap", str(args.bootstrap), "--permutations", str(args.permutations)]
+        opts += ["--no-paths"] if args.no_paths else []
         out, _, rss = _run_child(["--measure-only", str(root), str(work / "hf-cache"), *opts])
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -335,6 +349,12 @@ def main(argv=None) -> int:
         f"  metrics: load / entropy / co-activation / token specialisation over {r['layers']} layers in forked "
         f"workers, concurrently with sense-pair κ + bootstrap ({args.bootstrap}) + permutations "
         f"({args.permutations}) + context adjustment in the main process (done after {r['sense_s']:.1f} s)"
+        + (
+            f", then routing paths (transitions, diversity, sense entropy, sense-pair path agreement with "
+            f"controls: {r['paths_s']:.1f} s, {r['paths_cpu_s']:.1f} CPU-s)"
+            if r["paths_s"] is not None
+            else " (routing paths left out: --no-paths)"
+        )
     )
     print(
         f"  metrics total: {r['metric_s']:.1f} s -> {r['rate'] / 1e6:.1f} M routing entries/s "

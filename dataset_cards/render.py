@@ -115,6 +115,7 @@ COLUMN_DOCS = {
     "add_bos_token": "whether the tokenizer prepends its begin-of-sentence token",
     "random_init": "**true: random weights (random-init), routing carries no finding**",
     "seed": "seed of the random-init weights",
+    "scores_top_m": "M of `atlas build --scores M` (score columns in the routing config); null: no scores stored",
     "source_id": "id of the routed text in `senses`, `substitutions` or `traces`",
     "corpus": "config that holds the routed text",
     "token_index": "position of the token in the text, 0..n-1",
@@ -127,6 +128,10 @@ COLUMN_DOCS = {
     "marker": "reasoning marker the token belongs to; null if none",
     "experts": "[MoE layer][k] expert ids, highest gate weight first",
     "weights": "[MoE layer][k] gate weights the model multiplies the expert outputs by; null: ids-only engine",
+    "score_experts": "[MoE layer][M] (`--scores M`) the M experts of highest selection score (the score the "
+    "router chooses on), highest first",
+    "scores": "[MoE layer][M] (`--scores M`) those selection scores, float32: DeepSeek-V3/R1 sigmoid(logits) + "
+    "e_score_correction_bias before the group mask; softmax routers the probability (see the model notes)",
 }
 
 SIZE_CATEGORIES = (

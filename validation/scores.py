@@ -96,7 +96,8 @@ def reproduce_selection(
     # The top-k of the stored scores inside the kept groups (stored order is by score already).
     position = np.cumsum(in_kept, axis=1)
     enough = position[:, -1] >= top_k
-    status[(status == DECIDED) & ~enough & ~complete] = UNDECIDED
+    if not complete:
+        status[(status == DECIDED) & ~enough] = UNDECIDED
     take = in_kept & (position <= top_k)
     chosen = np.zeros((rows, top_k), dtype=np.int64)
     ok = take.sum(axis=1) == top_k
