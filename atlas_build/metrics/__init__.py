@@ -8,7 +8,10 @@
     scale.png                 layer-mean and peak Δκ against total and active parameters
     coactivation-<slug>.png   P(E_j | E_i) heatmaps for up to four layers
     coactivation-<slug>.npz   coactivation_counts [L, N, N] (C_ij tokens with both i and j; C_ii = load),
-                              load_counts [L, N], moe_layers [L]
+                              load_counts [L, N], moe_layers [L], path_transition_counts [L-1, N, N]
+                              (top-1 at MoE layer i -> top-1 at layer i+1)
+    paths-transitions-<slug>.png, paths-agreement.png, paths-diversity.png   routing paths across layers
+    scores-<slug>.png         selection margins and the sense effect on confident targets (--scores)
 
 `metrics.json` layout (per-layer arrays are indexed by MoE layer, in the order of `model.moe_layers`;
 an interval is `{"estimate", "ci_low", "ci_high"}` (95%, cluster bootstrap over lemmas); floats have 6
@@ -58,7 +61,31 @@ significant digits; NaN/undefined is null)::
                             "top_experts": [L][{"expert", "npmi", "count"}],
                             "markers": {marker: {"n", "top_experts": [L][...]}},
                             "segments": {"names", "n_tokens": {name: n}, "load": {name: [L][N]},
-                                         "js_divergence_think_answer": [L] | null}}
+                                         "js_divergence_think_answer": [L] | null}},
+          "paths": {                                   # metrics/paths.py (routing paths across layers)
+            "basis": str, "target": "first|last",
+            "transitions": null (ids-only engine) | {"basis": "top-1", "distances": {"1"|"2"|"4": {
+                "from_layers", "to_layers", "mi_bits", "mi_shuffled_bits", "max_lift",
+                "top": [[{"from", "to", "p", "lift", "count"}]]}}},
+            "diversity": {"min_count", "n_token_ids", "n_occurrences", "windows": {"1"|"2"|"4"|"all": {
+                "width", "top1"|"topk": {"layers_start", "distinct_share", "distinct_share_shuffled",
+                "h_path_given_token_bits", "h_path_given_shuffled_token_bits"} | null}}},
+            "sense_entropy": null | {"n_targets", "n_token_ids", "n_permutations", "windows": {w: {
+                "h_path_given_token_bits", "h_path_given_token_sense_bits", "gain_bits", "null_mean_bits",
+                "null_q95_bits", "p_value"}}},
+            "agreement": null | {"n_pairs", "n_lemmas", "same_target_token": {"same", "different"},
+                "per_layer": {"delta": interval[L], "same": [L], "different": [L]},
+                "windows": {w: {"width", "first_layers", "same", "different", "per_start_delta",
+                                "delta": interval + {"p_value"},
+                                "controls": {"token_identity"|"context_words"|"all"|"null_model":
+                                             {"method", "delta": interval}},
+                                "survives": bool}}}},
+          "scores": null | {                           # metrics/scores.py (built with --scores M)
+            "scores_top_m", "near_tie", "margin_defined_share": [L],
+            "margin_quantiles": {"q10", "q50", "q90": [L]}, "near_tie_share": [L],
+            "group_overridden_share": [L], "note": str | null,
+            "confident_sense": null | {"threshold", "all"|"confident": {"delta": interval[L],
+                                       "layer_mean": interval, "n_pairs": {"same", "different": [L]}}}}
         }
       },
       "scale": [{"model_slug", "total_params", "active_params", "random_init", "synthetic",
