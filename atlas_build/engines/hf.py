@@ -110,6 +110,8 @@ class HFEngine(Engine):
     """
 
     name = "hf"
+    # M of `--scores M` (None: no selection scores captured); engines built on this one inherit None.
+    scores_top_m: int | None = None
 
     def __init__(
         self,
@@ -371,7 +373,8 @@ class HFEngine(Engine):
                 base_model(
                     input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
                 )
-                index, weights, score_ids, scores = self._collect(len(batch), width, n_layers, k)
+                index, weights = self._collect(len(batch), width, n_layers, k)
+                score_ids, scores = self._collect_scores(len(batch), width)
                 for row, i in enumerate(batch):
                     experts_out[i] = index[row, : lengths[i]]
                     weights_out[i] = weights[row, : lengths[i]]
@@ -402,12 +405,23 @@ class HFEngine(Engine):
             "scores": np.concatenate(scores) if scores else np.zeros((0, n_layers, m), np.float32),
         }
 
-    def _collect(self, batch: int, width: int, n_layers: int, k: int) -> tuple[np.ndarray, ...]:
-        """Hook captures -> experts int16 `[B, S, L, k]`, weights float32 `[B, S, L, k]`, highest first;
-        with scores also the top-M ids int16 `[B, S, L, M]` and scores float32 `[B, S, L, M]` (else None)."""
+    def _collect_scores(self, batch: int, width: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Hook captures -> the top-M ids int16 `[B, S, L, M]` and scores float32 `[B, S, L, M]`, highest
+        score first; `(None, None)` without `--scores`."""
         import torch
 
-        index_layers, weight_layers, score_id_layers, score_layers = [], [], [], []
+        if not self.scores_top_m:
+            return None, None
+        m = self.scores_top_m
+        ids = torch.stack([captures[0][2].reshape(batch, width, m) for captures in self._captured], dim=2)
+        scores = torch.stack([captures[0][3].reshape(batch, width, m) for captures in self._captured], dim=2)
+        return ids.to(torch.int16).cpu().numpy(), scores.cpu().numpy()
+
+    def _collect(self, batch: int, width: int, n_layers: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hook captures -> experts int16 `[B, S, L, k]`, weights float32 `[B, S, L, k]`, highest first."""
+        import torch
+
+        index_layers, weight_layers = [], []
         for slot, captures in enumerate(self._captured):
             if len(captures) != 1:
                 raise RuntimeError(f"router of MoE layer {self._routers[slot][0]} ran {len(captures)} times")
@@ -416,16 +430,9 @@ class HFEngine(Engine):
             index = torch.gather(index, -1, order)
             index_layers.append(index.reshape(batch, width, k))
             weight_layers.append(weights.reshape(batch, width, k))
-            if self.scores_top_m:
-                score_id_layers.append(captures[0][2].reshape(batch, width, self.scores_top_m))
-                score_layers.append(captures[0][3].reshape(batch, width, self.scores_top_m))
         index = torch.stack(index_layers, dim=2).to(torch.int16).cpu().numpy()
         weights = torch.stack(weight_layers, dim=2).cpu().numpy()
-        if not self.scores_top_m:
-            return index, weights, None, None
-        score_ids = torch.stack(score_id_layers, dim=2).to(torch.int16).cpu().numpy()
-        scores = torch.stack(score_layers, dim=2).cpu().numpy()
-        return index, weights, score_ids, scores
+        return index, weights
 
     def close(self) -> None:
         for hook in self._hooks:

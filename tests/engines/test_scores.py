@@ -76,7 +76,10 @@ def test_captured_scores_equal_a_float64_recomputation(name, checkpoint):
         ):
             _, inputs = ref.router_inputs(text)
             full = torch.stack(
-                [selection_scores_64(x, t, model_type) for x, t in zip(inputs, ref.router_tensors, strict=True)],
+                [
+                    selection_scores_64(x, t, model_type)
+                    for x, t in zip(inputs, ref.router_tensors, strict=True)
+                ],
                 dim=1,
             ).numpy()  # [T, L, N]
             # The stored scores are the recomputed scores of the stored experts...
@@ -141,7 +144,9 @@ def scored_atlas(tmp_path_factory):
     from atlas_build.build import BuildConfig, run_build
 
     root = tmp_path_factory.mktemp("scores") / "atlas"
-    run_build(BuildConfig(model=BUILTIN, out=root, max_lemmas=4, scores=16, progress=False), log=lambda _: None)
+    run_build(
+        BuildConfig(model=BUILTIN, out=root, max_lemmas=4, scores=16, progress=False), log=lambda _: None
+    )
     return root
 
 
@@ -199,21 +204,29 @@ def test_metrics_margins_match_the_stored_scores(scored_atlas, tmp_path):
 
     metrics = to_json(
         compute_metrics(
-            scored_atlas, options=MetricsOptions(n_bootstrap=200, n_permutations=99), cache_dir=tmp_path / "cache"
+            scored_atlas,
+            options=MetricsOptions(n_bootstrap=200, n_permutations=99),
+            cache_dir=tmp_path / "cache",
         ).metrics
     )
     sc = metrics["models"]["tiny-deepseek-v3"]["scores"]
     assert sc["scores_top_m"] == 16
-    rows = pq.read_table(_routing_file(scored_atlas)).select(["experts", "score_experts", "scores"]).to_pylist()
+    rows = (
+        pq.read_table(_routing_file(scored_atlas)).select(["experts", "score_experts", "scores"]).to_pylist()
+    )
     # Independent: per token and layer, last chosen minus the best rejected expert of a chosen expert's group.
     size = 32 // 8
     per_layer: list[list[float]] = [[] for _ in range(5)]
     for r in rows:
-        for layer, (chosen, ids, values) in enumerate(zip(r["experts"], r["score_experts"], r["scores"], strict=True)):
+        for layer, (chosen, ids, values) in enumerate(
+            zip(r["experts"], r["score_experts"], r["scores"], strict=True)
+        ):
             if not set(chosen) <= set(ids):
                 continue
             groups = {e // size for e in chosen}
-            rejected = [v for e, v in zip(ids, values, strict=True) if e not in chosen and e // size in groups]
+            rejected = [
+                v for e, v in zip(ids, values, strict=True) if e not in chosen and e // size in groups
+            ]
             if rejected:
                 last = min(v for e, v in zip(ids, values, strict=True) if e in chosen)
                 per_layer[layer].append(last - max(rejected))
@@ -223,3 +236,24 @@ def test_metrics_margins_match_the_stored_scores(scored_atlas, tmp_path):
     np.testing.assert_allclose(sc["near_tie_share"], near, rtol=1e-5, atol=1e-9)
     assert all(v >= 0 for layer in per_layer for v in layer)
     assert sc["confident_sense"] is not None
+
+
+def test_generation_captures_scores_for_every_token():
+    hf = HFEngine(BUILTIN, scores_top_m=32)
+    try:
+        _, routing = hf.generate("the bank of the river", 4)
+        row = hf.model_row()
+    finally:
+        hf.close()
+    assert routing.scores.shape == routing.score_experts.shape == (routing.n_tokens, 5, 32)
+    chosen, status = reproduce_selection(
+        routing.score_experts.reshape(-1, 32),
+        routing.scores.reshape(-1, 32),
+        8,
+        32,
+        row["topk_method"],
+        row["n_group"],
+        row["topk_group"],
+    )
+    assert (status == DECIDED).all()
+    np.testing.assert_array_equal(chosen, np.sort(routing.experts.reshape(-1, 8).astype(np.int64), axis=1))

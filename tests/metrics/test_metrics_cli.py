@@ -43,6 +43,8 @@ MODEL_KEYS = {
     "experts",
     "token_specialisation",
     "traces",
+    "paths",  # metrics/paths.py
+    "scores",  # metrics/scores.py (null: built without --scores)
 }
 SENSE_PAIR_KEYS = {
     "n_pairs",
@@ -95,6 +97,9 @@ def test_cli_writes_report_json_and_figures(atlas, tmp_path, hf_cache):
         "kappa-layers.png",
         "scale.png",
         "coactivation-synthetic-moe.png",
+        "paths-transitions-synthetic-moe.png",
+        "paths-agreement.png",
+        "paths-diversity.png",
     }
     arrays = np.load(out / "coactivation-synthetic-moe.npz")
     counts = arrays["coactivation_counts"]
