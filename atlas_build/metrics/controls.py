@@ -109,96 +109,179 @@ def solve_normal_equations(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         return np.linalg.pinv(gram) @ rhs
 
 
+def select_columns(gram: np.ndarray, columns: list[int]) -> list[int]:
+    """The columns of `columns` (intercept and `same` first) that keep a full-rank design, by the total X'X.
+
+    Raises:
+        DesignError: `same` is constant or is a linear combination of the other columns.
+    """
+    if _rank(gram[np.ix_(columns[:2], columns[:2])]) < 2:
+        raise DesignError("every pair is same-sense or every pair is different-sense")
+    others = [columns[0], *columns[2:]]
+    if _rank(gram[np.ix_(others, others)]) == _rank(gram[np.ix_(columns, columns)]):
+        raise DesignError("the same-sense indicator is a linear combination of the control's strata")
+    keep = list(columns[:2])
+    for j in columns[2:]:  # drop columns in the span of the kept ones: the fit is unchanged
+        trial = [*keep, j]
+        if _rank(gram[np.ix_(trial, trial)]) == len(trial):
+            keep = trial
+    return keep
+
+
 @dataclass
-class Regression:
-    """One model's regression of κ on a design, over the valid pairs `rows` of the corpus."""
+class Block:
+    """The union design of several controls on one set of pairs: dense columns (intercept, same, linear
+    terms), then one dummy per non-reference level of each factor; per-cluster X'X and X'κ of every model.
+
+    Controls are column subsets of it, so one bootstrap of its normal equations serves them all.
+    """
 
     rows: np.ndarray  # [P'] pair indices
-    x: np.ndarray  # [P', d]
-    y: np.ndarray  # [P', L]
+    dense: np.ndarray  # [P', q]
+    factors: list[np.ndarray]  # [P'] level code per factor, -1 at the reference level
+    sizes: list[int]  # levels (dummies) per factor
+    ys: dict[str, np.ndarray] = field(default_factory=dict)  # model name -> κ [P', L]
+
+    @classmethod
+    def of(cls, rows: np.ndarray, same: np.ndarray, linear: list[np.ndarray], factors: list[np.ndarray]):
+        dense = np.column_stack([np.ones(len(rows)), same.astype(np.float64), *linear])
+        codes, sizes = [], []
+        for f in factors:
+            levels, inverse, counts = np.unique(f, return_inverse=True, return_counts=True)
+            reference = int(np.argmax(counts))
+            inverse = inverse.reshape(-1)
+            codes.append(np.where(inverse == reference, -1, inverse - (inverse > reference)))
+            sizes.append(len(levels) - 1)
+        return cls(rows, dense, codes, sizes)
+
+    @property
+    def width(self) -> int:
+        return self.dense.shape[1] + sum(self.sizes)
+
+    def offsets(self) -> list[int]:
+        return list(np.cumsum([self.dense.shape[1], *self.sizes])[:-1])
+
+    def columns(self, linear: bool, factors: list[int]) -> list[int]:
+        """Intercept, same, (the linear terms), then the dummies of `factors`."""
+        cols = [0, 1] + (list(range(2, self.dense.shape[1])) if linear else [])
+        offsets = self.offsets()
+        for f in factors:
+            cols += list(range(offsets[f], offsets[f] + self.sizes[f]))
+        return cols
+
+    def normal_equations(
+        self, cluster: np.ndarray, n_clusters: int
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Per-cluster X'X `[C, d, d]` and X'κ `[C, d, L]` per model, from sums over (cluster, level)
+        groups: a dummy column is never multiplied out row by row."""
+        cluster = cluster[self.rows]
+        q, d = self.dense.shape[1], self.width
+        gram = np.zeros((n_clusters, d, d))
+        rhs = {name: np.zeros((n_clusters, d, y.shape[1])) for name, y in self.ys.items()}
+        index = ClusterIndex(cluster, n_clusters)
+        dense = index.sort(self.dense)
+        for i in range(q):
+            gram[:, i, :q] = index.sums(dense[:, i : i + 1] * dense, presorted=True)
+            for name, y in self.ys.items():
+                rhs[name][:, i] = index.sums(dense[:, i : i + 1] * index.sort(y), presorted=True)
+        offsets = self.offsets()
+        for f, (codes, m, at) in enumerate(zip(self.factors, self.sizes, offsets, strict=True)):
+            sel = codes >= 0
+            key = cluster[sel] * m + codes[sel]
+            count = np.bincount(key, minlength=n_clusters * m).reshape(n_clusters, m)
+            gram[:, np.arange(at, at + m), np.arange(at, at + m)] = count
+            for i in range(q):
+                block = np.bincount(key, weights=self.dense[sel, i], minlength=n_clusters * m)
+                gram[:, i, at : at + m] = gram[:, at : at + m, i] = block.reshape(n_clusters, m)
+            if len(key):
+                order = np.argsort(key, kind="stable")
+                ks = key[order]
+                starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+                groups = ks[starts]
+                for name, y in self.ys.items():
+                    rhs[name][groups // m, at + groups % m] = np.add.reduceat(y[sel][order], starts, axis=0)
+            for g in range(f + 1, len(self.factors)):
+                other, mg, ag = self.factors[g], self.sizes[g], offsets[g]
+                both = sel & (other >= 0)
+                key2 = (cluster[both] * m + codes[both]) * mg + other[both]
+                cross = np.bincount(key2, minlength=n_clusters * m * mg).reshape(n_clusters, m, mg)
+                gram[:, at : at + m, ag : ag + mg] = cross
+                gram[:, ag : ag + mg, at : at + m] = cross.transpose(0, 2, 1)
+        return gram, rhs
 
 
 @dataclass
 class ControlSpec:
+    """One control: per model, (block, model name, columns); two models: β(first) − β(second)."""
+
     name: str
     method: str
-    regressions: list[Regression]  # one (the model) or two (model, null): then β(model) − β(null)
+    parts: list[tuple[int, str, list[int]]]
     extra: dict = field(default_factory=dict)
-
-    @property
-    def per_layer(self) -> bool:
-        return len(self.regressions) == 1 or self.regressions[0].y.shape[1] == self.regressions[1].y.shape[1]
-
-
-def _normal_equation_sums(reg: Regression, index: ClusterIndex, cluster: np.ndarray) -> np.ndarray:
-    """Per-cluster X'X `[C, d²]` and X'y `[C, d·L]`, summed row block by row block (no `[P, d²]` buffer)."""
-    sub = ClusterIndex(cluster[reg.rows], index.n_clusters)
-    x, y = sub.sort(reg.x), sub.sort(reg.y)
-    d = x.shape[1]
-    xtx = np.hstack([sub.sums(x[:, i : i + 1] * x, presorted=True) for i in range(d)])
-    xty = np.hstack([sub.sums(x[:, i : i + 1] * y, presorted=True) for i in range(d)])
-    return np.hstack([xtx, xty])
 
 
 def run_controls(
-    specs: list[ControlSpec], corpus: SenseCorpus, options: BootstrapOptions, seed_offset: int = 2
+    blocks: list[Block], specs: list[ControlSpec], corpus: SenseCorpus, options: BootstrapOptions, seed: int
 ) -> dict[str, dict]:
-    """Estimate every control and its 95% CI from one cluster bootstrap over lemmas (shared resamples)."""
-    index = ClusterIndex(corpus.pair_group, corpus.n_groups)
-    blocks, layout = [], []
-    for spec in specs:
-        for reg in spec.regressions:
-            d, n_layers = reg.x.shape[1], reg.y.shape[1]
-            blocks.append(_normal_equation_sums(reg, index, corpus.pair_group))
-            layout.append((d, n_layers))
-    if not blocks:
-        return {}
-    sums = np.hstack(blocks)
+    """Estimate every control and its CI from one cluster bootstrap over lemmas (shared resamples) of the
+    blocks' per-cluster normal equations (X'X stored as its upper triangle)."""
     present = np.bincount(corpus.pair_group, minlength=corpus.n_groups) > 0
-    sums = sums[present]
+    columns, layout = [], []
+    for block in blocks:
+        gram, rhs = block.normal_equations(corpus.pair_group, corpus.n_groups)
+        d = block.width
+        upper = np.triu_indices(d)
+        packed = np.zeros((d, d), dtype=np.int64)
+        packed[upper] = np.arange(len(upper[0]))
+        packed = np.maximum(packed, packed.T)  # (i, j) -> position of (min, max) in the triangle
+        at = sum(c.shape[1] for c in columns)
+        columns.append(gram[:, upper[0], upper[1]][present])
+        entry = {"gram": (at, len(upper[0]), packed, d), "rhs": {}}
+        at += len(upper[0])
+        for name, r in rhs.items():
+            columns.append(r.reshape(len(r), -1)[present])
+            entry["rhs"][name] = (at, r.shape[2])
+            at += r.shape[1] * r.shape[2]
+        layout.append(entry)
+    sums = np.hstack(columns)
 
-    def betas(t, at, d, n_layers):
-        gram = t[..., at : at + d * d].reshape(*t.shape[:-1], d, d)
-        rhs = t[..., at + d * d : at + d * d + d * n_layers].reshape(*t.shape[:-1], d, n_layers)
-        return solve_normal_equations(gram, rhs)[..., 1, :], at + d * d + d * n_layers
+    def beta(t, block: int, name: str, cols: list[int]):
+        at, size, packed, d = layout[block]["gram"]
+        gram = t[..., at : at + size][..., packed[np.ix_(cols, cols)]]
+        r_at, n_layers = layout[block]["rhs"][name]
+        rhs = t[..., r_at : r_at + d * n_layers].reshape(*t.shape[:-1], d, n_layers)[..., cols, :]
+        return solve_normal_equations(gram, rhs)[..., 1, :]
 
     def estimator(t):
-        out, at, k = [], 0, 0
+        out = []
         for spec in specs:
-            got = []
-            for _ in spec.regressions:
-                beta, at = betas(t, at, *layout[k])
-                got.append(beta)
-                k += 1
+            got = [beta(t, *part) for part in spec.parts]
             if len(got) == 1:
                 out += [got[0], got[0].mean(axis=-1, keepdims=True)]
             else:
                 mean = got[0].mean(axis=-1, keepdims=True) - got[1].mean(axis=-1, keepdims=True)
-                out += ([got[0] - got[1]] if spec.per_layer else []) + [mean]
+                out += ([got[0] - got[1]] if got[0].shape[-1] == got[1].shape[-1] else []) + [mean]
         return np.concatenate(out, axis=-1)
 
     est, low, high = cluster_bootstrap(
-        sums,
-        estimator,
-        n_resamples=options.n_resamples,
-        confidence=options.confidence,
-        seed=options.seed + seed_offset,
+        sums, estimator, n_resamples=options.n_resamples, confidence=options.confidence, seed=seed
     )
     results, at = {}, 0
     for spec in specs:
-        n_layers = spec.regressions[0].y.shape[1]
+        n_layers = [layout[b]["rhs"][name][1] for b, name, _ in spec.parts]
         delta = None
-        if spec.per_layer:
-            delta = interval(est[at : at + n_layers], low[at : at + n_layers], high[at : at + n_layers])
-            at += n_layers
+        if len(set(n_layers)) == 1:
+            sl = slice(at, at + n_layers[0])
+            delta = interval(est[sl], low[sl], high[sl])
+            at += n_layers[0]
         mean = interval(float(est[at]), float(low[at]), float(high[at]))
         at += 1
         results[spec.name] = {
             "method": spec.method,
             "delta": delta,
             "layer_mean": {"delta": mean},
-            "n_pairs": int(len(spec.regressions[0].rows)),
-            "n_columns": [int(r.x.shape[1]) for r in spec.regressions],
+            "n_pairs": int(len(blocks[spec.parts[0][0]].rows)),
+            "n_columns": [len(cols) for _, _, cols in spec.parts],
             **spec.extra,
         }
     return results
@@ -227,63 +310,99 @@ def pair_controls(
     refused. `null_model` is absent without a null model; `token_identity` without routing rows.
     """
     valid = np.flatnonzero(np.isfinite(kappa).all(axis=1))
-    strata, linear = jaccard_strata(corpus.jaccard[valid])
-    jaccard_method = "context-Jaccard strata" + (
-        " (deciles) + linear Jaccard" if linear else " (each distinct value)"
-    )
-
-    def covariates(rows, strata_rows, words: bool, ident: TargetIdentity | None) -> Covariates:
-        cov = Covariates()
-        if words:
-            cov.factors.append(strata_rows)
-            if linear:
-                cov.linear.append(corpus.jaccard[rows])
-        if ident is not None:
-            cov.factors.append(ident.pair_cells(corpus.pair_a[rows], corpus.pair_b[rows]))
-        return cov
-
-    specs, errors = [], {}
-
-    def add(name, method, parts, extra=None):
-        try:
-            regs = [
-                Regression(rows, design_matrix(corpus.pair_same[rows], cov), k[rows])
-                for rows, cov, k in parts
-            ]
-        except DesignError as error:
-            errors[name] = {"method": method, "delta": None, "layer_mean": None, "error": str(error)}
-            return
-        specs.append(ControlSpec(name, method, regs, extra or {}))
-
-    add(
-        "context_words",
-        f"least squares of kappa on same_sense + {jaccard_method}",
-        [(valid, covariates(valid, strata, True, None), kappa)],
-        {"n_strata": int(strata.max()) + 1 if len(strata) else 0},
-    )
-    if identity is not None:
-        add(
-            "token_identity",
-            "least squares of kappa on same_sense + one stratum per cell of (same target token-id sequence, "
-            "same target surface form, same left neighbour token, same right neighbour token)",
-            [(valid, covariates(valid, None, False, identity), kappa)],
-        )
     both = valid
     if null is not None:
         both = np.flatnonzero(np.isfinite(kappa).all(axis=1) & np.isfinite(null.kappa).all(axis=1))
-        add(
-            "null_model",
-            f"Δκ(model) − Δκ({null.slug}) on the pairs both routed (joint cluster bootstrap)",
-            [(both, Covariates(), kappa), (both, Covariates(), null.kappa)],
-            {"null_model": null.slug},
+    blocks: list[Block] = []
+    keys: dict[tuple, int] = {}
+    linear_terms = {}
+
+    def block_of(rows: np.ndarray, ident: TargetIdentity | None) -> int:
+        """The block of these pairs with this token identity (shared when rows and cells coincide)."""
+        strata, linear = jaccard_strata(corpus.jaccard[rows])
+        factors = [strata]
+        if ident is not None:
+            factors.append(ident.pair_cells(corpus.pair_a[rows], corpus.pair_b[rows]))
+        key = (rows.tobytes(), *(f.tobytes() for f in factors))
+        if key not in keys:
+            lin = [corpus.jaccard[rows]] if linear else []
+            keys[key] = len(blocks)
+            blocks.append(Block.of(rows, corpus.pair_same[rows], lin, factors))
+            linear_terms[keys[key]] = linear
+        return keys[key]
+
+    def y_of(block: int, name: str, values: np.ndarray) -> str:
+        blocks[block].ys.setdefault(name, values[blocks[block].rows])
+        return name
+
+    main = block_of(valid, identity)
+    y_of(main, "model", kappa)
+    linear = linear_terms[main]
+    jaccard_method = "context-Jaccard strata" + (
+        " (deciles) + linear Jaccard" if linear else " (each distinct value)"
+    )
+    requests = [
+        (
+            "context_words",
+            f"least squares of kappa on same_sense + {jaccard_method}",
+            [(main, "model", True, [0])],
+            {"n_strata": blocks[main].sizes[0] + 1},
         )
-    strata_both = jaccard_strata(corpus.jaccard[both])[0] if null is not None else strata
-    parts = [(both, covariates(both, strata_both, True, identity), kappa)]
-    method = f"least squares of kappa on same_sense + {jaccard_method} + token-identity cells"
-    if null is not None:
-        parts.append((both, covariates(both, strata_both, True, null.identity), null.kappa))
-        method += f", minus the same coefficient for {null.slug}"
-    add("all", method, parts, {"null_model": null.slug} if null is not None else {})
-    results = run_controls(specs, corpus, options)
+    ]
+    if identity is not None:
+        requests.append(
+            (
+                "token_identity",
+                "least squares of kappa on same_sense + one stratum per cell of (same target token-id "
+                "sequence, same target surface form, same left neighbour token, same right neighbour token)",
+                [(main, "model", False, [1])],
+                {},
+            )
+        )
+    all_factors = [0, 1] if identity is not None else [0]
+    method = f"least squares of kappa on same_sense + {jaccard_method}" + (
+        " + token-identity cells" if identity is not None else ""
+    )
+    if null is None:
+        requests.append(("all", method, [(main, "model", True, all_factors)], {}))
+    else:
+        model_block = block_of(both, identity)
+        null_block = block_of(both, null.identity)
+        y_of(model_block, "model", kappa)
+        y_of(null_block, "null", null.kappa)
+        requests.append(
+            (
+                "null_model",
+                f"Δκ(model) − Δκ({null.slug}) on the pairs both routed (joint cluster bootstrap)",
+                [(model_block, "model", False, []), (null_block, "null", False, [])],
+                {"null_model": null.slug},
+            )
+        )
+        null_factors = [0, 1] if null.identity is not None else [0]
+        requests.append(
+            (
+                "all",
+                method + f", minus the same coefficient for {null.slug}",
+                [(model_block, "model", True, all_factors), (null_block, "null", True, null_factors)],
+                {"null_model": null.slug},
+            )
+        )
+
+    totals = {}
+    specs, errors = [], {}
+    for name, method_text, parts, extra in requests:
+        try:
+            resolved = []
+            for b, y_name, lin, factors in parts:
+                if b not in totals:
+                    dummy = Block(blocks[b].rows, blocks[b].dense, blocks[b].factors, blocks[b].sizes)
+                    totals[b] = dummy.normal_equations(np.zeros(len(corpus.pair_group), np.int64), 1)[0][0]
+                cols = blocks[b].columns(lin and linear_terms[b], factors)
+                resolved.append((b, y_name, select_columns(totals[b], cols)))
+        except DesignError as error:
+            errors[name] = {"method": method_text, "delta": None, "layer_mean": None, "error": str(error)}
+            continue
+        specs.append(ControlSpec(name, method_text, resolved, extra))
+    results = run_controls(blocks, specs, corpus, options, options.seed + 2) if specs else {}
     results.update(errors)
     return {name: results[name] for name in CONTROL_NAMES if name in results}
