@@ -507,104 +507,108 @@ def compute_metrics(
     }
     provenance.start({c for c in read if src.has(c)})
 
-    senses, pairs = src.table(SENSES), src.table(SENSE_PAIRS)
-    substitutions = src.table(SUBSTITUTIONS)
-    corpus: SenseCorpus | None = None
-    if senses is not None and pairs is not None and pairs.num_rows:
-        corpus = load_sense_corpus(senses, pairs)
-    notes: list[str] = []
-    if corpus is None:
-        notes.append("no sense pairs in the atlas: sense-pair overlap and the probe are not computed")
-    if substitutions is None:
-        notes.append("no substitutions config: substitution overlap is not computed")
-    if not src.has(TRACES):
-        notes.append("no reasoning traces in the atlas: the traces metrics are null")
-    if not options.verify:
-        notes.append("the data files were NOT checked against manifest.json (--no-verify)")
+    try:
+        senses, pairs = src.table(SENSES), src.table(SENSE_PAIRS)
+        substitutions = src.table(SUBSTITUTIONS)
+        corpus: SenseCorpus | None = None
+        if senses is not None and pairs is not None and pairs.num_rows:
+            corpus = load_sense_corpus(senses, pairs)
+        notes: list[str] = []
+        if corpus is None:
+            notes.append("no sense pairs in the atlas: sense-pair overlap and the probe are not computed")
+        if substitutions is None:
+            notes.append("no substitutions config: substitution overlap is not computed")
+        if not src.has(TRACES):
+            notes.append("no reasoning traces in the atlas: the traces metrics are null")
+        if not options.verify:
+            notes.append("the data files were NOT checked against manifest.json (--no-verify)")
 
-    kappas: dict[str, np.ndarray] = {}
-    identities: dict[str, TargetIdentity] = {}
+        kappas: dict[str, np.ndarray] = {}
+        identities: dict[str, TargetIdentity] = {}
 
-    def sense_targets(slug: str, routing=None):
-        routing = routing if routing is not None else src.routing(slug)
-        n_experts = by_slug[slug]["n_routed_experts"]
-        return select_targets(
-            target_rows_table(routing, SENSES), corpus.example_ids, options.target, n_experts
-        )
-
-    def kappa_of(slug: str, targets=None) -> np.ndarray:
-        if slug not in kappas:
-            row = by_slug[slug]
-            targets = targets if targets is not None else sense_targets(slug)
-            kappas[slug] = sense_pair_kappa(targets, corpus, row["top_k"], row["n_routed_experts"])
-        return kappas[slug]
-
-    def identity_of(slug: str, routing=None) -> TargetIdentity:
-        if slug not in identities:
+        def sense_targets(slug: str, routing=None):
             routing = routing if routing is not None else src.routing(slug)
-            identities[slug] = target_identity(routing, corpus.example_ids, corpus.form)
-        return identities[slug]
-
-    out_models: dict[str, dict] = {}
-    arrays: dict[str, dict[str, np.ndarray]] = {}
-    for slug in selected:
-        row = by_slug[slug]
-        log.info("metrics for %s", slug)
-        routing = src.routing(slug)
-        n_experts, top_k, n_layers = row["n_routed_experts"], row["top_k"], len(row["moe_layers"])
-        entry: dict = {
-            "model": model_info(row),
-            "random_init": bool(row["random_init"]),
-            "synthetic": is_synthetic(row),
-            "n_tokens": routing.num_rows,
-            "sense_pairs": None,
-            "substitutions": None,
-            "probe": None,
-        }
-        # Large atlases: the per-layer pass runs in forked workers while the sense metrics run here.
-        job = ex.ExpertPassJob(
-            routing,
-            n_experts,
-            n_layers,
-            top_k,
-            min_count=options.min_count,
-            seed=options.seed,
-            budget_bytes=options.budget_bytes,
-        )
-        try:
-            if corpus is not None:
-                targets = sense_targets(slug, routing)
-                null_row = nulls[slug]
-                null = None
-                if null_row is not None:
-                    name = null_row["model_slug"]
-                    null = NullModel(name, kappa_of(name), identity_of(name))
-                entry["sense_pairs"] = sense_pair_metrics(
-                    kappa_of(slug, targets), corpus, identity_of(slug, routing), row, boot, null
-                )
-                entry["probe"] = sense_probe(targets, corpus, boot, identity_of(slug))
-                if substitutions is not None and substitutions.num_rows:
-                    sub_targets = select_targets(
-                        target_rows_table(routing, SUBSTITUTIONS),
-                        substitutions.column("substitution_id"),
-                        options.target,
-                        n_experts,
-                    )
-                    entry["substitutions"] = substitution_overlap(
-                        targets, sub_targets, corpus, substitutions, top_k, n_experts, boot
-                    )
-            simulated = uniform_baseline(
-                row, routing.num_rows, options.min_count, options.seeds()["uniform_routing_simulation"]
+            n_experts = by_slug[slug]["n_routed_experts"]
+            return select_targets(
+                target_rows_table(routing, SENSES), corpus.example_ids, options.target, n_experts
             )
-            ep = job.result()
-        finally:
-            job.close()
-        parts, model_arrays = expert_metrics(ep, row, slug, options.min_count, simulated)
-        entry.update(parts)
-        entry["traces"] = trace_metrics(ep, options.min_count)
-        out_models[slug] = entry
-        arrays[slug] = model_arrays
 
+        def kappa_of(slug: str, targets=None) -> np.ndarray:
+            if slug not in kappas:
+                row = by_slug[slug]
+                targets = targets if targets is not None else sense_targets(slug)
+                kappas[slug] = sense_pair_kappa(targets, corpus, row["top_k"], row["n_routed_experts"])
+            return kappas[slug]
+
+        def identity_of(slug: str, routing=None) -> TargetIdentity:
+            if slug not in identities:
+                routing = routing if routing is not None else src.routing(slug)
+                identities[slug] = target_identity(routing, corpus.example_ids, corpus.form)
+            return identities[slug]
+
+        out_models: dict[str, dict] = {}
+        arrays: dict[str, dict[str, np.ndarray]] = {}
+        for slug in selected:
+            row = by_slug[slug]
+            log.info("metrics for %s", slug)
+            routing = src.routing(slug)
+            n_experts, top_k, n_layers = row["n_routed_experts"], row["top_k"], len(row["moe_layers"])
+            entry: dict = {
+                "model": model_info(row),
+                "random_init": bool(row["random_init"]),
+                "synthetic": is_synthetic(row),
+                "n_tokens": routing.num_rows,
+                "sense_pairs": None,
+                "substitutions": None,
+                "probe": None,
+            }
+            # Large atlases: the per-layer pass runs in forked workers while the sense metrics run here.
+            job = ex.ExpertPassJob(
+                routing,
+                n_experts,
+                n_layers,
+                top_k,
+                min_count=options.min_count,
+                seed=options.seed,
+                budget_bytes=options.budget_bytes,
+            )
+            try:
+                if corpus is not None:
+                    targets = sense_targets(slug, routing)
+                    null_row = nulls[slug]
+                    null = None
+                    if null_row is not None:
+                        name = null_row["model_slug"]
+                        null = NullModel(name, kappa_of(name), identity_of(name))
+                    entry["sense_pairs"] = sense_pair_metrics(
+                        kappa_of(slug, targets), corpus, identity_of(slug, routing), row, boot, null
+                    )
+                    entry["probe"] = sense_probe(targets, corpus, boot, identity_of(slug))
+                    if substitutions is not None and substitutions.num_rows:
+                        sub_targets = select_targets(
+                            target_rows_table(routing, SUBSTITUTIONS),
+                            substitutions.column("substitution_id"),
+                            options.target,
+                            n_experts,
+                        )
+                        entry["substitutions"] = substitution_overlap(
+                            targets, sub_targets, corpus, substitutions, top_k, n_experts, boot
+                        )
+                simulated = uniform_baseline(
+                    row, routing.num_rows, options.min_count, options.seeds()["uniform_routing_simulation"]
+                )
+                ep = job.result()
+            finally:
+                job.close()
+            parts, model_arrays = expert_metrics(ep, row, slug, options.min_count, simulated)
+            entry.update(parts)
+            entry["traces"] = trace_metrics(ep, options.min_count)
+            out_models[slug] = entry
+            arrays[slug] = model_arrays
+    except Exception:
+        # Altered files often fail to load at all: say that they do not match the manifest, if so.
+        provenance.finish()
+        raise
     provenance.finish()
     metrics = {
         "format": FORMAT,

@@ -80,7 +80,7 @@ class TokenRanks:
     """Every token id as a dense rank, the ids with at least `min_count` occurrences, and a shuffle."""
 
     rank: np.ndarray  # [T] rank of the token's id
-    shuffled: np.ndarray  # [T] rank after permuting the token rows (the shuffled-expert baseline)
+    shuffled: np.ndarray  # [T] rank after permuting the token rows (the shuffled baseline; -1: not eligible)
     occurrences: np.ndarray  # [V] occurrences of each token id (all ids, singletons included)
     min_count: int
     eligible: np.ndarray  # [V] bool: occurrences >= min_count (the project's definition averages these)
@@ -102,9 +102,11 @@ def token_ranks(token_ids: np.ndarray, min_count: int, rng: np.random.Generator)
     seen = counts > 0
     rank = (np.cumsum(seen) - 1)[ids - ids.min()]
     occurrences = counts[seen]
-    return TokenRanks(
-        rank, rank[rng.permutation(len(rank))], occurrences, min_count, occurrences >= max(1, min_count)
-    )
+    eligible = occurrences >= max(1, min_count)
+    shuffled = rank[rng.permutation(len(rank))]
+    # The shuffled baseline is averaged over the eligible ids only: rows of the others are not counted.
+    shuffled = np.where(eligible[shuffled], shuffled, -1)
+    return TokenRanks(rank, shuffled, occurrences, min_count, eligible)
 
 
 # Cells of one token x expert count table (int64): token ids are counted in blocks that fit in L2 cache.
