@@ -18,7 +18,7 @@ import numpy as np
 
 from atlas_build.engines.base import Engine, ModelLoadError, RoutingBatch
 from atlas_build.errors import AtlasError
-from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for
+from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for, decoder_config
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 # Above this, a checkpoint is identified by its file listing rather than by hashing every byte.
@@ -188,6 +188,8 @@ class HFEngine(Engine):
         path, self.revision, self.builtin = resolve_checkpoint(model, revision)
         self.path = path
         self.config = load_config(path, trust_remote_code)
+        # Multimodal wrappers (Llama 4, Qwen3.5-MoE) keep the decoder's shape in text_config.
+        self.text_config = decoder_config(self.config)
         self.adapter: RouterAdapter = adapter_for(self.config)
         self.spec = self.adapter.routing_spec(self.config)
         self._model = (
@@ -248,7 +250,7 @@ class HFEngine(Engine):
 
     def _make_hook(self, slot: int):
         def hook(module, args, output):
-            index, weights = self.adapter.read_router_output(output)
+            index, weights = self.adapter.read_router_output(output, module)
             self._captured[slot].append((index.detach(), weights.detach().float()))
 
         return hook
@@ -260,7 +262,7 @@ class HFEngine(Engine):
 
     @property
     def max_length(self) -> int | None:
-        return getattr(self.config, "max_position_embeddings", None)
+        return getattr(self.text_config, "max_position_embeddings", None)
 
     @property
     def weightless(self) -> bool:
@@ -283,7 +285,7 @@ class HFEngine(Engine):
             "architecture": architectures[0],
             "model_type": self.config.model_type,
             "router_adapter": self.adapter.name,
-            "num_hidden_layers": self.config.num_hidden_layers,
+            "num_hidden_layers": self.text_config.num_hidden_layers,
             "moe_layers": list(self.spec.moe_layers),
             "n_routed_experts": self.spec.n_routed_experts,
             "top_k": self.spec.top_k,
@@ -309,6 +311,7 @@ class HFEngine(Engine):
         from atlas_build.models import BUILTIN
 
         notes = list(getattr(BUILTIN.get(self.model_id), "CARD_NOTES", [])) if self.builtin else []
+        notes.extend(self.adapter.card_notes(self.config))
         if self.random_init:
             notes.append(
                 f"Random-init twin of {self.model_id}'s architecture (seed {self.seed}): a null model, its "
@@ -363,7 +366,8 @@ class HFEngine(Engine):
         # Longest first within the call: less padding, and a deterministic batch composition.
         order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
         pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        base_model = getattr(self._model, self._model.base_model_prefix)
+        # The decoder stack only (no LM head); Llama4ForCausalLM's base_model_prefix names no attribute.
+        base_model = self.adapter.decoder_model(self._model)
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
