@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from atlas_build.registry import Registry
-from atlas_build.routers.base import RouterAdapter, RoutingSpec, UnsupportedModelError, decoder_config
+from atlas_build.routers.base import (
+    VERIFIED_FOR_ALL,
+    RouterAdapter,
+    RoutingSpec,
+    UnsupportedModelError,
+    decoder_config,
+)
 
 ADAPTERS = Registry(
     "router adapter",
@@ -90,6 +96,7 @@ def _looks_moe(config) -> bool:
 
 __all__ = [
     "ADAPTERS",
+    "VERIFIED_FOR_ALL",
     "RouterAdapter",
     "RoutingSpec",
     "UnsupportedModelError",

@@ -21,8 +21,8 @@ class DeepseekV3Adapter(RouterAdapter):
     router_class_names = ("DeepseekV3TopkRouter",)
     family = "DeepSeek-V3, DeepSeek-R1 (and the built-in tiny-deepseek-v3, RANDOM-INIT)"
     verified = (
-        RouterAdapter.verified
-        + "; the correction bias and the group limit change some choices; also on tiny-deepseek-v3"
+        "the correction bias and the group limit change some choices",
+        "atlas build on the built-in tiny-deepseek-v3, the atlas routing recomputed (tests/spine)",
     )
 
     def routing_spec(self, config) -> RoutingSpec:

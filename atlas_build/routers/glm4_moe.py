@@ -28,7 +28,10 @@ class Glm4MoeAdapter(RouterAdapter):
     model_types = ("glm4_moe",)
     router_class_names = ("Glm4MoeTopkRouter",)
     family = "GLM-4.5, GLM-4.5-Air, GLM-4.6 (zai-org)"
-    verified = RouterAdapter.verified + "; the correction bias and the group limit change some choices"
+    verified = (
+        "the correction bias and the group limit change some choices",
+        "atlas build + atlas validate on the tiny checkpoint, the atlas routing recomputed",
+    )
 
     def routing_spec(self, config) -> RoutingSpec:
         first_dense = config.first_k_dense_replace or 0

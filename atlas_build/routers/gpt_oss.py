@@ -26,7 +26,11 @@ class GptOssAdapter(RouterAdapter):
     router_class_names = ("GptOssTopKRouter",)
     router_path = "mlp.router"
     family = "gpt-oss-20b, gpt-oss-120b (OpenAI)"
-    verified = RouterAdapter.verified + "; the router bias changes some choices"
+    verified = (
+        "the router bias changes some choices",
+        "sliding-window layers",
+        "atlas build + atlas validate on the tiny checkpoint, the atlas routing recomputed",
+    )
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(

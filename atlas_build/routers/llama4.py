@@ -40,7 +40,12 @@ class Llama4TextAdapter(RouterAdapter):
     router_path = "feed_forward.router"
     experts_path = "feed_forward.experts"
     family = "Llama 4 text decoder (a llama4_text checkpoint)"
-    verified = RouterAdapter.verified + "; interleaved dense/MoE layers"
+    verified = (
+        "interleaved dense/MoE layers",
+        "top-2 order",
+        "experts read from the logits when sigmoid underflows",
+        "atlas build + atlas validate on the tiny checkpoint, the atlas routing recomputed",
+    )
 
     def routing_spec(self, config) -> RoutingSpec:
         text = decoder_config(config)
@@ -82,4 +87,8 @@ class Llama4Adapter(Llama4TextAdapter):
     name = "llama4"
     model_types = ("llama4",)
     family = "Llama-4-Scout-17B-16E, Llama-4-Maverick-17B-128E (meta-llama; text decoder of the wrapper)"
-    verified = Llama4TextAdapter.verified + "; the multimodal wrapper checkpoint loads its text decoder"
+    verified = (
+        "a multimodal wrapper checkpoint (with a vision tower) routes through its text decoder",
+        "interleaved dense/MoE layers",
+        "atlas build + atlas validate on the tiny checkpoint, the atlas routing recomputed",
+    )

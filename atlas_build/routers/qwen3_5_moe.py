@@ -32,6 +32,7 @@ class Qwen3_5MoeTextAdapter(RouterAdapter):
     model_types = ("qwen3_5_moe_text",)
     router_class_names = ("Qwen3_5MoeTopKRouter",)
     family = "Qwen3.5-MoE text decoder (a qwen3_5_moe_text checkpoint)"
+    verified = ("Gated DeltaNet and full-attention layers",)
 
     def routing_spec(self, config) -> RoutingSpec:
         text = decoder_config(config)
@@ -63,4 +64,8 @@ class Qwen3_5MoeAdapter(Qwen3_5MoeTextAdapter):
     name = "qwen3_5_moe"
     model_types = ("qwen3_5_moe",)
     family = "Qwen3.5-35B-A3B and the other Qwen3.5 MoE releases (text decoder of the wrapper)"
-    verified = RouterAdapter.verified + "; the multimodal wrapper checkpoint loads its text decoder"
+    verified = (
+        "a multimodal wrapper checkpoint (with a vision tower) routes through its text decoder",
+        "Gated DeltaNet and full-attention layers",
+        "atlas build + atlas validate on the tiny checkpoint, the atlas routing recomputed",
+    )

@@ -35,6 +35,9 @@ CORPUS = [
     "they sat on the old bank and talked",
 ]
 VOCAB_SIZE = 64
+# Qwen3.5's AutoTokenizer class rebuilds a byte-level BPE from tokenizer.json whatever its tokenizer_class
+# says, so those checkpoints get a byte-level BPE (256 byte symbols + merges learnt from CORPUS).
+BYTE_BPE_VOCAB_SIZE = 320
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Case:
         bias_attr: the router tensor that `bias_std` re-draws.
         wrapper: the other sub-configs of a multimodal wrapper (e.g. `vision_config`); None for a plain
             causal LM.
+        tokenizer: "word" (word-level, [BOS] prepended) or "byte_bpe" (byte-level BPE, no BOS).
     """
 
     name: str
@@ -68,6 +72,7 @@ class Case:
     router_attr: str = "gate"
     bias_attr: str = "e_score_correction_bias"
     wrapper: dict[str, Any] | None = None
+    tokenizer: str = "word"
 
 
 _COMMON = {
@@ -114,6 +119,7 @@ _LLAMA4_VISION = {
 }
 _QWEN3_5_TEXT = {
     **_COMMON,
+    "vocab_size": BYTE_BPE_VOCAB_SIZE,
     "head_dim": 8,
     "num_hidden_layers": 4,  # Gated DeltaNet in layers 0-2, full attention in layer 3
     "linear_conv_kernel_dim": 4,
@@ -328,6 +334,7 @@ CASES = {
             "Qwen3_5MoeSparseMoeBlock",
             (0, 1, 2, 3),
             wrapper={"vision_config": _QWEN3_5_VISION},
+            tokenizer="byte_bpe",
         ),
         Case(
             "qwen3_5_moe_text",
@@ -335,6 +342,7 @@ CASES = {
             {**_QWEN3_5_TEXT, "num_hidden_layers": 2, "layer_types": ["linear_attention", "full_attention"]},
             "Qwen3_5MoeSparseMoeBlock",
             (0, 1),
+            tokenizer="byte_bpe",
         ),
     ]
 }
@@ -374,8 +382,32 @@ def build_model(case: Case, seed: int = 0):
     return model.eval()
 
 
-def write_tokenizer(path: Path) -> None:
+def write_byte_bpe_tokenizer(path: Path) -> None:
+    """A byte-level BPE fast tokenizer (offsets, no BOS, <|endoftext|> id 0 as pad) trained on CORPUS: the
+    shape of Qwen's tokenizers, which Qwen3_5Tokenizer loads as it is."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BYTE_BPE_VOCAB_SIZE,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    assert tokenizer.get_vocab_size() <= BYTE_BPE_VOCAB_SIZE
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    fast.save_pretrained(path)
+
+
+def write_tokenizer(path: Path, kind: str = "word") -> None:
     """A word-level fast tokenizer (offsets, [BOS] prepended, [PAD] id 0) trained on CORPUS."""
+    if kind == "byte_bpe":
+        return write_byte_bpe_tokenizer(path)
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -402,7 +434,7 @@ def tiny_checkpoint(tmp_path_factory):
         if name not in built:
             path = tmp_path_factory.mktemp(name)
             build_model(CASES[name]).save_pretrained(path)
-            write_tokenizer(path)
+            write_tokenizer(path, CASES[name].tokenizer)
             built[name] = path
         return built[name]
 
