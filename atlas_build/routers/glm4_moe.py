@@ -7,8 +7,8 @@ Router (`Glm4MoeTopkRouter`, at `mlp.gate`), per token h, in float32 whatever th
     keep the topk_group best groups, mask the rest to -inf
     E = top-k experts of c                               (top_k = num_experts_per_tok)
     w_e = s_e / (sum_{E} s + 1e-20)  (if norm_topk_prob)  * routed_scaling_factor
-This is DeepSeek-V3's rule ("noaux_tc") with its own module classes; released GLM-4.5 configs set
-n_group = topk_group = 1, so the group limit is a no-op there. The recorded weights are after
+This is DeepSeek-V3's rule ("noaux_tc", as GLM-4.5 publishes it) with its own module classes; with
+transformers' default n_group = topk_group = 1 the group limit is a no-op. The recorded weights are after
 normalisation and after scaling (they sum to routed_scaling_factor when norm_topk_prob is set): the factor
 each chosen expert's output is multiplied by. Both top-k calls use `sorted=False`, so the router's own order
 is arbitrary; the engine re-sorts by weight. Each MoE block also adds `n_shared_experts` shared experts (one

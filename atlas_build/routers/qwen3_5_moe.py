@@ -2,7 +2,8 @@
 implements it.
 
 Router (`Qwen3_5MoeTopKRouter`, at `mlp.gate`), per token h:
-    p = softmax(W h)                                     over all N = num_experts, in float32
+    p = softmax(W h)                                     over all N = num_experts; logits in the model
+                                                         dtype, softmax in float32
     E = top-k experts of p                               (top_k = num_experts_per_tok), sorted, highest first
     w_e = p_e / sum_{E} p                                always renormalised, then cast to the model dtype
 The weights are after renormalisation (they sum to 1), with no scaling factor: the factor each chosen

@@ -235,8 +235,16 @@ def test_llama4_reads_experts_whose_sigmoid_underflows():
 
 
 def test_qwen3_5_config_keys_transformers_ignores_are_reported():
-    config = make_config(CASES["qwen3_5_moe_text"])
-    config.norm_topk_prob = False
+    """Qwen3-Next's norm_topk_prob / mlp_only_layers survive in a config.json, but Qwen3.5-MoE ignores them."""
+    from transformers import Qwen3_5MoeConfig
+
+    text = {**CASES["qwen3_5_moe"].config, "norm_topk_prob": False, "mlp_only_layers": [1]}
+    config = Qwen3_5MoeConfig.from_dict({"text_config": text})
     with pytest.warns(UserWarning, match="ignores"):
         spec = adapter_for(config).routing_spec(config)
-    assert spec.norm_topk_prob is True and spec.moe_layers == CASES["qwen3_5_moe_text"].moe_layers
+    assert spec.norm_topk_prob is True and spec.moe_layers == CASES["qwen3_5_moe"].moe_layers
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(config)
+    assert all(type(layer.mlp).__name__ == "Qwen3_5MoeSparseMoeBlock" for layer in model.model.layers)
