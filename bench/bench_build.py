@@ -64,8 +64,8 @@ FALLBACK_TEXTS = [
 
 # ---- texts ------------------------------------------------------------------------------------------------
 def corpus_items(max_lemmas: int | None):
-    """`build.TextItem`s of the WordNet corpora (senses, then substitutions, by id), and the tables."""
-    from atlas_build.build import TextItem
+    """`TextItem`s of the WordNet corpora (senses, then substitutions, by id), and the tables."""
+    from atlas_build.atlas.texts import TextItem
     from atlas_build.corpora import build_wordnet_corpora
 
     try:
