@@ -141,8 +141,6 @@ class HFEngine(Engine):
         path, self.revision, self.builtin = resolve_checkpoint(model, revision)
         self.path = path
         self.config = load_config(path, trust_remote_code)
-        # Multimodal wrappers (Llama 4, Qwen3.5-MoE) keep the decoder's shape in text_config.
-        self.text_config = decoder_config(self.config)
         self.adapter: RouterAdapter = adapter_for(self.config)
         self.spec = self.adapter.routing_spec(self.config)
         self._model = (
@@ -212,6 +210,12 @@ class HFEngine(Engine):
     @property
     def tokenizer(self):
         return self._tokenizer
+
+    @property
+    def text_config(self):
+        """The text decoder's config: `text_config` of a multimodal wrapper (Llama 4, Qwen3.5-MoE), else
+        `config`. The shape of what is routed (layers, context) is read here."""
+        return decoder_config(self.config)
 
     @property
     def max_length(self) -> int | None:
