@@ -34,12 +34,16 @@ wordnet: venv
 
 demo: venv wordnet
 	$(OFFLINE) $(BIN)/atlas build --model tiny-deepseek-v3 --out $(DEMO_DIR) --max-lemmas $(DEMO_MAX_LEMMAS)
+	@# Its random-init twin of another seed: the null_model control of a random-init model checks itself (≈ 0).
+	$(OFFLINE) $(BIN)/atlas build --model tiny-deepseek-v3 --out $(DEMO_DIR) --max-lemmas $(DEMO_MAX_LEMMAS) \
+	  --random-init --seed 1 --slug tiny-deepseek-v3-seed1
 	$(OFFLINE) $(BIN)/atlas validate $(DEMO_DIR)
 	$(OFFLINE) $(BIN)/atlas metrics $(DEMO_DIR) --out $(DEMO_DIR)/metrics
 	$(OFFLINE) $(BIN)/atlas card $(DEMO_DIR)
 	@echo
 	@echo "Demo atlas: $(abspath $(DEMO_DIR))  (metrics report: $(DEMO_DIR)/metrics/report.md)"
-	@echo "tiny-deepseek-v3 is RANDOM-INIT: its routing is plumbing and a null model, not a finding."
+	@echo "tiny-deepseek-v3 (and its twin tiny-deepseek-v3-seed1) is RANDOM-INIT: its routing is plumbing and a null model, not a finding."
+	@echo "Check the controls on planted truth: $(BIN)/atlas metrics calibrate $(DEMO_DIR) --out $(DEMO_DIR)-calibration"
 	@echo "Load it with:"
 	@echo "  from datasets import load_dataset"
 	@echo "  routing = load_dataset(\"$(abspath $(DEMO_DIR))\", \"routing-tiny-deepseek-v3\", split=\"train\")"

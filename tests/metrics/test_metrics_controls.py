@@ -193,7 +193,11 @@ def test_survival_needs_raw_and_every_control_per_layer():
     assert got["layers"] == [3]
     assert got["layer_mean_survives"] is False
     assert got["removed_by"] == ["token_identity"]
-    assert got["controls"] == {"context_words": "positive", "token_identity": "none", "null_model": "positive"}
+    assert got["controls"] == {
+        "context_words": "positive",
+        "token_identity": "none",
+        "null_model": "positive",
+    }
     assert got["null_tested"] is True
 
 

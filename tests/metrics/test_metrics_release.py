@@ -23,7 +23,11 @@ OPTIONS = {"target": "last", "min_count": 5, "n_bootstrap": 200, "n_permutations
 
 def test_bundle_holds_only_the_metrics_and_the_ground_floor():
     modules = set(metric_modules())
-    assert {"atlas_build.metrics.compute", "atlas_build.metrics.controls", "atlas_build.atlas.schema"} <= modules
+    assert {
+        "atlas_build.metrics.compute",
+        "atlas_build.metrics.controls",
+        "atlas_build.atlas.schema",
+    } <= modules
     allowed = ("atlas_build.metrics", "atlas_build.atlas")
     assert all(m == "atlas_build" or m.startswith(allowed) for m in modules), modules
 
