@@ -66,7 +66,7 @@ def metric_modules() -> dict[str, Path]:
 def bundle_files(code_version: str) -> dict[str, str]:
     """Relative path (under the release's `scripts/`) -> text of every file of the metrics bundle."""
     out = {}
-    for module, path in metric_modules().items():
+    for path in metric_modules().values():
         rel = path.relative_to(_PACKAGE_ROOT).as_posix()
         out[f"{BUNDLE_DIR}/{rel}"] = path.read_text(encoding="utf-8")
     out[f"{BUNDLE_DIR}/atlas_build/metrics/_bundled.py"] = (

@@ -13,10 +13,10 @@ import textwrap
 
 import pytest
 
-from atlas_build.atlas.synthetic import write_synthetic_atlas
 from atlas_build.metrics import MetricsOptions, run_metrics
 from atlas_build.metrics.bundle import BUNDLE_DIR, metric_modules, write_bundle
 from dataset_cards.render import render_template
+from dataset_cards.synthetic import write_synthetic_atlas
 
 OPTIONS = {"target": "last", "min_count": 5, "n_bootstrap": 200, "n_permutations": 49, "seed": 3}
 
