@@ -137,8 +137,8 @@ def within_group_permutations(
 ) -> np.ndarray:
     """`[R, n]` copies of `labels`, each shuffled uniformly at random inside every group.
 
-    Groups of equal size are shuffled together (argsort of random keys along a short last axis), so the
-    cost is O(R * n * log(group size)) with one vectorised call per distinct group size.
+    Groups of equal size are shuffled together (`Generator.permuted` along a short last axis), so the cost is
+    O(R * n) with one vectorised call per distinct group size.
     """
     n = len(labels)
     order = np.argsort(groups, kind="stable")
@@ -151,9 +151,8 @@ def within_group_permutations(
         if size == 1:
             out[:, idx[:, 0]] = labels[idx[:, 0]]
             continue
-        keys = rng.random((n_permutations, *idx.shape), dtype=np.float32)
-        shuffled = np.take_along_axis(np.broadcast_to(labels[idx], keys.shape), np.argsort(keys, axis=-1), -1)
-        out[:, idx] = shuffled
+        # Fisher–Yates along the last axis of each copy (`Generator.permuted`): no sort of random keys.
+        out[:, idx] = rng.permuted(np.broadcast_to(labels[idx], (n_permutations, *idx.shape)).copy(), axis=-1)
     return out
 
 
