@@ -88,16 +88,7 @@ def simulate_uniform(
     out = np.empty((c.top_k, n_tokens), dtype=np.int64)
     for lo in range(0, n_tokens, chunk):
         t = min(chunk, n_tokens - lo)
-        if 4 * c.top_k > c.eligible:  # k close to M: a random permutation's first k
-            local = np.argsort(rng.random((t, c.eligible)), axis=1)[:, : c.top_k]
-        else:  # k distinct of M by rejection: redraw the rows with a repeat (few for k ≪ M)
-            local = rng.integers(0, c.eligible, (t, c.top_k))
-        while True:
-            srt = np.sort(local, axis=1)
-            bad = (srt[:, 1:] == srt[:, :-1]).any(axis=1)
-            if not bad.any():
-                break
-            local[bad] = rng.integers(0, c.eligible, (int(bad.sum()), c.top_k))
+        local = _floyd_sample(rng, t, c.eligible, c.top_k)
         if c.grouped:
             groups = np.argsort(rng.random((t, c.n_group)), axis=1)[:, : c.topk_group]
             chosen = np.take_along_axis(groups, local // c.group_size, axis=1)
@@ -105,4 +96,15 @@ def simulate_uniform(
         else:
             experts = local
         out[:, lo : lo + t] = experts.T
+    return out
+
+
+def _floyd_sample(rng: np.random.Generator, n: int, m: int, k: int) -> np.ndarray:
+    """`[n, k]` uniformly random k-subsets of range(m), one per row (Floyd's algorithm, vectorised over rows:
+    for j = m − k .. m − 1, draw t in [0, j]; keep t unless already chosen, then j)."""
+    out = np.empty((n, k), dtype=np.int64)
+    for col, j in enumerate(range(m - k, m)):
+        t = rng.integers(0, j + 1, n)
+        taken = (out[:, :col] == t[:, None]).any(axis=1) if col else np.zeros(n, bool)
+        out[:, col] = np.where(taken, j, t)
     return out
