@@ -48,46 +48,11 @@ def jaccard_strata(jaccard: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.searchsorted(edges, jaccard, side="right"), True
 
 
-@dataclass
-class Covariates:
-    """What a control adjusts for, on the pairs of its regression."""
-
-    factors: list[np.ndarray] = field(default_factory=list)  # [P] integer codes each
-    linear: list[np.ndarray] = field(default_factory=list)  # [P] float each
-
-
 def _rank(gram: np.ndarray) -> int:
     if not len(gram):
         return 0
     scale = np.sqrt(np.clip(np.diagonal(gram), 1e-300, None))
     return int(np.linalg.matrix_rank(gram / np.outer(scale, scale), tol=1e-9))
-
-
-def design_matrix(same: np.ndarray, covariates: Covariates) -> np.ndarray:
-    """`[P, d]` float64 design: intercept, `same`, linear terms, then factor dummies; full column rank.
-
-    Raises:
-        DesignError: `same` is constant or is determined by the covariates.
-    """
-    columns = [np.ones(len(same)), same.astype(np.float64)]
-    columns += [np.asarray(x, dtype=np.float64) for x in covariates.linear]
-    for codes in covariates.factors:
-        levels, counts = np.unique(codes, return_counts=True)
-        reference = levels[np.argmax(counts)]
-        columns += [(codes == v).astype(np.float64) for v in levels if v != reference]
-    x = np.column_stack(columns)
-    gram = x.T @ x
-    if _rank(gram[:2, :2]) < 2:
-        raise DesignError("every pair is same-sense or every pair is different-sense")
-    others = [0, *range(2, x.shape[1])]
-    if _rank(gram[np.ix_(others, others)]) == _rank(gram):
-        raise DesignError("the same-sense indicator is a linear combination of the control's strata")
-    keep = [0, 1]
-    for j in range(2, x.shape[1]):  # drop columns in the span of the kept ones: the fit is unchanged
-        trial = [*keep, j]
-        if _rank(gram[np.ix_(trial, trial)]) == len(trial):
-            keep = trial
-    return x[:, keep]
 
 
 def solve_normal_equations(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -169,20 +134,25 @@ class Block:
             cols += list(range(offsets[f], offsets[f] + self.sizes[f]))
         return cols
 
+    def total_gram(self, n_pairs: int) -> np.ndarray:
+        """X'X `[d, d]` over all the block's pairs (for the rank checks)."""
+        return self.normal_equations(np.zeros(n_pairs, dtype=np.int64), 1, with_rhs=False)[0][0]
+
     def normal_equations(
-        self, cluster: np.ndarray, n_clusters: int
+        self, cluster: np.ndarray, n_clusters: int, with_rhs: bool = True
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Per-cluster X'X `[C, d, d]` and X'κ `[C, d, L]` per model, from sums over (cluster, level)
         groups: a dummy column is never multiplied out row by row."""
         cluster = cluster[self.rows]
         q, d = self.dense.shape[1], self.width
         gram = np.zeros((n_clusters, d, d))
-        rhs = {name: np.zeros((n_clusters, d, y.shape[1])) for name, y in self.ys.items()}
+        ys = self.ys if with_rhs else {}
+        rhs = {name: np.zeros((n_clusters, d, y.shape[1])) for name, y in ys.items()}
         index = ClusterIndex(cluster, n_clusters)
         dense = index.sort(self.dense)
         for i in range(q):
             gram[:, i, :q] = index.sums(dense[:, i : i + 1] * dense, presorted=True)
-            for name, y in self.ys.items():
+            for name, y in ys.items():
                 rhs[name][:, i] = index.sums(dense[:, i : i + 1] * index.sort(y), presorted=True)
         offsets = self.offsets()
         for f, (codes, m, at) in enumerate(zip(self.factors, self.sizes, offsets, strict=True)):
@@ -198,7 +168,7 @@ class Block:
                 ks = key[order]
                 starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
                 groups = ks[starts]
-                for name, y in self.ys.items():
+                for name, y in ys.items():
                     rhs[name][groups // m, at + groups % m] = np.add.reduceat(y[sel][order], starts, axis=0)
             for g in range(f + 1, len(self.factors)):
                 other, mg, ag = self.factors[g], self.sizes[g], offsets[g]
@@ -395,8 +365,7 @@ def pair_controls(
             resolved = []
             for b, y_name, lin, factors in parts:
                 if b not in totals:
-                    dummy = Block(blocks[b].rows, blocks[b].dense, blocks[b].factors, blocks[b].sizes)
-                    totals[b] = dummy.normal_equations(np.zeros(len(corpus.pair_group), np.int64), 1)[0][0]
+                    totals[b] = blocks[b].total_gram(len(corpus.pair_group))
                 cols = blocks[b].columns(lin and linear_terms[b], factors)
                 resolved.append((b, y_name, select_columns(totals[b], cols)))
         except DesignError as error:

@@ -10,11 +10,11 @@ from scipy import stats
 
 from atlas_build.metrics.compute import survival
 from atlas_build.metrics.controls import (
-    Covariates,
+    Block,
     DesignError,
-    design_matrix,
     jaccard_strata,
     pair_controls,
+    select_columns,
     solve_normal_equations,
 )
 from atlas_build.metrics.identity import NO_LEFT, NO_RIGHT, target_identity
@@ -109,13 +109,20 @@ def test_context_words_ci_matches_a_plain_float64_bootstrap(failing_structure):
 def test_design_is_full_rank_and_refuses_a_determined_same():
     same = np.array([1, 0, 1, 0, 1, 0, 1, 0], bool)
     stratum = np.array([0, 0, 1, 1, 2, 2, 2, 2])
+    rows = np.arange(8)
     # A duplicated factor adds only redundant columns: they are dropped, the fit is the same.
-    x = design_matrix(same, Covariates(factors=[stratum, stratum.copy()]))
-    assert x.shape[1] == 4 and np.linalg.matrix_rank(x) == 4
+    block = Block.of(rows, same, [], [stratum, stratum.copy()])
+    gram = block.total_gram(8)
+    x = np.column_stack([np.ones(8), same, *(stratum == v for v in (0, 1)), *(stratum == v for v in (0, 1))])
+    np.testing.assert_array_equal(gram, x.T @ x)  # the (lemma, level) sums are X'X
+    keep = select_columns(gram, block.columns(False, [0, 1]))
+    assert len(keep) == 4 and np.linalg.matrix_rank(x[:, keep]) == 4
+    determined = Block.of(rows, same, [], [same.astype(int)])
     with pytest.raises(DesignError):
-        design_matrix(same, Covariates(factors=[same.astype(int)]))
+        select_columns(determined.total_gram(8), determined.columns(False, [0]))
+    constant = Block.of(rows, np.ones(8, bool), [], [])
     with pytest.raises(DesignError):
-        design_matrix(np.ones(8, bool), Covariates())
+        select_columns(constant.total_gram(8), constant.columns(False, []))
 
 
 def test_an_absent_level_solves_as_if_its_column_were_removed():
