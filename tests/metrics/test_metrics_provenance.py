@@ -82,3 +82,47 @@ def test_no_verify_computes_and_says_so(atlas, tmp_path, hf_cache):
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["provenance"]["verified"] is False
     assert "NOT CHECKED" in (tmp_path / "r" / "report.md").read_text()
+
+
+class _Sibling:
+    def __init__(self, name, sha):
+        self.rfilename = name
+        self.lfs = type("Lfs", (), {"sha256": sha})() if sha else None
+
+
+def test_hub_source_is_checked_against_the_manifest_of_its_revision(atlas, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from atlas_build.metrics.provenance import IntegrityError, Provenance
+
+    manifest = json.loads((atlas / "manifest.json").read_text())
+    remote = {rel: meta["sha256"] for rel, meta in manifest["files"].items()}
+    asked = {}
+
+    def download(repo_id, filename, repo_type, revision):
+        asked["download"] = (repo_id, filename, repo_type, revision)
+        return str(atlas / "manifest.json")
+
+    class Api:
+        def dataset_info(self, repo_id, revision, files_metadata):
+            asked["info"] = (repo_id, revision, files_metadata)
+            return type("Info", (), {"siblings": [_Sibling(k, v) for k, v in remote.items()]})()
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    configs = {meta["config"] for meta in manifest["files"].values()}
+    prov = Provenance("org/atlas", revision="v1.0.0")
+    prov.start(configs)
+    prov.finish()
+    assert asked["download"] == ("org/atlas", "manifest.json", "dataset", "v1.0.0")
+    assert asked["info"] == ("org/atlas", "v1.0.0", True)
+    record = prov.record({}, {})
+    assert record["manifest_sha256"] == hashlib.sha256((atlas / "manifest.json").read_bytes()).hexdigest()
+    assert record["verified"] is True
+
+    rel = sorted(remote)[0]
+    remote[rel] = "0" * 64
+    prov = Provenance("org/atlas", revision="v1.0.0")
+    prov.start(configs)
+    with pytest.raises(IntegrityError, match=f"{rel} \\(sha256 differs\\)"):
+        prov.finish()
