@@ -26,7 +26,7 @@ import pyarrow.dataset as pads
 
 from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.routing import routing_array
-from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, SENSE_PAIRS, SENSES, routing_config_name
+from atlas_build.atlas.schema import MODELS, SENSE_PAIRS, SENSES, routing_config_name
 from atlas_build.errors import AtlasError
 
 METRICS_JSON = "metrics/metrics.json"
@@ -243,7 +243,3 @@ def _finite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def routing_slugs(manifest: Manifest) -> list[str]:
-    return sorted(c[len(ROUTING_PREFIX) :] for c in manifest.configs() if c.startswith(ROUTING_PREFIX))
