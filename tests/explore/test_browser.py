@@ -335,3 +335,65 @@ def test_model_page_without_metrics_says_how_to_make_them(browser, small_atlas, 
     _open(browser, site, f"#/model/{MODEL_SLUG}")
     assert "atlas metrics" in _wait(browser, "#no-metrics")[0].text
     assert browser.find_element(By.CSS_SELECTOR, "#view .random-init-banner").is_displayed()
+
+
+def _ids_only_wide_atlas(root):
+    """A SYNTHETIC atlas with 300 experts (uint16 ids) whose routing config has no weights (ids only)."""
+    import pyarrow as pa
+
+    from atlas_build.atlas.manifest import Manifest
+    from atlas_build.atlas.schema import MODELS, MODELS_SCHEMA, routing_schema
+    from atlas_build.atlas.store import write_config
+    from atlas_build.atlas.synthetic import SYNTHETIC_SLUG, write_synthetic_atlas
+
+    write_synthetic_atlas(root, n_lemmas=3, n_experts=300, n_layers=3, top_k=4)
+    manifest = Manifest.load(root)
+    config = f"routing-{SYNTHETIC_SLUG}"
+    table = pa.concat_tables(pq.read_table(root / rel) for rel in manifest.config_files(config))
+    schema = routing_schema(300, 3, 4, None)
+    table = table.set_column(
+        table.schema.get_field_index("weights"),
+        "weights",
+        pa.nulls(table.num_rows, schema.field("weights").type),
+    )
+    write_config(root, manifest, config, table.cast(schema), schema)
+    models = pq.read_table(root / "models").to_pylist()
+    models[0]["weights_dtype"] = None
+    write_config(root, manifest, MODELS, pa.Table.from_pylist(models, schema=MODELS_SCHEMA), MODELS_SCHEMA)
+    manifest.save(root)
+    return SYNTHETIC_SLUG
+
+
+def test_ids_only_routing_with_uint16_ids(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from atlas_build.atlas.manifest import Manifest
+    from atlas_build.atlas.routing import routing_array
+    from atlas_build.explore import build_site
+
+    atlas = tmp_path / "atlas"
+    slug = _ids_only_wide_atlas(atlas)
+    site = tmp_path / "site"
+    build_site(atlas, site)
+    manifest = Manifest.load(atlas)
+    table = pq.read_table(atlas / manifest.config_files(f"routing-{slug}")[0])
+    mask = np.array(table.column("is_target").to_pylist())
+    experts = routing_array(table.column("experts"))[mask]
+    by_id = dict(zip(np.array(table.column("source_id").to_pylist())[mask], experts, strict=True))
+    assert max(int(e.max()) for e in by_id.values()) >= 256  # the ids really need uint16
+
+    _open(browser, site, "#/lemma/lemma00001.n")
+    _wait(browser, "section.sense")
+    assert browser.find_elements(By.CSS_SELECTOR, "#view .synthetic-banner")
+    for li in browser.find_elements(By.CSS_SELECTOR, "li.example"):
+        figure = browser.find_element(
+            By.CSS_SELECTOR, f'figure.example-heatmap[data-example="{li.get_attribute("data-example")}"]'
+        )
+        cells = _cells_by_layer(figure)
+        target = by_id[li.get_attribute("data-example-id")]
+        assert {layer: set(e) for layer, e in cells.items()} == {
+            layer: set(target[layer].tolist()) for layer in range(3)
+        }
+        assert all(w is None for experts_ in cells.values() for w in experts_.values())  # no weights to show
+    assert "share of examples" in browser.find_element(By.CSS_SELECTOR, "figure.sense-heatmap").text
+    assert _js_errors(browser) == []
