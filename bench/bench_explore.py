@@ -91,12 +91,12 @@ def measure_real(atlas: Path, work: Path) -> dict | None:
 
 def measure_r1_shape(work: Path) -> dict:
     """Routing bytes per target sub-token and per co-activation layer file at R1's shape (SYNTHETIC)."""
-    from atlas_build.atlas.synthetic import write_synthetic_atlas
+    from atlas_build.atlas.synthetic import write_synthetic_data
     from atlas_build.explore import build_site
     from atlas_build.explore.encode import b64, js_call
     from atlas_build.explore.site import COACT_CALLBACK
 
-    atlas = write_synthetic_atlas(
+    atlas = write_synthetic_data(
         work / "r1-shape", n_lemmas=60, n_experts=R1_EXPERTS, n_layers=R1_LAYERS, top_k=R1_TOP_K
     )
     site = work / "r1-site"

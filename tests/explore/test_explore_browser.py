@@ -12,8 +12,7 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
-from tests.explore.conftest import MODEL_SLUG, TWIN_SLUG, parquet_targets
+from explore_helpers import MODEL_SLUG, TWIN_SLUG, parquet_targets
 
 pytestmark = pytest.mark.usefixtures("browser")
 TIMEOUT = 20
@@ -245,7 +244,7 @@ def test_sense_map_and_pair_kappa_match_an_independent_count(browser, site, twin
 
 
 def _lemma_examples(site, key):
-    from tests.explore.conftest import read_data_file
+    from explore_helpers import read_data_file
 
     _, index = read_data_file(site / "data" / "index.js")
     i = index["lemmas"]["key"].index(key)
@@ -344,9 +343,9 @@ def _ids_only_wide_atlas(root):
     from atlas_build.atlas.manifest import Manifest
     from atlas_build.atlas.schema import MODELS, MODELS_SCHEMA, routing_schema
     from atlas_build.atlas.store import write_config
-    from atlas_build.atlas.synthetic import SYNTHETIC_SLUG, write_synthetic_atlas
+    from atlas_build.atlas.synthetic import SYNTHETIC_SLUG, write_synthetic_data
 
-    write_synthetic_atlas(root, n_lemmas=3, n_experts=300, n_layers=3, top_k=4)
+    write_synthetic_data(root, n_lemmas=3, n_experts=300, n_layers=3, top_k=4)
     manifest = Manifest.load(root)
     config = f"routing-{SYNTHETIC_SLUG}"
     table = pa.concat_tables(pq.read_table(root / rel) for rel in manifest.config_files(config))

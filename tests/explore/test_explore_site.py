@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 from click.testing import CliRunner
+from explore_helpers import MODEL_SLUG, TWIN_SLUG, parquet_targets, read_data_file
 
 from atlas_build.cli import main
 from atlas_build.explore.site import MARKER
-from tests.explore.conftest import MODEL_SLUG, TWIN_SLUG, parquet_targets, read_data_file
 
 
 def _senses(root: Path):
