@@ -146,7 +146,9 @@ def _write(content: AtlasContent, root: Path) -> SiteReport:
     report.index_bytes = writer.write(
         "data/index.js", js_call(INDEX_CALLBACK, "index", index_data(content, twins))
     )
-    writer.write(MARKER, json.dumps({"site": "routing-atlas explorer", "atlas": str(content.root)}) + "\n")
+    writer.write(
+        MARKER, json.dumps({"site": "routing-atlas explorer", "atlas": content.root.resolve().name}) + "\n"
+    )
     return report
 
 
