@@ -511,6 +511,12 @@ class LogitProbe:
         spec = self.spec
         scores, choices = [], []
         n_forwards = -(-len(lengths) // batch_size)
+        # Per forward: which (row, position) of the padded batch are real tokens, row-major as `route`
+        # concatenates them.
+        real = []
+        for forward in range(n_forwards):
+            rows = torch.as_tensor(lengths[forward * batch_size : (forward + 1) * batch_size])
+            real.append((torch.arange(int(rows.max()))[None, :] < rows[:, None]).reshape(-1))
         for slot, router in enumerate(self.routers):
             if len(self.captures[slot]) != n_forwards:
                 raise RuntimeError(
@@ -519,24 +525,58 @@ class LogitProbe:
             bias = router.e_score_correction_bias.float()
             layer_scores, layer_choice = [], []
             for forward, logits in enumerate(self.captures[slot]):
-                rows = lengths[forward * batch_size : (forward + 1) * batch_size]
                 s = logits.float().sigmoid()  # as the router: sigmoid of float32 logits, on its device
                 picked = router_choice(s, bias, spec.n_group, spec.topk_group, spec.top_k)
-                width = int(rows.max())
-                s = s.reshape(len(rows), width, -1)
-                picked = picked.reshape(len(rows), width, -1)
-                layer_scores.append(torch.cat([s[b, :n] for b, n in enumerate(rows)]).cpu())
-                layer_choice.append(torch.cat([picked[b, :n] for b, n in enumerate(rows)]).cpu())
+                mask = real[forward].to(s.device)
+                layer_scores.append(s[mask].cpu())
+                layer_choice.append(picked[mask].cpu())
             scores.append(torch.cat(layer_scores))
             choices.append(torch.cat(layer_choice))
             self.captures[slot].clear()
         bias = torch.stack([router.e_score_correction_bias.float().cpu() for router in self.routers])
         return torch.stack(scores, dim=1), bias, torch.stack(choices, dim=1)
 
+    def clear(self) -> None:
+        for captures in self.captures:
+            captures.clear()
+
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.routers, self.captures = [], []
+
+
+def use_eager_experts(model) -> None:
+    """transformers' per-expert loop instead of its grouped matmul (`experts_implementation="eager"`)."""
+    model.set_experts_implementation("eager")
+
+
+class Probed:
+    """An engine with its logit probe. If a forward fails (say, a grouped-matmul kernel this GPU or dtype
+    lacks), it switches once to transformers' eager experts and retries, and says so in the results."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.probe = LogitProbe(engine)
+        self.fallback: str | None = None  # why the eager experts are used
+
+    def route(self, texts: list[str]):
+        try:
+            return self.engine.route(texts)
+        except Exception as error:
+            if self.fallback is not None:
+                raise
+            self.fallback = failure(error)["message"]
+            use_eager_experts(self.engine._model)
+            self.probe.clear()
+            return self.engine.route(texts)
+
+    def experts_implementation(self) -> str | None:
+        return getattr(self.engine._model.config, "_experts_implementation", None)
+
+    def close(self) -> None:
+        self.probe.close()
+        self.engine.close()
 
 
 # ---- 5. one model: reference vs runs, then speed ----------------------------------------------------------
@@ -587,25 +627,27 @@ def compare_runs(model: str, texts: list[dict], runs: list[Run], plan: Plan, log
     """Route `texts` with the CPU float32 reference and every run, batch by batch in lockstep.
 
     Returns:
-        `(reference figures, {run name: figures})`.
+        `(reference figures, {run name: figures})`; a run that fails is `{"error": ...}`, the others go on.
     """
     import torch
 
     from atlas_build.engines.hf import HFEngine
 
-    reference = HFEngine(model, device="cpu", dtype="float32", batch_size=plan.batch_size)
-    spec = reference.spec
+    reference = Probed(HFEngine(model, device="cpu", dtype="float32", batch_size=plan.batch_size))
+    spec = reference.engine.spec
     # Longest first, as `route` orders a call: each chunk below is then routed in exactly this order, so
     # row b of a recorded batch is text b of the chunk.
-    lengths = np.array([len(e["ids"]) for e in reference.encode([t["text"] for t in texts])])
+    lengths = np.array([len(e["ids"]) for e in reference.engine.encode([t["text"] for t in texts])])
     order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
-    engines, failures = {}, {}
+    engines: dict[str, Probed] = {}
+    failures: dict[str, dict] = {}
     for run in runs:
         try:
-            engines[run.name] = HFEngine(model, device=run.device, dtype=run.dtype, batch_size=run.batch_size)
+            engines[run.name] = Probed(
+                HFEngine(model, device=run.device, dtype=run.dtype, batch_size=run.batch_size)
+            )
         except Exception as error:  # recorded, the other runs go on
             failures[run.name] = failure(error)
-    probes = {"reference": LogitProbe(reference), **{name: LogitProbe(e) for name, e in engines.items()}}
     collected: dict[str, dict[str, list]] = {name: {} for name in ["reference", *engines]}
     route_s = dict.fromkeys(collected, 0.0)
     counts: list[np.ndarray] = []
@@ -624,32 +666,31 @@ def compare_runs(model: str, texts: list[dict], runs: list[Run], plan: Plan, log
         route_s["reference"] += time.perf_counter() - started
         if not np.array_equal(ref_batch.token_counts, chunk_lengths):
             raise RuntimeError("the reference tokenized a text differently from its own encode()")
-        ref_scores, ref_bias, ref_choice = probes["reference"].take(chunk_lengths, plan.batch_size)
+        ref_scores, ref_bias, ref_choice = reference.probe.take(chunk_lengths, plan.batch_size)
         set_margin, top1_margin = selection_margins(
             ref_scores, ref_bias, spec.n_group, spec.topk_group, spec.top_k
         )
+        top1 = torch.from_numpy(ref_batch.experts[..., :1].astype(np.int64))
         keep(
             "reference",
             experts=ref_batch.experts,
             recomputed_same=same_sets(ref_choice.numpy(), ref_batch.experts),
             set_margin=set_margin.numpy(),
             top1_margin=top1_margin.numpy(),
-            top1_score=ref_scores.double()
-            .gather(-1, torch.from_numpy(ref_batch.experts[..., :1].astype(np.int64)))[..., 0]
-            .numpy(),
+            top1_score=ref_scores.double().gather(-1, top1)[..., 0].numpy(),
         )
         ref_choice_scores = ref_scores + ref_bias
-        for name, engine in list(engines.items()):
+        for name, probed in list(engines.items()):
+            device = probed.engine.device.type
             try:
-                sync(engine.device.type)
+                sync(device)
                 started = time.perf_counter()
-                batch = engine.route(chunk_texts)
-                sync(engine.device.type)
+                batch = probed.route(chunk_texts)
+                sync(device)
                 route_s[name] += time.perf_counter() - started
-                scores, bias, choice = probes[name].take(chunk_lengths, engine.batch_size)
+                scores, bias, choice = probed.probe.take(chunk_lengths, probed.engine.batch_size)
             except Exception as error:
                 failures[name] = failure(error)
-                probes.pop(name).close()
                 engines.pop(name).close()
                 collected.pop(name)
                 continue
@@ -660,8 +701,6 @@ def compare_runs(model: str, texts: list[dict], runs: list[Run], plan: Plan, log
                 choice_noise=((scores + bias) - ref_choice_scores).abs().amax(-1).double().numpy(),
                 score_noise=(scores - ref_scores).abs().amax(-1).double().numpy(),
             )
-    for probe in probes.values():
-        probe.close()
     token_counts = np.concatenate(counts)
     tokens = int(token_counts.sum())
     ref = {key: np.concatenate(value) for key, value in collected.pop("reference").items()}
@@ -672,6 +711,8 @@ def compare_runs(model: str, texts: list[dict], runs: list[Run], plan: Plan, log
         "texts": len(texts),
         "tokens": tokens,
         "moe_layers": len(spec.moe_layers),
+        "experts_implementation": reference.experts_implementation(),
+        "experts_fallback": reference.fallback,
         "recomputed_choice_agreement": float(ref["recomputed_same"].mean()),
         "route_s_with_probes": round(route_s["reference"], 3),
         "tokens_per_s_with_probes": round(tokens / route_s["reference"], 1) if route_s["reference"] else None,
@@ -692,24 +733,25 @@ def compare_runs(model: str, texts: list[dict], runs: list[Run], plan: Plan, log
             ref["top1_score"],
         )
         figures["recomputed_choice_agreement"] = float(arrays["recomputed_same"].mean())
-        engine = engines[name]
         results[name] = {
             "device": run.device,
             "dtype": run.dtype,
             "batch_size": run.batch_size,
-            "experts_implementation": getattr(engine._model.config, "_experts_implementation", None),
+            "experts_implementation": engines[name].experts_implementation(),
+            "experts_fallback": engines[name].fallback,
             "route_s_with_probes": round(route_s[name], 3),
             "agreement": figures,
         }
         log(
-            f"    {name}: identical expert sets {figures['same_expert_set']:.4%}, top-1 {figures['same_top1']:.4%}; "
-            f"primary differences {figures['primary_differences']} ({figures['primary_explained']} near ties), "
-            f"downstream {figures['downstream_set_differences']}; recomputed choice "
-            f"{figures['recomputed_choice_agreement']:.4%}"
+            f"    {name}: identical expert sets {figures['same_expert_set']:.4%}, top-1 "
+            f"{figures['same_top1']:.4%}; primary differences {figures['primary_differences']} "
+            f"({figures['primary_explained']} near ties), downstream {figures['downstream_set_differences']}; "
+            f"recomputed choice {figures['recomputed_choice_agreement']:.4%}"
+            + (f"; eager experts after: {engines[name].fallback}" if engines[name].fallback else "")
         )
     reference.close()
-    for engine in engines.values():
-        engine.close()
+    for probed in engines.values():
+        probed.close()
     release("cuda" if any(r.device == "cuda" for r in runs) else "cpu")
     return reference_out, results
 
@@ -737,8 +779,11 @@ def plain_forward(engine, base_model, texts: list[str]) -> int:
     return int(lengths.sum())
 
 
-def measure_speed(model: str, texts: list[dict], run: Run, plan: Plan) -> dict:
-    """Capture (`engine.route` + `build.shard_table`) vs the plain forward, shard by shard, alternated."""
+def measure_speed(model: str, texts: list[dict], run: Run, plan: Plan, eager_experts: bool = False) -> dict:
+    """Capture (`engine.route` + `build.shard_table`) vs the plain forward, shard by shard, alternated.
+
+    `eager_experts`: both copies use transformers' eager experts (where the comparison had to fall back).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -747,6 +792,8 @@ def measure_speed(model: str, texts: list[dict], run: Run, plan: Plan) -> dict:
     from atlas_build.engines.hf import HFEngine
 
     engine = HFEngine(model, device=run.device, dtype=run.dtype, batch_size=plan.batch_size)
+    if eager_experts:
+        use_eager_experts(engine._model)
     spec = engine.spec
     schema = routing_schema(spec.n_routed_experts, len(spec.moe_layers), spec.top_k, "float16")
     items = [TextItem(t["id"], "senses", t["text"], t["target_start"], t["target_end"]) for t in texts]
@@ -761,6 +808,8 @@ def measure_speed(model: str, texts: list[dict], run: Run, plan: Plan) -> dict:
     peak = torch.cuda.max_memory_allocated() if cuda else None
     plain_model = AutoModelForCausalLM.from_pretrained(engine.path, dtype=getattr(torch, run.dtype))
     plain_model = plain_model.to(run.device).eval()
+    if eager_experts:
+        use_eager_experts(plain_model)
     base = getattr(plain_model, plain_model.base_model_prefix)
     plain_forward(engine, base, [item.text for item in shards[0]])  # warm-up of the second copy
     plain_s = np.zeros((plan.speed_repeats, len(shards)))
@@ -1051,7 +1100,8 @@ def check(args, log=print) -> int:
                 ):
                     continue
                 try:
-                    speed = measure_speed(model, texts, run, plan)
+                    eager = entry["runs"][run.name].get("experts_fallback") is not None
+                    speed = measure_speed(model, texts, run, plan, eager_experts=eager)
                 except Exception as error:
                     entry["runs"][run.name]["speed_error"] = failure(error)
                     log(f"    {run.name} speed failed: {entry['runs'][run.name]['speed_error']['message']}")

@@ -291,6 +291,37 @@ def test_set_margin_is_the_smallest_perturbation_that_changes_the_set():
     assert changed > 50
 
 
+def test_probe_records_the_engines_choice_and_survives_a_fallback_to_eager_experts(tiny_checkpoint):
+    """A forward that fails once (as a missing grouped-matmul kernel would) is retried with eager experts;
+    the probe's records then match the engine's, text by text, as in a clean run."""
+    from atlas_build.engines.hf import HFEngine
+
+    texts = ["The bank of the river was muddy after the rain.", "She deposited money at the bank", "fox"]
+    engine = HFEngine(str(tiny_checkpoint), batch_size=2)
+    probed = gc.Probed(engine)
+    calls = []
+
+    def fail_once(module, args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("no grouped_mm kernel for this dtype")
+
+    engine._routers[2][1].register_forward_pre_hook(fail_once)
+    lengths = np.array([len(e["ids"]) for e in engine.encode(texts)])
+    batch = probed.route(texts)
+    assert probed.fallback == "RuntimeError: no grouped_mm kernel for this dtype"
+    assert probed.experts_implementation() == "eager"
+    scores, bias, choice = probed.probe.take(lengths, engine.batch_size)
+    assert scores.shape == (lengths.sum(), 5, 32) and bias.shape == (5, 32)
+    assert gc.same_sets(choice.numpy(), batch.experts).all()
+    # The highest gate weight is the highest chosen sigmoid score.
+    top = scores.gather(-1, torch.from_numpy(batch.experts.astype(np.int64))).argmax(-1)
+    assert (top == 0).all()
+    clean = HFEngine(str(tiny_checkpoint), batch_size=2).route(texts)
+    assert gc.same_sets(clean.experts, batch.experts).mean() > 0.99
+    probed.close()
+
+
 # ---- agreement and the near-tie explanation ---------------------------------------------------------------
 def planted_routing():
     """Three texts of 3, 2 and 2 tokens, 4 MoE layers, top-2 of 8, and a candidate with planted differences."""
