@@ -610,7 +610,8 @@ def sync(device: str) -> None:
 
 
 def clock(device: str) -> float:
-    """GPU: wall time after a synchronize. CPU: this process's CPU time (a shared machine's wall time is noise)."""
+    """GPU: wall time after a synchronize. CPU: this process's CPU time (wall time on a shared machine is
+    noise)."""
     sync(device)
     return time.perf_counter() if device == "cuda" else time.process_time()
 
@@ -623,8 +624,13 @@ def release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def compare_runs(model: str, texts: list[dict], runs: list[Run], plan: Plan, log) -> tuple[dict, dict]:
+def compare_runs(
+    model: str, texts: list[dict], runs: list[Run], plan: Plan, log, deadline: float = float("inf")
+) -> tuple[dict, dict]:
     """Route `texts` with the CPU float32 reference and every run, batch by batch in lockstep.
+
+    Batches stop once `deadline` (a `time.perf_counter()` value) has passed, after the first: the figures
+    then cover the texts routed so far (`reference.texts_compared`).
 
     Returns:
         `(reference figures, {run name: figures})`; a run that fails is `{"error": ...}`, the others go on.
@@ -656,8 +662,13 @@ def compare_runs(model: str, texts: list[dict], runs: list[Run], plan: Plan, log
         for key, value in arrays.items():
             collected[name].setdefault(key, []).append(value)
 
+    compared = 0
     for start in range(0, len(order), plan.batch_size):
+        if compared and time.perf_counter() > deadline:
+            log(f"    time budget spent: compared {compared} of {len(texts)} texts")
+            break
         chunk = order[start : start + plan.batch_size]
+        compared += len(chunk)
         chunk_texts = [texts[i]["text"] for i in chunk]
         chunk_lengths = lengths[chunk]
         counts.append(chunk_lengths)
@@ -709,6 +720,7 @@ def compare_runs(model: str, texts: list[dict], runs: list[Run], plan: Plan, log
         "dtype": "float32",
         "batch_size": plan.batch_size,
         "texts": len(texts),
+        "texts_compared": compared,
         "tokens": tokens,
         "moe_layers": len(spec.moe_layers),
         "experts_implementation": reference.experts_implementation(),
@@ -745,7 +757,8 @@ def compare_runs(model: str, texts: list[dict], runs: list[Run], plan: Plan, log
         log(
             f"    {name}: identical expert sets {figures['same_expert_set']:.4%}, top-1 "
             f"{figures['same_top1']:.4%}; primary differences {figures['primary_differences']} "
-            f"({figures['primary_explained']} near ties), downstream {figures['downstream_set_differences']}; "
+            f"({figures['primary_explained']} near ties), "
+            f"downstream {figures['downstream_set_differences']}; "
             f"recomputed choice {figures['recomputed_choice_agreement']:.4%}"
             + (f"; eager experts after: {engines[name].fallback}" if engines[name].fallback else "")
         )
@@ -853,6 +866,14 @@ def failure(error: BaseException) -> dict:
 
 
 # ---- 6. the check -----------------------------------------------------------------------------------------
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
 def environment(device: str) -> dict:
     import tokenizers
     import torch
@@ -864,7 +885,7 @@ def environment(device: str) -> dict:
         "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__,
         "numpy": np.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
@@ -935,7 +956,8 @@ def markdown(results: dict) -> str:
         "# GPU check of the hf engine",
         "",
         f"{'Complete' if results['complete'] else 'INCOMPLETE (cut short or still running)'}; "
-        f"mode {results['mode']}; device: **{where}**; torch {env['torch']}, transformers {env['transformers']}"
+        f"mode {results['mode']}; device: **{where}**; torch {env['torch']}, "
+        f"transformers {env['transformers']}"
         + (f", CUDA {env['cuda']}" if env.get("cuda") else "")
         + f"; {results['inputs']['texts']} texts from {results['inputs']['source']}.",
         "",
@@ -963,7 +985,8 @@ def markdown(results: dict) -> str:
             peak = speed.get("peak_gpu_memory_gib")
             lines.append(
                 f"| {model} | {name} | {_pct(fig['same_expert_set'])} | {_pct(fig['same_top1'])} | "
-                f"{fig['primary_differences']} ({fig['primary_explained']}) | {fig['downstream_set_differences']} | "
+                f"{fig['primary_differences']} ({fig['primary_explained']}) | "
+                f"{fig['downstream_set_differences']} | "
                 f"{'-' if margin is None else f'{margin:.2e}'} | {fig['choice_score_noise']['max']:.2e} | "
                 f"{_pct(fig['recomputed_choice_agreement'])} | "
                 f"{speed.get('overhead_ratio', '-')}x | {speed.get('tokens_per_s', '-')} | "
@@ -975,9 +998,10 @@ def markdown(results: dict) -> str:
             continue
         ref, layout = entry["reference"], entry["layout"]
         lines.append(
-            f"- {model}: {layout['num_hidden_layers']} layers ({layout['moe_layers']} MoE), top-{layout['top_k']} "
-            f"of {layout['n_routed_experts']}, {layout['n_group']} groups / top-{layout['topk_group']}, hidden "
-            f"{layout['hidden_size']}; {ref['tokens']} tokens; CPU reference {ref['tokens_per_s_with_probes']} "
+            f"- {model}: {layout['num_hidden_layers']} layers ({layout['moe_layers']} MoE), "
+            f"top-{layout['top_k']} of {layout['n_routed_experts']}, {layout['n_group']} groups / "
+            f"top-{layout['topk_group']}, hidden {layout['hidden_size']}; {ref['tokens']} tokens; "
+            f"CPU reference {ref['tokens_per_s_with_probes']} "
             f"tokens/s with logit probes ({ref['torch_threads']} threads)."
         )
     lines += ["", f"Verdict: {'PASSED' if results['verdict']['passed'] else 'FAILED'}."]
@@ -1086,7 +1110,15 @@ def check(args, log=print) -> int:
                 }
                 entry["layout"]["top_k"] = config.num_experts_per_tok
                 entry["layout"]["moe_layers"] = config.num_hidden_layers - config.first_k_dense_replace
-                entry["reference"], entry["runs"] = compare_runs(model, texts, runs, plan, log)
+                entry["reference"], entry["runs"] = compare_runs(
+                    model, texts, runs, plan, log, deadline=started + args.budget_s
+                )
+                if entry["reference"]["texts_compared"] < len(texts):
+                    results["skipped"].append(
+                        f"{model_name}: compared {entry['reference']['texts_compared']} of "
+                        f"{len(texts)} texts "
+                        f"(time budget of {args.budget_s} s spent)"
+                    )
             except Exception as error:
                 entry.clear()
                 entry["error"] = failure(error)
@@ -1109,7 +1141,8 @@ def check(args, log=print) -> int:
                     entry["runs"][run.name]["speed"] = speed
                     log(
                         f"    {run.name}: capture {speed['overhead_ratio']}x the plain forward, "
-                        f"{speed['tokens_per_s']} tokens/s, peak GPU memory {speed['peak_gpu_memory_gib']} GiB"
+                        f"{speed['tokens_per_s']} tokens/s, "
+                        f"peak GPU memory {speed['peak_gpu_memory_gib']} GiB"
                     )
                 save()
         results["complete"] = True

@@ -1,4 +1,4 @@
-"""The prepared GPU check (`bench/gpu_check.py`, `make gpu-check`): its arithmetic, and its reduced run on CPU.
+"""The prepared GPU check (`bench/gpu_check.py`, `make gpu-check`): its arithmetic, its reduced run on CPU.
 
 The reduced run is the GPU run's code path on CPU (float32 reference vs a second float32 load routing one
 text per batch, and vs bfloat16), started in a subprocess in which only what the GPU machine has can be
@@ -322,9 +322,28 @@ def test_probe_records_the_engines_choice_and_survives_a_fallback_to_eager_exper
     probed.close()
 
 
+def test_comparison_stops_at_the_deadline_and_says_how_far_it_got(tiny_checkpoint):
+    words = ["bank", "river", "money", "fox", "fire", "night", "pitcher", "arrow", "capital", "idea"]
+    texts = [
+        {"id": str(i), "text": " ".join(words[: 1 + i % 10]) + f" {i}", "target_start": 0, "target_end": 4}
+        for i in range(20)
+    ]
+    plan = gc.Plan.make(reduced=True, max_texts=None)
+    runs = gc.runs_for("cpu", plan)
+    reference, results = gc.compare_runs(
+        str(tiny_checkpoint), texts, runs, plan, lambda *_: None, deadline=0.0
+    )
+    assert reference["texts"] == 20 and reference["texts_compared"] == plan.batch_size == 16
+    # The 16 longest texts were compared: their tokens are the positions of every run.
+    for run in runs:
+        assert results[run.name]["agreement"]["positions"] == reference["tokens"] * 5
+    lengths = sorted((len(t["text"].split()) for t in texts), reverse=True)
+    assert reference["tokens"] > 16 * (lengths[15] + 1)  # BOS and at least a token per word
+
+
 # ---- agreement and the near-tie explanation ---------------------------------------------------------------
 def planted_routing():
-    """Three texts of 3, 2 and 2 tokens, 4 MoE layers, top-2 of 8, and a candidate with planted differences."""
+    """Three texts (3, 2, 2 tokens), 4 MoE layers, top-2 of 8, and a candidate with planted differences."""
     rng = np.random.default_rng(0)
     counts = np.array([3, 2, 2])
     t, layers, k = counts.sum(), 4, 2
