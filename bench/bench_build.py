@@ -1,5 +1,8 @@
 """Benchmark the build: capture overhead, throughput, bytes per routing entry, atlas size at DeepSeek-R1's shape.
 
+(Over 500 lines on purpose: one script, so that `make bench` and a GPU machine run every measurement in one
+process with one set of inputs, which is what makes its ratios comparable.)
+
     .venv/bin/python bench/bench_build.py [--device cpu|cuda] [--max-lemmas 30] [--repeats 5] [--quick]
 
 Everything is measured in this one run:
@@ -64,8 +67,8 @@ FALLBACK_TEXTS = [
 
 # ---- texts ------------------------------------------------------------------------------------------------
 def corpus_items(max_lemmas: int | None):
-    """`build.TextItem`s of the WordNet corpora (senses, then substitutions, by id), and the tables."""
-    from atlas_build.build import TextItem
+    """`TextItem`s of the WordNet corpora (senses, then substitutions, by id), and the tables."""
+    from atlas_build.atlas.texts import TextItem
     from atlas_build.corpora import build_wordnet_corpora
 
     try:

@@ -205,10 +205,20 @@ def check_slug(model_slug: str) -> str:
 
 
 def slugify(model_id: str) -> str:
-    """A config-safe slug from a model id: 'deepseek-ai/DeepSeek-R1' -> 'deepseek-r1'."""
-    name = model_id.rstrip("/").split("/")[-1].lower()
+    """A config-safe slug from a model id: 'deepseek-ai/DeepSeek-R1' -> 'deepseek-r1' (a pinned
+    '@revision' is not part of it)."""
+    name = model_id.rstrip("/").split("/")[-1].split("@")[0].lower()
     name = re.sub(r"[^a-z0-9._-]+", "-", name).strip("-._")
     return check_slug(name[:96] or "model")
+
+
+def default_model_slug(model_id: str, random_init: bool = False, slug: str | None = None) -> str:
+    """The slug a build gives its model: `slug` when given, else from the model id (a random-init twin gets
+    `-random-init` appended, so it never shares a routing config with the trained model)."""
+    if slug:
+        return check_slug(slug)
+    base = slugify(model_id)
+    return f"{base}-random-init" if random_init else base
 
 
 def schema_for(config: str, models_row: dict | None = None) -> pa.Schema:

@@ -42,3 +42,15 @@ def write_config(
     for w in written:
         manifest.record(root, config, w)
     return written
+
+
+def read_config(root: Path, manifest: Manifest, config: str) -> pa.Table:
+    """A fixed-schema config of the atlas, read through the manifest's file list (empty when absent)."""
+    import pyarrow.parquet as pq
+
+    from atlas_build.atlas.schema import FIXED_SCHEMAS
+
+    files = manifest.config_files(config)
+    if not files:
+        return FIXED_SCHEMAS[config].empty_table()
+    return pa.concat_tables([pq.read_table(Path(root) / rel, schema=FIXED_SCHEMAS[config]) for rel in files])

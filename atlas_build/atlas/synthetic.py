@@ -161,7 +161,7 @@ def tokenize_whitespace(texts: list[str]) -> tuple[np.ndarray, list[str], np.nda
     return np.array(counts, dtype=np.int64), tokens, np.array(spans, dtype=np.int32).reshape(-1, 2)
 
 
-def write_synthetic_atlas(
+def write_synthetic_data(
     root: Path,
     n_lemmas: int = 20,
     senses_per_lemma: int = 2,
@@ -172,13 +172,12 @@ def write_synthetic_atlas(
     seed: int = 0,
     routing_fn=None,
 ) -> Path:
-    """Write a complete SYNTHETIC atlas (senses, sense-pairs, substitutions (empty), models, routing).
+    """Write a complete SYNTHETIC atlas (senses, sense-pairs, substitutions (empty), models, routing) and its
+    manifest. The card is the caller's (`dataset_cards.render.write_card`): the ground floor writes no card.
 
     `routing_fn(senses: pa.Table, counts, spans, is_target, rng) -> (experts [T,L,k], weights [T,L,k])`
     lets a test plant an effect; the default is `random_routing`.
     """
-    from dataset_cards.render import write_card
-
     root = Path(root)
     rng = np.random.default_rng(seed)
     senses = synthetic_senses(n_lemmas, senses_per_lemma, examples_per_sense)
@@ -216,7 +215,6 @@ def write_synthetic_atlas(
         {"kind": "synthetic", "summary": f"synthetic atlas, seed {seed} (not real routing)"}
     )
     manifest.save(root)
-    write_card(root)
     return root
 
 

@@ -294,8 +294,11 @@ def load_tokenizer(checkpoint: Path, trust_remote_code: bool = False):
 def context_limit(checkpoint: Path, trust_remote_code: bool = False) -> int | None:
     """The model's context in tokens (`max_position_embeddings`, as `HFEngine.max_length`)."""
     from atlas_build.engines.hf import load_config
+    from atlas_build.routers.base import decoder_config
 
-    return getattr(load_config(checkpoint, trust_remote_code), "max_position_embeddings", None)
+    # A multimodal wrapper (Llama 4, Qwen3.5-MoE) keeps its context in the text decoder's config.
+    config = decoder_config(load_config(checkpoint, trust_remote_code))
+    return getattr(config, "max_position_embeddings", None)
 
 
 def trace_source(trace: Trace, path: Path) -> str:
@@ -343,13 +346,13 @@ def ensure_traces(config, manifest, engine=None) -> list:
             one, the tokenizer and context are read from the checkpoint (no weights are loaded).
 
     Returns:
-        `build.TextItem`s of this model's traces, sorted by trace id, with segment and marker spans.
+        `TextItem`s of this model's traces, sorted by trace id, with segment and marker spans.
     """
-    from atlas_build.build import model_slug
+    from atlas_build.atlas.schema import default_model_slug
 
     path = Path(config.traces)
     traces = read_traces(path)
-    slug = model_slug(config, engine)
+    slug = default_model_slug(config.model, config.random_init, config.slug)
     if engine is not None:
         tokenizer, limit = engine.tokenizer, engine.max_length
     else:
@@ -398,18 +401,19 @@ def ensure_traces(config, manifest, engine=None) -> list:
 
 def merge_traces(root: Path, manifest, slug: str, rows: list[dict[str, Any]]) -> pa.Table:
     """The `traces` table with this model's rows replaced by `rows`, other models' rows kept."""
-    from atlas_build.build import read_config
+    from atlas_build.atlas.store import read_config
 
     kept = [r for r in read_config(Path(root), manifest, TRACES).to_pylist() if r["model_slug"] != slug]
     return traces_table(kept + rows)
 
 
 def trace_items(root: Path, manifest, slug: str) -> list:
-    """`build.TextItem`s of the model's traces in the atlas (sorted by id), segments and markers included.
+    """`TextItem`s of the model's traces in the atlas (sorted by id), segments and markers included.
 
     Markers are recomputed from the text with the current lexicon; the traces config stores none.
     """
-    from atlas_build.build import TextItem, read_config
+    from atlas_build.atlas.store import read_config
+    from atlas_build.atlas.texts import TextItem
 
     table = read_config(Path(root), manifest, TRACES)
     items = []

@@ -7,18 +7,17 @@ the LM head is never computed.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from atlas_build.engines.base import Engine, ModelLoadError, RoutingBatch
+from atlas_build.engines.checkpoint import model_identity, resolve_checkpoint
 from atlas_build.errors import AtlasError
-from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for
+from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for, decoder_config
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 # Above this, a checkpoint is identified by its file listing rather than by hashing every byte.
@@ -27,52 +26,6 @@ HASH_WEIGHTS_LIMIT = 4 << 30
 
 class TextTooLongError(AtlasError):
     """A text has more tokens than the model's context."""
-
-
-def resolve_checkpoint(model: str, revision: str | None = None) -> tuple[Path, str | None, bool]:
-    """Model name -> (local checkpoint dir, hub revision, is_builtin).
-
-    A built-in name is materialised into the cache; a local directory is used as it is; anything else is a
-    hub id, fetched (or found in the local cache when offline) with `huggingface_hub.snapshot_download`.
-    """
-    from atlas_build.models import BUILTIN, builtin_checkpoint
-
-    if model in BUILTIN:
-        return builtin_checkpoint(model), None, True
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(
-                f"model path {path} is a file; pass a checkpoint directory (with config.json)"
-            )
-        return path, None, False
-    looks_like_path = model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", os.sep, 1)
-    if looks_like_path or model.count("/") > 1:
-        raise ModelLoadError(
-            f"model path {model!r} does not exist. Pass a built-in name ({', '.join(sorted(BUILTIN))}), "
-            "a checkpoint directory, or a hub id such as deepseek-ai/DeepSeek-R1"
-        )
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    # A name close to a built-in one is most likely a typo of it: say so when the hub lookup fails.
-    close = difflib.get_close_matches(model, sorted(BUILTIN), n=1, cutoff=0.8) if "/" not in model else []
-    hint = f"Did you mean {close[0]!r}? " if close else ""
-    try:
-        local = snapshot_download(
-            model,
-            revision=revision,
-            allow_patterns=["*.json", "*.safetensors", "*.py", "*.model", "*.txt", "*.jinja"],
-        )
-    except LocalEntryNotFoundError as error:
-        raise ModelLoadError(
-            f"unknown model {model!r}. {hint}It is neither a built-in model ({', '.join(sorted(BUILTIN))}) "
-            "nor a local directory, and it is not in the local Hugging Face cache (offline or no network). "
-            f"Download it first (`huggingface-cli download {model}`) or pass its directory."
-        ) from error
-    except (RepositoryNotFoundError, HfHubHTTPError, ValueError) as error:
-        raise ModelLoadError(f"could not fetch {model!r} from the hub: {hint}{error}") from error
-    return Path(local), Path(local).name, False
 
 
 def checkpoint_sha256(path: Path) -> str:
@@ -176,7 +129,7 @@ class HFEngine(Engine):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         import torch
 
-        self.model_id = model
+        self.model_id = model_identity(model, revision)
         self.batch_size = batch_size
         self.dtype_name = dtype
         self.random_init = random_init
@@ -248,7 +201,7 @@ class HFEngine(Engine):
 
     def _make_hook(self, slot: int):
         def hook(module, args, output):
-            index, weights = self.adapter.read_router_output(output)
+            index, weights = self.adapter.read_router_output(output, module)
             self._captured[slot].append((index.detach(), weights.detach().float()))
 
         return hook
@@ -259,8 +212,14 @@ class HFEngine(Engine):
         return self._tokenizer
 
     @property
+    def text_config(self):
+        """The text decoder's config: `text_config` of a multimodal wrapper (Llama 4, Qwen3.5-MoE), else
+        `config`. The shape of what is routed (layers, context) is read here."""
+        return decoder_config(self.config)
+
+    @property
     def max_length(self) -> int | None:
-        return getattr(self.config, "max_position_embeddings", None)
+        return getattr(self.text_config, "max_position_embeddings", None)
 
     @property
     def weightless(self) -> bool:
@@ -283,7 +242,7 @@ class HFEngine(Engine):
             "architecture": architectures[0],
             "model_type": self.config.model_type,
             "router_adapter": self.adapter.name,
-            "num_hidden_layers": self.config.num_hidden_layers,
+            "num_hidden_layers": self.text_config.num_hidden_layers,
             "moe_layers": list(self.spec.moe_layers),
             "n_routed_experts": self.spec.n_routed_experts,
             "top_k": self.spec.top_k,
@@ -309,6 +268,7 @@ class HFEngine(Engine):
         from atlas_build.models import BUILTIN
 
         notes = list(getattr(BUILTIN.get(self.model_id), "CARD_NOTES", [])) if self.builtin else []
+        notes.extend(self.adapter.card_notes(self.config))
         if self.random_init:
             notes.append(
                 f"Random-init twin of {self.model_id}'s architecture (seed {self.seed}): a null model, its "
@@ -363,7 +323,8 @@ class HFEngine(Engine):
         # Longest first within the call: less padding, and a deterministic batch composition.
         order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
         pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        base_model = getattr(self._model, self._model.base_model_prefix)
+        # The decoder stack only (no LM head); Llama4ForCausalLM's base_model_prefix names no attribute.
+        base_model = self.adapter.decoder_model(self._model)
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]

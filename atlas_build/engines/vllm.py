@@ -44,6 +44,7 @@ from atlas_build.engines.hf import (
     HFEngine,
     load_config,
     meta_model,
+    model_identity,
     resolve_checkpoint,
 )
 from atlas_build.errors import AtlasError
@@ -314,7 +315,7 @@ class VLLMEngine(HFEngine):
         if tensor_parallel_size < 1:
             raise VLLMOptionsError(f"--tensor-parallel-size must be at least 1, got {tensor_parallel_size}")
         import_vllm()  # fail here, with the install hint, not deep inside the first shard
-        self.model_id = model
+        self.model_id = model_identity(model, revision)
         self.batch_size = batch_size
         self.dtype_name = dtype
         self.random_init = False
@@ -339,7 +340,7 @@ class VLLMEngine(HFEngine):
 
     @property
     def max_length(self) -> int | None:
-        return self.max_model_len or getattr(self.config, "max_position_embeddings", None)
+        return self.max_model_len or getattr(self.text_config, "max_position_embeddings", None)
 
     def llm_arguments(self) -> dict[str, Any]:
         """Keyword arguments of `vllm.LLM` for this engine."""

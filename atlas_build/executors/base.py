@@ -16,7 +16,7 @@ from atlas_build.atlas.writer import WrittenFile
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard of a routing config: `items` are `build.TextItem`s, in their fixed order."""
+    """One shard of a routing config: `items` are `atlas.texts.TextItem`s, in their fixed order."""
 
     config: str
     index: int

@@ -326,8 +326,8 @@ class RayExecutor(Executor):
         if payload[0] == "written":
             return payload[1]
         from atlas_build.atlas.layout import AtlasLayout
+        from atlas_build.atlas.shards import mark_shard_done
         from atlas_build.atlas.writer import crash_point
-        from atlas_build.build import mark_shard_done
 
         _, rel, data, sha256, rows = payload
         layout = AtlasLayout(root)

@@ -21,9 +21,10 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from atlas_build.atlas.manifest import Manifest
-from atlas_build.atlas.synthetic import synthetic_models_row, write_synthetic_atlas
+from atlas_build.atlas.synthetic import synthetic_models_row
 from atlas_build.cli import main
 from dataset_cards.render import CardContext, model_license, render_card, write_card
+from dataset_cards.synthetic import write_synthetic_atlas
 
 # Metadata keys of the Hub's dataset card spec (huggingface/hub-docs datasetcard.md).
 HUB_KEYS = {

@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 from metrics_synth import Tokens, model_row, senses_table, write_atlas
 
-from atlas_build.atlas.synthetic import random_routing, write_synthetic_atlas
+from atlas_build.atlas.synthetic import random_routing
 from atlas_build.commands.metrics import command
 from atlas_build.metrics import summarize
+from dataset_cards.synthetic import write_synthetic_atlas
 
 TOP_KEYS = {
     "format",

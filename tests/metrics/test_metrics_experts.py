@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from atlas_build.atlas.routing import nested_fixed_list
-from atlas_build.atlas.synthetic import write_synthetic_atlas
 from atlas_build.metrics import experts as ex
+from dataset_cards.synthetic import write_synthetic_atlas
 
 
 def test_load_entropy_and_coactivation_by_hand():

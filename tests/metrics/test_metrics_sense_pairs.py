@@ -11,7 +11,8 @@ import pyarrow.compute as pc
 import pytest
 from metrics_synth import Tokens, distinct_fill, model_row, random_fn, senses_table, write_atlas
 
-from atlas_build.atlas.synthetic import random_routing, write_synthetic_atlas
+from atlas_build.atlas.synthetic import random_routing
+from dataset_cards.synthetic import write_synthetic_atlas
 
 N, K, L = 32, 4, 4
 Q = 0.5  # probability that a target routes to its sense's canonical set, per layer

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from atlas_build.atlas.synthetic import write_synthetic_atlas
+from dataset_cards.synthetic import write_synthetic_atlas
 
 from .helpers import SECOND_MODEL, V1_LEMMAS, V2_LEMMAS, add_metrics, add_synthetic_model, cached_validation
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from atlas_build.atlas.synthetic import write_synthetic_atlas
 from atlas_build.publish import Version, changelog_entry, diff_releases, full_changelog, snapshot_of_atlas
+from dataset_cards.synthetic import write_synthetic_atlas
 
 
 def test_schema_and_model_changes_are_listed(tmp_path):

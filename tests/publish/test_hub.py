@@ -63,7 +63,7 @@ def fake_api(hub: FakeHub, tags=()):
 
 def test_hub_push_sends_exactly_these_operations(atlas_v1, tmp_path):
     hub = FakeHub(snapshot_to=tmp_path / "uploaded")
-    with mock.patch("atlas_build.publish.HfApi") as HfApi:
+    with mock.patch("atlas_build.publish.hub.HfApi") as HfApi:
         api = HfApi.return_value = fake_api(hub)
         result = publish_hub(atlas_v1, "0.1.0", REPO_ID, validate=cached_validation, log=lambda *_: None)
     HfApi.assert_called_once_with()  # no token argument: HfApi finds HF_TOKEN / the login itself
@@ -119,7 +119,7 @@ def test_hub_push_sends_exactly_these_operations(atlas_v1, tmp_path):
 
 
 def test_an_existing_tag_is_refused_before_anything_is_sent(atlas_v1):
-    with mock.patch("atlas_build.publish.HfApi") as HfApi:
+    with mock.patch("atlas_build.publish.hub.HfApi") as HfApi:
         api = HfApi.return_value = fake_api(FakeHub(), tags=("v0.1.0",))
         with pytest.raises(VersionError, match="tag v0.1.0 already exists"):
             publish_hub(atlas_v1, "0.1.0", REPO_ID, log=lambda *_: None)
@@ -128,7 +128,7 @@ def test_an_existing_tag_is_refused_before_anything_is_sent(atlas_v1):
 
 def test_hub_dry_run_reads_but_never_writes(atlas_v2, releases):
     hub = FakeHub({"v0.1.0": releases / "v0.1.0"})
-    with mock.patch("atlas_build.publish.HfApi") as HfApi:
+    with mock.patch("atlas_build.publish.hub.HfApi") as HfApi:
         api = HfApi.return_value = fake_api(hub, tags=("v0.1.0", "not-a-version"))
         result = publish_hub(
             atlas_v2, "0.2.0", REPO_ID, dry_run=True, validate=cached_validation, log=lambda *_: None
@@ -157,7 +157,7 @@ def _scan(paths: list[Path], texts: list[str]) -> list[str]:
 def test_the_token_is_never_written_anywhere(atlas_v2, releases, tmp_path, monkeypatch, capfd, caplog):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     # The CLI's gate, with the session's reports of the same manifest (real validation, run once).
-    monkeypatch.setattr("atlas_build.publish.run_validation_gate", cached_validation)
+    monkeypatch.setattr("atlas_build.publish.hub.run_validation_gate", cached_validation)
     runner = CliRunner()
 
     # Local publish through the CLI.
@@ -169,7 +169,7 @@ def test_the_token_is_never_written_anywhere(atlas_v2, releases, tmp_path, monke
 
     # Hub publish through the CLI, HfApi mocked (the previous release answered from the local v0.1.0).
     hub = FakeHub({"v0.1.0": releases / "v0.1.0"}, snapshot_to=tmp_path / "uploaded")
-    with mock.patch("atlas_build.publish.HfApi") as HfApi:
+    with mock.patch("atlas_build.publish.hub.HfApi") as HfApi:
         api = HfApi.return_value = fake_api(hub, tags=("v0.1.0",))
         out_hub = runner.invoke(main, ["publish", str(atlas_v2), "--version", "0.2.0", "--repo-id", REPO_ID])
     assert out_hub.exit_code == 0, out_hub.output
@@ -188,9 +188,9 @@ def test_the_token_is_never_written_anywhere(atlas_v2, releases, tmp_path, monke
 def test_a_hub_refusal_is_reported_without_a_tag(atlas_v1, monkeypatch):
     from huggingface_hub.errors import HfHubHTTPError
 
-    monkeypatch.setattr("atlas_build.publish.run_validation_gate", cached_validation)
+    monkeypatch.setattr("atlas_build.publish.hub.run_validation_gate", cached_validation)
     error = HfHubHTTPError("403 Forbidden: no write access", response=mock.MagicMock(status_code=403))
-    with mock.patch("atlas_build.publish.HfApi") as HfApi:
+    with mock.patch("atlas_build.publish.hub.HfApi") as HfApi:
         api = HfApi.return_value = fake_api(FakeHub())
         api.upload_folder.side_effect = error
         result = CliRunner().invoke(

@@ -17,7 +17,8 @@ from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.routing import routing_table
 from atlas_build.atlas.schema import MODELS, MODELS_SCHEMA, TRACES, TRACES_SCHEMA, routing_schema
 from atlas_build.atlas.store import write_config
-from atlas_build.atlas.synthetic import random_routing, tokenize_whitespace, write_synthetic_atlas
+from atlas_build.atlas.synthetic import random_routing, tokenize_whitespace
+from dataset_cards.synthetic import write_synthetic_atlas
 from validation import CHECKS, AtlasNotFoundError, run_validation, verify_files
 
 

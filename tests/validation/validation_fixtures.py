@@ -27,13 +27,9 @@ from atlas_build.atlas.schema import (
     routing_schema,
 )
 from atlas_build.atlas.store import write_config
-from atlas_build.atlas.synthetic import (
-    SYNTHETIC_SLUG,
-    random_routing,
-    tokenize_whitespace,
-    write_synthetic_atlas,
-)
+from atlas_build.atlas.synthetic import SYNTHETIC_SLUG, random_routing, tokenize_whitespace
 from atlas_build.atlas.writer import COMPRESSION, ROW_GROUP_ROWS, sha256_file
+from dataset_cards.synthetic import write_synthetic_atlas
 
 ROUTING = routing_config_name(SYNTHETIC_SLUG)
 SCALE = 2.5  # DeepSeek-V3/R1's routed_scaling_factor

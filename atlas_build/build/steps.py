@@ -1,0 +1,279 @@
+"""One build as named steps: prepare, corpora, plan, route, record, finish. `run_build` runs them in order."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from atlas_build.atlas.layout import AtlasLayout
+from atlas_build.atlas.lock import AtlasLock
+from atlas_build.atlas.manifest import Manifest
+from atlas_build.atlas.schema import (
+    MODELS,
+    MODELS_SCHEMA,
+    routing_config_name,
+    routing_schema,
+)
+from atlas_build.atlas.shards import done_shard, shard_inputs_sha256
+from atlas_build.atlas.store import write_config
+from atlas_build.atlas.texts import TextItem
+from atlas_build.atlas.writer import (
+    AtlasWriteError,
+    WrittenFile,
+    crash_point,
+    remove_temp_files,
+)
+from atlas_build.build.options import BuildConfig, BuildStats
+from atlas_build.build.shards import (
+    ShardWorker,
+    check_slug_free,
+    check_text_lengths,
+    make_engine,
+    merge_models_row,
+    model_slug,
+    run_fingerprint,
+)
+from atlas_build.build.texts import ensure_wordnet_corpora, wordnet_corpora_present, wordnet_texts
+from atlas_build.errors import BuildOptionsError
+from atlas_build.executors import EXECUTORS
+from atlas_build.executors.base import ShardTask
+
+
+@dataclass
+class BuildRun:
+    """What the steps of one build hand each other. Filled in step by step: `items` by `corpora`, the
+    routing plan (`row`, `schema`, `tasks`, `finished`) by `plan`, `written` by `route`."""
+
+    config: BuildConfig
+    manifest: Manifest
+    log: Callable[[str], None]
+    started: float = field(default_factory=time.perf_counter)
+    engine: Any = None
+    items: list[TextItem] = field(default_factory=list)
+    row: dict[str, Any] = field(default_factory=dict)
+    schema: pa.Schema | None = None
+    tasks: list[ShardTask] = field(default_factory=list)
+    finished: dict[int, WrittenFile] = field(default_factory=dict)
+    written: list[WrittenFile] = field(default_factory=list)
+    stats: BuildStats = field(default_factory=BuildStats)
+
+    @property
+    def root(self) -> Path:
+        return self.config.out
+
+    @property
+    def layout(self) -> AtlasLayout:
+        return AtlasLayout(self.config.out)
+
+    @property
+    def routing_name(self) -> str:
+        return routing_config_name(self.row["model_slug"])
+
+    @property
+    def part(self) -> str:
+        # Each corpus has its own shards in the model's routing config: a traces build never replaces
+        # the WordNet routing of the same model, nor the other way round.
+        return "" if self.config.corpus == "wordnet" else self.config.corpus
+
+
+def run_build(config: BuildConfig, log=print) -> BuildStats:
+    """Build (or resume) the atlas at `config.out` for one model. Returns the run's statistics.
+
+    The steps, each a function of its own: prepare (directory, lock, manifest; inputs checked and the model
+    loaded before anything is written), corpora, plan, route, record, finish.
+    """
+    with prepare(config, log) as run:
+        corpora(run)
+        plan(run)
+        route(run)
+        record(run)
+        finish(run)
+        return run.stats
+
+
+@contextmanager
+def prepare(config: BuildConfig, log: Callable[[str], None]) -> Iterator[BuildRun]:
+    """Create the directory, hold the atlas lock for the whole build, refuse unusable inputs and load the
+    model, all before anything is written. A build that fails before writing leaves no empty directory."""
+    root = config.out
+    created = not root.exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AtlasWriteError(
+            f"cannot create the atlas directory {root}: {error.strerror or error}"
+        ) from error
+    try:
+        with AtlasLock(root) as lock:
+            run = BuildRun(config, Manifest.load_or_new(root), log)
+            if lock.stale_recovered:
+                pid = (lock.previous_owner or {}).get("pid", "unknown")
+                log(f"resuming the interrupted build (pid {pid}) in {root}: finished shards are kept")
+            # Temporary files of a killed writer: safe to remove while holding the lock.
+            remove_temp_files(root)
+            check_corpus_inputs(run)
+            # A typo, a dense or an unsupported model, a corrupt checkpoint leaves the directory as it was.
+            # A distributed build's driver needs only the models row and the tokenizer: no weights.
+            run.engine = make_engine(config, load_weights=config.executor == "local")
+            yield run
+    except BaseException:
+        if (
+            created
+            and root.exists()
+            and not any(p for p in root.iterdir() if p.name != AtlasLayout(root).state_dir.name)
+        ):
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def check_corpus_inputs(run: BuildRun) -> None:
+    """Inputs that cannot be used are refused before a model is loaded (minutes for a large one)."""
+    config = run.config
+    if config.corpus == "wordnet" and not wordnet_corpora_present(config, run.manifest):
+        from atlas_build.corpora import find_wordnet_dir
+
+        find_wordnet_dir(config.wordnet_dir)
+    elif config.corpus == "traces":
+        from atlas_build.corpora.traces import read_traces
+
+        read_traces(config.traces)
+
+
+def corpora(run: BuildRun) -> None:
+    """Write the corpus configs (unless the atlas has them) and collect the texts to route.
+
+    The atlas is consistent after this step: the manifest is saved, and the card shows the new configs.
+    """
+    from dataset_cards.render import write_card
+
+    config, root = run.config, run.root
+    if config.corpus == "wordnet":
+        if ensure_wordnet_corpora(config, run.manifest):
+            crash_point("corpus-written")
+            run.manifest.save(root)
+            crash_point("corpus-saved")
+            write_card(root)
+        run.items = wordnet_texts(root, run.manifest)
+    else:
+        from atlas_build.corpora.traces import ensure_traces
+
+        run.items = ensure_traces(config, run.manifest, engine=run.engine)
+        write_card(root)
+    if not run.items:
+        raise BuildOptionsError("the corpus is empty after filtering: nothing to route")
+
+
+def plan(run: BuildRun) -> None:
+    """The models row, the routing schema and the shards: which are done (their markers match) and which not."""
+    config, engine = run.config, run.engine
+    row = engine.model_row()
+    row["model_slug"] = model_slug(config)
+    row["weights_dtype"] = config.weights_dtype if engine.returns_weights else None
+    run.row = row
+    check_slug_free(run.root, run.manifest, row)
+    check_text_lengths(engine, run.items)
+    run.schema = routing_schema(
+        row["n_routed_experts"], len(row["moe_layers"]), row["top_k"], row["weights_dtype"]
+    )
+    run_key = run_fingerprint(row, run.schema)
+    size = config.texts_per_shard
+    chunks = (run.items[i : i + size] for i in range(0, len(run.items), size))
+    run.tasks = [
+        ShardTask(run.routing_name, n, tuple(chunk), shard_inputs_sha256(chunk, run_key), run.part)
+        for n, chunk in enumerate(chunks)
+    ]
+    run.finished = {
+        task.index: found
+        for task in run.tasks
+        if (found := done_shard(run.layout, run.routing_name, task.index, task.inputs_sha256, run.part))
+    }
+
+
+def route(run: BuildRun) -> None:
+    """Route the shards that are not done, with the configured executor; each is written and marked as it lands."""
+    from tqdm.auto import tqdm
+
+    config, tasks = run.config, run.tasks
+    todo = [task for task in tasks if task.index not in run.finished]
+    run.stats = BuildStats(texts=len(run.items), shards_skipped=len(run.finished), shards_written=len(todo))
+    run.log(
+        f"routing {len(run.items)} texts with {config.model} ({run.row['model_slug']}): "
+        f"{len(tasks)} shards, {len(run.finished)} already done"
+    )
+    bar = tqdm(total=len(run.items), unit="text", desc=run.routing_name, disable=not config.progress)
+    bar.update(sum(task.n_texts for task in tasks if task.index in run.finished))
+    executor = EXECUTORS.get(config.executor)(**config.executor_options)
+    local = config.executor == "local"
+    worker = ShardWorker(config, run.schema, run.engine.returns_weights, engine=run.engine if local else None)
+    routing_started = time.perf_counter()
+    fresh = executor.run(todo, lambda: worker, progress=lambda task: bar.update(task.n_texts))
+    run.stats.routing_seconds = time.perf_counter() - routing_started
+    bar.close()
+    run.engine.close()
+    crash_point("routing-done")
+    run.stats.tokens = sum(w.rows for w in fresh)
+    run.finished.update((task.index, w) for task, w in zip(todo, fresh, strict=True))
+    run.written = [run.finished[task.index] for task in tasks]
+
+
+def record(run: BuildRun) -> None:
+    """Record this corpus's shards in the manifest (dropping those of an older, larger corpus) and write the
+    models row."""
+    root, name, layout = run.root, run.routing_name, run.layout
+    own_shard = layout.shard_name_pattern(name, run.part)
+    keep = {w.path.name for w in run.written}
+    for stale in layout.config_dir(name).glob(f"{name}-*.parquet"):
+        if own_shard.match(stale.name) and stale.name not in keep:
+            stale.unlink()
+    run.manifest.drop_files(name, lambda rel: own_shard.match(Path(rel).name) is not None)
+    for result in run.written:
+        run.manifest.record(root, name, result)
+    write_config(root, run.manifest, MODELS, merge_models_row(root, run.manifest, run.row), MODELS_SCHEMA)
+    crash_point("models-written")
+
+
+def finish(run: BuildRun) -> None:
+    """Append the build record, save the manifest, write the card: the atlas is complete and consistent."""
+    from dataset_cards.render import write_card
+
+    stats = run.stats
+    stats.seconds = time.perf_counter() - run.started
+    run.manifest.builds.append(build_record(run))
+    run.manifest.save(run.root)
+    crash_point("manifest-saved")
+    write_card(run.root)
+    crash_point("build-done")
+    stats.files = len(run.manifest.files)
+    stats.bytes = sum(entry["bytes"] for entry in run.manifest.files.values())
+
+
+def build_record(run: BuildRun) -> dict[str, Any]:
+    """The `manifest.json` `builds[]` entry of this build: what was routed, how, and the command."""
+    config, stats = run.config, run.stats
+    traces = config.corpus == "traces"
+    return {
+        "kind": "routing",
+        "model_slug": run.row["model_slug"],
+        "model": config.model,
+        "corpus": {"corpus": "traces", "traces": Path(config.traces).name}
+        if traces
+        else config.corpus_options(),
+        "engine": config.engine_options(),
+        "model_notes": run.engine.model_notes(),
+        "code_version": run.manifest.code_version,
+        "stats": {"texts": stats.texts, "tokens_routed": stats.tokens, "seconds": round(stats.seconds, 2)},
+        "summary": (
+            f"atlas build --model {config.model} --corpus {config.corpus} --engine {config.engine} "
+            f"--dtype {config.dtype} --seed {config.seed}"
+            + (f" --max-lemmas {config.max_lemmas}" if config.max_lemmas else "")
+            + (" --random-init" if config.random_init else "")
+            + (f" --traces {Path(config.traces).name}" if traces else "")
+        ),
+    }

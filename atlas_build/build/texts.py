@@ -1,0 +1,79 @@
+"""The corpus step's WordNet side: write the corpora once per atlas, and list the texts to route in a fixed order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from atlas_build.atlas.manifest import Manifest
+from atlas_build.atlas.schema import (
+    FIXED_SCHEMAS,
+    SENSE_PAIRS,
+    SENSES,
+    SUBSTITUTIONS,
+    TEXT_ID_COLUMN,
+)
+from atlas_build.atlas.store import read_config, write_config
+from atlas_build.atlas.texts import TextItem
+from atlas_build.atlas.writer import (
+    crash_point,
+)
+from atlas_build.build.options import BuildConfig
+from atlas_build.errors import BuildOptionsError
+
+
+def wordnet_corpora_present(config: BuildConfig, manifest: Manifest) -> bool:
+    """Whether the atlas already holds the WordNet corpora; refuses a conflicting --max-lemmas."""
+    existing = manifest.corpus_counts.get("options")
+    if existing is not None and SENSES in manifest.configs():
+        # Every model of an atlas routes the same texts: the corpus of the first build is reused, and a
+        # conflicting --max-lemmas is refused rather than silently mixing two corpora.
+        if config.max_lemmas is not None and config.max_lemmas != existing.get("max_lemmas"):
+            raise BuildOptionsError(
+                f"{config.out} holds WordNet corpora built with --max-lemmas {existing.get('max_lemmas')}, "
+                f"not {config.max_lemmas}: every model of an atlas routes the same texts, so build into a new "
+                "directory, or leave out --max-lemmas to reuse the atlas's corpus"
+            )
+        return True
+    return False
+
+
+def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> bool:
+    """Write senses, sense-pairs and substitutions unless the atlas already holds them (same options).
+
+    Returns:
+        Whether the corpora were written (the manifest, updated in memory, then needs saving).
+    """
+    from atlas_build.corpora import CORPUS_NOTES, build_wordnet_corpora, corpus_counts, describe_source
+
+    if wordnet_corpora_present(config, manifest):
+        return False
+    tables = build_wordnet_corpora(
+        wordnet_dir=config.wordnet_dir, max_lemmas=config.max_lemmas, seed=config.seed
+    )
+    crash_point("corpus-before-write")
+    for name in (SENSES, SENSE_PAIRS, SUBSTITUTIONS):
+        write_config(config.out, manifest, name, tables[name], FIXED_SCHEMAS[name])
+    # Other corpora's counts (traces) stay.
+    manifest.corpus_counts = {
+        **manifest.corpus_counts,
+        **corpus_counts(tables),
+        "options": config.corpus_options(),
+        # For the card, which never imports corpora: where WordNet came from and how the corpora were made.
+        "source": describe_source(config.wordnet_dir),
+        "notes": list(CORPUS_NOTES),
+    }
+    return True
+
+
+def wordnet_texts(root: Path, manifest: Manifest) -> list[TextItem]:
+    """Every sense example, then every substitution, each sorted by id (a fixed order for sharding)."""
+    items: list[TextItem] = []
+    for name in (SENSES, SUBSTITUTIONS):
+        table = read_config(root, manifest, name)
+        if table.num_rows == 0:
+            continue
+        table = table.sort_by(TEXT_ID_COLUMN[name])
+        ids, texts = table.column(TEXT_ID_COLUMN[name]).to_pylist(), table.column("text").to_pylist()
+        starts, ends = table.column("target_start").to_pylist(), table.column("target_end").to_pylist()
+        items.extend(TextItem(*row) for row in zip(ids, [name] * len(ids), texts, starts, ends, strict=True))
+    return items

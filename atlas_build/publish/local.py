@@ -1,0 +1,170 @@
+"""The local target: `--to PATH` keeps releases side by side (`PATH/vX.Y.Z/`) with an index
+(`PATH/releases.json`, `PATH/README.md`). A release is staged in a hidden folder of PATH and renamed into place.
+
+May import: `publish.{base,versions,snapshots,staging}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from atlas_build.atlas.writer import write_text_atomic
+from atlas_build.publish.base import (
+    INDEX_FORMAT,
+    RELEASE_JSON,
+    RELEASES_INDEX,
+    STAGING_PREFIX,
+    PublishError,
+    VersionError,
+)
+from atlas_build.publish.snapshots import read_json, snapshot_of_atlas
+from atlas_build.publish.staging import (
+    PublishResult,
+    Target,
+    check_source,
+    dry_run_result,
+    release_files,
+    run_validation_gate,
+    seal,
+    stage_release,
+    today,
+)
+from atlas_build.publish.versions import Version, previous_version
+
+
+def local_versions(path: Path) -> list[Version]:
+    """Versions released under `path` (folders `vX.Y.Z`)."""
+    if not Path(path).is_dir():
+        return []
+    out = []
+    for child in Path(path).iterdir():
+        if child.name.startswith("v") and (version := Version.maybe(child.name[1:])) is not None:
+            out.append(version)
+    return sorted(out)
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def publish_local(
+    source: Path,
+    version: str,
+    path: Path,
+    *,
+    dry_run: bool = False,
+    validate: Callable[[Path], Any] | None = None,
+    log: Callable[[str], None] = print,
+    released: str | None = None,
+) -> PublishResult:
+    """Publish the atlas at `source` as `path/v<version>/`, next to earlier releases.
+
+    Raises:
+        VersionError: `version` is not semver, or `path/v<version>` exists.
+        ValidationFailed: the atlas fails validation.
+        PublishError: anything else that stops the release; nothing is left behind.
+    """
+    source, path = Path(source), Path(path)
+    validate = validate or run_validation_gate
+    parsed = Version.parse(version)
+    check_source(source)
+    if path.exists() and not path.is_dir():
+        raise PublishError(f"--to {path} is a file: pass a folder of releases")
+    if _inside(path, source):
+        raise PublishError(f"--to {path} is inside the atlas {source}: publish to a folder outside it")
+    existing = local_versions(path)
+    final = path / parsed.tag
+    if parsed in existing or final.exists() or os.path.lexists(final):
+        raise VersionError(
+            f"{parsed.tag} already exists at {final}: a published version never changes; publish a new version"
+        )
+    prev = previous_version(existing, parsed)
+    previous = snapshot_of_atlas(path / prev.tag, str(prev), released=True) if prev else None
+    released = released or today()
+    target = Target(path=path)
+
+    if dry_run:
+        return dry_run_result(source, parsed, target, previous, validate, released, log)
+
+    path.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{parsed.tag}-", dir=path))
+    try:
+        _, diff, entry = stage_release(
+            source, staging, parsed, target, previous, validate=validate, released=released, log=log
+        )
+        seal(staging)
+        staging.chmod(0o755)
+        try:
+            # rename() refuses a non-empty destination: a concurrent publish of the same version loses here.
+            os.rename(staging, final)
+        except OSError as error:
+            raise VersionError(f"{parsed.tag} appeared at {final} while publishing: {error}") from error
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_index(path)
+    files = release_files(final)
+    log(f"published {parsed.tag} to {final} ({len(files)} files)")
+    return PublishResult(
+        str(parsed), parsed.tag, str(final), diff.previous, entry, files, False, diff.to_dict()
+    )
+
+
+def write_index(path: Path) -> None:
+    """Rewrite `path/releases.json` and `path/README.md` from the release folders (newest first)."""
+    path = Path(path)
+    releases = []
+    for version in sorted(local_versions(path), reverse=True):
+        release = read_json(path / version.tag / RELEASE_JSON) or {}
+        releases.append(
+            {
+                "version": str(version),
+                "tag": version.tag,
+                "path": version.tag,
+                "released": release.get("released"),
+                "previous": release.get("previous"),
+                "code_version": release.get("code_version"),
+                "manifest_sha256": release.get("manifest_sha256"),
+                "configs": {name: c.get("rows") for name, c in (release.get("configs") or {}).items()},
+                "models": [m.get("model_slug") for m in release.get("models") or []],
+                "random_init_models": [
+                    m.get("model_slug") for m in release.get("models") or [] if m.get("random_init")
+                ],
+            }
+        )
+    index = {
+        "format": INDEX_FORMAT,
+        "latest": releases[0]["version"] if releases else None,
+        "releases": releases,
+    }
+    write_text_atomic(path / RELEASES_INDEX, json.dumps(index, indent=2) + "\n")
+    lines = [
+        "# routing-atlas releases",
+        "",
+        "Each folder is one immutable release of the atlas; load a config of one with",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'senses = load_dataset("{(path / (releases[0]["tag"] if releases else "vX.Y.Z")).resolve()}", "senses", split="train")',
+        "```",
+        "",
+        "| version | released | configs | models | changes |",
+        "|---|---|---|---|---|",
+    ]
+    for r in releases:
+        models = ", ".join(
+            f"`{m}`" + (" (random-init)" if m in r["random_init_models"] else "") for m in r["models"]
+        )
+        lines.append(
+            f"| [{r['tag']}]({r['tag']}/README.md) | {r['released']} | {len(r['configs'])} | {models} "
+            f"| [CHANGELOG]({r['tag']}/CHANGELOG.md) |"
+        )
+    write_text_atomic(path / "README.md", "\n".join(lines) + "\n")
