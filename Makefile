@@ -9,7 +9,7 @@ DEMO_DIR ?= atlas-demo
 DEMO_MAX_LEMMAS ?= 300
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: venv wordnet demo test lint format bench test-vllm clean
+.PHONY: venv wordnet demo test lint format bench test-vllm gpu-check clean
 
 $(BIN)/atlas: pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,18 @@ VLLM_VENV ?= .venv-vllm
 test-vllm:
 	@test -x $(VLLM_VENV)/bin/python || { echo "no $(VLLM_VENV): see docs/runbook.md (vLLM environment)"; exit 1; }
 	$(OFFLINE) $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m gpu tests/engines/test_vllm_gpu.py
+
+# The prepared GPU check of the hf engine (docs/gpu-check.md): `make gpu-check OUT=DIR`. Its inputs (WordNet
+# texts, tokenizer files) are written here once with WordNet installed and travel to the GPU machine, which
+# has python3 and torch but no venv; GPU_CHECK_ARGS=--reduced GPU_CHECK_DEVICE=cpu runs the CPU version.
+GPU_CHECK_INPUTS ?= build/gpu-check-inputs
+GPU_CHECK_DEVICE ?= cuda
+GPU_CHECK_ARGS ?=
+GPU_CHECK_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	@test -n "$(OUT)" || { echo "usage: make gpu-check OUT=DIR  (results: DIR/gpu-check.json, DIR/gpu-check.md)"; exit 2; }
+	@test -f $(GPU_CHECK_INPUTS)/manifest.json || $(OFFLINE) $(GPU_CHECK_PYTHON) bench/gpu_check.py --prepare $(GPU_CHECK_INPUTS)
+	$(OFFLINE) $(GPU_CHECK_PYTHON) bench/gpu_check.py --inputs $(GPU_CHECK_INPUTS) --out "$(OUT)" --device $(GPU_CHECK_DEVICE) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) $(DEMO_DIR)-explorer .pytest_cache
