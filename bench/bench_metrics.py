@@ -7,7 +7,8 @@ default), in text-aligned chunks straight to Parquet shards, so it never holds t
 A second, fresh subprocess reads it through `datasets.load_dataset` (timed apart: the one-off Arrow cache
 build) and runs, as `atlas metrics` does, the per-layer metrics that scale with tokens (load / entropy /
 co-activation / token-id specialisation, in forked workers) concurrently with the sense-pair overlap (κ at
-the targets, cluster bootstrap, within-lemma permutation test, context adjustment). It prints routing
+the targets, cluster bootstrap, within-lemma permutation test, and the named controls: context words, token
+identity and all at once, in float64) and the router-aware uniform baseline simulation. It prints routing
 entries per second (tokens x layers x k over the metrics' wall time), their CPU time, the load average (the
 cores may be shared) and peak RSS of each process. The routing is uniformly random: the numbers measure
 speed, not routing."""
@@ -193,18 +194,16 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def bench(root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int, paths: bool = True) -> dict:
+def bench(
+    root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int, with_paths: bool = True
+) -> dict:
     from atlas_build.atlas.schema import SENSE_PAIRS, SENSES
     from atlas_build.metrics import experts as ex
+    from atlas_build.metrics.compute import sense_pair_metrics, uniform_baseline
+    from atlas_build.metrics.identity import target_identity
     from atlas_build.metrics.overlap import select_targets, target_rows_table
     from atlas_build.metrics.paths import path_metrics
-    from atlas_build.metrics.senses import (
-        BootstrapOptions,
-        context_adjusted,
-        load_sense_corpus,
-        sense_pair_kappa,
-        sense_pair_overlap,
-    )
+    from atlas_build.metrics.senses import BootstrapOptions, load_sense_corpus, sense_pair_kappa
     from atlas_build.metrics.source import AtlasSource
 
     t0 = time.perf_counter()
@@ -226,16 +225,17 @@ def bench(root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int, pa
     targets = select_targets(target_rows_table(routing, SENSES), corpus.example_ids, "last", n_experts)
     kappa = sense_pair_kappa(targets, corpus, top_k, n_experts)
     options = BootstrapOptions(n_resamples=n_bootstrap, n_permutations=n_permutations)
-    sp = sense_pair_overlap(kappa, corpus, options)
-    sp["context_adjusted"] = context_adjusted(kappa, corpus, options)
+    identity = target_identity(routing, corpus.example_ids, corpus.form)
+    sp = sense_pair_metrics(kappa, corpus, identity, row, options)
+    uniform_baseline(row, routing.num_rows, 5, seed=6)
     sense_s = time.perf_counter() - t0
     # Routing paths across layers (as `atlas metrics` runs them, in the main process beside the workers).
     # The synthetic routing stores ids only (weights null); its first id stands in for a top-1 here, so
     # that the top-1 statistics are measured too (the ids are uniformly random either way).
     as_weighted = dict(row, weights_dtype="float16")
     paths_cpu = time.process_time()
-    if paths:
-        paths, _ = path_metrics(routing, as_weighted, corpus, options=options, target="last", min_count=5)
+    if with_paths:
+        path_metrics(routing, as_weighted, corpus, options=options, target="last", min_count=5)
     paths_cpu = time.process_time() - paths_cpu
     paths_s = time.perf_counter() - t0 - sense_s
     ep = job.result()
@@ -253,15 +253,18 @@ def bench(root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int, pa
         "lemmas": sp["n_lemmas"],
         "load_s": load_s,
         "sense_s": sense_s,
-        "paths_s": paths_s if paths else None,
-        "paths_cpu_s": paths_cpu if paths else None,
+        "paths_s": paths_s if with_paths else None,
+        "paths_cpu_s": paths_cpu if with_paths else None,
         "metric_s": metric_s,
         "rate": entries / metric_s,
         "cpu_s": cpu_s,
         "rss_loaded_gib": rss_loaded,
         "rss_workers_gib": peak_rss_gib(resource.RUSAGE_CHILDREN),
         "entropy_mean": float(entropy.mean()),
-        "delta_layer_mean": {k: float(v) for k, v in sp["layer_mean"]["delta"].items()},
+        "delta_layer_mean": {
+            k: float(v) for k, v in sp["layer_mean"]["delta"].items() if k != "p_value_interval"
+        },
+        "controls": sorted(sp["controls"]),
     }
 
 
@@ -302,7 +305,7 @@ def main(argv=None) -> int:
     if args.measure_only:
         # A fresh process, so its peak RSS (and its workers') is the metrics' own.
         load_before = os.getloadavg()[0]
-        r = bench(*args.measure_only, args.bootstrap, args.permutations, paths=not args.no_paths)
+        r = bench(*args.measure_only, args.bootstrap, args.permutations, with_paths=not args.no_paths)
         r["load_before"] = load_before
         print(json.dumps(r))
         return 0
@@ -348,7 +351,8 @@ def main(argv=None) -> int:
     print(
         f"  metrics: load / entropy / co-activation / token specialisation over {r['layers']} layers in forked "
         f"workers, concurrently with sense-pair κ + bootstrap ({args.bootstrap}) + permutations "
-        f"({args.permutations}) + context adjustment in the main process (done after {r['sense_s']:.1f} s)"
+        f"({args.permutations}) + controls {', '.join(r['controls'])} (float64) + uniform-routing baseline in the "
+        f"main process (done after {r['sense_s']:.1f} s)"
         + (
             f", then routing paths (transitions, diversity, sense entropy, sense-pair path agreement with "
             f"controls: {r['paths_s']:.1f} s, {r['paths_cpu_s']:.1f} CPU-s)"

@@ -17,7 +17,7 @@ import numpy as np
 from atlas_build.engines.base import Engine, ModelLoadError, RoutingBatch
 from atlas_build.engines.checkpoint import model_identity, resolve_checkpoint
 from atlas_build.errors import AtlasError
-from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for
+from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for, decoder_config
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 # Above this, a checkpoint is identified by its file listing rather than by hashing every byte.
@@ -221,7 +221,7 @@ class HFEngine(Engine):
 
     def _make_hook(self, slot: int):
         def hook(module, args, output):
-            index, weights = self.adapter.read_router_output(output)
+            index, weights = self.adapter.read_router_output(output, module)
             captured = (index.detach(), weights.detach().float())
             if self.scores_top_m:
                 captured += self._top_scores(module, args, output)
@@ -244,8 +244,14 @@ class HFEngine(Engine):
         return self._tokenizer
 
     @property
+    def text_config(self):
+        """The text decoder's config: `text_config` of a multimodal wrapper (Llama 4, Qwen3.5-MoE), else
+        `config`. The shape of what is routed (layers, context) is read here."""
+        return decoder_config(self.config)
+
+    @property
     def max_length(self) -> int | None:
-        return getattr(self.config, "max_position_embeddings", None)
+        return getattr(self.text_config, "max_position_embeddings", None)
 
     @property
     def weightless(self) -> bool:
@@ -268,7 +274,7 @@ class HFEngine(Engine):
             "architecture": architectures[0],
             "model_type": self.config.model_type,
             "router_adapter": self.adapter.name,
-            "num_hidden_layers": self.config.num_hidden_layers,
+            "num_hidden_layers": self.text_config.num_hidden_layers,
             "moe_layers": list(self.spec.moe_layers),
             "n_routed_experts": self.spec.n_routed_experts,
             "top_k": self.spec.top_k,
@@ -295,6 +301,7 @@ class HFEngine(Engine):
         from atlas_build.models import BUILTIN
 
         notes = list(getattr(BUILTIN.get(self.model_id), "CARD_NOTES", [])) if self.builtin else []
+        notes.extend(self.adapter.card_notes(self.config))
         if self.random_init:
             notes.append(
                 f"Random-init twin of {self.model_id}'s architecture (seed {self.seed}): a null model, its "
@@ -357,7 +364,8 @@ class HFEngine(Engine):
         # Longest first within the call: less padding, and a deterministic batch composition.
         order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
         pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        base_model = getattr(self._model, self._model.base_model_prefix)
+        # The decoder stack only (no LM head); Llama4ForCausalLM's base_model_prefix names no attribute.
+        base_model = self.adapter.decoder_model(self._model)
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
@@ -413,8 +421,11 @@ class HFEngine(Engine):
         if not self.scores_top_m:
             return None, None
         m = self.scores_top_m
-        ids = torch.stack([captures[0][2].reshape(batch, width, m) for captures in self._captured], dim=2)
-        scores = torch.stack([captures[0][3].reshape(batch, width, m) for captures in self._captured], dim=2)
+        # One device for the stack: with a device_map the MoE layers can sit on different GPUs.
+        ids = torch.stack([c[0][2].reshape(batch, width, m).to(self.device) for c in self._captured], dim=2)
+        scores = torch.stack(
+            [c[0][3].reshape(batch, width, m).to(self.device) for c in self._captured], dim=2
+        )
         return ids.to(torch.int16).cpu().numpy(), scores.cpu().numpy()
 
     def _collect(self, batch: int, width: int, n_layers: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -428,8 +439,9 @@ class HFEngine(Engine):
             index, weights = captures[0][:2]
             weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
             index = torch.gather(index, -1, order)
-            index_layers.append(index.reshape(batch, width, k))
-            weight_layers.append(weights.reshape(batch, width, k))
+            # With a device_map the MoE layers, and so their captures, can sit on different GPUs.
+            index_layers.append(index.reshape(batch, width, k).to(self.device))
+            weight_layers.append(weights.reshape(batch, width, k).to(self.device))
         index = torch.stack(index_layers, dim=2).to(torch.int16).cpu().numpy()
         weights = torch.stack(weight_layers, dim=2).cpu().numpy()
         return index, weights
@@ -532,18 +544,21 @@ class HFEngine(Engine):
         for slot in range(n_layers):
             weights = torch.cat(weight_parts[slot])
             weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
-            index_layers.append(torch.gather(torch.cat(index_parts[slot]), -1, order))
-            weight_layers.append(weights)
+            # One device for the stack: with a device_map the layers can sit on different GPUs.
+            index_layers.append(torch.gather(torch.cat(index_parts[slot]), -1, order).to(self.device))
+            weight_layers.append(weights.to(self.device))
         experts = torch.stack(index_layers, dim=1).to(torch.int16).cpu().numpy()
         gate_weights = torch.stack(weight_layers, dim=1).cpu().numpy()
         score_arrays = {"score_experts": None, "scores": None}
         if self.scores_top_m:
             score_arrays = {
-                "score_experts": torch.stack([torch.cat(p) for p in score_id_parts], dim=1)
+                "score_experts": torch.stack([torch.cat(p).to(self.device) for p in score_id_parts], dim=1)
                 .to(torch.int16)
                 .cpu()
                 .numpy(),
-                "scores": torch.stack([torch.cat(p) for p in score_parts], dim=1).cpu().numpy(),
+                "scores": torch.stack([torch.cat(p).to(self.device) for p in score_parts], dim=1)
+                .cpu()
+                .numpy(),
             }
 
         text_ids = generated[:-1] if generated[-1] in stops else generated

@@ -63,7 +63,8 @@ FORMULAS = {
     "p = (1 + #{gain* ≥ gain}) / (R + 1)",
     "path_agreement": "agree_p(w, s) = [top-1 experts of the two targets equal in layers s..s+w−1]; "
     "Δ = mean over same-sense pairs − mean over different-sense pairs, averaged over window starts s; "
-    "controls: Cochran–Mantel–Haenszel-weighted Δ within strata (token_identity: same target token id; "
+    "controls: Cochran–Mantel–Haenszel-weighted Δ within strata (token_identity: the 16 cells of same target "
+    "token ids / surface form / left / right neighbour; "
     "context_words: context Jaccard 0 / below / above the median of J > 0; all: both), null_model: Δ(model) "
     "− Δ(random-init twin) on the pairs both routed; CIs: lemma-clustered bootstrap",
 }
@@ -527,6 +528,7 @@ def agreement(
     moe_layers: list[int],
     null_top1: np.ndarray | None = None,
     null_model: str | None = None,
+    identity_cells: np.ndarray | None = None,
 ) -> dict | None:
     """Sense-pair top-1 path agreement per window width, with controls (see `FORMULAS`).
 
@@ -536,6 +538,8 @@ def agreement(
         corpus: the `SenseCorpus` (pairs, lemma clusters, context Jaccard, synsets).
         options: `BootstrapOptions`.
         null_top1: `[E, L']` the same for a random-init null model, or None.
+        identity_cells: `[P]` token-identity cell of every pair (`TargetIdentity.pair_cells`: same target
+            id sequence, surface form, left and right neighbour), or None (then: same target token id).
     """
     n_layers = top1.shape[1]
     pa_, pb = corpus.pair_a, corpus.pair_b
@@ -570,10 +574,21 @@ def agreement(
     )
     same_token = target_token[ia] == target_token[ib]
     context = context_strata(corpus.jaccard[valid])
+    if identity_cells is not None:
+        identity = np.asarray(identity_cells)[valid].astype(np.int64)
+        identity_method = (
+            "CMH strata: the 16 cells of same target token-id sequence × same surface form × same left "
+            "neighbour × same right neighbour (as the κ token_identity control)"
+        )
+    else:
+        identity, identity_method = (
+            same_token.astype(np.int64),
+            "CMH strata: same vs different target token id",
+        )
     controls_spec = {
-        "token_identity": ("CMH strata: same vs different target token id", same_token.astype(np.int64)),
+        "token_identity": (identity_method, identity),
         "context_words": ("CMH strata: context Jaccard 0 / ≤ median / > median of J > 0", context),
-        "all": ("CMH strata: token identity × context Jaccard", same_token.astype(np.int64) * 3 + context),
+        "all": ("CMH strata: token identity cells × context Jaccard strata", identity * 3 + context),
     }
     controls = {}
     for offset, (name, (method, strata)) in enumerate(controls_spec.items(), start=1):
@@ -708,6 +723,11 @@ def path_metrics(
             null_top1[ok] = top_columns(
                 null_routing.column("experts"), len(null_row["moe_layers"]), rows=null_rows[ok]
             ).T
+        from atlas_build.metrics.identity import target_identity
+
+        cells = target_identity(routing, corpus.example_ids, corpus.form).pair_cells(
+            corpus.pair_a, corpus.pair_b
+        )
         out["agreement"] = agreement(
             target_top1.astype(np.int64),
             target_token,
@@ -716,5 +736,6 @@ def path_metrics(
             moe_layers,
             null_top1,
             null_row["model_slug"] if null_row else None,
+            identity_cells=cells,
         )
     return out, arrays

@@ -32,6 +32,8 @@ class DeepseekV2Adapter(RouterAdapter):
         "softmax probability over all routed experts, before the group mask of group_limited_greedy (what"
         " top-k selects on)"
     )
+    family = "DeepSeek-V2, DeepSeek-V2-Lite, DeepSeek-V2.5"
+    verified = ("greedy and group-limited checkpoints; the group limit changes some choices",)
 
     def routing_spec(self, config) -> RoutingSpec:
         method = config.topk_method

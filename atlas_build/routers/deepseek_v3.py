@@ -23,6 +23,11 @@ class DeepseekV3Adapter(RouterAdapter):
         "sigmoid(router logits) + e_score_correction_bias: the bias-corrected score DeepSeek-V3/R1 "
         "chooses on, before the group mask (the gate weights use the sigmoid without the bias)"
     )
+    family = "DeepSeek-V3, DeepSeek-R1 (and the built-in tiny-deepseek-v3, RANDOM-INIT)"
+    verified = (
+        "the correction bias and the group limit change some choices",
+        "atlas build on the built-in tiny-deepseek-v3, the atlas routing recomputed (tests/spine)",
+    )
 
     def routing_spec(self, config) -> RoutingSpec:
         first_dense = config.first_k_dense_replace or 0

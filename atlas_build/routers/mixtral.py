@@ -17,6 +17,7 @@ class MixtralAdapter(RouterAdapter):
     model_types = ("mixtral",)
     router_class_names = ("MixtralTopKRouter",)
     selection_score_kind = "softmax probability over all routed experts (what top-k selects on)"
+    family = "Mixtral-8x7B, Mixtral-8x22B"
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(

@@ -17,6 +17,7 @@ class OlmoeAdapter(RouterAdapter):
     model_types = ("olmoe",)
     router_class_names = ("OlmoeTopKRouter",)
     selection_score_kind = "softmax probability over all routed experts (what top-k selects on)"
+    family = "OLMoE-1B-7B (allenai)"
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(

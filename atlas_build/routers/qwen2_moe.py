@@ -36,6 +36,8 @@ class Qwen2MoeAdapter(RouterAdapter):
     model_types = ("qwen2_moe",)
     router_class_names = ("Qwen2MoeTopKRouter",)
     selection_score_kind = "softmax probability over all routed experts (what top-k selects on)"
+    family = "Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B"
+    verified = ("interleaved dense/MoE layers",)
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(

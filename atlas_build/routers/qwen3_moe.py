@@ -19,6 +19,8 @@ class Qwen3MoeAdapter(RouterAdapter):
     model_types = ("qwen3_moe",)
     router_class_names = ("Qwen3MoeTopKRouter",)
     selection_score_kind = "softmax probability over all routed experts (what top-k selects on)"
+    family = "Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder MoE"
+    verified = ("dense layers from mlp_only_layers",)
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(

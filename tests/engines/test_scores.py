@@ -15,13 +15,16 @@ import pytest
 import torch
 
 from atlas_build.engines.hf import HFEngine, ModelLoadError
-from atlas_build.routers import RouterAdapter, RoutingSpec, UnsupportedModelError
-from tests.routers.conftest import CASES, TEXTS, build_model, write_tokenizer
+from atlas_build.routers import RouterAdapter, RoutingSpec, UnsupportedModelError, adapter_for
+from tests.routers.conftest import CASES, TEXTS, build_model, make_config, write_tokenizer
 from tests.routers.test_gate_recompute import BUILTIN, MOE_BLOCKS, Reference
 from validation.scores import DECIDED, reproduce_selection
 
 TOLERANCE = 1e-5
-ALL = [*CASES, BUILTIN]
+# The six architectures whose adapters give selection scores (and the built-in); the others refuse --scores.
+SCORED = [name for name, case in CASES.items() if adapter_for(make_config(case)).gives_selection_scores]
+UNSCORED = [name for name in CASES if name not in SCORED]
+ALL = [*SCORED, BUILTIN]
 
 
 def selection_scores_64(x: torch.Tensor, router: dict, model_type: str) -> torch.Tensor:
@@ -58,7 +61,7 @@ def split(batch, field):
 @pytest.mark.parametrize("name", ALL)
 def test_captured_scores_equal_a_float64_recomputation(name, checkpoint):
     path = checkpoint(name)
-    ref = Reference(path, MOE_BLOCKS[name])
+    ref = Reference(path, *MOE_BLOCKS[name])
     model_type = ref.config.model_type
     probe = HFEngine(BUILTIN if name == BUILTIN else str(path), batch_size=2)
     k, n = probe.spec.top_k, probe.spec.n_routed_experts
@@ -105,6 +108,23 @@ def test_captured_scores_equal_a_float64_recomputation(name, checkpoint):
                 assert decided.all()
             stored = np.sort(experts.reshape(-1, k).astype(np.int64), axis=1)
             np.testing.assert_array_equal(chosen[decided], stored[decided])
+
+
+def test_the_six_adapters_give_scores():
+    assert {CASES[name].model_type for name in SCORED} == {
+        "deepseek_v2",
+        "deepseek_v3",
+        "mixtral",
+        "olmoe",
+        "qwen2_moe",
+        "qwen3_moe",
+    }
+
+
+@pytest.mark.parametrize("name", UNSCORED)
+def test_adapters_without_selection_scores_refuse_the_option(name, checkpoint):
+    with pytest.raises(UnsupportedModelError, match="gives no selection scores"):
+        HFEngine(str(checkpoint(name)), scores_top_m=8, load_weights=False)
 
 
 def test_scores_are_refused_where_they_cannot_be_given():
