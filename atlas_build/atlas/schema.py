@@ -209,6 +209,11 @@ CORPUS_SUBSTITUTIONS_SCHEMA = pa.schema(
     ]
 )
 
+# swords-substitutions.relation, from the score (the share of annotators who accepted the substitute):
+# acceptable when score > SWORDS_ACCEPTABLE_ABOVE (a majority), conceivable when 0 < score <= it, rejected at 0.
+SWORDS_RELATIONS = ("acceptable", "conceivable", "rejected")
+SWORDS_ACCEPTABLE_ABOVE = 0.5
+
 # texts: unlabelled texts, routed for the corpus-wide statistics only.
 TEXTS_SCHEMA = pa.schema(
     [

@@ -31,7 +31,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from atlas_build.atlas.schema import SWORDS_EXAMPLES, SWORDS_SUBSTITUTIONS
+from atlas_build.atlas.schema import (
+    SWORDS_ACCEPTABLE_ABOVE,
+    SWORDS_EXAMPLES,
+    SWORDS_RELATIONS,
+    SWORDS_SUBSTITUTIONS,
+)
 from atlas_build.corpora.custom import (
     CorpusInputError,
     CorpusTables,
@@ -44,9 +49,10 @@ from atlas_build.corpora.custom import (
 KIND = "swords"
 LABELS = ("TRUE", "FALSE", "TRUE_IMPLICIT", "FALSE_IMPLICIT", "UNSURE")
 ACCEPTING = ("TRUE", "TRUE_IMPLICIT")
-ACCEPTABLE, CONCEIVABLE, REJECTED = "acceptable", "conceivable", "rejected"
-RELATIONS = (ACCEPTABLE, CONCEIVABLE, REJECTED)
-ACCEPTABLE_ABOVE = 0.5  # score > this: acceptable; 0 < score <= this: conceivable; 0: rejected
+ACCEPTABLE, CONCEIVABLE, REJECTED = RELATIONS = SWORDS_RELATIONS
+ACCEPTABLE_ABOVE = (
+    SWORDS_ACCEPTABLE_ABOVE  # score > this: acceptable; 0 < score <= this: conceivable; 0: rejected
+)
 UD_TO_POS = {"NOUN": "n", "VERB": "v", "ADJ": "a", "ADV": "r"}
 SECTIONS = ("contexts", "targets", "substitutes", "substitute_labels")
 LICENSE = (
