@@ -49,7 +49,7 @@ def statuses(report, config: str) -> dict[str, str]:
 
 
 def failures(report) -> list[str]:
-    return [f"{r.config} {r.check} {r.status}: {r.examples}" for r in report.results if r.status != "passed"]
+    return [f"{r.config} {r.check} {r.status}: {r.failing_examples}" for r in report.results if r.status != "passed"]
 
 
 def read(root: Path, config: str):
