@@ -13,6 +13,7 @@ Readers never import the build; the build writes the tables (`atlas_build.build.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class CorpusTables:
         license: the licence the texts are under, as the corpus publishes it (or that none is recorded).
         notes: how the rows were made, one statement per entry (thresholds, mappings, what was left out).
         counts: sizes for the card (e.g. {"examples": 10, "pairs": 5}).
+        options: reader options that change the rows (text: the text column); part of the fingerprint.
     """
 
     kind: str
@@ -52,12 +54,15 @@ class CorpusTables:
     license: str
     notes: tuple[str, ...] = ()
     counts: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        """sha256 over the input files' hashes (names excluded: a renamed copy is the same corpus)."""
+        """sha256 over the input files' hashes and the options (file names excluded: a renamed copy is the same
+        corpus)."""
         digest = hashlib.sha256()
         for entry in sorted(self.inputs, key=lambda e: e["sha256"]):
             digest.update(entry["sha256"].encode())
+        digest.update(json.dumps(self.options, sort_keys=True).encode())
         return digest.hexdigest()
 
     def card_entry(self) -> dict[str, Any]:
@@ -67,6 +72,7 @@ class CorpusTables:
             "counts": dict(self.counts),
             "inputs": [dict(e) for e in self.inputs],
             "fingerprint": self.fingerprint(),
+            "options": dict(self.options),
             "source": self.source,
             "license": self.license,
             "notes": list(self.notes),

@@ -61,6 +61,7 @@ def read(path: str | Path, *, text_column: str | None = None, **_options) -> Cor
         license=LICENSE,
         notes=NOTES,
         counts={"texts": len(rows)},
+        options={"text_column": column},
     )
 
 

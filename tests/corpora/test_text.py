@@ -128,3 +128,14 @@ def test_bad_input_leaves_nothing_and_loads_no_model(tmp_path, saved, monkeypatc
         cli("build", "--model", "tiny-deepseek-v3", "--text-column", "x", "--out", str(out)),
         "--text-column is an option of --corpus text",
     )
+
+
+def test_same_file_other_column_is_another_corpus(text_atlas, tmp_path):
+    from atlas_build.errors import AtlasError
+
+    from .byo import copy_atlas
+
+    out = copy_atlas(text_atlas, tmp_path / "atlas")
+    assert build(out, "text", texts=str(TEXTS)).shards_written == 0  # same file, same column: resumed
+    with pytest.raises(AtlasError, match="already holds a text corpus"):
+        build(out, "text", texts=str(TEXTS), text_column="id")
