@@ -37,8 +37,10 @@ demo: venv wordnet
 	$(OFFLINE) $(BIN)/atlas validate $(DEMO_DIR)
 	$(OFFLINE) $(BIN)/atlas metrics $(DEMO_DIR) --out $(DEMO_DIR)/metrics
 	$(OFFLINE) $(BIN)/atlas card $(DEMO_DIR)
+	$(OFFLINE) $(BIN)/atlas explore $(DEMO_DIR) --out $(DEMO_DIR)-explorer
 	@echo
 	@echo "Demo atlas: $(abspath $(DEMO_DIR))  (metrics report: $(DEMO_DIR)/metrics/report.md)"
+	@echo "Explorer (open in a browser, works offline): file://$(abspath $(DEMO_DIR))-explorer/index.html"
 	@echo "tiny-deepseek-v3 is RANDOM-INIT: its routing is plumbing and a null model, not a finding."
 	@echo "Load it with:"
 	@echo "  from datasets import load_dataset"
@@ -68,4 +70,4 @@ test-vllm:
 	$(OFFLINE) $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m gpu tests/engines/test_vllm_gpu.py
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-explorer .pytest_cache
