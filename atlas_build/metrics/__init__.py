@@ -21,6 +21,7 @@ significant digits; NaN/undefined is null)::
       "synthetic": bool,                       # a synthetic model or synthetic corpus rows are present
       "random_init_models": [slug, ...],
       "corpus": {"senses": n, "sense_pairs": n, "substitutions": n | null, "traces": n | null},
+      "corpora": {kind: {config: rows}},      # the user's corpora with something to measure (wic, swords, jsonl)
       "formulas": {name: formula},
       "models": {
         slug: {
@@ -48,6 +49,8 @@ significant digits; NaN/undefined is null)::
                                    "layer_mean": {relation: interval, "delta": interval}},
           "probe": null | {"n_examples", "n_lemmas", "accuracy": interval, "mfs_accuracy": interval,
                            "difference": interval},
+          "corpora": {kind: {"sense_pairs": null | {as above}, "probe": null | {as above} (labelled corpora),
+                             "substitutions": null | {as above; delta = acceptable − rejected for swords}}},
           "experts": {"load": [L][N], "entropy": [L], "max_load_ratio": [L],
                       "coactivation": {"file", "independent_baseline", "min_support", "max_conditional": [L],
                                        "top_pairs": [L][{"i", "j", "p"}]}},

@@ -11,6 +11,7 @@ import numpy as np
 
 from atlas_build.atlas.schema import SENSE_PAIRS, SENSES, SUBSTITUTIONS, TRACES
 from atlas_build.metrics import experts as ex
+from atlas_build.metrics.corpora import UserCorpus, load_user_corpora
 from atlas_build.metrics.overlap import TARGET_MODES, select_targets, target_rows_table
 from atlas_build.metrics.senses import (
     BootstrapOptions,
@@ -359,6 +360,9 @@ def compute_metrics(
         notes.append("no reasoning traces in the atlas: the traces metrics are null")
 
     kappas: dict[str, np.ndarray] = {}
+    # The user's corpora (wic, swords, jsonl): the same metrics, once per corpus, reported under "corpora".
+    user_corpora = load_user_corpora(src)
+    user_kappas: dict[tuple[str, str], np.ndarray] = {}
 
     def sense_targets(slug: str, routing=None):
         routing = routing if routing is not None else src.routing(slug)
@@ -427,6 +431,10 @@ def compute_metrics(
                     entry["substitutions"] = substitution_overlap(
                         targets, sub_targets, corpus, substitutions, top_k, n_experts, boot
                     )
+            entry["corpora"] = {
+                uc.kind: user_corpus_metrics(uc, slug, routing, src, by_slug, rows, options, user_kappas)
+                for uc in user_corpora
+            }
             ep = job.result()
         finally:
             job.close()
@@ -457,12 +465,74 @@ def compute_metrics(
             "substitutions": substitutions.num_rows if substitutions is not None else None,
             "traces": src.table(TRACES).num_rows if src.has(TRACES) else None,
         },
+        "corpora": {uc.kind: uc.counts for uc in user_corpora},
         "formulas": FORMULAS,
         "models": out_models,
         "scale": scale_rows(out_models),
         "notes": notes,
     }
     return MetricsResult(metrics, arrays)
+
+
+def user_corpus_metrics(
+    uc: UserCorpus,
+    slug: str,
+    routing,
+    src: AtlasSource,
+    by_slug: dict[str, dict],
+    rows: Sequence[dict],
+    options: MetricsOptions,
+    kappas: dict[tuple[str, str], np.ndarray],
+) -> dict:
+    """The sense-pair block (with its controls, peak and survival), the probe (labelled corpora only) and the
+    substitution block of one user's corpus for one model: the WordNet functions, on that corpus's rows."""
+    boot = options.bootstrap()
+    row = by_slug[slug]
+    n_experts, top_k = row["n_routed_experts"], row["top_k"]
+
+    def targets_of(name: str, routing_rows=None):
+        routing_rows = routing_rows if routing_rows is not None else src.routing(name)
+        rows_of = target_rows_table(routing_rows, uc.examples_config)
+        return select_targets(
+            rows_of, uc.corpus.example_ids, options.target, by_slug[name]["n_routed_experts"]
+        )
+
+    def kappa_of(name: str, targets=None) -> np.ndarray:
+        if (uc.kind, name) not in kappas:
+            targets = targets if targets is not None else targets_of(name)
+            m = by_slug[name]
+            kappas[(uc.kind, name)] = sense_pair_kappa(targets, uc.corpus, m["top_k"], m["n_routed_experts"])
+        return kappas[(uc.kind, name)]
+
+    targets = targets_of(slug, routing)
+    out: dict = {"sense_pairs": None, "probe": None, "substitutions": None}
+    if uc.has_pairs:
+        kappa = kappa_of(slug, targets)
+        sp = sense_pair_overlap(kappa, uc.corpus, boot)
+        sp["context_adjusted"] = context_adjusted(kappa, uc.corpus, boot)
+        null = None if row["random_init"] else find_null(row, rows)
+        sp["over_null"] = None
+        if null is not None:
+            sp["over_null"] = {
+                "null_model": null["model_slug"],
+                **over_null(kappa, kappa_of(null["model_slug"]), uc.corpus, boot),
+            }
+        sp["peak"] = _peak(sp, row["moe_layers"])
+        sp["survives"] = survival(sp, row["moe_layers"], bool(row["random_init"]))
+        out["sense_pairs"] = sp
+        if uc.labelled:
+            out["probe"] = sense_probe(targets, uc.corpus, boot)
+    if uc.substitutions is not None:
+        sub_targets = select_targets(
+            target_rows_table(routing, uc.substitutions_config),
+            uc.substitutions.column("substitution_id"),
+            options.target,
+            n_experts,
+        )
+        out["substitutions"] = substitution_overlap(
+            targets, sub_targets, uc.corpus, uc.substitutions, top_k, n_experts, boot, contrast=uc.contrast
+        )
+    return out
 
 
 def _synthetic_corpus(senses) -> bool:

@@ -49,7 +49,11 @@ def statuses(report, config: str) -> dict[str, str]:
 
 
 def failures(report) -> list[str]:
-    return [f"{r.config} {r.check} {r.status}: {r.failing_examples}" for r in report.results if r.status != "passed"]
+    return [
+        f"{r.config} {r.check} {r.status}: {r.failing_examples}"
+        for r in report.results
+        if r.status != "passed"
+    ]
 
 
 def read(root: Path, config: str):
@@ -97,3 +101,33 @@ def refused_cleanly(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def metrics_of(root: Path):
+    """`compute_metrics` on the atlas (few resamples: the estimates, not the intervals, are compared)."""
+    from atlas_build.metrics import MetricsOptions, compute_metrics
+
+    return compute_metrics(root, options=MetricsOptions(n_bootstrap=50, n_permutations=19)).metrics
+
+
+def last_target_experts(root: Path, corpus: str) -> dict[str, list[set[int]]]:
+    """Per text of `corpus`: the expert sets, per MoE layer, of its last target token (read with pyarrow)."""
+    routing = read(root, ROUTING).to_pandas()
+    rows = routing[(routing.corpus == corpus) & routing.is_target].sort_values(["source_id", "token_index"])
+    last = rows.groupby("source_id").tail(1)
+    return {
+        sid: [set(layer.tolist()) for layer in experts]
+        for sid, experts in zip(last.source_id, last.experts, strict=True)
+    }
+
+
+def kappa(a: list[set[int]], b: list[set[int]], top_k: int, n_experts: int) -> list[float]:
+    """Per layer: (|A ∩ B| − k²/N) / (k − k²/N)."""
+    chance = top_k * top_k / n_experts
+    return [(len(x & y) - chance) / (top_k - chance) for x, y in zip(a, b, strict=True)]
+
+
+def layer_mean_of_means(values: list[list[float]]) -> float:
+    """Mean over layers of the per-layer mean over rows."""
+    n_layers = len(values[0])
+    return sum(sum(v[layer] for v in values) / len(values) for layer in range(n_layers)) / n_layers

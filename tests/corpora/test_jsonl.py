@@ -175,3 +175,14 @@ def test_bad_input_leaves_nothing_and_loads_no_model(tmp_path, monkeypatch):
     )
     refused_cleanly(result, "error:", "probe.jsonl, line 2", "field 'same'")
     assert not out.exists()
+
+
+def test_metrics_pairs_and_probe(jsonl_atlas):
+    from .byo import MODEL, metrics_of
+
+    block = metrics_of(jsonl_atlas)["models"][MODEL]["corpora"]["jsonl"]
+    pairs = read_config(jsonl_atlas, "jsonl-pairs").to_pylist()
+    same = sum(p["same_sense"] for p in pairs)
+    assert block["sense_pairs"]["n_pairs"] == {"same": same, "different": len(pairs) - same}
+    # Every example with a target is labelled: the probe runs on them (the untargeted line is left out).
+    assert block["probe"]["n_examples"] == 10 and block["probe"]["n_lemmas"] == 2

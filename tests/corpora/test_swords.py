@@ -118,7 +118,10 @@ CASES = {
     "unknown-label": (_unknown_label, r"substitute_labels\['s:[0-9a-f]+'\]: unknown label 'MAYBE'"),
     "no-labels": (_no_labels, r"substitute_labels\['s:[0-9a-f]+'\]: every substitute needs a non-empty list"),
     "missing-section": (_missing_section, r"missing section 'targets'"),
-    "bad-context": (_bad_context_id, r"targets\['t:[0-9a-f]+'\]\.context_id: 'c:gone' is not an id of 'contexts'"),
+    "bad-context": (
+        _bad_context_id,
+        r"targets\['t:[0-9a-f]+'\]\.context_id: 'c:gone' is not an id of 'contexts'",
+    ),
 }
 
 
@@ -191,3 +194,30 @@ def test_bad_input_leaves_nothing_and_loads_no_model(tmp_path, monkeypatch):
     )
     refused_cleanly(result, "error:", "swords-bad_dev.json", ".offset")
     assert not out.exists()
+
+
+def test_metrics_measure_substitutions_per_relation(swords_atlas):
+    from .byo import MODEL, kappa, last_target_experts, layer_mean_of_means, metrics_of
+
+    metrics = metrics_of(swords_atlas)
+    block = metrics["models"][MODEL]["corpora"]["swords"]
+    assert block["sense_pairs"] is None and block["probe"] is None
+    model = read_config(swords_atlas, "models").to_pylist()[0]
+    base = last_target_experts(swords_atlas, "swords-examples")
+    substituted = last_target_experts(swords_atlas, "swords-substitutions")
+    by_relation: dict[str, list] = {}
+    for row in read_config(swords_atlas, "swords-substitutions").to_pylist():
+        by_relation.setdefault(row["relation"], []).append(
+            kappa(
+                base[row["example_id"]],
+                substituted[row["substitution_id"]],
+                model["top_k"],
+                model["n_routed_experts"],
+            )
+        )
+    sub = block["substitutions"]
+    assert sub["n"] == {relation: len(values) for relation, values in by_relation.items()}
+    for relation, values in by_relation.items():
+        assert sub["layer_mean"][relation]["estimate"] == pytest.approx(layer_mean_of_means(values), abs=1e-9)
+    expected = layer_mean_of_means(by_relation["acceptable"]) - layer_mean_of_means(by_relation["rejected"])
+    assert sub["layer_mean"]["delta"]["estimate"] == pytest.approx(expected, abs=1e-9)

@@ -139,3 +139,25 @@ def test_same_file_other_column_is_another_corpus(text_atlas, tmp_path):
     assert build(out, "text", texts=str(TEXTS)).shards_written == 0  # same file, same column: resumed
     with pytest.raises(AtlasError, match="already holds a text corpus"):
         build(out, "text", texts=str(TEXTS), text_column="id")
+
+
+def test_metrics_count_the_texts_and_measure_no_sense(text_atlas):
+    from .byo import MODEL, metrics_of
+
+    metrics = metrics_of(text_atlas)
+    entry = metrics["models"][MODEL]
+    assert metrics["corpora"] == {} and entry["corpora"] == {} and entry["sense_pairs"] is None
+    # The corpus-wide statistics read every routed token of the texts.
+    n_tokens = read_config(text_atlas, ROUTING).num_rows
+    assert entry["n_tokens"] == n_tokens
+    # Expert load of the first MoE layer, counted here from the routing rows: slots of e / (T k).
+    experts = read_config(text_atlas, ROUTING).column("experts").to_pylist()
+    top_k = len(experts[0][0])
+    counts = {}
+    for token in experts:
+        for e in token[0]:
+            counts[e] = counts.get(e, 0) + 1
+    load = entry["experts"]["load"][0]
+    assert {e: share for e, share in enumerate(load) if share} == pytest.approx(
+        {e: c / (n_tokens * top_k) for e, c in counts.items()}
+    )

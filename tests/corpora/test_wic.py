@@ -250,3 +250,32 @@ def test_options_go_with_their_corpus(tmp_path):
     )
     refused_cleanly(result, "--wic is an option of --corpus wic")
     assert not (tmp_path / "o").exists()
+
+
+def test_metrics_measure_wic_on_its_own(wic_atlas):
+    from .byo import MODEL, kappa, last_target_experts, layer_mean_of_means, metrics_of
+
+    metrics = metrics_of(wic_atlas)
+    assert metrics["corpora"] == {"wic": {"wic-examples": 24, "wic-pairs": 12}}
+    entry = metrics["models"][MODEL]
+    assert entry["sense_pairs"] is None  # no WordNet corpus in this atlas
+    block = entry["corpora"]["wic"]
+    assert block["probe"] is None and block["substitutions"] is None  # WiC has no sense ids
+    # Independently: κ of every pair at the last target sub-token, same-sense mean − different-sense mean.
+    model = read_config(wic_atlas, "models").to_pylist()[0]
+    experts = last_target_experts(wic_atlas, "wic-examples")
+    pairs = read_config(wic_atlas, "wic-pairs").to_pylist()
+    kappas = {
+        p["pair_id"]: kappa(
+            experts[p["example_a"]], experts[p["example_b"]], model["top_k"], model["n_routed_experts"]
+        )
+        for p in pairs
+    }
+    same = [kappas[p["pair_id"]] for p in pairs if p["same_sense"]]
+    different = [kappas[p["pair_id"]] for p in pairs if not p["same_sense"]]
+    sp = block["sense_pairs"]
+    assert sp["n_pairs"] == {"same": len(same), "different": len(different)}
+    assert sp["layer_mean"]["kappa_same"]["estimate"] == pytest.approx(layer_mean_of_means(same), abs=1e-9)
+    expected = layer_mean_of_means(same) - layer_mean_of_means(different)
+    assert sp["layer_mean"]["delta"]["estimate"] == pytest.approx(expected, abs=1e-9)
+    assert sp["n_lemmas"] == len({p["lemma"] for p in pairs})
