@@ -186,3 +186,16 @@ def test_metrics_pairs_and_probe(jsonl_atlas):
     assert block["sense_pairs"]["n_pairs"] == {"same": same, "different": len(pairs) - same}
     # Every example with a target is labelled: the probe runs on them (the untargeted line is left out).
     assert block["probe"]["n_examples"] == 10 and block["probe"]["n_lemmas"] == 2
+
+
+def test_bad_input_leaves_an_existing_atlas_as_it_was(jsonl_atlas, tmp_path):
+    from atlas_build.errors import AtlasError
+
+    from .byo import files_of
+
+    out = copy_atlas(jsonl_atlas, tmp_path / "atlas")
+    before = files_of(out)
+    bad = write(tmp_path / "other.jsonl", GOOD, {**OTHER, "pair_with": "nobody", "same": False})
+    with pytest.raises(AtlasError, match=r"other\.jsonl, line 2: field 'pair_with': no line has id 'nobody'"):
+        build(out, "jsonl", texts=str(bad))
+    assert files_of(out) == before
