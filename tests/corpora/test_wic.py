@@ -279,3 +279,27 @@ def test_metrics_measure_wic_on_its_own(wic_atlas):
     expected = layer_mean_of_means(same) - layer_mean_of_means(different)
     assert sp["layer_mean"]["delta"]["estimate"] == pytest.approx(expected, abs=1e-9)
     assert sp["n_lemmas"] == len({p["lemma"] for p in pairs})
+
+
+def test_wic_beside_wordnet_in_one_atlas(atlas_copy):
+    """WiC built into an atlas that holds the WordNet corpora: both validate, and metrics report each apart."""
+    from .byo import MODEL, metrics_of
+
+    before = read_config(atlas_copy, ROUTING)
+    build(atlas_copy, "wic", wic=str(WIC))
+    configs = Manifest.load(atlas_copy).configs()
+    assert {"senses", "sense-pairs", "wic-examples", "wic-pairs"} <= set(configs)
+    routing = read_config(atlas_copy, ROUTING)
+    # WordNet's routing rows are kept as they were; WiC's are added beside them.
+    assert routing.num_rows > before.num_rows
+    import pyarrow.compute as pc
+
+    wordnet_rows = routing.filter(pc.not_equal(routing.column("corpus"), "wic-examples"))
+    assert wordnet_rows.sort_by([("source_id", "ascending"), ("token_index", "ascending")]).equals(
+        before.sort_by([("source_id", "ascending"), ("token_index", "ascending")])
+    )
+    report = validate(atlas_copy, hashes=False)
+    assert report.passed, failures(report)
+    entry = metrics_of(atlas_copy)["models"][MODEL]
+    assert entry["sense_pairs"]["n_pairs"] != entry["corpora"]["wic"]["sense_pairs"]["n_pairs"]
+    assert entry["corpora"]["wic"]["sense_pairs"]["n_pairs"] == {"same": 7, "different": 5}
