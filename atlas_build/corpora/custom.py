@@ -96,7 +96,7 @@ def read_bytes(path: Path, what: str) -> bytes:
 
 def decode(raw: bytes, path: Path) -> str:
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # a byte-order mark is no part of the first field
     except UnicodeDecodeError as error:
         raise CorpusInputError(f"{path}: not UTF-8 text ({error})") from None
 
