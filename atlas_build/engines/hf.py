@@ -369,8 +369,9 @@ class HFEngine(Engine):
             index, weights = captures[0]
             weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
             index = torch.gather(index, -1, order)
-            index_layers.append(index.reshape(batch, width, k))
-            weight_layers.append(weights.reshape(batch, width, k))
+            # With a device_map the MoE layers, and so their captures, can sit on different GPUs.
+            index_layers.append(index.reshape(batch, width, k).to(self.device))
+            weight_layers.append(weights.reshape(batch, width, k).to(self.device))
         index = torch.stack(index_layers, dim=2).to(torch.int16).cpu().numpy()
         weights = torch.stack(weight_layers, dim=2).cpu().numpy()
         return index, weights
@@ -468,8 +469,9 @@ class HFEngine(Engine):
         for slot in range(n_layers):
             weights = torch.cat(weight_parts[slot])
             weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
-            index_layers.append(torch.gather(torch.cat(index_parts[slot]), -1, order))
-            weight_layers.append(weights)
+            # One device for the stack: with a device_map the layers can sit on different GPUs.
+            index_layers.append(torch.gather(torch.cat(index_parts[slot]), -1, order).to(self.device))
+            weight_layers.append(weights.to(self.device))
         experts = torch.stack(index_layers, dim=1).to(torch.int16).cpu().numpy()
         gate_weights = torch.stack(weight_layers, dim=1).cpu().numpy()
 

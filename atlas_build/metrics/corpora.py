@@ -35,6 +35,8 @@ CORPORA: dict[str, tuple[str, str | None, str | None]] = {
     "swords": (SWORDS_EXAMPLES, None, SWORDS_SUBSTITUTIONS),
     "jsonl": (JSONL_EXAMPLES, JSONL_PAIRS, None),
 }
+# Every config the metrics read of the user's corpora (checked against the manifest with the others).
+USER_CONFIGS = frozenset(c for configs in CORPORA.values() for c in configs if c)
 # The substitution contrast of each corpus: Δ = mean κ(first) − mean κ(second).
 CONTRASTS = {SWORDS_SUBSTITUTIONS: (SWORDS_RELATIONS[0], SWORDS_RELATIONS[-1])}  # acceptable − rejected
 
