@@ -303,3 +303,15 @@ def test_wic_beside_wordnet_in_one_atlas(atlas_copy):
     entry = metrics_of(atlas_copy)["models"][MODEL]
     assert entry["sense_pairs"]["n_pairs"] != entry["corpora"]["wic"]["sense_pairs"]["n_pairs"]
     assert entry["corpora"]["wic"]["sense_pairs"]["n_pairs"] == {"same": 7, "different": 5}
+
+
+def test_controls_include_a_null_twin_routed_on_wic(wic_atlas, tmp_path):
+    """A random-init twin built on the same WiC texts is the null model of WiC's sense-pair block."""
+    from .byo import MODEL, metrics_of
+
+    out = copy_atlas(wic_atlas, tmp_path / "atlas")
+    build(out, "wic", wic=str(WIC), random_init=True, seed=1)  # another seed: not the same weights
+    sp = metrics_of(out)["models"][MODEL]["corpora"]["wic"]["sense_pairs"]
+    assert {"context_words", "token_identity", "null_model"} <= set(sp["controls"])
+    assert sp["over_null"]["null_model"] == f"{MODEL}-random-init"
+    assert sp["over_null"]["n_pairs"] == 12  # every WiC pair was routed by both models
