@@ -98,7 +98,7 @@ significant digits; NaN/undefined is null)::
             "sense_entropy": null | {"n_targets", "n_token_ids", "n_permutations", "windows": {w: {
                 "h_path_given_token_bits", "h_path_given_token_sense_bits", "gain_bits", "null_mean_bits",
                 "null_q95_bits", "p_value"}}},
-            "agreement": null | {"n_pairs", "n_lemmas", "same_target_token": {"same", "different"},
+            "agreement": null | {"n_pairs", "n_lemmas", "n_permutations", "same_target_token": {"same", "different"},
                 "per_layer": {"delta": interval[L], "same": [L], "different": [L]},
                 "windows": {w: {"width", "first_layers", "same", "different", "per_start_delta",
                                 "delta": interval + {"p_value"},

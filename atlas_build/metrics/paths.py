@@ -47,8 +47,9 @@ MAX_DISTANT_PAIRS = 8
 MAX_SET_WINDOW_STARTS = 2
 # Transitions reported per layer pair (highest lift among cells with enough support).
 TOP_TRANSITIONS = 3
-# Permutations of the entropy null (a one-sided p-value; its resolution is 1 / (R + 1)).
-MAX_ENTROPY_PERMUTATIONS = 199
+# Permutations of the path nulls (entropy gain, agreement p-values): at most this many, so that the
+# paths stay a fraction of the metrics' time and memory; a p-value's resolution is 1 / (R + 1).
+MAX_PATH_PERMUTATIONS = 199
 _CELLS_PER_CHUNK = 1 << 23
 
 FORMULAS = {
@@ -66,7 +67,8 @@ FORMULAS = {
     "controls: Cochran–Mantel–Haenszel-weighted Δ within strata (token_identity: the 16 cells of same target "
     "token ids / surface form / left / right neighbour; "
     "context_words: context Jaccard 0 / below / above the median of J > 0; all: both), null_model: Δ(model) "
-    "− Δ(random-init twin) on the pairs both routed; CIs: lemma-clustered bootstrap",
+    "− Δ(random-init twin) on the pairs both routed; CIs: lemma-clustered bootstrap; p: within-lemma sense "
+    "permutations (R ≤ 199)",
 }
 
 
@@ -373,7 +375,7 @@ def sense_entropy(
     # Local sense codes within each token id (0, 1, ...), so that the cells stay dense.
     local = inverse.reshape(-1) - np.searchsorted(combos // span, t)
     n_local = int(local.max()) + 1 if n else 1
-    r = min(n_permutations, MAX_ENTROPY_PERMUTATIONS)
+    r = min(n_permutations, MAX_PATH_PERMUTATIONS)
     rng = np.random.default_rng(seed + 21)
     permuted = within_group_permutations(local, t, r, rng) if r and n else np.zeros((0, n), np.int64)
     out: dict = {"n_targets": int(n), "n_token_ids": int(t.max()) + 1 if n else 0, "n_permutations": r}
@@ -469,23 +471,23 @@ def stratified_delta(
     """Δ = Σ_s w_s (mean_same,s − mean_diff,s) / Σ_s w_s per column of `values` `[P, C]`, CMH weights
     w_s = n_same,s n_diff,s / (n_same,s + n_diff,s); one stratum gives the plain difference of means.
 
-    Returns `(estimate, ci_low, ci_high)` `[C]` from a cluster bootstrap of the per-stratum sums.
+    Returns `(estimate, ci_low, ci_high)` `[C]` from a cluster bootstrap of the per-(cluster, stratum)
+    sums (summed over the key cluster · S + stratum: no one-hot over strata is ever built).
     """
+    strata = np.unique(strata, return_inverse=True)[1].reshape(-1) if len(strata) else strata
     n_strata = int(strata.max()) + 1 if len(strata) else 1
     n_cols = values.shape[1]
-    onehot = (strata[:, None] == np.arange(n_strata)[None, :]).astype(np.float64)
-    a = same.astype(np.float64)[:, None] * onehot  # [P, S]
-    b = (~same).astype(np.float64)[:, None] * onehot
-    va = (a[:, :, None] * values[:, None, :]).reshape(len(values), -1)
-    vb = (b[:, :, None] * values[:, None, :]).reshape(len(values), -1)
-    sums = cluster_sums(cluster, np.hstack([a, b, va, vb]), n_clusters)
-    sums = sums[sums[:, : 2 * n_strata].sum(axis=1) > 0]
+    a = same.astype(np.float64)[:, None]
+    width = 2 + 2 * n_cols
+    rows = np.hstack([a, 1 - a, values * a, values * (1 - a)])  # [P, 2 + 2C]
+    sums = cluster_sums(cluster * n_strata + strata, rows, n_clusters * n_strata)
+    sums = sums.reshape(n_clusters, n_strata * width)
+    sums = sums[sums.reshape(n_clusters, n_strata, width)[:, :, :2].sum(axis=(1, 2)) > 0]
 
     def estimator(t):
-        ns, nd = t[..., :n_strata], t[..., n_strata : 2 * n_strata]
-        at = 2 * n_strata
-        ss = t[..., at : at + n_strata * n_cols].reshape(*t.shape[:-1], n_strata, n_cols)
-        sd = t[..., at + n_strata * n_cols :].reshape(*t.shape[:-1], n_strata, n_cols)
+        t = t.reshape(*t.shape[:-1], n_strata, width)
+        ns, nd = t[..., 0], t[..., 1]
+        ss, sd = t[..., 2 : 2 + n_cols], t[..., 2 + n_cols :]
         with np.errstate(divide="ignore", invalid="ignore"):
             weight = np.where((ns > 0) & (nd > 0), ns * nd / (ns + nd), 0.0)[..., None]
             diff = np.where(weight > 0, ss / ns[..., None] - sd / nd[..., None], 0.0)
@@ -569,7 +571,7 @@ def agreement(
         remap[ib],
         corpus.synset[used],
         corpus.group[used],
-        n_permutations=options.n_permutations,
+        n_permutations=min(options.n_permutations, MAX_PATH_PERMUTATIONS),
         seed=options.seed + 31,
     )
     same_token = target_token[ia] == target_token[ib]
@@ -611,6 +613,7 @@ def agreement(
     out: dict = {
         "n_pairs": {"same": int(same.sum()), "different": int((~same).sum())},
         "n_lemmas": int(len(np.unique(cluster))),
+        "n_permutations": min(options.n_permutations, MAX_PATH_PERMUTATIONS),
         "same_target_token": {
             "same": float(same_token[same].mean()),
             "different": float(same_token[~same].mean()),
