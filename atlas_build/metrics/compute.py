@@ -17,7 +17,7 @@ from atlas_build.metrics.corpora import USER_CONFIGS, UserCorpus, load_user_corp
 from atlas_build.metrics.identity import TargetIdentity, target_identity
 from atlas_build.metrics.overlap import TARGET_MODES, select_targets, target_rows_table
 from atlas_build.metrics.paths import FORMULAS as PATH_FORMULAS
-from atlas_build.metrics.paths import path_metrics
+from atlas_build.metrics.paths import PathMetricsJob
 from atlas_build.metrics.probe import sense_probe
 from atlas_build.metrics.provenance import Provenance
 from atlas_build.metrics.scores import FORMULAS as SCORE_FORMULAS
@@ -583,6 +583,18 @@ def compute_metrics(
                 seed=options.seed,
                 budget_bytes=options.budget_bytes,
             )
+            # Routing paths across layers (metrics/paths.py): a forked worker of its own on large atlases.
+            path_null = nulls[slug]
+            path_job = PathMetricsJob(
+                routing,
+                row,
+                corpus,
+                options=boot,
+                target=options.target,
+                min_count=options.min_count,
+                null_routing=src.routing(path_null["model_slug"]) if path_null else None,
+                null_row=path_null,
+            )
             try:
                 if corpus is not None:
                     targets = sense_targets(slug, routing)
@@ -611,18 +623,7 @@ def compute_metrics(
                     )
                     for uc in user_corpora
                 }
-                # Routing paths across layers (metrics/paths.py), while the layer pass runs in its workers.
-                path_null = nulls[slug]
-                entry["paths"], path_arrays = path_metrics(
-                    routing,
-                    row,
-                    corpus,
-                    options=boot,
-                    target=options.target,
-                    min_count=options.min_count,
-                    null_routing=src.routing(path_null["model_slug"]) if path_null else None,
-                    null_row=path_null,
-                )
+                entry["paths"], path_arrays = path_job.result()
                 # Router scores beyond the top-k (metrics/scores.py): None unless built with --scores.
                 entry["scores"] = model_scores(src, row, routing, corpus, options=boot, target=options.target)
                 simulated = uniform_baseline(
@@ -631,6 +632,7 @@ def compute_metrics(
                 ep = job.result()
             finally:
                 job.close()
+                path_job.close()
             parts, model_arrays = expert_metrics(ep, row, slug, options.min_count, simulated)
             entry.update(parts)
             entry["traces"] = trace_metrics(ep, options.min_count)

@@ -29,7 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from atlas_build.atlas.routing import routing_array
+from atlas_build.atlas.schema import SENSES
 from atlas_build.metrics.experts import token_ranks
+from atlas_build.metrics.identity import target_identity
 from atlas_build.metrics.stats import (
     cluster_bootstrap,
     cluster_sums,
@@ -62,7 +64,8 @@ FORMULAS = {
     "path_sense_entropy": "on target tokens: gain = H(path | token id) − H(path | token id, sense) bits, "
     "averaged over window starts; null: senses permuted among the targets of each token id (R ≤ 199), "
     "p = (1 + #{gain* ≥ gain}) / (R + 1)",
-    "path_agreement": "agree_p(w, s) = [top-1 experts of the two targets equal in layers s..s+w−1]; "
+    "path_agreement": "agree_p(w, s) = [top-1 experts of the two targets equal in layers s..s+w−1] (target: "
+    "the first or last sub-token; --target all uses the last); "
     "Δ = mean over same-sense pairs − mean over different-sense pairs, averaged over window starts s; "
     "controls: Cochran–Mantel–Haenszel-weighted Δ within strata (token_identity: the 16 cells of same target "
     "token ids / surface form / left / right neighbour; "
@@ -670,8 +673,6 @@ def path_metrics(
         options: `BootstrapOptions` (resamples, permutations, confidence, seed).
         null_routing, null_row: a random-init null model for the agreement control, or None.
     """
-    from atlas_build.atlas.schema import SENSES
-
     n_experts, moe_layers = row["n_routed_experts"], list(row["moe_layers"])
     n_layers = len(moe_layers)
     has_top1 = row.get("weights_dtype") is not None
@@ -726,8 +727,6 @@ def path_metrics(
             null_top1[ok] = top_columns(
                 null_routing.column("experts"), len(null_row["moe_layers"]), rows=null_rows[ok]
             ).T
-        from atlas_build.metrics.identity import target_identity
-
         cells = target_identity(routing, corpus.example_ids, corpus.form).pair_cells(
             corpus.pair_a, corpus.pair_b
         )
@@ -742,3 +741,50 @@ def path_metrics(
             identity_cells=cells,
         )
     return out, arrays
+
+
+# What a forked path worker reads: set just before the fork, inherited (memory-mapped Arrow, not copied).
+_SHARED: dict = {}
+# Below this many routing entries the paths run in-process at `result()`: forking costs more than it saves.
+PARALLEL_MIN_ENTRIES = 1 << 24
+
+
+def _run_shared() -> tuple[dict, dict[str, np.ndarray]]:
+    args, kwargs = _SHARED["args"], _SHARED["kwargs"]
+    return path_metrics(*args, **kwargs)
+
+
+class PathMetricsJob:
+    """`path_metrics` in one forked worker (large atlases), so that it runs while the caller computes the
+    sense metrics; small atlases run in-process at `result()`. Arguments as `path_metrics`."""
+
+    def __init__(self, *args, workers: int | None = None, **kwargs):
+        import multiprocessing
+
+        routing, row = args[0], args[1]
+        self.args, self.kwargs = args, kwargs
+        entries = routing.num_rows * len(row["moe_layers"]) * row["top_k"]
+        parallel = workers if workers is not None else int(entries >= PARALLEL_MIN_ENTRIES)
+        self._pool = self._async = None
+        if parallel and "fork" in multiprocessing.get_all_start_methods():
+            _SHARED.update(args=args, kwargs=kwargs)
+            try:  # the worker forks here and inherits `_SHARED`
+                self._pool = multiprocessing.get_context("fork").Pool(1)
+            finally:
+                _SHARED.clear()
+            self._async = self._pool.apply_async(_run_shared)
+
+    def result(self) -> tuple[dict, dict[str, np.ndarray]]:
+        if self._async is None:
+            return path_metrics(*self.args, **self.kwargs)
+        try:
+            return self._async.get()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the worker (idempotent); `result()` calls it."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None

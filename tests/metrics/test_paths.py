@@ -332,3 +332,22 @@ def test_id_only_engines_get_no_top1_paths(sense_atlas, compute):
     assert out["transitions"] is None and not arrays
     assert out["diversity"]["windows"]["1"]["top1"] is None
     assert out["diversity"]["windows"]["1"]["topk"]["distinct_share"] > 0
+
+
+def test_the_forked_path_job_gives_the_in_process_result(sense_atlas):
+    from atlas_build.metrics.paths import PathMetricsJob, path_metrics
+    from atlas_build.metrics.report import to_json
+    from atlas_build.metrics.senses import load_sense_corpus
+    from atlas_build.metrics.source import AtlasSource
+
+    src = AtlasSource(sense_atlas)
+    row = next(r for r in src.models() if r["model_slug"] == "planted")
+    corpus = load_sense_corpus(src.table("senses"), src.table("sense-pairs"))
+    options = BootstrapOptions(100, 19)
+    routing = src.routing("planted")
+    local, local_arrays = path_metrics(routing, row, corpus, options=options)
+    forked, forked_arrays = PathMetricsJob(routing, row, corpus, options=options, workers=1).result()
+    assert to_json(forked) == to_json(local)
+    np.testing.assert_array_equal(
+        forked_arrays["path_transition_counts"], local_arrays["path_transition_counts"]
+    )
