@@ -33,7 +33,8 @@ wordnet: venv
 	fi
 
 demo: venv wordnet
-	$(OFFLINE) $(BIN)/atlas build --model tiny-deepseek-v3 --out $(DEMO_DIR) --max-lemmas $(DEMO_MAX_LEMMAS)
+	@# --scores 16: the router's selection scores too, so that the report shows margins and near-ties.
+	$(OFFLINE) $(BIN)/atlas build --model tiny-deepseek-v3 --out $(DEMO_DIR) --max-lemmas $(DEMO_MAX_LEMMAS) --scores 16
 	@# Its random-init twin of another seed: the null_model control of a random-init model checks itself (≈ 0).
 	$(OFFLINE) $(BIN)/atlas build --model tiny-deepseek-v3 --out $(DEMO_DIR) --max-lemmas $(DEMO_MAX_LEMMAS) \
 	  --random-init --seed 1 --slug tiny-deepseek-v3-seed1
