@@ -71,10 +71,15 @@ class Manifest:
             )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             raise ManifestError(
                 f"{path} is not readable JSON ({error}); run `atlas verify {root}`"
             ) from error
+        if not isinstance(data, dict):
+            raise ManifestError(
+                f"{path} holds a JSON {type(data).__name__}, not a routing-atlas manifest (an object): is "
+                f"{root} an atlas directory built by `atlas build`?"
+            )
         if data.get("format") != FORMAT:
             raise ManifestError(f"{path} is not a routing-atlas manifest (format={data.get('format')!r})")
         version = data.get("schema_version")

@@ -93,12 +93,36 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.replace_schema_metadata(schema.metadata)
 
 
+def current_umask() -> int:
+    """The process's umask, read from /proc where it can be (setting it to read it races other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _temp_file(path: Path) -> Path:
-    """A new, empty temporary file next to `path` (creating its folder)."""
+    """A new, empty temporary file next to `path` (creating its folder), with the mode a plain `open` gives.
+
+    `mkstemp` makes its files 0600 whatever the umask: renamed into place they would be unreadable to
+    colleagues on shared storage, so the file gets 0666 minus the umask, as any other new file.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as error:
+        raise write_error(path, error) from error
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except OSError as error:
+        os.close(fd)
+        Path(tmp_name).unlink(missing_ok=True)
         raise write_error(path, error) from error
     os.close(fd)
     return Path(tmp_name)

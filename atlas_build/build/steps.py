@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +31,7 @@ from atlas_build.atlas.writer import (
     remove_temp_files,
 )
 from atlas_build.build.options import BuildConfig, BuildStats
+from atlas_build.build.outdir import check_out_dir
 from atlas_build.build.shards import (
     ShardWorker,
     check_slug_free,
@@ -100,9 +101,15 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
 
 @contextmanager
 def prepare(config: BuildConfig, log: Callable[[str], None]) -> Iterator[BuildRun]:
-    """Create the directory, hold the atlas lock for the whole build, refuse unusable inputs and load the
-    model, all before anything is written. A build that fails before writing leaves no empty directory."""
-    root = config.out
+    """Check the output folder, create it, hold the atlas lock for the whole build, refuse unusable inputs
+    and load the model, all before anything is written.
+
+    A build that fails before writing removes only what it made itself and only when it is still empty
+    (`rmdir`, never a recursive removal): a folder another build has meanwhile locked or written into
+    stays as it is, whoever created it.
+    """
+    config.out = root = check_out_dir(config.out)
+    check_executor(config)
     created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -124,13 +131,19 @@ def prepare(config: BuildConfig, log: Callable[[str], None]) -> Iterator[BuildRu
             run.engine = make_engine(config, load_weights=config.executor == "local")
             yield run
     except BaseException:
-        if (
-            created
-            and root.exists()
-            and not any(p for p in root.iterdir() if p.name != AtlasLayout(root).state_dir.name)
-        ):
-            shutil.rmtree(root, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                root.rmdir()  # fails, removing nothing, unless the folder is still empty
         raise
+
+
+def check_executor(config: BuildConfig) -> None:
+    """An unknown --executor or --engine is refused before anything is written (not after the corpus step)."""
+    from atlas_build.engines import ENGINES
+
+    for registry, name in ((EXECUTORS, config.executor), (ENGINES, config.engine)):
+        if name not in registry:
+            raise BuildOptionsError(registry.unknown_message(name))
 
 
 def check_corpus_inputs(run: BuildRun) -> None:
