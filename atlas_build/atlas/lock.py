@@ -59,7 +59,12 @@ class AtlasLock:
             if dir_fd is None:
                 continue  # a refused build removed the (empty) state folder it had made: make it again
             try:
-                fd = os.open(self.path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+                fd = os.open(
+                    self.path.name,
+                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o644,
+                    dir_fd=dir_fd,
+                )
             except FileNotFoundError:
                 os.close(dir_fd)
                 continue
@@ -70,7 +75,9 @@ class AtlasLock:
                         f"{self.path} is a symbolic link: the lock lives inside the atlas only; remove the "
                         "link and run the build again"
                     ) from None
-                raise LockError(f"cannot open the lock file {self.path}: {error.strerror or error}") from error
+                raise LockError(
+                    f"cannot open the lock file {self.path}: {error.strerror or error}"
+                ) from error
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:

@@ -13,6 +13,8 @@ from atlas_build.errors import BuildOptionsError
 
 CORPORA = ("wordnet", "traces")
 WEIGHT_STORAGE = ("float16", "float32")
+# numpy's RandomState and torch.manual_seed both take seeds below 2**32 (torch wraps larger ones silently).
+SEED_LIMIT = 2**32
 
 
 @dataclass
@@ -26,7 +28,7 @@ class BuildConfig:
     max_lemmas: int | None = None
     wordnet_dir: str | None = None
     traces: str | None = None
-    seed: int = 0
+    seed: int = 0  # numpy and torch seeds: 0 <= seed < 2**32
     # Engine options.
     engine: str = "hf"
     revision: str | None = None
@@ -36,6 +38,10 @@ class BuildConfig:
     batch_size: int = 16
     trust_remote_code: bool = False
     random_init: bool = False
+    # The name recorded for the model (default: hub id, checkpoint folder name or built-in name; never a path).
+    model_id: str | None = None
+    # torch's CPU threads (None: chosen by engines.threads.choose_threads).
+    threads: int | None = None
     # Engine-specific keyword arguments, passed to the engine as they are (vllm: tensor_parallel_size).
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     # Storage: float16 halves the routing bytes; the order is taken from float32 before rounding.
@@ -62,6 +68,26 @@ class BuildConfig:
             )
         if self.corpus == "traces" and not self.traces:
             raise BuildOptionsError("--corpus traces needs --traces FILE.jsonl")
+        if self.traces and self.corpus != "traces":
+            raise BuildOptionsError(
+                f"--traces is read only with --corpus traces (this is a --corpus {self.corpus} build): add "
+                "--corpus traces, or leave out --traces"
+            )
+        if self.corpus != "wordnet":
+            for option, value in (("--max-lemmas", self.max_lemmas), ("--wordnet-dir", self.wordnet_dir)):
+                if value is not None:
+                    raise BuildOptionsError(
+                        f"{option} is an option of --corpus wordnet and does nothing with --corpus "
+                        f"{self.corpus}: leave it out"
+                    )
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise BuildOptionsError(f"--seed must be between 0 and {SEED_LIMIT - 1}, got {self.seed}")
+        if self.threads is not None and self.threads < 1:
+            raise BuildOptionsError(f"--threads must be at least 1, got {self.threads}")
+        if self.engine == "vllm" and self.threads is not None:
+            raise BuildOptionsError(
+                "--threads sets the hf engine's CPU threads; vLLM runs on GPUs: leave it out"
+            )
         if self.out.exists() and not self.out.is_dir():
             raise BuildOptionsError(f"--out {self.out} is a file; pass a directory for the atlas")
         if self.slug is not None:
@@ -84,6 +110,7 @@ class BuildConfig:
             "random_init",
             "weights_dtype",
             "engine_kwargs",
+            "threads",
         )
         return {key: getattr(self, key) for key in keys}
 

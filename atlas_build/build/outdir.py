@@ -87,4 +87,3 @@ def check_out_dir(out: Path | str) -> Path:
     raise BuildOptionsError(
         f"--out {out} already holds files that are not an atlas ({shown}); nothing was written: {WAY_OUT}"
     )
-

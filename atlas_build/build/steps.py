@@ -59,6 +59,7 @@ class BuildRun:
     engine: Any = None
     items: list[TextItem] = field(default_factory=list)
     row: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
     schema: pa.Schema | None = None
     tasks: list[ShardTask] = field(default_factory=list)
     finished: dict[int, WrittenFile] = field(default_factory=dict)
@@ -195,7 +196,9 @@ def plan(run: BuildRun) -> None:
     run.schema = routing_schema(
         row["n_routed_experts"], len(row["moe_layers"]), row["top_k"], row["weights_dtype"]
     )
-    run_key = run_fingerprint(row, run.schema)
+    # Taken before routing (the engine frees its model after): what the shard key and the record say.
+    run.provenance = engine.provenance()
+    run_key = run_fingerprint(row, run.schema, config, run.provenance)
     size = config.texts_per_shard
     chunks = (run.items[i : i + size] for i in range(0, len(run.items), size))
     run.tasks = [
@@ -271,19 +274,20 @@ def build_record(run: BuildRun) -> dict[str, Any]:
     """The `manifest.json` `builds[]` entry of this build: what was routed, how, and the command."""
     config, stats = run.config, run.stats
     traces = config.corpus == "traces"
+    model = run.row["model_id"]  # portable: never the build machine's path of a local checkpoint
     return {
         "kind": "routing",
         "model_slug": run.row["model_slug"],
-        "model": config.model,
+        "model": model,
         "corpus": {"corpus": "traces", "traces": Path(config.traces).name}
         if traces
         else config.corpus_options(),
-        "engine": config.engine_options(),
+        "engine": {**config.engine_options(), "provenance": run.provenance},
         "model_notes": run.engine.model_notes(),
         "code_version": run.manifest.code_version,
         "stats": {"texts": stats.texts, "tokens_routed": stats.tokens, "seconds": round(stats.seconds, 2)},
         "summary": (
-            f"atlas build --model {config.model} --corpus {config.corpus} --engine {config.engine} "
+            f"atlas build --model {model} --corpus {config.corpus} --engine {config.engine} "
             f"--dtype {config.dtype} --seed {config.seed}"
             + (f" --max-lemmas {config.max_lemmas}" if config.max_lemmas else "")
             + (" --random-init" if config.random_init else "")

@@ -127,7 +127,9 @@ class BlockingEngine(FakeEngine):
         return super().route(texts)
 
 
-def test_three_builds_into_one_new_folder_exactly_one_writes_and_nothing_is_lost(tmp_path, fakes, monkeypatch):
+def test_three_builds_into_one_new_folder_exactly_one_writes_and_nothing_is_lost(
+    tmp_path, fakes, monkeypatch
+):
     """B creates DIR, A takes the lock, B is refused, then C starts: B's clean-up must not remove DIR (with
     A's lock inside), and C must be refused, not write a second corpus beside A (issue 12's race)."""
     from atlas_build.build import BuildConfig, run_build
