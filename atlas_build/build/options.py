@@ -9,7 +9,7 @@ from typing import Any
 from atlas_build.atlas.schema import (
     check_slug,
 )
-from atlas_build.errors import BuildOptionsError
+from atlas_build.errors import AtlasError, BuildOptionsError
 
 CORPORA = ("wordnet", "traces")
 WEIGHT_STORAGE = ("float16", "float32")
@@ -90,6 +90,13 @@ class BuildConfig:
             )
         if self.out.exists() and not self.out.is_dir():
             raise BuildOptionsError(f"--out {self.out} is a file; pass a directory for the atlas")
+        if self.model_id is not None:
+            from atlas_build.engines.checkpoint import check_model_id
+
+            try:
+                check_model_id(self.model_id)
+            except AtlasError as error:
+                raise BuildOptionsError(str(error)) from None
         if self.slug is not None:
             try:
                 check_slug(self.slug)

@@ -169,7 +169,7 @@ def corpora(run: BuildRun) -> None:
 
     config, root = run.config, run.root
     if config.corpus == "wordnet":
-        if ensure_wordnet_corpora(config, run.manifest):
+        if ensure_wordnet_corpora(config, run.manifest, log=run.log):
             crash_point("corpus-written")
             run.manifest.save(root)
             crash_point("corpus-saved")

@@ -37,7 +37,7 @@ def wordnet_corpora_present(config: BuildConfig, manifest: Manifest) -> bool:
     return False
 
 
-def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> bool:
+def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest, log=None) -> bool:
     """Write senses, sense-pairs and substitutions unless the atlas already holds them (same options).
 
     Returns:
@@ -48,7 +48,11 @@ def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> bool:
     if wordnet_corpora_present(config, manifest):
         return False
     tables = build_wordnet_corpora(
-        wordnet_dir=config.wordnet_dir, max_lemmas=config.max_lemmas, seed=config.seed
+        wordnet_dir=config.wordnet_dir,
+        max_lemmas=config.max_lemmas,
+        seed=config.seed,
+        progress=config.progress,
+        log=log,
     )
     crash_point("corpus-before-write")
     for name in (SENSES, SENSE_PAIRS, SUBSTITUTIONS):

@@ -67,8 +67,9 @@ def load_config(path: Path, trust_remote_code: bool):
                 f"{path} needs custom code from the checkpoint; pass --trust-remote-code if you trust it"
             ) from error
         raise ModelLoadError(f"could not read {config_file}: {message.splitlines()[0]}") from error
-    except (OSError, KeyError, TypeError, AttributeError) as error:
-        raise ModelLoadError(f"could not read {config_file}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - config classes validate with their own error types
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelLoadError(f"could not read {config_file}: {first}") from error
 
 
 def library_versions(*names: str) -> dict[str, str | None]:

@@ -80,7 +80,9 @@ SUBSTITUTION_TEXTS = [
 ]
 
 
-def fake_wordnet_corpora(wordnet_dir=None, max_lemmas=None, seed=0) -> dict[str, pa.Table]:
+def fake_wordnet_corpora(
+    wordnet_dir=None, max_lemmas=None, seed=0, progress=False, log=None
+) -> dict[str, pa.Table]:
     """Stands in for `atlas_build.corpora.build_wordnet_corpora`: the fixed corpus above."""
     senses = []
     for example_id, text, target in SENSES_TEXTS:
