@@ -142,22 +142,16 @@ def _sync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-WEIGHTS_LEAF = "weights.list.element.list.element"
-
-
 def routing_encodings(schema: pa.Schema) -> dict:
-    """Parquet encodings for routing configs: float16 weights byte-stream-split (13% smaller at R1's shape,
-    measured by bench/bench_build.py), which Parquet ignores while a column is dictionary-encoded.
+    """Parquet encodings for routing configs: dictionaries on every column, the float16 `weights` included.
 
-    Leaf paths are needed: naming the top-level `weights` column would not reach its values.
+    Every reader researchers use must read every config: DuckDB (and so the Hub's SQL console and viewer
+    search) refuses BYTE_STREAM_SPLIT on float16 ("only supported for FLOAT, DOUBLE, INT32 or INT64"), which
+    the weights were written with before. Of the encodings all readers take, a dictionary is the smallest
+    (gate weights in [0, 2.5] take few distinct float16 values): `make bench` (bench/bench_encoding.py)
+    reports the bytes per entry of each, and what readability costs against BYTE_STREAM_SPLIT.
     """
-    if "weights" not in schema.names or "experts" not in schema.names:
-        return {}
-    dictionary = [name for name in schema.names if name != "weights"]
-    return {
-        "use_dictionary": dictionary + ["experts.list.element.list.element"],
-        "use_byte_stream_split": [WEIGHTS_LEAF],
-    }
+    return {"use_dictionary": True}
 
 
 def write_parquet_atomic(table: pa.Table, path: Path, schema: pa.Schema) -> WrittenFile:
