@@ -40,10 +40,11 @@ demo: venv wordnet
 	@echo
 	@echo "Demo atlas: $(abspath $(DEMO_DIR))  (metrics report: $(DEMO_DIR)/metrics/report.md)"
 	@echo "tiny-deepseek-v3 is RANDOM-INIT: its routing is plumbing and a null model, not a finding."
-	@echo "Load it with:"
-	@echo "  from datasets import load_dataset"
-	@echo "  routing = load_dataset(\"$(abspath $(DEMO_DIR))\", \"routing-tiny-deepseek-v3\", split=\"train\")"
-	@echo "  senses = load_dataset(\"$(abspath $(DEMO_DIR))\", \"senses\", split=\"train\")"
+	@echo "Load it with (paste into Python as it is):"
+	@echo
+	@echo "from datasets import load_dataset"
+	@echo "routing = load_dataset(\"$(abspath $(DEMO_DIR))\", \"routing-tiny-deepseek-v3\", split=\"train\")"
+	@echo "senses = load_dataset(\"$(abspath $(DEMO_DIR))\", \"senses\", split=\"train\")"
 
 test: venv wordnet
 	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider tests
