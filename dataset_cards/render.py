@@ -268,6 +268,44 @@ def read_validation(root: Path) -> dict[str, Any] | None:
     return data
 
 
+# builds[].engine.provenance keys shown on the card, in this order, with their labels.
+PROVENANCE_FIELDS = (
+    ("torch", "torch"),
+    ("transformers", "transformers"),
+    ("accelerate", "accelerate"),
+    ("vllm", "vLLM"),
+    ("flashinfer", "FlashInfer"),
+    ("device", "device"),
+    ("device_count", "devices"),
+    ("cuda", "CUDA"),
+    ("dtype", "dtype"),
+    ("attention", "attention"),
+    ("experts", "experts implementation"),
+    ("moe_backend", "MoE backend"),
+    ("cuda_graphs", "CUDA graphs"),
+    ("batch_size", "batch size"),
+    ("max_num_batched_tokens", "max batched tokens"),
+    ("threads", "CPU threads"),
+)
+
+
+def engine_provenance(provenance: dict[str, Any] | None) -> str:
+    """One line of what produced a build's routing (library versions, device, numerics, batching)."""
+    if not provenance:
+        return ""
+    parts = []
+    for key, label in PROVENANCE_FIELDS:
+        value = provenance.get(key)
+        if value is None or value == {}:
+            continue
+        if isinstance(value, bool):
+            value = "on" if value else "off (eager)"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        parts.append(f"{label} {value}")
+    return "; ".join(parts)
+
+
 def read_metrics(root: Path) -> dict[str, Any] | None:
     path = Path(root) / METRICS_DIR / METRICS_JSON
     if not path.exists():
@@ -500,6 +538,7 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
                 "random_init": slug in random_slugs and RANDOM_INIT not in summary,
                 "code_version": build.get("code_version"),
                 "stats": build.get("stats"),
+                "provenance": engine_provenance((build.get("engine") or {}).get("provenance")),
             }
         )
     counts = {
