@@ -175,4 +175,3 @@ def test_r1_models_row(r1_engine):
     }
     assert {key: row[key] for key in expected} == expected
     assert len(row["checkpoint_sha256"]) == 64
-
