@@ -148,12 +148,20 @@ def check_routing_spec(spec, num_hidden_layers, where: str) -> None:
         )
 
 
-def check_loading_info(info: dict[str, Any], model_id: str, path: Path) -> None:
+def check_loading_info(
+    info: dict[str, Any], model_id: str, path: Path, own_prefixes: set[str] | None = None
+) -> None:
     """Refuse a load that transformers had to patch: missing, unexpected or mismatched tensors.
 
     Args:
         info: `from_pretrained(..., output_loading_info=True)`'s second value.
+        own_prefixes: first dotted parts of the loaded model's own tensor names (`model`, `lm_head`). An
+            unexpected tensor outside them belongs to a part that is deliberately not loaded (the vision
+            tower of a multimodal checkpoint loaded as its causal LM) and is not refused.
     """
+    if own_prefixes is not None:
+        unexpected = [k for k in info.get("unexpected_keys") or () if str(k).split(".")[0] in own_prefixes]
+        info = {**info, "unexpected_keys": unexpected}
 
     def names(keys) -> list[str]:
         out = []
