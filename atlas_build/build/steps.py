@@ -110,7 +110,7 @@ def prepare(config: BuildConfig, log: Callable[[str], None]) -> Iterator[BuildRu
     stays as it is, whoever created it.
     """
     config.out = root = check_out_dir(config.out)
-    check_executor(config)
+    check_engine_and_executor(config)
     created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def prepare(config: BuildConfig, log: Callable[[str], None]) -> Iterator[BuildRu
         raise
 
 
-def check_executor(config: BuildConfig) -> None:
+def check_engine_and_executor(config: BuildConfig) -> None:
     """An unknown --executor or --engine is refused before anything is written (not after the corpus step)."""
     from atlas_build.engines import ENGINES
 
