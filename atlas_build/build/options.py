@@ -54,6 +54,11 @@ class BuildConfig:
 
     def __post_init__(self):
         self.out = Path(self.out)
+        # A quoted '~/x' reaches us unexpanded: it means the home folder, never a folder named '~'.
+        for name in ("traces", "wordnet_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(self, name, str(Path(value).expanduser()))
         if self.corpus not in CORPORA:
             raise BuildOptionsError(f"--corpus must be one of {CORPORA}, got {self.corpus!r}")
         if self.max_lemmas is not None and self.max_lemmas < 1:

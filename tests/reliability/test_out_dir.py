@@ -213,3 +213,12 @@ def test_files_and_folders_get_the_usual_modes_under_the_umask(tmp_path, fakes, 
         expected = (0o777 if path.is_dir() else 0o666) & ~umask
         assert mode == expected, f"{path.relative_to(out)}: {mode:o}, expected {expected:o}"
     assert json.loads((out / "manifest.json").read_text())["format"] == "routing-atlas"
+
+
+def test_input_paths_with_an_unexpanded_tilde_mean_the_home_folder(tmp_path, monkeypatch):
+    from atlas_build.build import BuildConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = BuildConfig(model="x", out=tmp_path / "a", corpus="traces", traces="~/t.jsonl")
+    assert config.traces == str(tmp_path / "t.jsonl")
+    assert BuildConfig(model="x", out=tmp_path / "a", wordnet_dir="~/wn").wordnet_dir == str(tmp_path / "wn")
