@@ -13,6 +13,7 @@ its README.md would be replaced by the card), the root or the home folder, a fol
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from atlas_build.atlas.layout import MANIFEST, STATE_DIR
@@ -22,10 +23,21 @@ from atlas_build.errors import BuildOptionsError
 WAY_OUT = "pass --out with a new or empty folder, or an atlas this command built"
 
 
+# What a build keeps in its state folder (`atlas.lock`, `atlas.shards`): a `.atlas` folder holding anything
+# else belongs to some other program, and does not make its parent an atlas.
+STATE_ENTRIES = {"lock", "shards"}
+
+
 def _is_atlas(folder: Path) -> bool:
-    """A routing-atlas directory: its manifest says so, or it has the state folder of a build."""
-    if (folder / STATE_DIR).is_dir() and not (folder / STATE_DIR).is_symlink():
-        return True
+    """A routing-atlas directory: its manifest says so, or it has the state folder of a build (an
+    interrupted first build has no manifest yet)."""
+    state = folder / STATE_DIR
+    if state.is_dir() and not state.is_symlink():
+        try:
+            if set(os.listdir(state)) <= STATE_ENTRIES:
+                return True
+        except OSError:
+            pass
     manifest = folder / MANIFEST
     if not manifest.is_file():
         return False

@@ -222,3 +222,14 @@ def test_input_paths_with_an_unexpanded_tilde_mean_the_home_folder(tmp_path, mon
     config = BuildConfig(model="x", out=tmp_path / "a", corpus="traces", traces="~/t.jsonl")
     assert config.traces == str(tmp_path / "t.jsonl")
     assert BuildConfig(model="x", out=tmp_path / "a", wordnet_dir="~/wn").wordnet_dir == str(tmp_path / "wn")
+
+
+def test_another_programs_dot_atlas_folder_does_not_make_an_atlas(tmp_path, fakes):
+    """`~/.atlas` of some other tool must not make every folder below it 'inside an atlas'."""
+    home = tmp_path / "home"
+    (home / ".atlas").mkdir(parents=True)
+    (home / ".atlas" / "settings.toml").write_text("theme = 'dark'\n")
+    out = home / "work" / "atlas"
+    result = cli(fake_build(out))
+    assert result.exit_code == 0, result.output
+    assert (home / ".atlas" / "settings.toml").read_text() == "theme = 'dark'\n"
