@@ -23,7 +23,7 @@ pl = pytest.importorskip("polars", reason="polars is a test dependency: pip inst
 
 def canonical_type(t: pa.DataType) -> pa.DataType:
     """One type per kind of value, whatever the reader made of it: float16/32 -> float64 (exact),
-    integers -> int64, strings -> string, every list kind -> list."""
+    integers -> int64, strings -> string, every list kind -> list, struct fields likewise."""
     if pa.types.is_floating(t):
         return pa.float64()
     if pa.types.is_integer(t):
@@ -32,6 +32,8 @@ def canonical_type(t: pa.DataType) -> pa.DataType:
         return pa.string()
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         return pa.list_(canonical_type(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, canonical_type(f.type)) for f in t])
     return t
 
 
@@ -61,14 +63,33 @@ def _half_to_single(t: pa.DataType) -> pa.DataType:
 
 
 @pytest.fixture(scope="module")
-def configs(small_atlas) -> dict[str, tuple[list[str], pa.Table]]:
+def atlas(small_atlas, tmp_path_factory):
+    """The small atlas plus reasoning traces routed into it: every kind of config (corpora, traces with its
+    segment structs, models, routing with non-null segments and markers)."""
+    import shutil
+    from pathlib import Path
+
+    from atlas_build.build import BuildConfig, run_build
+
+    root = tmp_path_factory.mktemp("readers") / "atlas"
+    shutil.copytree(small_atlas, root)
+    sample = Path(__file__).resolve().parents[1] / "fixtures" / "traces" / "sample.jsonl"
+    config = BuildConfig(
+        model="tiny-deepseek-v3", out=root, corpus="traces", traces=str(sample), progress=False
+    )
+    run_build(config, log=lambda *_: None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def configs(atlas) -> dict[str, tuple[list[str], pa.Table]]:
     """config -> (its data files, pyarrow's reading of them): the reference every reader is held to."""
-    manifest = Manifest.load(small_atlas)
-    names = card_configs(small_atlas)
-    assert set(names) == set(manifest.configs())
+    manifest = Manifest.load(atlas)
+    names = card_configs(atlas)
+    assert set(names) == set(manifest.configs()) and "traces" in names
     out = {}
     for name in names:
-        files = [str(small_atlas / rel) for rel in manifest.config_files(name)]
+        files = [str(atlas / rel) for rel in manifest.config_files(name)]
         out[name] = (files, canonical(pa.concat_tables([pq.read_table(f) for f in files])))
     return out
 
@@ -107,10 +128,10 @@ def test_pandas_reads_every_config_with_pyarrows_values(configs):
         assert_same(got, want, "pandas", name)
 
 
-def test_datasets_reads_every_config_with_pyarrows_values_also_streaming(small_atlas, configs):
+def test_datasets_reads_every_config_with_pyarrows_values_also_streaming(atlas, configs):
     for name, (_, want) in configs.items():
-        ds = datasets.load_dataset(str(small_atlas), name, split="train")
+        ds = datasets.load_dataset(str(atlas), name, split="train")
         assert_same(ds.data.table, want, "datasets", name)
-        streamed = datasets.load_dataset(str(small_atlas), name, split="train", streaming=True)
+        streamed = datasets.load_dataset(str(atlas), name, split="train", streaming=True)
         rows = [{key: row[key] for key in want.column_names} for row in streamed]
         assert rows == want.to_pylist(), f"datasets (streaming) differs from pyarrow in {name}"
