@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from atlas_build.engines.base import RoutingBatch
+from atlas_build.engines.checks import check_weight_files
 from atlas_build.engines.hf import (
     DTYPES,
     HFEngine,
@@ -349,6 +350,9 @@ class VLLMEngine(HFEngine):
         self.config = load_config(path, trust_remote_code)
         self.adapter = adapter_for(self.config)
         self.spec = routing_spec_of(self.adapter, self.config, path)
+        # vLLM reads the weights only when it starts (first route): a truncated file or a missing shard
+        # is refused now, before anything is written.
+        check_weight_files(path)
         # The hf engine's model_row counts parameters of `_model`: the meta-device architecture has them.
         self._model = meta_model(self.config, dtype, trust_remote_code)
         self._routers = self.adapter.router_modules(self._model)

@@ -303,3 +303,16 @@ def test_bad_engine_args_are_refused_before_anything_is_written(tmp_path, args, 
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["build", "--model", "tiny-deepseek-v3", "--out", str(out), *args])
     assert result.exit_code == 2 and message in result.output and not out.exists(), result.output
+
+
+def test_a_truncated_checkpoint_is_refused_before_vllm_starts(fake_vllm, tmp_path, tiny_checkpoint):
+    ckpt = tmp_path / "truncated"
+    ckpt.mkdir()
+    for path in tiny_checkpoint.iterdir():
+        if path.name != "model.safetensors":
+            (ckpt / path.name).symlink_to(path)
+    data = (tiny_checkpoint / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(AtlasError, match="model.safetensors is truncated or corrupt"):
+        VLLMEngine(str(ckpt))
+    assert not FakeLLM.instances or all(llm.kwargs["model"] != str(ckpt) for llm in FakeLLM.instances)
