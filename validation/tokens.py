@@ -83,16 +83,14 @@ def check_tokenization(
         ledger.skip(config, CHECK, problem or "tokenizer not available")
         return
     checked = failing = 0
-    for path in paths:
-        table = pq.read_table(path, columns=COLUMNS)
-        pending: list[tuple[tuple[str, str], dict]] = []
-        for key, rows in _texts_of(table):
-            if key[0] in RETOKENIZED and key in texts:
-                pending.append((key, rows))
-            if len(pending) >= ENCODE_BATCH:
-                checked, failing = _compare(pending, texts, tokenizer, ledger, config, checked, failing)
-                pending = []
-        checked, failing = _compare(pending, texts, tokenizer, ledger, config, checked, failing)
+    pending: list[tuple[tuple[str, str], dict]] = []
+    for key, rows in _texts(paths):
+        if key[0] in RETOKENIZED and key in texts:
+            pending.append((key, rows))
+        if len(pending) >= ENCODE_BATCH:
+            checked, failing = _compare(pending, texts, tokenizer, ledger, config, checked, failing)
+            pending = []
+    checked, failing = _compare(pending, texts, tokenizer, ledger, config, checked, failing)
     ledger.count(config, CHECK, "texts equal a fresh tokenization", checked, failing)
 
 
@@ -109,8 +107,28 @@ def _compare(pending, texts, tokenizer, ledger, config, checked, failing):
     return checked, failing
 
 
-def _texts_of(table: pa.Table):
-    """((corpus, source_id), columns of its rows in token_index order) per text of a routing file."""
+def _texts(paths: list[Path]):
+    """((corpus, source_id), its rows' columns in token_index order) per text of a routing config, in file
+    order; a text whose rows continue in the next file is yielded once, whole."""
+    carry: tuple[tuple[str, str], dict] | None = None
+    for path in paths:
+        for key, rows in _runs(pq.read_table(path, columns=COLUMNS)):
+            if carry is not None and carry[0] == key:
+                rows = {name: np.concatenate([carry[1][name], rows[name]]) for name in rows}
+            elif carry is not None:
+                yield _ordered(*carry)
+            carry = (key, rows)
+    if carry is not None:
+        yield _ordered(*carry)
+
+
+def _ordered(key: tuple[str, str], rows: dict) -> tuple[tuple[str, str], dict]:
+    order = np.argsort(rows["token_index"], kind="stable")
+    return key, {name: values[order] for name, values in rows.items()}
+
+
+def _runs(table: pa.Table):
+    """((corpus, source_id), columns of its rows) per run of one text in a routing file."""
     source = table.column("source_id").to_pylist()
     corpus = table.column("corpus").to_pylist()
     columns = {
@@ -124,6 +142,5 @@ def _texts_of(table: pa.Table):
     start = 0
     for i in range(1, n + 1):
         if i == n or source[i] != source[start] or corpus[i] != corpus[start]:
-            order = np.argsort(columns["token_index"][start:i], kind="stable") + start
-            yield (corpus[start], source[start]), {name: values[order] for name, values in columns.items()}
+            yield (corpus[start], source[start]), {name: values[start:i] for name, values in columns.items()}
             start = i

@@ -120,6 +120,7 @@ def test_ids_only_engine(tmp_path):
     stray = _rebuild(routing, schema, experts, weights)
     write_config(root, manifest, ROUTING, stray, schema)
     manifest.save(root)
+    write_card(root)
     assert {f"{r.config}:{r.check}" for r in run_validation(root, tokenizers=False).failures} == {
         f"{ROUTING}:weights-null"
     }
