@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.lock import AtlasLock
-from atlas_build.atlas.manifest import Manifest
+from atlas_build.atlas.manifest import Manifest, refuse_published_release
 from atlas_build.atlas.schema import (
     MODELS,
     MODELS_SCHEMA,
@@ -103,6 +103,7 @@ def prepare(config: BuildConfig, log: Callable[[str], None]) -> Iterator[BuildRu
     """Create the directory, hold the atlas lock for the whole build, refuse unusable inputs and load the
     model, all before anything is written. A build that fails before writing leaves no empty directory."""
     root = config.out
+    refuse_published_release(root, "building into it")
     created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
