@@ -187,6 +187,9 @@ def command(directory: Path) -> None:
     try:
         manifest = Manifest.load(directory)
     except ManifestError as error:
+        unfinished = unfinished_build(directory)
+        if unfinished:  # killed before its first manifest, or while writing it: nothing is damaged
+            raise AtlasError(f"{directory} is not finished, not damaged: {unfinished}") from error
         if isinstance(error.__cause__, (OSError, ValueError)):
             raise AtlasError(
                 f"{directory}/manifest.json is damaged ({error.__cause__}): the atlas cannot be verified. "
