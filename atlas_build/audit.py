@@ -148,7 +148,9 @@ def sample_texts(
         texts.update(((corpus, i), t) for i, t in zip(ids, table.column("text").to_pylist(), strict=True))
     candidates = sorted(key for key in keys if key in texts)
     if not candidates:
-        raise AuditError(f"{config} routes no senses or substitutions text that the atlas holds: nothing to audit")
+        raise AuditError(
+            f"{config} routes no senses or substitutions text that the atlas holds: nothing to audit"
+        )
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(candidates), size=min(n, len(candidates)), replace=False))
     return [(*candidates[i], texts[candidates[i]]) for i in chosen]
@@ -163,7 +165,9 @@ def atlas_rows(root: Path, manifest: Manifest, config: str, keys: list[tuple[str
     for rel in manifest.config_files(config):
         table = pq.read_table(Path(root) / rel, columns=columns)
         parts.append(table.filter(pc.is_in(table.column("source_id"), value_set=wanted)))
-    table = pa.concat_tables(parts).sort_by([("corpus", "ascending"), ("source_id", "ascending"), ("token_index", "ascending")])
+    table = pa.concat_tables(parts).sort_by(
+        [("corpus", "ascending"), ("source_id", "ascending"), ("token_index", "ascending")]
+    )
     out: dict[tuple[str, str], dict] = {}
     if table.num_rows == 0:
         return out
@@ -216,13 +220,17 @@ def compare_text(
     n_layers = fresh["experts"].shape[1]
     tally.texts += 1
     tally.tokens += len(fresh["token_id"])
-    if atlas is None or len(atlas["token_id"]) != len(fresh["token_id"]) or not np.array_equal(
-        atlas["token_id"], fresh["token_id"]
+    if (
+        atlas is None
+        or len(atlas["token_id"]) != len(fresh["token_id"])
+        or not np.array_equal(atlas["token_id"], fresh["token_id"])
     ):
         have = 0 if atlas is None else len(atlas["token_id"])
         tally.token_layers += max(have, len(fresh["token_id"])) * n_layers
         tally.other_tokens += 1
-        tally.note(f"{where}: the atlas has {have} tokens, the model's tokenizer gives {len(fresh['token_id'])} other ones")
+        tally.note(
+            f"{where}: the atlas has {have} tokens, the model's tokenizer gives {len(fresh['token_id'])} other ones"
+        )
         return
     a, b = atlas["experts"].astype(np.int64), fresh["experts"].astype(np.int64)
     same_set = (np.sort(a, axis=2) == np.sort(b, axis=2)).all(axis=2)  # [n, L]
@@ -234,12 +242,19 @@ def compare_text(
     if atlas["weights"] is not None and fresh["weights"] is not None:
         stored_dtype = atlas["weights"].dtype
         close = same_order & np.isclose(
-            atlas["weights"], fresh["weights"].astype(stored_dtype).astype(np.float32), rtol=rtol, atol=rtol * scale
+            atlas["weights"],
+            fresh["weights"].astype(stored_dtype).astype(np.float32),
+            rtol=rtol,
+            atol=rtol * scale,
         ).all(axis=2)
         tally.weights_close += int(close.sum())
     bad = np.argwhere(~same_set) if not same_set.all() else np.argwhere(~close)
     for token, layer in bad[: MAX_MISMATCHES_SHOWN - len(tally.mismatches)]:
-        what = "expert set" if not same_set[token, layer] else ("order" if not same_order[token, layer] else "weights")
+        what = (
+            "expert set"
+            if not same_set[token, layer]
+            else ("order" if not same_order[token, layer] else "weights")
+        )
         detail = f"atlas {a[token, layer].tolist()}, model {b[token, layer].tolist()}"
         if what == "weights":
             detail = (
@@ -311,7 +326,9 @@ def audit_atlas(
     model_slug = config[len(ROUTING_PREFIX) :]
     rows = [r for r in read_config(root, manifest, MODELS).to_pylist() if r["model_slug"] == model_slug]
     if len(rows) != 1:
-        raise AuditError(f"{root} has {len(rows)} models rows for {config}, expected 1: run `atlas validate {root}`")
+        raise AuditError(
+            f"{root} has {len(rows)} models rows for {config}, expected 1: run `atlas validate {root}`"
+        )
     row = rows[0]
     builds = [b for b in manifest.builds if b.get("model_slug") == model_slug]
     chosen = sample_texts(root, manifest, config, sample, seed)
@@ -325,8 +342,13 @@ def audit_atlas(
                 f"{audited_model} has MoE layers {fresh_row['moe_layers']} and top-k {fresh_row['top_k']}, "
                 f"{config} was routed with {layers} and {row['top_k']}: not the model of this config"
             )
-        log(f"re-routing {len(chosen)} texts of {config} with {audited_model} (hf engine, {row.get('dtype')})")
-        rtol = max(WEIGHT_RTOL.get(row.get("weights_dtype") or "", 0.0), WEIGHT_RTOL.get(row.get("dtype"), DEFAULT_WEIGHT_RTOL))
+        log(
+            f"re-routing {len(chosen)} texts of {config} with {audited_model} (hf engine, {row.get('dtype')})"
+        )
+        rtol = max(
+            WEIGHT_RTOL.get(row.get("weights_dtype") or "", 0.0),
+            WEIGHT_RTOL.get(row.get("dtype"), DEFAULT_WEIGHT_RTOL),
+        )
         tally = _Tally()
         for start in range(0, len(chosen), ROUTE_CHUNK):
             part = chosen[start : start + ROUTE_CHUNK]
@@ -341,7 +363,12 @@ def audit_atlas(
                     "weights": None if batch.weights is None else batch.weights[lo:hi],
                 }
                 compare_text(
-                    tally, (corpus, source), stored.get((corpus, source)), fresh, layers, rtol,
+                    tally,
+                    (corpus, source),
+                    stored.get((corpus, source)),
+                    fresh,
+                    layers,
+                    rtol,
                     float(row["routed_scaling_factor"]),
                 )
     finally:

@@ -640,7 +640,9 @@ def recorded_context(card_text: str) -> CardContext | None:
         return None
     if not isinstance(values, dict):
         return None
-    return CardContext(**{k: values.get(k) for k in ("repo_ref", "revision", "version", "released", "hub_id")})
+    return CardContext(
+        **{k: values.get(k) for k in ("repo_ref", "revision", "version", "released", "hub_id")}
+    )
 
 
 def comparable(card_text: str) -> str:

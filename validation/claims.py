@@ -83,7 +83,9 @@ def card_configs_problems(root: Path, manifest: Manifest, meta: dict) -> list[st
     for name in sorted(set(seen) - set(configs)):
         problems.append(f"{name}: in the card's `configs:`, not a config of the manifest")
     for name in sorted(set(seen) & set(configs)):
-        matched = sorted({rel for pattern in seen[name] for rel in manifest.files if fnmatch.fnmatch(rel, pattern)})
+        matched = sorted(
+            {rel for pattern in seen[name] for rel in manifest.files if fnmatch.fnmatch(rel, pattern)}
+        )
         if matched != sorted(configs[name]["files"]) or seen[name] != [layout.data_glob(name)]:
             problems.append(
                 f"{name}: the card's data_files {seen[name]} match {len(matched)} file(s) "
@@ -95,7 +97,9 @@ def card_configs_problems(root: Path, manifest: Manifest, meta: dict) -> list[st
         name = info.get("config_name") if isinstance(info, dict) else None
         if name not in configs:
             continue
-        splits = {s.get("name"): s.get("num_examples") for s in info.get("splits") or [] if isinstance(s, dict)}
+        splits = {
+            s.get("name"): s.get("num_examples") for s in info.get("splits") or [] if isinstance(s, dict)
+        }
         if splits.get("train") != configs[name]["rows"]:
             problems.append(
                 f"{name}: the card's dataset_info says {splits.get('train')} train rows, the manifest "
@@ -118,17 +122,23 @@ def check_card(root: Path, manifest: Manifest, ledger: Ledger) -> tuple[str | No
         ledger.skip(ATLAS, "card-current", "the card's metadata is unusable (see card-configs)")
         return text, None
     problems = card_configs_problems(root, manifest, meta)
-    ledger.count(ATLAS, "card-configs", "card configs equal the manifest's", len(manifest.configs()), len(problems))
+    ledger.count(
+        ATLAS, "card-configs", "card configs equal the manifest's", len(manifest.configs()), len(problems)
+    )
     ledger.add_examples(ATLAS, "card-configs", problems)
     from dataset_cards.render import rerender_card
 
     try:
         pair = rerender_card(root)
     except Exception as error:  # noqa: BLE001 - unreadable data files are reported by manifest-files
-        ledger.skip(ATLAS, "card-current", f"the card cannot be rendered again ({type(error).__name__}: {error})")
+        ledger.skip(
+            ATLAS, "card-current", f"the card cannot be rendered again ({type(error).__name__}: {error})"
+        )
         return text, meta
     if pair is None:
-        ledger.skip(ATLAS, "card-current", "the card records no rendering context (written by an older version)")
+        ledger.skip(
+            ATLAS, "card-current", "the card records no rendering context (written by an older version)"
+        )
         return text, meta
     shipped, fresh = pair
     if shipped != fresh:
@@ -196,7 +206,7 @@ def random_init_claims(
             missing = [what for what, present in card_says.items() if not present]
             if meta is not None and RANDOM_INIT_TAG not in tags:
                 missing.append(f"the `{RANDOM_INIT_TAG}` tag")
-            if f"random-init model(s): " not in body:
+            if "random-init model(s): " not in body:
                 missing.append("the random-init warning")
             if missing:
                 problems.append(f"{slug}: random-init in its models row; the card lacks {', '.join(missing)}")
@@ -305,7 +315,9 @@ def derived_problems(root: Path, manifest: Manifest, raw: dict, models: dict[str
             continue
         for key in ("rows", "bytes", "files"):
             if have.get(key) != want[key]:
-                problems.append(f"configs.{name}.{key}: {have.get(key)!r}, the file list implies {want[key]!r}")
+                problems.append(
+                    f"configs.{name}.{key}: {have.get(key)!r}, the file list implies {want[key]!r}"
+                )
     counts = manifest.corpus_counts or {}
     for key, fact in corpus_count_facts(root, manifest).items():
         if key in counts and not _same_counts(counts[key], fact):
@@ -325,9 +337,13 @@ def derived_problems(root: Path, manifest: Manifest, raw: dict, models: dict[str
         if model and model != row.get("model_id") and model.split("@")[0] != row.get("model_id"):
             problems.append(f"builds[{slug}].model: {model!r}, its models row says {row.get('model_id')!r}")
         if engine.get("dtype") not in (None, "auto") and engine.get("dtype") != row.get("dtype"):
-            problems.append(f"builds[{slug}].engine.dtype: {engine.get('dtype')!r}, models row {row.get('dtype')!r}")
+            problems.append(
+                f"builds[{slug}].engine.dtype: {engine.get('dtype')!r}, models row {row.get('dtype')!r}"
+            )
         if engine.get("engine") is not None and engine.get("engine") != row.get("engine"):
-            problems.append(f"builds[{slug}].engine: {engine.get('engine')!r}, models row {row.get('engine')!r}")
+            problems.append(
+                f"builds[{slug}].engine: {engine.get('engine')!r}, models row {row.get('engine')!r}"
+            )
         stored = engine.get("weights_dtype")
         if row.get("weights_dtype") is not None and stored is not None and stored != row.get("weights_dtype"):
             problems.append(
@@ -336,7 +352,9 @@ def derived_problems(root: Path, manifest: Manifest, raw: dict, models: dict[str
     return problems
 
 
-def check_manifest_derived(root: Path, manifest: Manifest, models: dict[str, list[dict]], ledger: Ledger) -> None:
+def check_manifest_derived(
+    root: Path, manifest: Manifest, models: dict[str, list[dict]], ledger: Ledger
+) -> None:
     ledger.declare(ATLAS, "manifest-derived")
     problems = derived_problems(root, manifest, Manifest.raw(root), models)
     ledger.count(ATLAS, "manifest-derived", "derived sections agree", 1, 1 if problems else 0)

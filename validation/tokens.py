@@ -31,9 +31,7 @@ def read_texts(files: dict[str, list[Path]]) -> dict[tuple[str, str], str]:
     for corpus in RETOKENIZED:
         for path in files.get(corpus) or []:
             table = pq.read_table(path, columns=[TEXT_ID_COLUMN[corpus], "text"])
-            for text_id, text in zip(
-                table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True
-            ):
+            for text_id, text in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
                 texts.setdefault((corpus, text_id), text)
     return texts
 

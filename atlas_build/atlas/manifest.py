@@ -21,6 +21,7 @@ results of `atlas audit`, each tied to the routing files it re-routed by `data_s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -61,7 +62,9 @@ def published_release(root: Path) -> Path | None:
         data = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return marker  # a damaged release is still a release: refuse rather than "repair" it
-    return marker if not isinstance(data, dict) or data.get("format", RELEASE_FORMAT) == RELEASE_FORMAT else None
+    return (
+        marker if not isinstance(data, dict) or data.get("format", RELEASE_FORMAT) == RELEASE_FORMAT else None
+    )
 
 
 def refuse_published_release(root: Path, action: str) -> None:
@@ -74,10 +77,8 @@ def refuse_published_release(root: Path, action: str) -> None:
     if marker is None:
         return
     version = ""
-    try:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
         version = str(json.loads(marker.read_text(encoding="utf-8")).get("tag") or "")
-    except (OSError, ValueError, AttributeError):
-        pass
     raise PublishedReleaseError(
         f"{root} is a published release{f' ({version})' if version else ''}: a published version never "
         f"changes, so {action} is refused. Copy it to a new directory, change the copy, and publish it as a "

@@ -93,7 +93,11 @@ def release_rows(root: Path) -> list[tuple[str, str, str]]:
     rows = []
     if release.get("manifest_sha256") != digest:
         rows.append(
-            ("altered", MANIFEST, f"sha256 {_short(digest)}, release.json says {_short(release.get('manifest_sha256'))}")
+            (
+                "altered",
+                MANIFEST,
+                f"sha256 {_short(digest)}, release.json says {_short(release.get('manifest_sha256'))}",
+            )
         )
     try:
         validation = json.loads((root / "validation.json").read_text(encoding="utf-8"))
@@ -113,7 +117,9 @@ def release_rows(root: Path) -> list[tuple[str, str, str]]:
                     "stale",
                     RELEASE_MARKER,
                     f"{name}: {said.get('rows')} rows in {said.get('files')} files, the manifest "
-                    + (f"{have['rows']} rows in {len(have['files'])} files" if have else "has no such config"),
+                    + (
+                        f"{have['rows']} rows in {len(have['files'])} files" if have else "has no such config"
+                    ),
                 )
             )
     return rows

@@ -24,8 +24,10 @@ def audit_gaps(manifest: Manifest) -> list[str]:
         elif not fresh:
             gaps.append(f"{config}: its routing files changed since its last audit")
         elif not fresh[-1].get("passed"):
-            gaps.append(f"{config}: its last audit failed ({fresh[-1].get('identical_sets')} of "
-                        f"{fresh[-1].get('token_layers')} token-layers identical)")
+            gaps.append(
+                f"{config}: its last audit failed ({fresh[-1].get('identical_sets')} of "
+                f"{fresh[-1].get('token_layers')} token-layers identical)"
+            )
     return gaps
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas_build.atlas.writer import write_text_atomic
+from atlas_build.publish.audits import require_audits
 from atlas_build.publish.base import (
     INDEX_FORMAT,
     RELEASE_JSON,
@@ -26,7 +27,6 @@ from atlas_build.publish.base import (
     PublishError,
     VersionError,
 )
-from atlas_build.publish.audits import require_audits
 from atlas_build.publish.snapshots import read_json, snapshot_of_atlas
 from atlas_build.publish.staging import (
     PublishResult,
@@ -63,7 +63,9 @@ LOCK_TIMEOUT_S = 3600.0
 
 
 @contextlib.contextmanager
-def releases_lock(path: Path, timeout: float = LOCK_TIMEOUT_S, log: Callable[[str], None] = print) -> Iterator[None]:
+def releases_lock(
+    path: Path, timeout: float = LOCK_TIMEOUT_S, log: Callable[[str], None] = print
+) -> Iterator[None]:
     """Hold an exclusive `flock` on `path/.publish.lock`: one publish to a folder of releases at a time, so
     the second of two concurrent publishes sees the first's release (its changelog's previous version). The
     kernel drops the lock when the holder exits in any way, so a killed publish never blocks the next."""

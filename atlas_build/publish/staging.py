@@ -53,7 +53,9 @@ def run_validation_gate(root: Path):
     try:
         from atlas_build.models import checkpoint_marker, load_tokenizer
 
-        return run_validation(Path(root), tokenizer_loader=load_tokenizer, checkpoint_marker=checkpoint_marker)
+        return run_validation(
+            Path(root), tokenizer_loader=load_tokenizer, checkpoint_marker=checkpoint_marker
+        )
     except AtlasError:
         raise
     except Exception as error:

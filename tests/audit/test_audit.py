@@ -55,7 +55,9 @@ def _with_experts(table: pa.Table, experts: np.ndarray, weights: np.ndarray | No
 
 
 def _validate_passes(root) -> None:
-    result = CliRunner().invoke(main, ["validate", str(root), "--problems-only", "--json", str(root.parent / "v.json")])
+    result = CliRunner().invoke(
+        main, ["validate", str(root), "--problems-only", "--json", str(root.parent / "v.json")]
+    )
     assert result.exit_code == 0, result.output
     assert CliRunner().invoke(main, ["verify", str(root)]).exit_code == 0
 
@@ -66,11 +68,15 @@ def test_the_demo_atlas_audits_to_identical_sets(atlas_copy):
     assert "100.00% identical expert sets" in result.output and "PASSED" in result.output
     audit = Manifest.load(atlas_copy).audits[-1]
     assert audit["config"] == CONFIG and audit["texts"] == 60 and audit["seed"] == 3
-    assert audit["identical_sets"] == audit["token_layers"] == audit["identical_order"] == audit["weights_close"]
+    assert (
+        audit["identical_sets"] == audit["token_layers"] == audit["identical_order"] == audit["weights_close"]
+    )
     assert audit["token_layers"] == audit["tokens"] * 5  # tiny-deepseek-v3: MoE layers 1-5
     assert audit["passed"] and audit["against_recorded"] and audit["mismatch_rate"] == 0.0
     card = (atlas_copy / "README.md").read_text()
-    assert f"Routing audited on {audit['tokens']} tokens (60 texts, seed 3) against `tiny-deepseek-v3`" in card
+    assert (
+        f"Routing audited on {audit['tokens']} tokens (60 texts, seed 3) against `tiny-deepseek-v3`" in card
+    )
     assert "100.00% identical expert sets" in card and "random-init" in card
     _validate_passes(atlas_copy)  # the audit record and the card line are claims validation checks
 
@@ -118,7 +124,12 @@ def another_models_routing(root, tiny_checkpoint):
 
     manifest = Manifest.load(root)
     table = pq.read_table(_shard(root))
-    order = {(c, s): i for i, (c, s) in enumerate(zip(table["corpus"].to_pylist(), table["source_id"].to_pylist(), strict=True))}
+    order = {
+        (c, s): i
+        for i, (c, s) in enumerate(
+            zip(table["corpus"].to_pylist(), table["source_id"].to_pylist(), strict=True)
+        )
+    }
     items = [item for item in wordnet_texts(root, manifest) if (item.corpus, item.source_id) in order]
     items.sort(key=lambda item: order[(item.corpus, item.source_id)])
     engine = HFEngine(str(tiny_checkpoint), random_init=True, seed=1)  # the same texts, another model
@@ -130,7 +141,9 @@ def another_models_routing(root, tiny_checkpoint):
     return None
 
 
-@pytest.mark.parametrize("tamper", [rotate_expert_ids, replace_one_tokens_experts, swap_two_tokens, another_models_routing])
+@pytest.mark.parametrize(
+    "tamper", [rotate_expert_ids, replace_one_tokens_experts, swap_two_tokens, another_models_routing]
+)
 def test_routing_replaced_by_other_valid_routing_fails_the_audit(atlas_copy, tamper, tiny_checkpoint):
     changed = tamper(atlas_copy, tiny_checkpoint) if tamper is another_models_routing else tamper(atlas_copy)
     if tamper in (rotate_expert_ids, another_models_routing):
@@ -188,7 +201,9 @@ def test_an_audited_atlas_publishes_with_require_audit(atlas_copy, tmp_path):
     CliRunner().invoke(main, ["validate", str(atlas_copy)])
     CliRunner().invoke(main, ["card", str(atlas_copy)])
     out = tmp_path / "releases"
-    result = CliRunner().invoke(main, ["publish", str(atlas_copy), "--version", "0.1.0", "--to", str(out), "--require-audit"])
+    result = CliRunner().invoke(
+        main, ["publish", str(atlas_copy), "--version", "0.1.0", "--to", str(out), "--require-audit"]
+    )
     assert result.exit_code == 0, result.output
     release = out / "v0.1.0"
     assert "Routing audited on" in (release / "README.md").read_text()

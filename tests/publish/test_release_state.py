@@ -83,7 +83,9 @@ def test_verify_checks_release_json_configs(release):
     data["configs"]["senses"]["rows"] += 1
     record.write_text(json.dumps(data))
     result = cli(["verify", str(release)])
-    assert result.exit_code == 1 and re.search(r"stale\s+release.json\s+senses:", result.output), result.output
+    assert result.exit_code == 1 and re.search(r"stale\s+release.json\s+senses:", result.output), (
+        result.output
+    )
 
 
 def test_a_second_publish_waits_for_the_first(atlas_v1, atlas_v2, tmp_path):
@@ -101,7 +103,9 @@ def test_a_second_publish_waits_for_the_first(atlas_v1, atlas_v2, tmp_path):
 
     results = {}
     first = threading.Thread(
-        target=lambda: results.update(a=publish_local(atlas_v1, "0.1.0", out, validate=slow_validate, **QUIET))
+        target=lambda: results.update(
+            a=publish_local(atlas_v1, "0.1.0", out, validate=slow_validate, **QUIET)
+        )
     )
     first.start()
     assert first_inside.wait(30)

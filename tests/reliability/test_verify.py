@@ -124,10 +124,18 @@ def crashed(tmp_path_factory, fake_reference):
 
     base = tmp_path_factory.mktemp("crashed")
     jobs, dirs = [], {}
-    second = ["shard-before-write:2", "marker-written:3", "routing-done:1", "models-written:1", "manifest-saved:1"]
+    second = [
+        "shard-before-write:2",
+        "marker-written:3",
+        "routing-done:1",
+        "models-written:1",
+        "manifest-saved:1",
+    ]
     for point in KILL_POINTS:
         dirs[point] = base / point.replace(":", "-")
-        jobs.append({"name": point, "kill_at": point, "args": ["build", "--out", str(dirs[point]), *FAKE_ARGS]})
+        jobs.append(
+            {"name": point, "kill_at": point, "args": ["build", "--out", str(dirs[point]), *FAKE_ARGS]}
+        )
     for point in second:
         name = f"second-{point}"
         dirs[name] = copy_of(fake_reference, base / name.replace(":", "-"))
@@ -137,8 +145,12 @@ def crashed(tmp_path_factory, fake_reference):
         job["log"] = str(base / f"{job['name'].replace(':', '-')}.log")
     (base / "jobs.json").write_text(json.dumps(jobs))
     proc = subprocess.run(
-        driver_command("jobs", str(base / "jobs.json")), env=driver_env(), cwd=REPO, capture_output=True,
-        text=True, timeout=300,
+        driver_command("jobs", str(base / "jobs.json")),
+        env=driver_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     codes = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -155,7 +167,10 @@ def test_verify_tells_an_unfinished_build_in_every_crash_state(crashed):
             assert "note: a build of it was interrupted" in result.output, (name, result.output)
             continue
         assert result.exit_code in (1, 2), (name, result.output)
-        assert UNFINISHED in text and "rerun the same `atlas build` command" in result.output, (name, result.output)
+        assert UNFINISHED in text and "rerun the same `atlas build` command" in result.output, (
+            name,
+            result.output,
+        )
 
 
 def test_a_second_models_interrupted_build_is_unfinished_then_verifies(crashed, fakes):
@@ -167,7 +182,6 @@ def test_a_second_models_interrupted_build_is_unfinished_then_verifies(crashed, 
     resumed = cli(["build", "--out", str(out), *FAKE_ARGS_TWO])
     assert resumed.exit_code == 0, resumed.output
     assert cli(["verify", str(out)]).exit_code == 0
-
 
 
 def test_damage_without_a_build_is_damage(atlas):
@@ -187,7 +201,9 @@ def test_a_card_that_lacks_a_config_is_reported(atlas):
     (atlas / "README.md").write_text(card.replace(block.group(0), "", 1))
     result = cli(["verify", str(atlas)])
     assert result.exit_code == 1, result.output
-    assert re.search(rf"stale\s+README.md\s+{FAKE_ROUTING}: in the manifest, missing from the card", result.output)
+    assert re.search(
+        rf"stale\s+README.md\s+{FAKE_ROUTING}: in the manifest, missing from the card", result.output
+    )
     assert "atlas card" in result.output
 
 

@@ -35,7 +35,9 @@ def _set(ed: AtlasEditor, config: str, column: str, rows, values) -> None:
     for row, value in zip(rows, values, strict=True):
         data[int(row)] = value
     field = table.schema.field(column)
-    ed.write(config, table.set_column(table.schema.get_field_index(column), field, pa.array(data, field.type)))
+    ed.write(
+        config, table.set_column(table.schema.get_field_index(column), field, pa.array(data, field.type))
+    )
 
 
 # ---- the card -------------------------------------------------------------------------------------------
@@ -43,7 +45,9 @@ def _set(ed: AtlasEditor, config: str, column: str, rows, values) -> None:
 
 def card_senses_points_at_substitutions(ed):
     card = ed.card()
-    ed.write_card_text(card.replace("path: senses/senses-*.parquet", "path: substitutions/substitutions-*.parquet", 1))
+    ed.write_card_text(
+        card.replace("path: senses/senses-*.parquet", "path: substitutions/substitutions-*.parquet", 1)
+    )
 
 
 def card_drops_a_config(ed):
@@ -103,7 +107,9 @@ def sense_text_changed_outside_target(ed):
 
 
 def manifest_config_rows_edited(ed):
-    ed.edit_manifest(lambda m: m["configs"]["senses"].update(rows=m["configs"]["senses"]["rows"] + 1), derived=False)
+    ed.edit_manifest(
+        lambda m: m["configs"]["senses"].update(rows=m["configs"]["senses"]["rows"] + 1), derived=False
+    )
 
 
 def manifest_config_dropped_from_derived(ed):
@@ -258,7 +264,12 @@ def test_no_tokenizer_code_runs(atlas_editor, tmp_path):
     folder.mkdir()
     sentinel = tmp_path / "code-ran"
     (folder / "tokenizer_config.json").write_text(
-        json.dumps({"auto_map": {"AutoTokenizer": ["tok.CustomTokenizer", None]}, "tokenizer_class": "CustomTokenizer"})
+        json.dumps(
+            {
+                "auto_map": {"AutoTokenizer": ["tok.CustomTokenizer", None]},
+                "tokenizer_class": "CustomTokenizer",
+            }
+        )
     )
     (folder / "tok.py").write_text(f"open({str(sentinel)!r}, 'w').write('ran')\n")
     _set(atlas_editor, "models", "tokenizer", [0], [str(folder)])
@@ -277,5 +288,7 @@ def test_the_tokenization_check_compares_with_an_independent_tokenization(atlas_
     rows = atlas_editor.text_rows(table, FIRST)
     text = "ctx0 ctx0 lemma00000 ctx0 end"
     words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
-    spans = np.stack([table.column("char_start").to_numpy()[rows], table.column("char_end").to_numpy()[rows]], 1)
+    spans = np.stack(
+        [table.column("char_start").to_numpy()[rows], table.column("char_end").to_numpy()[rows]], 1
+    )
     assert [tuple(s) for s in spans.tolist()] == words

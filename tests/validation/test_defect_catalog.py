@@ -399,7 +399,10 @@ CATALOG = [
     # models
     (models_top_k_inconsistent, {f"{R}:schema", f"{R}:models-consistency", f"{R}:experts-top-k"}),
     (models_layers_inconsistent, {f"{R}:schema", f"{R}:models-consistency", f"{R}:experts-top-k"}),
-    (models_row_missing, {"models:models-consistency", f"{R}:models-consistency", "models:random-init-labels"}),
+    (
+        models_row_missing,
+        {"models:models-consistency", f"{R}:models-consistency", "models:random-init-labels"},
+    ),
     (models_unknown_scoring, {"models:models-fields"}),
     # files and manifest
     (manifest_sha_mismatch, {"senses:manifest-files"}),
