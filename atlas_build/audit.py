@@ -190,16 +190,23 @@ def atlas_rows(root: Path, manifest: Manifest, config: str, keys: list[tuple[str
     return out
 
 
-@dataclass
 class _Tally:
-    texts: int = 0
-    tokens: int = 0
-    token_layers: int = 0
-    identical_sets: int = 0
-    identical_order: int = 0
-    weights_close: int = 0
-    other_tokens: int = 0
-    mismatches: list[str] = field(default_factory=list)
+    """Running counts of one audit, and its first mismatches (their descriptions)."""
+
+    COUNTS = (
+        "texts",
+        "tokens",
+        "token_layers",
+        "identical_sets",
+        "identical_order",
+        "weights_close",
+        "other_tokens",
+    )
+
+    def __init__(self):
+        for name in self.COUNTS:
+            setattr(self, name, 0)
+        self.mismatches: list[str] = []
 
     def note(self, line: str) -> None:
         if len(self.mismatches) < MAX_MISMATCHES_SHOWN:

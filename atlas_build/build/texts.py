@@ -33,6 +33,8 @@ def wordnet_corpora_present(config: BuildConfig, manifest: Manifest) -> bool:
         for key, flag in (("max_lemmas", "--max-lemmas"), ("seed", "--seed")):
             if key == "max_lemmas" and config.max_lemmas is None:
                 continue  # left out: reuse the atlas's
+            if key == "seed" and config.random_init:
+                continue  # --seed seeds the random-init twin's weights; the corpus is reused as it is
             if key in existing and wanted[key] != existing[key]:
                 raise BuildOptionsError(
                     f"{config.out} holds WordNet corpora built with {flag} {existing[key]}, not "

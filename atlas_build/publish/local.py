@@ -107,14 +107,21 @@ def clean_staging(path: Path, log: Callable[[str], None] = print) -> list[Path]:
     return removed
 
 
-def repair_index(path: Path, log: Callable[[str], None] = print) -> bool:
-    """Rewrite `path/releases.json` (and README.md) when they do not list exactly the release folders (a
-    publish killed between its rename and its index); returns whether it was repaired."""
-    if not local_versions(path):
+def index_is_stale(path: Path) -> bool:
+    """Whether `path/releases.json` does not list exactly the published release folders (those holding their
+    release.json: a publish killed between its rename and its index leaves such a folder unlisted)."""
+    published = sorted(str(v) for v in local_versions(path) if (Path(path) / v.tag / RELEASE_JSON).is_file())
+    if not published:
         return False
     index = read_json(Path(path) / RELEASES_INDEX) or {}
     listed = sorted(r.get("version") for r in index.get("releases") or [] if isinstance(r, dict))
-    if listed == sorted(str(v) for v in local_versions(path)):
+    return listed != published
+
+
+def repair_index(path: Path, log: Callable[[str], None] = print) -> bool:
+    """Rewrite `path/releases.json` (and README.md) when it is stale (`index_is_stale`); returns whether it was
+    repaired. Only while holding the folder's lock."""
+    if not index_is_stale(path):
         return False
     write_index(path)
     log(f"repaired {Path(path) / RELEASES_INDEX}: it did not list every release folder")
@@ -154,7 +161,8 @@ def publish_local(
         raise PublishError(f"--to {path} is inside the atlas {source}: publish to a folder outside it")
     if require_audit:
         require_audits(source, manifest)
-    if dry_run:  # writes nothing, so it takes no lock
+    # Writes nothing, so it takes no lock: a dry run, or an existing version refused with a true index.
+    if dry_run or ((path / parsed.tag).exists() and not index_is_stale(path)):
         return _publish_local(source, parsed, path, dry_run, validate, log, released)
     with releases_lock(path, lock_timeout, log):
         clean_staging(path, log)

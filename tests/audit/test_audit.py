@@ -44,14 +44,16 @@ def _rewrite(root, table: pa.Table) -> None:
 
 
 def _with_experts(table: pa.Table, experts: np.ndarray, weights: np.ndarray | None = None) -> pa.Table:
-    for name, values in (("experts", experts), ("weights", weights)):
-        if values is None:
+    """`table` with its `experts` (and `weights`, when given) replaced by these `[tokens, layers, k]` arrays."""
+    replaced = {"experts": experts} if weights is None else {"experts": experts, "weights": weights}
+    columns = []
+    for field in table.schema:
+        if field.name not in replaced:
+            columns.append(table.column(field.name))
             continue
-        field = table.schema.field(name)
         leaf = field.type.value_type.value_type
-        column = nested_fixed_list(np.asarray(values).astype(leaf.to_pandas_dtype()), leaf)
-        table = table.set_column(table.schema.get_field_index(name), field, column)
-    return table
+        columns.append(nested_fixed_list(np.asarray(replaced[field.name]).astype(leaf.to_pandas_dtype()), leaf))
+    return pa.Table.from_arrays(columns, schema=table.schema)
 
 
 def _validate_passes(root) -> None:

@@ -117,9 +117,7 @@ UNFINISHED = "not finished, not damaged"
 def crashed(tmp_path_factory, fake_reference):
     """Fake builds killed at every crash point (first model), and a second model's build killed at each of
     its own points, in one driver process (see conftest.killed_builds; these are this module's own)."""
-    import subprocess
-
-    from ._support import REPO, driver_command, driver_env
+    from ._support import run_driver_jobs
     from .conftest import KILL_POINTS
 
     base = tmp_path_factory.mktemp("crashed")
@@ -143,17 +141,7 @@ def crashed(tmp_path_factory, fake_reference):
         jobs.append({"name": name, "kill_at": point, "args": args})
     for job in jobs:
         job["log"] = str(base / f"{job['name'].replace(':', '-')}.log")
-    (base / "jobs.json").write_text(json.dumps(jobs))
-    proc = subprocess.run(
-        driver_command("jobs", str(base / "jobs.json")),
-        env=driver_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+    codes = run_driver_jobs(jobs, base / "jobs.json")
     assert all(code == -9 for code in codes.values()), codes
     return dirs
 
