@@ -292,3 +292,41 @@ def test_the_tokenization_check_compares_with_an_independent_tokenization(atlas_
         [table.column("char_start").to_numpy()[rows], table.column("char_end").to_numpy()[rows]], 1
     )
     assert [tuple(s) for s in spans.tolist()] == words
+
+
+# ---- on a real atlas: the built-in (RANDOM-INIT) model, its tokenizer and its checkpoint's marker ----------
+
+
+def test_a_real_atlas_is_retokenized_and_its_random_init_labels_agree(atlas_copy):
+    """The demo-size atlas of tiny-deepseek-v3 passes every claims check with the built-in tokenizer; a models row
+    rewritten to say "trained" (card rendered again to match) is caught by the build records and the
+    checkpoint's own marker."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from atlas_build.atlas.manifest import Manifest
+    from atlas_build.atlas.schema import MODELS, MODELS_SCHEMA
+    from atlas_build.atlas.store import write_config
+    from atlas_build.models import checkpoint_marker, load_tokenizer
+    from dataset_cards.render import write_card
+
+    options = {"tokenizer_loader": load_tokenizer, "checkpoint_marker": checkpoint_marker}
+    report = run_validation(atlas_copy, **options)
+    assert report.passed, report.render_table(only_problems=True)
+    tokenization = report.get("routing-tiny-deepseek-v3", "tokenization")
+    assert tokenization.status == "passed" and tokenization.details["checked"] > 100
+
+    manifest = Manifest.load(atlas_copy)
+    rows = pq.read_table(atlas_copy / manifest.config_files(MODELS)[0]).to_pylist()
+    rows[0]["random_init"] = False
+    write_config(
+        atlas_copy, manifest, MODELS, pa.Table.from_pylist(rows, schema=MODELS_SCHEMA), MODELS_SCHEMA
+    )
+    manifest.save(atlas_copy)
+    write_card(atlas_copy)
+    report = run_validation(atlas_copy, **options)
+    assert _failed(report) == {"models:random-init-labels"}, report.render_table(only_problems=True)
+    (example,) = report.get("models", "random-init-labels").failing_examples
+    assert (
+        "notes call it RANDOM-INIT" in example and "checkpoint's config.json marks it random_init" in example
+    )
