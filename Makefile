@@ -9,7 +9,7 @@ DEMO_DIR ?= atlas-demo
 DEMO_MAX_LEMMAS ?= 300
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: venv wordnet demo test lint format bench test-vllm clean
+.PHONY: venv wordnet demo test lint format bench test-vllm gpu-check clean
 
 $(BIN)/atlas: pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,12 +34,18 @@ wordnet: venv
 
 demo: venv wordnet
 	$(OFFLINE) $(BIN)/atlas build --model tiny-deepseek-v3 --out $(DEMO_DIR) --max-lemmas $(DEMO_MAX_LEMMAS)
+	@# Its random-init twin of another seed: the null_model control of a random-init model checks itself (≈ 0).
+	$(OFFLINE) $(BIN)/atlas build --model tiny-deepseek-v3 --out $(DEMO_DIR) --max-lemmas $(DEMO_MAX_LEMMAS) \
+	  --random-init --seed 1 --slug tiny-deepseek-v3-seed1
 	$(OFFLINE) $(BIN)/atlas validate $(DEMO_DIR)
 	$(OFFLINE) $(BIN)/atlas metrics $(DEMO_DIR) --out $(DEMO_DIR)/metrics
 	$(OFFLINE) $(BIN)/atlas card $(DEMO_DIR)
+	$(OFFLINE) $(BIN)/atlas explore $(DEMO_DIR) --out $(DEMO_DIR)-explorer
 	@echo
 	@echo "Demo atlas: $(abspath $(DEMO_DIR))  (metrics report: $(DEMO_DIR)/metrics/report.md)"
-	@echo "tiny-deepseek-v3 is RANDOM-INIT: its routing is plumbing and a null model, not a finding."
+	@echo "Explorer (open in a browser, works offline): file://$(abspath $(DEMO_DIR))-explorer/index.html"
+	@echo "tiny-deepseek-v3 (and its twin tiny-deepseek-v3-seed1) is RANDOM-INIT: its routing is plumbing and a null model, not a finding."
+	@echo "Check the controls on planted truth: $(BIN)/atlas metrics calibrate $(DEMO_DIR) --out $(DEMO_DIR)-calibration"
 	@echo "Load it with:"
 	@echo "  from datasets import load_dataset"
 	@echo "  routing = load_dataset(\"$(abspath $(DEMO_DIR))\", \"routing-tiny-deepseek-v3\", split=\"train\")"
@@ -67,5 +73,17 @@ test-vllm:
 	@test -x $(VLLM_VENV)/bin/python || { echo "no $(VLLM_VENV): see docs/runbook.md (vLLM environment)"; exit 1; }
 	$(OFFLINE) $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m gpu tests/engines/test_vllm_gpu.py
 
+# The prepared GPU check of the hf engine (docs/gpu-check.md): `make gpu-check OUT=DIR`. Its inputs (WordNet
+# texts, tokenizer files) are written here once with WordNet installed and travel to the GPU machine, which
+# has python3 and torch but no venv; GPU_CHECK_ARGS=--reduced GPU_CHECK_DEVICE=cpu runs the CPU version.
+GPU_CHECK_INPUTS ?= build/gpu-check-inputs
+GPU_CHECK_DEVICE ?= cuda
+GPU_CHECK_ARGS ?=
+GPU_CHECK_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	@test -n "$(OUT)" || { echo "usage: make gpu-check OUT=DIR  (results: DIR/gpu-check.json, DIR/gpu-check.md)"; exit 2; }
+	@test -f $(GPU_CHECK_INPUTS)/manifest.json || $(OFFLINE) $(GPU_CHECK_PYTHON) bench/gpu_check.py --prepare $(GPU_CHECK_INPUTS)
+	$(OFFLINE) $(GPU_CHECK_PYTHON) bench/gpu_check.py --inputs $(GPU_CHECK_INPUTS) --out "$(OUT)" --device $(GPU_CHECK_DEVICE) $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-explorer .pytest_cache

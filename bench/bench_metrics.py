@@ -7,7 +7,8 @@ default), in text-aligned chunks straight to Parquet shards, so it never holds t
 A second, fresh subprocess reads it through `datasets.load_dataset` (timed apart: the one-off Arrow cache
 build) and runs, as `atlas metrics` does, the per-layer metrics that scale with tokens (load / entropy /
 co-activation / token-id specialisation, in forked workers) concurrently with the sense-pair overlap (κ at
-the targets, cluster bootstrap, within-lemma permutation test, context adjustment). It prints routing
+the targets, cluster bootstrap, within-lemma permutation test, and the named controls: context words, token
+identity and all at once, in float64) and the router-aware uniform baseline simulation. It prints routing
 entries per second (tokens x layers x k over the metrics' wall time), their CPU time, the load average (the
 cores may be shared) and peak RSS of each process. The routing is uniformly random: the numbers measure
 speed, not routing."""
@@ -196,14 +197,10 @@ def cpu_seconds() -> float:
 def bench(root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int) -> dict:
     from atlas_build.atlas.schema import SENSE_PAIRS, SENSES
     from atlas_build.metrics import experts as ex
+    from atlas_build.metrics.compute import sense_pair_metrics, uniform_baseline
+    from atlas_build.metrics.identity import target_identity
     from atlas_build.metrics.overlap import select_targets, target_rows_table
-    from atlas_build.metrics.senses import (
-        BootstrapOptions,
-        context_adjusted,
-        load_sense_corpus,
-        sense_pair_kappa,
-        sense_pair_overlap,
-    )
+    from atlas_build.metrics.senses import BootstrapOptions, load_sense_corpus, sense_pair_kappa
     from atlas_build.metrics.source import AtlasSource
 
     t0 = time.perf_counter()
@@ -225,8 +222,9 @@ def bench(root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int) ->
     targets = select_targets(target_rows_table(routing, SENSES), corpus.example_ids, "last", n_experts)
     kappa = sense_pair_kappa(targets, corpus, top_k, n_experts)
     options = BootstrapOptions(n_resamples=n_bootstrap, n_permutations=n_permutations)
-    sp = sense_pair_overlap(kappa, corpus, options)
-    sp["context_adjusted"] = context_adjusted(kappa, corpus, options)
+    identity = target_identity(routing, corpus.example_ids, corpus.form)
+    sp = sense_pair_metrics(kappa, corpus, identity, row, options)
+    uniform_baseline(row, routing.num_rows, 5, seed=6)
     sense_s = time.perf_counter() - t0
     ep = job.result()
     entropy = ex.normalised_entropy(ep.load)
@@ -249,7 +247,10 @@ def bench(root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int) ->
         "rss_loaded_gib": rss_loaded,
         "rss_workers_gib": peak_rss_gib(resource.RUSAGE_CHILDREN),
         "entropy_mean": float(entropy.mean()),
-        "delta_layer_mean": {k: float(v) for k, v in sp["layer_mean"]["delta"].items()},
+        "delta_layer_mean": {
+            k: float(v) for k, v in sp["layer_mean"]["delta"].items() if k != "p_value_interval"
+        },
+        "controls": sorted(sp["controls"]),
     }
 
 
@@ -334,7 +335,8 @@ def main(argv=None) -> int:
     print(
         f"  metrics: load / entropy / co-activation / token specialisation over {r['layers']} layers in forked "
         f"workers, concurrently with sense-pair κ + bootstrap ({args.bootstrap}) + permutations "
-        f"({args.permutations}) + context adjustment in the main process (done after {r['sense_s']:.1f} s)"
+        f"({args.permutations}) + controls {', '.join(r['controls'])} (float64) + uniform-routing baseline in the "
+        f"main process (done after {r['sense_s']:.1f} s)"
     )
     print(
         f"  metrics total: {r['metric_s']:.1f} s -> {r['rate'] / 1e6:.1f} M routing entries/s "

@@ -346,12 +346,21 @@ def metrics_summary(metrics: dict[str, Any]) -> str:
             return text
         except (KeyError, TypeError, ValueError):  # a metrics.json of another format version
             pass
-    lines = ["| model | Δκ same − different sense (layer mean) | 95% CI |", "|---|---:|---|"]
+    lines = [
+        "| model | Δκ same − different sense (layer mean) | 95% CI | under all controls | survives |",
+        "|---|---:|---|---|---|",
+    ]
     for slug, entry in (metrics.get("models") or {}).items():
-        delta = (((entry or {}).get("sense_pairs") or {}).get("layer_mean") or {}).get("delta") or {}
+        sense_pairs = (entry or {}).get("sense_pairs") or {}
+        delta = (sense_pairs.get("layer_mean") or {}).get("delta") or {}
+        every = ((((sense_pairs.get("controls") or {}).get("all") or {}).get("layer_mean")) or {}).get(
+            "delta"
+        ) or {}
+        survives = (sense_pairs.get("survives") or {}).get("layer_mean_survives")
         label = f"`{slug}`" + (f" ({RANDOM_INIT})" if entry.get("random_init") else "")
         lines.append(
-            f"| {label} | {delta.get('estimate')} | [{delta.get('ci_low')}, {delta.get('ci_high')}] |"
+            f"| {label} | {delta.get('estimate')} | [{delta.get('ci_low')}, {delta.get('ci_high')}] "
+            f"| {every.get('estimate')} [{every.get('ci_low')}, {every.get('ci_high')}] | {survives} |"
         )
     return "\n".join(lines)
 

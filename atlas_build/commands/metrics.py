@@ -1,10 +1,56 @@
-"""`atlas metrics SOURCE --out REPORT_DIR`: routing metrics of an atlas, read through `datasets` only."""
+"""`atlas metrics SOURCE --out REPORT_DIR`: routing metrics of an atlas, read through `datasets` only;
+`atlas metrics calibrate DIR --out OUT`: the controls checked on planted copies of the atlas."""
 
 from __future__ import annotations
 
 import click
 
+_BOOTSTRAP = click.option(
+    "--bootstrap",
+    "n_bootstrap",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Bootstrap resamples.",
+)
+_PERMUTATIONS = click.option(
+    "--permutations",
+    "n_permutations",
+    default=999,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Within-lemma label permutations for the p-values.",
+)
+_CACHE = click.option(
+    "--cache-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="datasets cache (default: the HF cache).",
+)
 
+
+class _MetricsGroup(click.Group):
+    """`atlas metrics SOURCE ...` runs the metrics; `atlas metrics calibrate ...` the calibration."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["compute", *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage("atlas metrics", "SOURCE --out REPORT_DIR [OPTIONS] | calibrate DIR --out OUT")
+
+
+@click.group("metrics", cls=_MetricsGroup)
+def command():
+    """Routing metrics of an atlas, from the dataset alone.
+
+    `atlas metrics SOURCE --out REPORT_DIR` (see `atlas metrics compute --help`) computes them;
+    `atlas metrics calibrate DIR --out OUT` checks the controls on planted copies of the atlas.
+    """
+
+
+@command.command("compute")
 @click.argument("source")
 @click.option("--model", "models", multiple=True, help="Model slug (repeatable); default: every model.")
 @click.option("--revision", default=None, help="Hub revision of SOURCE (hub ids only).")
@@ -24,43 +70,38 @@ import click
     type=click.IntRange(1),
     help="Token-id specialisation: minimum occurrences of a token id.",
 )
-@click.option(
-    "--bootstrap",
-    "n_bootstrap",
-    default=2000,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Bootstrap resamples.",
-)
-@click.option(
-    "--permutations",
-    "n_permutations",
-    default=999,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Within-lemma label permutations for the p-values.",
-)
+@_BOOTSTRAP
+@_PERMUTATIONS
 @click.option("--seed", default=0, show_default=True, type=int)
+@_CACHE
 @click.option(
-    "--cache-dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="datasets cache (default: the HF cache).",
+    "--no-verify",
+    is_flag=True,
+    help="Do not check the data files against manifest.json (the report then says they were not checked).",
 )
-def _metrics(source, models, revision, target, out, min_count, n_bootstrap, n_permutations, seed, cache_dir):
+def compute(
+    source, models, revision, target, out, min_count, n_bootstrap, n_permutations, seed, cache_dir, no_verify
+):
     """Compute the routing metrics of the atlas SOURCE (an atlas directory or a hub dataset id).
 
     Writes metrics.json, report.md and PNG figures into REPORT_DIR: sense-pair overlap (chance-corrected
-    κ, with context-overlap and null-model controls), substitution overlap, scale, token-id specialisation,
-    expert load / entropy / co-activation, reasoning-trace nPMI, and a routing-only sense probe. No model,
-    tokenizer or WordNet is needed.
+    κ, raw and under the named controls: context words, token identity, a random-init null model, all),
+    substitution overlap, scale, token-id specialisation (ours and OLMoE's definition), expert load /
+    entropy / co-activation against router-aware baselines, reasoning-trace nPMI, and a calibrated
+    routing-only sense probe. The data files are checked against manifest.json first. No model, tokenizer
+    or WordNet is needed.
     """
     # Heavy imports here: the CLI group imports every command module at start-up.
     from atlas_build.metrics import MetricsOptions, run_metrics, summarize
     from atlas_build.metrics.source import SourceError
 
     options = MetricsOptions(
-        target=target, min_count=min_count, n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed
+        target=target,
+        min_count=min_count,
+        n_bootstrap=n_bootstrap,
+        n_permutations=n_permutations,
+        seed=seed,
+        verify=not no_verify,
     )
     try:
         metrics = run_metrics(
@@ -69,7 +110,69 @@ def _metrics(source, models, revision, target, out, min_count, n_bootstrap, n_pe
     except SourceError as error:
         raise click.ClickException(str(error)) from error
     click.echo(summarize(metrics))
+    if no_verify:
+        click.echo("warning: the data files were NOT checked against manifest.json (--no-verify)")
     click.echo(f"wrote {out}/metrics.json, {out}/report.md and {len(metrics['figures'])} figure(s)")
 
 
-command = click.command("metrics")(_metrics)
+def _layers(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated decoder layer ids, got {value!r}") from None
+
+
+@command.command("calibrate")
+@click.argument("source", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New directory for the copies.")
+@click.option("--model", default=None, help="Model slug of the sense plant (default: the first).")
+@click.option(
+    "--layers", default=None, help="Decoder layers of the sense plant, e.g. 2,4 (default: every other)."
+)
+@click.option("--strength", default=0.5, show_default=True, type=float, help="Sense plant probability q.")
+@click.option(
+    "--plant",
+    "plants",
+    multiple=True,
+    type=click.Choice(["sense", "token_identity", "context_words", "noise"]),
+    help="Plant (repeatable; default: all four).",
+)
+@_BOOTSTRAP
+@_PERMUTATIONS
+@click.option("--seed", default=0, show_default=True, type=int)
+@_CACHE
+def calibrate(source, out, model, layers, strength, plants, n_bootstrap, n_permutations, seed, cache_dir):
+    """Plant known routing into copies of the local atlas SOURCE and report what each control recovers.
+
+    Plants: a sense effect at chosen layers; sense-blind routing by token identity; sense-blind routing by
+    context words; pure noise. Writes OUT/plant-<name>/ (complete atlases), OUT/calibration.json and
+    OUT/calibration.md.
+    """
+    from atlas_build.metrics import MetricsOptions
+    from atlas_build.metrics.calibrate import (
+        PLANTS,
+        PlantOptions,
+        render_calibration,
+    )
+    from atlas_build.metrics.calibrate import (
+        calibrate as run_calibration,
+    )
+    from atlas_build.metrics.source import SourceError
+
+    try:
+        report = run_calibration(
+            source,
+            out,
+            plants=tuple(plants) or PLANTS,
+            plant_options=PlantOptions(model=model, layers=_layers(layers), strength=strength, seed=seed),
+            metrics_options=MetricsOptions(n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed),
+            cache_dir=cache_dir,
+        )
+    except SourceError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(render_calibration(report))
+    click.echo(
+        f"wrote {out}/calibration.json, {out}/calibration.md and {len(report['plants'])} planted atlas(es)"
+    )

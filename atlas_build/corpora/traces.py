@@ -294,8 +294,11 @@ def load_tokenizer(checkpoint: Path, trust_remote_code: bool = False):
 def context_limit(checkpoint: Path, trust_remote_code: bool = False) -> int | None:
     """The model's context in tokens (`max_position_embeddings`, as `HFEngine.max_length`)."""
     from atlas_build.engines.hf import load_config
+    from atlas_build.routers.base import decoder_config
 
-    return getattr(load_config(checkpoint, trust_remote_code), "max_position_embeddings", None)
+    # A multimodal wrapper (Llama 4, Qwen3.5-MoE) keeps its context in the text decoder's config.
+    config = decoder_config(load_config(checkpoint, trust_remote_code))
+    return getattr(config, "max_position_embeddings", None)
 
 
 def trace_source(trace: Trace, path: Path) -> str:

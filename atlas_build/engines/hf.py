@@ -17,7 +17,7 @@ import numpy as np
 from atlas_build.engines.base import Engine, ModelLoadError, RoutingBatch
 from atlas_build.engines.checkpoint import model_identity, resolve_checkpoint
 from atlas_build.errors import AtlasError
-from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for
+from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for, decoder_config
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 # Above this, a checkpoint is identified by its file listing rather than by hashing every byte.
@@ -201,7 +201,7 @@ class HFEngine(Engine):
 
     def _make_hook(self, slot: int):
         def hook(module, args, output):
-            index, weights = self.adapter.read_router_output(output)
+            index, weights = self.adapter.read_router_output(output, module)
             self._captured[slot].append((index.detach(), weights.detach().float()))
 
         return hook
@@ -212,8 +212,14 @@ class HFEngine(Engine):
         return self._tokenizer
 
     @property
+    def text_config(self):
+        """The text decoder's config: `text_config` of a multimodal wrapper (Llama 4, Qwen3.5-MoE), else
+        `config`. The shape of what is routed (layers, context) is read here."""
+        return decoder_config(self.config)
+
+    @property
     def max_length(self) -> int | None:
-        return getattr(self.config, "max_position_embeddings", None)
+        return getattr(self.text_config, "max_position_embeddings", None)
 
     @property
     def weightless(self) -> bool:
@@ -236,7 +242,7 @@ class HFEngine(Engine):
             "architecture": architectures[0],
             "model_type": self.config.model_type,
             "router_adapter": self.adapter.name,
-            "num_hidden_layers": self.config.num_hidden_layers,
+            "num_hidden_layers": self.text_config.num_hidden_layers,
             "moe_layers": list(self.spec.moe_layers),
             "n_routed_experts": self.spec.n_routed_experts,
             "top_k": self.spec.top_k,
@@ -262,6 +268,7 @@ class HFEngine(Engine):
         from atlas_build.models import BUILTIN
 
         notes = list(getattr(BUILTIN.get(self.model_id), "CARD_NOTES", [])) if self.builtin else []
+        notes.extend(self.adapter.card_notes(self.config))
         if self.random_init:
             notes.append(
                 f"Random-init twin of {self.model_id}'s architecture (seed {self.seed}): a null model, its "
@@ -316,7 +323,8 @@ class HFEngine(Engine):
         # Longest first within the call: less padding, and a deterministic batch composition.
         order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
         pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        base_model = getattr(self._model, self._model.base_model_prefix)
+        # The decoder stack only (no LM head); Llama4ForCausalLM's base_model_prefix names no attribute.
+        base_model = self.adapter.decoder_model(self._model)
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
@@ -361,8 +369,9 @@ class HFEngine(Engine):
             index, weights = captures[0]
             weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
             index = torch.gather(index, -1, order)
-            index_layers.append(index.reshape(batch, width, k))
-            weight_layers.append(weights.reshape(batch, width, k))
+            # With a device_map the MoE layers, and so their captures, can sit on different GPUs.
+            index_layers.append(index.reshape(batch, width, k).to(self.device))
+            weight_layers.append(weights.reshape(batch, width, k).to(self.device))
         index = torch.stack(index_layers, dim=2).to(torch.int16).cpu().numpy()
         weights = torch.stack(weight_layers, dim=2).cpu().numpy()
         return index, weights
@@ -460,8 +469,9 @@ class HFEngine(Engine):
         for slot in range(n_layers):
             weights = torch.cat(weight_parts[slot])
             weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
-            index_layers.append(torch.gather(torch.cat(index_parts[slot]), -1, order))
-            weight_layers.append(weights)
+            # One device for the stack: with a device_map the layers can sit on different GPUs.
+            index_layers.append(torch.gather(torch.cat(index_parts[slot]), -1, order).to(self.device))
+            weight_layers.append(weights.to(self.device))
         experts = torch.stack(index_layers, dim=1).to(torch.int16).cpu().numpy()
         gate_weights = torch.stack(weight_layers, dim=1).cpu().numpy()
 

@@ -340,7 +340,7 @@ class VLLMEngine(HFEngine):
 
     @property
     def max_length(self) -> int | None:
-        return self.max_model_len or getattr(self.config, "max_position_embeddings", None)
+        return self.max_model_len or getattr(self.text_config, "max_position_embeddings", None)
 
     def llm_arguments(self) -> dict[str, Any]:
         """Keyword arguments of `vllm.LLM` for this engine."""

@@ -4,20 +4,26 @@
 
     metrics.json              everything below (stable keys)
     report.md                 formulas, tables, which effects survive the controls, warnings
-    kappa-layers.png          per-layer κ (same / different sense) and Δκ (raw, adjusted, over null) with CI bands
+    kappa-layers.png          per-layer κ (same / different sense) and Δκ raw next to every control, with CI bands
     scale.png                 layer-mean and peak Δκ against total and active parameters
     coactivation-<slug>.png   P(E_j | E_i) heatmaps for up to four layers
     coactivation-<slug>.npz   coactivation_counts [L, N, N] (C_ij tokens with both i and j; C_ii = load),
-                              load_counts [L, N], moe_layers [L]
+                              coactivation_adjacent_counts [L, N, N] (OLMoE-style: rank-adjacent only; weighted
+                              engines), load_counts [L, N], moe_layers [L]
+
+`atlas metrics calibrate DIR --out OUT` (`calibrate.py`) checks the controls on planted copies of an atlas.
 
 `metrics.json` layout (per-layer arrays are indexed by MoE layer, in the order of `model.moe_layers`;
 an interval is `{"estimate", "ci_low", "ci_high"}` (95%, cluster bootstrap over lemmas); floats have 6
 significant digits; NaN/undefined is null)::
 
     {
-      "format": "routing-atlas-metrics", "format_version": 1,
+      "format": "routing-atlas-metrics", "format_version": 2,
       "source": str, "revision": str | null,
       "options": {"target": "first|last|all", "min_count", "n_bootstrap", "n_permutations", "confidence", "seed"},
+      "provenance": {"manifest_sha256", "manifest_code_version", "data_files": {path: sha256}, "verified": bool,
+                     "verification": str, "code_version", "options", "seeds": {name: int}},
+      "controls": ["context_words", "token_identity", "null_model", "all"],
       "synthetic": bool,                       # a synthetic model or synthetic corpus rows are present
       "random_init_models": [slug, ...],
       "corpus": {"senses": n, "sense_pairs": n, "substitutions": n | null, "traces": n | null},
@@ -31,29 +37,45 @@ significant digits; NaN/undefined is null)::
           "sense_pairs": null | {
             "n_pairs": {"same", "different"}, "n_lemmas": int,
             "kappa_same": interval[L], "kappa_different": interval[L],
-            "delta": interval[L] + {"p_value": [L], "p_value_bh": [L]},
+            "delta": interval[L] + {"p_value": [L], "p_value_bh": [L], "p_value_interval": [L][low, high]},
             "layer_mean": {"kappa_same": interval, "kappa_different": interval,
-                           "delta": interval + {"p_value"}},
+                           "delta": interval + {"p_value", "p_value_interval": [low, high]}},
             "jaccard": {"same": mean J, "different": mean J},
-            "context_adjusted": {"method", "n_strata", "delta": interval[L], "layer_mean": {"delta": interval}},
-            "over_null": null | {"null_model": slug, "n_pairs", "layer_mean": {"delta": interval},
-                                 "delta": interval[L] | null},   # per layer only when layer counts match
+            "controls": {name: {"method": str, "delta": interval[L] | null, "layer_mean": {"delta": interval},
+                                "n_pairs", "n_columns", ("null_model": slug), ("error": str: design refused)}},
+            "context_adjusted": = controls.context_words, "over_null": null | from controls.null_model,
             "peak": {"layer_index", "layer", "delta", "ci_low", "ci_high"},
-            "survives": {"raw", "context_adjusted", "over_null": "positive|negative|none|...",
-                         "layer_mean_survives": bool, "null_tested": bool, "layers": [decoder layer],
-                         "random_init": bool}
+            "survives": {"raw", "controls": {name: "positive|negative|none|untested"},
+                         "per_layer": {"raw" | name: [L]}, "removed_by": [name],
+                         "context_adjusted", "over_null", "layer_mean_survives": bool, "null_tested": bool,
+                         "layers": [decoder layer], "random_init": bool}
           },
           "substitutions": null | {"n": {relation: n}, "kappa": {relation: interval[L]},
                                    "delta": interval[L] | null,   # synonym − other-sense
                                    "layer_mean": {relation: interval, "delta": interval}},
           "probe": null | {"n_examples", "n_lemmas", "accuracy": interval, "mfs_accuracy": interval,
-                           "difference": interval},
+                           "difference": interval,
+                           "null": {"method", "n_permutations", "mean", "range", "accuracy_minus_null_mean",
+                                    "p_value", "p_value_interval"},
+                           "lexical": {"context_words" | "token_identity" | "lexical":
+                                       {"accuracy": interval, "difference": interval}},
+                           "calibrated": {"beats_mfs", "beats_null", "beats_lexical"}},
           "experts": {"load": [L][N], "entropy": [L], "max_load_ratio": [L],
-                      "coactivation": {"file", "independent_baseline", "min_support", "max_conditional": [L],
-                                       "top_pairs": [L][{"i", "j", "p"}]}},
+                      "load_baseline": {"uniform_share", "simulated_entropy", "simulated_max_load_ratio"},
+                      "coactivation": {"file", "independent_baseline", "min_support",
+                                       "baseline": {"method", "n_group", "topk_group", "same_group",
+                                                    "other_group", "unconstrained"},
+                                       "simulated": {"method", "entropy", "max_load_ratio", "max_conditional",
+                                                     "max_lift"},
+                                       "max_conditional": [L], "max_lift": [L],
+                                       "top_pairs" | "top_pairs_lift": [L][{"i", "j", "p", "baseline", "lift"}],
+                                       "olmoe": null | {"definition", "mean_conditional": [L],
+                                                        "mean_conditional_all_pairs": [L]}}},
           "token_specialisation": {"min_count", "n_token_ids", "n_occurrences",
                                    "top1": {"share": [L], "shuffled": [L], "random": 1/N} | null (ids-only engine),
-                                   "topk": {"share": [L], "shuffled": [L], "random": k/N}},
+                                   "topk": {"share": [L], "shuffled": [L], "random": k/N},
+                                   "olmoe": {"definition", "n_token_ids", "n_singletons",
+                                             "top1_share": [L] | null, "topk_share": [L]}},
           "traces": null | {"n_tokens", "n_marker_tokens", "npmi": [L][N],
                             "top_experts": [L][{"expert", "npmi", "count"}],
                             "markers": {marker: {"n", "top_experts": [L][...]}},

@@ -9,18 +9,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from atlas_build.atlas.schema import SENSE_PAIRS, SENSES, SUBSTITUTIONS, TRACES
+from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, SENSE_PAIRS, SENSES, SUBSTITUTIONS, TRACES
 from atlas_build.metrics import experts as ex
+from atlas_build.metrics.baselines import RouterConstraints, simulate_uniform
+from atlas_build.metrics.controls import CONTROL_NAMES, NullModel, pair_controls
+from atlas_build.metrics.identity import TargetIdentity, target_identity
 from atlas_build.metrics.overlap import TARGET_MODES, select_targets, target_rows_table
+from atlas_build.metrics.probe import sense_probe
+from atlas_build.metrics.provenance import Provenance
 from atlas_build.metrics.senses import (
     BootstrapOptions,
     SenseCorpus,
-    context_adjusted,
     load_sense_corpus,
-    over_null,
     sense_pair_kappa,
     sense_pair_overlap,
-    sense_probe,
     substitution_overlap,
 )
 from atlas_build.metrics.source import AtlasSource, SourceError
@@ -28,7 +30,7 @@ from atlas_build.metrics.source import AtlasSource, SourceError
 log = logging.getLogger(__name__)
 
 FORMAT = "routing-atlas-metrics"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TOP_EXPERTS = 5
 
 FORMULAS = {
@@ -38,33 +40,58 @@ FORMULAS = {
     "delta": "Δκ[l] = mean κ[l] over same-sense pairs − mean κ[l] over different-sense pairs; layer mean "
     "= mean over MoE layers",
     "bootstrap": "95% CIs: cluster bootstrap (scipy.stats.bootstrap) resampling lemmas (lemma + pos) with "
-    "replacement; BCa up to 1000 lemmas, percentile above (BCa's jackknife is quadratic in the lemmas)",
-    "permutation": "p-value: two-sided, (1 + #{|Δ*| ≥ |Δ|}) / (R + 1); Δ* recomputed after permuting the "
+    "replacement, every replicate in float64; BCa up to 1000 lemmas, percentile above (BCa's jackknife is "
+    "quadratic in the lemmas)",
+    "permutation": "p-value: two-sided, (1 + b) / (R + 1), b = #{|Δ*| ≥ |Δ|} over R permutations of the "
     "examples' synset labels within each lemma (keeps each lemma's sense counts and the pairs' shared "
-    "examples); per-layer p also Benjamini–Hochberg adjusted",
+    "examples); per-layer p also Benjamini–Hochberg adjusted; p_value_interval: exact binomial (Clopper–"
+    "Pearson) 95% interval of the true p given b of R (its Monte Carlo error); printed only to the digits "
+    "that interval supports",
     "jaccard": "J = |W_a ∩ W_b| / |W_a ∪ W_b|, W = lower-cased word types of the sentence with the target "
     "span removed",
-    "context_adjusted": "β_same from least squares κ = β0 + β_same·same + Σ_s γ_s·[stratum(J) = s] "
-    "(+ β_J·J when strata are deciles); strata: distinct J values (≤ 10) or deciles of J",
-    "over_null": "Δκ(model) − Δκ(null) on the pairs both routed, null = a random-init model of the same "
-    "model_type, scoring function and top-k method; joint cluster bootstrap",
+    "controls": "each control is β_same of a float64 least-squares fit, per layer, κ = β0 + β_same·same + "
+    "Σ dummies of the control's strata (+ linear terms); one dummy per non-empty level except the most "
+    "frequent, redundant columns dropped, a design where `same` is a combination of the strata refused; CIs "
+    "from one cluster bootstrap of the per-lemma normal equations shared by all controls",
+    "context_words": "strata: each distinct J (≤ 10 values) or deciles of J plus a linear J term",
+    "token_identity": "strata: the 16 cells of (same target token-id sequence, same target surface form "
+    "(exact text of the span), same left neighbour token id, same right neighbour token id; a missing "
+    "neighbour equals only a missing one), from each model's own routing rows",
+    "null_model": "Δκ(model) − Δκ(null) on the pairs both routed, null = a random-init model of the same "
+    "model_type, scoring function and top-k method (for a random-init model: another seed of it, where the "
+    "control must give ≈ 0); joint cluster bootstrap",
+    "all": "context_words + token_identity strata in one fit; minus the same fit on the null model when "
+    "there is one",
+    "survives": "an effect survives when the CI of raw Δκ excludes 0 and the CI of every applicable control "
+    "excludes 0 with the same sign; per layer and for the layer mean",
+    "context_adjusted": "= controls.context_words (kept for older readers)",
+    "over_null": "= controls.null_model (kept for older readers)",
     "substitution": "κ between the base example's target and the substituted target; Δ = mean κ(synonym) "
     "− mean κ(other-sense)",
-    "load": "load_e = #top-k slots with expert e / (T·k)",
+    "load": "load_e = #top-k slots with expert e / (T·k); uniform routing (any symmetric constraint): 1/N",
     "entropy": "H = −Σ_e load_e log load_e / log N (1 = balanced)",
-    "coactivation": "P(E_j | E_i) = #tokens with i and j in the top-k / #tokens with i; independent "
-    "uniform routing gives (k − 1)/(N − 1); heatmaps show log2 lift = log2(P(E_j | E_i) / P(E_j)), "
-    "P(E_j) = #tokens with j / T (0 = independent of each other)",
+    "coactivation": "P(E_j | E_i) = #tokens with i and j in the top-k / #tokens with i; baseline P0(E_j | E_i) "
+    "of uniform routing under the router's constraints: (k − 1)/(M − 1) within a group and "
+    "(k − 1)/(M − 1)·(topk_group − 1)/(n_group − 1) across groups, M = topk_group·N/n_group (no groups: "
+    "(k − 1)/(N − 1)); lift = P / P0; simulated: the same statistics of a seeded uniform routing under "
+    "the constraints with as many tokens; heatmaps show log2 P(E_j | E_i) / P(E_j)",
+    "coactivation_olmoe": "OLMoE-style (allenai/OLMoE scripts/run_moe_analysis.py): only rank-adjacent "
+    "experts of the weight-ordered top-k count as co-activated (ranks r and r + 1); P_adj(E_j | E_i) = "
+    "#tokens with i and j at adjacent ranks / #tokens with i; mean over i ≠ j",
     "token_specialisation": "for token ids with ≥ m occurrences: top-1 share = max_e #{first expert = e} "
     "/ n_t, top-k share = max_e #{e ∈ top-k} / n_t, averaged over token ids; baselines 1/N, k/N and the same "
     "shares after permuting expert rows across tokens (seeded; same loads and n_t)",
+    "token_specialisation_olmoe": "OLMoE's definition: the top-1 (top-k) share averaged over ALL token ids, "
+    "singletons included (a singleton's share is 1, so this is higher than ours)",
     "npmi": "nPMI(M, e) = log(p(M, e) / (p(M) p(e))) / −log p(M, e) over trace tokens, M = the token is "
     "a reasoning marker, e = expert e in its top-k (−1: never together); top experts: among those seen with "
     "markers ≥ m times",
     "js_divergence": "JS(think ‖ answer) of the expert load distributions, base 2 (0 = equal, 1 = disjoint)",
     "probe": "leave-one-out nearest neighbour within the lemma by sim = Σ_l |E_x,l ∩ E_y,l|; ties: most "
-    "frequent sense among tied neighbours, then lowest sense number; MFS baseline: majority sense among the "
-    "lemma's other examples",
+    "frequent sense among tied neighbours, then lowest sense number; baselines: MFS (majority sense among the "
+    "lemma's other examples), a null (the same probe after permuting sense labels within each lemma; p = "
+    "(1 + #{acc* ≥ acc}) / (R + 1)), and lexical nearest neighbours by context-word Jaccard, by the number of "
+    "matching token-identity features, and by their sum",
 }
 
 
@@ -77,9 +104,29 @@ class MetricsOptions:
     confidence: float = 0.95
     seed: int = 0
     budget_bytes: int = 1 << 30
+    # Check the data files against manifest.json (sha256) and refuse altered ones; off: the report says so.
+    verify: bool = True
 
     def bootstrap(self) -> BootstrapOptions:
         return BootstrapOptions(self.n_bootstrap, self.n_permutations, self.confidence, self.seed)
+
+    def public(self) -> dict:
+        """The options that change numbers (recorded in metrics.json; `budget_bytes` only changes memory)."""
+        keys = ("target", "min_count", "n_bootstrap", "n_permutations", "confidence", "seed")
+        return {key: getattr(self, key) for key in keys}
+
+    def seeds(self) -> dict[str, int]:
+        """Every seed the metrics use, derived from `seed`."""
+        s = self.seed
+        return {
+            "bootstrap_raw_and_substitutions": s,
+            "permutation_test": s + 1,
+            "bootstrap_controls": s + 2,
+            "bootstrap_probe": s + 4,
+            "probe_label_permutations": s + 5,
+            "token_shuffle_baseline": s,
+            "uniform_routing_simulation": s + 6,
+        }
 
 
 @dataclass
@@ -96,7 +143,8 @@ def is_synthetic(row: dict) -> bool:
 
 def find_null(row: dict, rows: Sequence[dict]) -> dict | None:
     """A random-init model of the same architecture and routing: same model_type, scoring_func and
-    topk_method; among several, the one closest in (N, k, MoE layers)."""
+    topk_method; among several, the one closest in (N, k, MoE layers). For a random-init model: another
+    random-init model of it (another seed), preferring the same model id."""
     candidates = [
         r
         for r in rows
@@ -105,6 +153,7 @@ def find_null(row: dict, rows: Sequence[dict]) -> dict | None:
         and r["model_type"] == row["model_type"]
         and r["scoring_func"] == row["scoring_func"]
         and r["topk_method"] == row["topk_method"]
+        and not (row["random_init"] and r.get("seed") == row.get("seed") and r["model_id"] == row["model_id"])
     ]
 
     def distance(r):
@@ -112,6 +161,7 @@ def find_null(row: dict, rows: Sequence[dict]) -> dict | None:
             r["n_routed_experts"] != row["n_routed_experts"],
             r["top_k"] != row["top_k"],
             len(r["moe_layers"]) != len(row["moe_layers"]),
+            r["model_id"] != row["model_id"],
             r["model_slug"],
         )
 
@@ -130,42 +180,47 @@ def _sign(iv: dict | None) -> int | None:
 _WORD = {1: "positive", -1: "negative", 0: "none", None: "untested"}
 
 
+def _layer_signs(block: dict | None, n_layers: int) -> list[int | None]:
+    if not block:
+        return [None] * n_layers
+    return [
+        _sign({"ci_low": lo, "ci_high": hi}) for lo, hi in zip(block["ci_low"], block["ci_high"], strict=True)
+    ]
+
+
 def survival(sp: dict, moe_layers: list[int], random_init: bool) -> dict:
-    """Which effects survive the controls: a CI that excludes 0 with the same sign as the raw effect, for the
-    layer mean and per layer, after context adjustment and over the null model (when there is one)."""
+    """Which effects survive the controls: the raw CI excludes 0 and so does every applicable control's, with
+    the same sign; for the layer mean and per layer (a control without per-layer values, e.g. a null model
+    with other layer counts, counts with its layer-mean sign at every layer)."""
+    controls = sp.get("controls") or {}
+    n_layers = len(moe_layers)
     raw = _sign(sp["layer_mean"]["delta"])
-    adj = _sign(sp["context_adjusted"]["layer_mean"]["delta"]) if sp.get("context_adjusted") else None
-    null = sp.get("over_null")
-    nul = _sign(null["layer_mean"]["delta"]) if null else None
-    survives = bool(raw and adj == raw and (nul == raw if null else True))
-
-    def layer_signs(block):
-        if not block:
-            return [None] * len(moe_layers)
-        return [
-            _sign({"ci_low": lo, "ci_high": hi})
-            for lo, hi in zip(block["ci_low"], block["ci_high"], strict=True)
-        ]
-
-    raw_l = layer_signs(sp["delta"])
-    adj_l = (
-        layer_signs(sp["context_adjusted"]["delta"]) if sp.get("context_adjusted") else [None] * len(raw_l)
-    )
-    if null and null.get("delta"):
-        null_l = layer_signs(null["delta"])
-    else:
-        null_l = [nul] * len(raw_l) if null else [None] * len(raw_l)
+    raw_l = _layer_signs(sp["delta"], n_layers)
+    signs, layer_signs = {}, {}
+    for name, result in controls.items():
+        mean = (result.get("layer_mean") or {}).get("delta")
+        signs[name] = _sign(mean)
+        layer_signs[name] = (
+            _layer_signs(result["delta"], n_layers) if result.get("delta") else [signs[name]] * n_layers
+        )
+    survives = bool(raw) and all(sign == raw for sign in signs.values())
     layers = [
         layer
-        for layer, r, a, n in zip(moe_layers, raw_l, adj_l, null_l, strict=True)
-        if r and a == r and (n == r if null else True)
+        for i, layer in enumerate(moe_layers)
+        if raw_l[i] and all(layer_signs[name][i] == raw_l[i] for name in controls)
     ]
+    null = controls.get("null_model")
+    removed_by = [name for name, sign in signs.items() if raw and sign != raw]
     return {
         "raw": _WORD[raw],
-        "context_adjusted": _WORD[adj],
-        "over_null": _WORD[nul]
-        if null
-        else ("model is random-init" if random_init else "no null model in atlas"),
+        "controls": {name: _WORD[sign] for name, sign in signs.items()},
+        "per_layer": {
+            "raw": [_WORD[x] for x in raw_l],
+            **{name: [_WORD[x] for x in v] for name, v in layer_signs.items()},
+        },
+        "removed_by": removed_by,
+        "context_adjusted": _WORD[signs.get("context_words")],
+        "over_null": _WORD[signs["null_model"]] if null else "no null model in atlas",
         "layer_mean_survives": survives,
         "null_tested": bool(null),
         "layers": layers,
@@ -235,11 +290,66 @@ def trace_metrics(ep: ex.ExpertPass, min_count: int) -> dict | None:
     return out
 
 
-def expert_metrics(ep: ex.ExpertPass, row: dict, slug: str, min_count: int) -> tuple[dict, dict]:
-    """Load shares load_e = slots(e) / (T k), normalised entropy, max load / (1/N), co-activation summary
-    (P(E_j | E_i) = C_ij / C_ii over experts chosen ≥ `min_count` times) and token-id specialisation;
-    plus the arrays for the `.npz` (counts)."""
+def _coactivation_summary(counts: np.ndarray, baseline: np.ndarray, min_count: int, n: int = 3) -> dict:
+    """Per layer: the largest P(E_j | E_i) and lift P / P0 over experts chosen ≥ `min_count` times, and the
+    `n` pairs of highest P and of highest lift. `counts` `[L, N, N]` (load on the diagonal)."""
+    cond = ex.conditional_coactivation(counts)
+    n_experts = counts.shape[-1]
+    off = ~np.eye(n_experts, dtype=bool)
+    support = np.diagonal(counts, axis1=1, axis2=2) >= min_count  # [L, N] rows with support
+    usable = off[None] & support[:, :, None] & np.isfinite(cond)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = cond / baseline[None]
+    out: dict = {"max_conditional": [], "max_lift": [], "top_pairs": [], "top_pairs_lift": []}
+    for layer in range(len(counts)):
+        for key, top, values in (
+            ("max_conditional", "top_pairs", cond),
+            ("max_lift", "top_pairs_lift", lift),
+        ):
+            flat = np.where(usable[layer], values[layer], -np.inf).ravel()
+            best = [b for b in np.argsort(-flat, kind="stable")[:n] if np.isfinite(flat[b])]
+            pairs = [
+                {
+                    "i": int(b // n_experts),
+                    "j": int(b % n_experts),
+                    "p": float(cond[layer].ravel()[b]),
+                    "baseline": float(baseline.ravel()[b]),
+                    "lift": float(lift[layer].ravel()[b]),
+                }
+                for b in best
+            ]
+            out[top].append(pairs)
+            out[key].append(float(flat[best[0]]) if best else None)
+    return out
+
+
+def uniform_baseline(row: dict, n_tokens: int, min_count: int, seed: int) -> dict:
+    """Load and co-activation of T tokens routed uniformly under the model's router constraints (seeded)."""
+    constraints = RouterConstraints.of(row)
+    experts = simulate_uniform(constraints, n_tokens, seed)
+    counts = ex.coactivation_counts(experts, constraints.n_experts)[None]
+    load = np.diagonal(counts, axis1=1, axis2=2)
+    share = load / max(1, load.sum())
+    summary = _coactivation_summary(counts, constraints.conditional_matrix(), min_count)
+    return {
+        "method": f"seeded simulation (seed {seed}) of {n_tokens} tokens routed uniformly under the constraints",
+        "entropy": float(ex.normalised_entropy(load)[0]),
+        "max_load_ratio": float(share.max() * constraints.n_experts),
+        "max_conditional": summary["max_conditional"][0],
+        "max_lift": summary["max_lift"][0],
+    }
+
+
+def expert_metrics(
+    ep: ex.ExpertPass, row: dict, slug: str, min_count: int, simulated: dict | None = None
+) -> tuple[dict, dict]:
+    """Load shares load_e = slots(e) / (T k), normalised entropy, max load / (1/N), co-activation against the
+    router-aware uniform baseline (P(E_j | E_i) = C_ij / C_ii over experts chosen ≥ `min_count` times, lift
+    = P / P0) and OLMoE's rank-adjacent co-activation, token-id specialisation (ours and OLMoE's); plus the
+    arrays for the `.npz` (counts)."""
     n_experts, top_k = row["n_routed_experts"], row["top_k"]
+    constraints = RouterConstraints.of(row)
+    ordered = row.get("weights_dtype") is not None  # id-only engines store the k ids as a set in id order
     load = ep.load.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = load / load.sum(axis=1, keepdims=True)
@@ -247,44 +357,49 @@ def expert_metrics(ep: ex.ExpertPass, row: dict, slug: str, min_count: int) -> t
         "load": share,
         "entropy": ex.normalised_entropy(ep.load),
         "max_load_ratio": share.max(axis=1) * n_experts,
+        "load_baseline": {
+            "uniform_share": 1 / n_experts,
+            "simulated_entropy": (simulated or {}).get("entropy"),
+            "simulated_max_load_ratio": (simulated or {}).get("max_load_ratio"),
+        },
         "coactivation": None,
     }
     arrays = {"load_counts": ep.load}
     if ep.coactivation is not None:
-        cond = ex.conditional_coactivation(ep.coactivation)
-        n_layers = len(cond)
-        off = ~np.eye(n_experts, dtype=bool)
-        support = np.diagonal(ep.coactivation, axis1=1, axis2=2) >= min_count  # [L, N] rows with support
-        masked = np.where(off[None] & support[:, :, None], cond, -np.inf)
-        top_pairs, max_cond = [], []
-        for layer in range(n_layers):
-            flat = masked[layer].ravel()
-            best = np.argsort(-flat, kind="stable")[:3]
-            pairs = [
-                {"i": int(b // n_experts), "j": int(b % n_experts), "p": float(flat[b])}
-                for b in best
-                if np.isfinite(flat[b])
-            ]
-            top_pairs.append(pairs)
-            max_cond.append(pairs[0]["p"] if pairs else None)
+        summary = _coactivation_summary(ep.coactivation, constraints.conditional_matrix(), min_count)
+        olmoe = None
+        if ep.adjacent is not None and ordered:
+            adj = ex.conditional_coactivation(ep.adjacent)
+            off = ~np.eye(n_experts, dtype=bool)
+            with np.errstate(invalid="ignore"):
+                olmoe = {
+                    "definition": "OLMoE-style: rank-adjacent experts of the weight-ordered top-k only",
+                    "mean_conditional": [float(np.nanmean(a[off])) for a in adj],
+                    "mean_conditional_all_pairs": [
+                        float(np.nanmean(c[off])) for c in ex.conditional_coactivation(ep.coactivation)
+                    ],
+                }
+            arrays["coactivation_adjacent_counts"] = ep.adjacent
         experts["coactivation"] = {
             "file": f"coactivation-{slug}.npz",
             "independent_baseline": (top_k - 1) / (n_experts - 1) if n_experts > 1 else None,
+            "baseline": constraints.describe(),
+            "simulated": simulated,
             "min_support": min_count,
-            "max_conditional": max_cond,
-            "top_pairs": top_pairs,
+            **summary,
+            "olmoe": olmoe,
         }
         arrays["coactivation_counts"] = ep.coactivation
     special = None
     if ep.ranks is not None:
         per = ep.specialisation
+        eligible = ep.ranks.eligible
         special = {
             "min_count": min_count,
-            "n_token_ids": len(ep.ranks.occurrences),
-            "n_occurrences": int(ep.ranks.occurrences.sum()),
-            # Id-only engines (vLLM) store the k ids as a set in id order: their first id is no top-1.
+            "n_token_ids": int(eligible.sum()),
+            "n_occurrences": int(ep.ranks.occurrences[eligible].sum()),
             "top1": None
-            if row.get("weights_dtype") is None
+            if not ordered
             else {
                 "share": [p["top1"] for p in per],
                 "shuffled": [p["top1_shuffled"] for p in per],
@@ -294,6 +409,14 @@ def expert_metrics(ep: ex.ExpertPass, row: dict, slug: str, min_count: int) -> t
                 "share": [p["topk"] for p in per],
                 "shuffled": [p["topk_shuffled"] for p in per],
                 "random": top_k / n_experts,
+            },
+            "olmoe": {
+                "definition": "OLMoE's: mean over all token ids, singletons included, of the share of a token "
+                "id's occurrences on its most frequent top-1 (top-k) expert",
+                "n_token_ids": len(ep.ranks.occurrences),
+                "n_singletons": int((ep.ranks.occurrences == 1).sum()),
+                "top1_share": [p["olmoe_top1"] for p in per] if ordered else None,
+                "topk_share": [p["olmoe_topk"] for p in per],
             },
         }
     return {"experts": experts, "token_specialisation": special}, arrays
@@ -323,6 +446,33 @@ def model_info(row: dict) -> dict:
     return info
 
 
+def sense_pair_metrics(
+    kappa: np.ndarray,
+    corpus: SenseCorpus,
+    identity: TargetIdentity | None,
+    row: dict,
+    boot: BootstrapOptions,
+    null: NullModel | None = None,
+) -> dict:
+    """The `sense_pairs` block of one model: raw Δκ, the named controls, the peak layer and survival."""
+    sp = sense_pair_overlap(kappa, corpus, boot)
+    sp["controls"] = pair_controls(kappa, corpus, identity, boot, null)
+    # Older readers (the publisher's changelog, earlier cards) read these two names.
+    sp["context_adjusted"] = sp["controls"]["context_words"]
+    sp["over_null"] = None
+    if "null_model" in sp["controls"]:
+        result = sp["controls"]["null_model"]
+        sp["over_null"] = {
+            "null_model": result["null_model"],
+            "n_pairs": result["n_pairs"],
+            "layer_mean": result["layer_mean"],
+            "delta": result["delta"],
+        }
+    sp["peak"] = _peak(sp, row["moe_layers"])
+    sp["survives"] = survival(sp, row["moe_layers"], bool(row["random_init"]))
+    return sp
+
+
 def compute_metrics(
     source,
     *,
@@ -331,12 +481,18 @@ def compute_metrics(
     options: MetricsOptions | None = None,
     cache_dir=None,
 ) -> MetricsResult:
-    """Compute every metric for the selected models (default: all) of the atlas at `source`."""
+    """Compute every metric for the selected models (default: all) of the atlas at `source`.
+
+    Raises:
+        SourceError: the source cannot be read, a model slug is unknown, or (`IntegrityError`) its files do
+            not match its manifest.json (unless `options.verify` is off).
+    """
     options = options or MetricsOptions()
     if options.target not in TARGET_MODES:
         raise ValueError(f"target must be one of {TARGET_MODES}, got {options.target!r}")
     boot = options.bootstrap()
     src = AtlasSource(source, revision=revision, cache_dir=cache_dir)
+    provenance = Provenance(source, revision, verify=options.verify)
     rows = src.models()
     by_slug = {r["model_slug"]: r for r in rows}
     if models:
@@ -344,111 +500,123 @@ def compute_metrics(
         if unknown:
             raise SourceError(f"unknown model slug(s) {unknown}; the atlas has: {sorted(by_slug) or 'none'}")
     selected = list(dict.fromkeys(models)) if models else sorted(by_slug)
+    nulls = {slug: find_null(by_slug[slug], rows) for slug in selected}
+    read = {MODELS, SENSES, SENSE_PAIRS, SUBSTITUTIONS, TRACES}
+    read |= {ROUTING_PREFIX + s for s in selected} | {
+        ROUTING_PREFIX + n["model_slug"] for n in nulls.values() if n
+    }
+    provenance.start({c for c in read if src.has(c)})
 
-    senses, pairs = src.table(SENSES), src.table(SENSE_PAIRS)
-    substitutions = src.table(SUBSTITUTIONS)
-    corpus: SenseCorpus | None = None
-    if senses is not None and pairs is not None and pairs.num_rows:
-        corpus = load_sense_corpus(senses, pairs)
-    notes: list[str] = []
-    if corpus is None:
-        notes.append("no sense pairs in the atlas: sense-pair overlap and the probe are not computed")
-    if substitutions is None:
-        notes.append("no substitutions config: substitution overlap is not computed")
-    if not src.has(TRACES):
-        notes.append("no reasoning traces in the atlas: the traces metrics are null")
+    try:
+        senses, pairs = src.table(SENSES), src.table(SENSE_PAIRS)
+        substitutions = src.table(SUBSTITUTIONS)
+        corpus: SenseCorpus | None = None
+        if senses is not None and pairs is not None and pairs.num_rows:
+            corpus = load_sense_corpus(senses, pairs)
+        notes: list[str] = []
+        if corpus is None:
+            notes.append("no sense pairs in the atlas: sense-pair overlap and the probe are not computed")
+        if substitutions is None:
+            notes.append("no substitutions config: substitution overlap is not computed")
+        if not src.has(TRACES):
+            notes.append("no reasoning traces in the atlas: the traces metrics are null")
+        if not options.verify:
+            notes.append("the data files were NOT checked against manifest.json (--no-verify)")
 
-    kappas: dict[str, np.ndarray] = {}
+        kappas: dict[str, np.ndarray] = {}
+        identities: dict[str, TargetIdentity] = {}
 
-    def sense_targets(slug: str, routing=None):
-        routing = routing if routing is not None else src.routing(slug)
-        n_experts = by_slug[slug]["n_routed_experts"]
-        return select_targets(
-            target_rows_table(routing, SENSES), corpus.example_ids, options.target, n_experts
-        )
+        def sense_targets(slug: str, routing=None):
+            routing = routing if routing is not None else src.routing(slug)
+            n_experts = by_slug[slug]["n_routed_experts"]
+            return select_targets(
+                target_rows_table(routing, SENSES), corpus.example_ids, options.target, n_experts
+            )
 
-    def kappa_of(slug: str, targets=None) -> np.ndarray:
-        if slug not in kappas:
+        def kappa_of(slug: str, targets=None) -> np.ndarray:
+            if slug not in kappas:
+                row = by_slug[slug]
+                targets = targets if targets is not None else sense_targets(slug)
+                kappas[slug] = sense_pair_kappa(targets, corpus, row["top_k"], row["n_routed_experts"])
+            return kappas[slug]
+
+        def identity_of(slug: str, routing=None) -> TargetIdentity:
+            if slug not in identities:
+                routing = routing if routing is not None else src.routing(slug)
+                identities[slug] = target_identity(routing, corpus.example_ids, corpus.form)
+            return identities[slug]
+
+        out_models: dict[str, dict] = {}
+        arrays: dict[str, dict[str, np.ndarray]] = {}
+        for slug in selected:
             row = by_slug[slug]
-            targets = targets if targets is not None else sense_targets(slug)
-            kappas[slug] = sense_pair_kappa(targets, corpus, row["top_k"], row["n_routed_experts"])
-        return kappas[slug]
-
-    out_models: dict[str, dict] = {}
-    arrays: dict[str, dict[str, np.ndarray]] = {}
-    for slug in selected:
-        row = by_slug[slug]
-        log.info("metrics for %s", slug)
-        routing = src.routing(slug)
-        n_experts, top_k, n_layers = row["n_routed_experts"], row["top_k"], len(row["moe_layers"])
-        entry: dict = {
-            "model": model_info(row),
-            "random_init": bool(row["random_init"]),
-            "synthetic": is_synthetic(row),
-            "n_tokens": routing.num_rows,
-            "sense_pairs": None,
-            "substitutions": None,
-            "probe": None,
-        }
-        # Large atlases: the per-layer pass runs in forked workers while the sense metrics run here.
-        job = ex.ExpertPassJob(
-            routing,
-            n_experts,
-            n_layers,
-            top_k,
-            min_count=options.min_count,
-            seed=options.seed,
-            budget_bytes=options.budget_bytes,
-        )
-        try:
-            if corpus is not None:
-                targets = sense_targets(slug, routing)
-                kappa = kappa_of(slug, targets)
-                sp = sense_pair_overlap(kappa, corpus, boot)
-                sp["context_adjusted"] = context_adjusted(kappa, corpus, boot)
-                null = None if row["random_init"] else find_null(row, rows)
-                sp["over_null"] = None
-                if null is not None:
-                    sp["over_null"] = {
-                        "null_model": null["model_slug"],
-                        **over_null(kappa, kappa_of(null["model_slug"]), corpus, boot),
-                    }
-                sp["peak"] = _peak(sp, row["moe_layers"])
-                sp["survives"] = survival(sp, row["moe_layers"], bool(row["random_init"]))
-                entry["sense_pairs"] = sp
-                entry["probe"] = sense_probe(targets, corpus, boot)
-                if substitutions is not None and substitutions.num_rows:
-                    sub_targets = select_targets(
-                        target_rows_table(routing, SUBSTITUTIONS),
-                        substitutions.column("substitution_id"),
-                        options.target,
-                        n_experts,
+            log.info("metrics for %s", slug)
+            routing = src.routing(slug)
+            n_experts, top_k, n_layers = row["n_routed_experts"], row["top_k"], len(row["moe_layers"])
+            entry: dict = {
+                "model": model_info(row),
+                "random_init": bool(row["random_init"]),
+                "synthetic": is_synthetic(row),
+                "n_tokens": routing.num_rows,
+                "sense_pairs": None,
+                "substitutions": None,
+                "probe": None,
+            }
+            # Large atlases: the per-layer pass runs in forked workers while the sense metrics run here.
+            job = ex.ExpertPassJob(
+                routing,
+                n_experts,
+                n_layers,
+                top_k,
+                min_count=options.min_count,
+                seed=options.seed,
+                budget_bytes=options.budget_bytes,
+            )
+            try:
+                if corpus is not None:
+                    targets = sense_targets(slug, routing)
+                    null_row = nulls[slug]
+                    null = None
+                    if null_row is not None:
+                        name = null_row["model_slug"]
+                        null = NullModel(name, kappa_of(name), identity_of(name))
+                    entry["sense_pairs"] = sense_pair_metrics(
+                        kappa_of(slug, targets), corpus, identity_of(slug, routing), row, boot, null
                     )
-                    entry["substitutions"] = substitution_overlap(
-                        targets, sub_targets, corpus, substitutions, top_k, n_experts, boot
-                    )
-            ep = job.result()
-        finally:
-            job.close()
-        parts, model_arrays = expert_metrics(ep, row, slug, options.min_count)
-        entry.update(parts)
-        entry["traces"] = trace_metrics(ep, options.min_count)
-        out_models[slug] = entry
-        arrays[slug] = model_arrays
-
+                    entry["probe"] = sense_probe(targets, corpus, boot, identity_of(slug))
+                    if substitutions is not None and substitutions.num_rows:
+                        sub_targets = select_targets(
+                            target_rows_table(routing, SUBSTITUTIONS),
+                            substitutions.column("substitution_id"),
+                            options.target,
+                            n_experts,
+                        )
+                        entry["substitutions"] = substitution_overlap(
+                            targets, sub_targets, corpus, substitutions, top_k, n_experts, boot
+                        )
+                simulated = uniform_baseline(
+                    row, routing.num_rows, options.min_count, options.seeds()["uniform_routing_simulation"]
+                )
+                ep = job.result()
+            finally:
+                job.close()
+            parts, model_arrays = expert_metrics(ep, row, slug, options.min_count, simulated)
+            entry.update(parts)
+            entry["traces"] = trace_metrics(ep, options.min_count)
+            out_models[slug] = entry
+            arrays[slug] = model_arrays
+    except Exception:
+        # Altered files often fail to load at all: say that they do not match the manifest, if so.
+        provenance.finish()
+        raise
+    provenance.finish()
     metrics = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "source": str(source),
         "revision": revision,
-        "options": {
-            "target": options.target,
-            "min_count": options.min_count,
-            "n_bootstrap": options.n_bootstrap,
-            "n_permutations": options.n_permutations,
-            "confidence": options.confidence,
-            "seed": options.seed,
-        },
+        "options": options.public(),
+        "provenance": provenance.record(options.seeds(), options.public()),
         "synthetic": any(is_synthetic(by_slug[s]) for s in selected) or _synthetic_corpus(senses),
         "random_init_models": [s for s in selected if by_slug[s]["random_init"]],
         "corpus": {
@@ -457,6 +625,7 @@ def compute_metrics(
             "substitutions": substitutions.num_rows if substitutions is not None else None,
             "traces": src.table(TRACES).num_rows if src.has(TRACES) else None,
         },
+        "controls": list(CONTROL_NAMES),
         "formulas": FORMULAS,
         "models": out_models,
         "scale": scale_rows(out_models),

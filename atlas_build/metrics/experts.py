@@ -77,16 +77,18 @@ def conditional_coactivation(counts: np.ndarray) -> np.ndarray:
 
 @dataclass
 class TokenRanks:
-    """Token ids with at least `min_count` occurrences as dense ranks (−1: too rare), and a shuffle."""
+    """Every token id as a dense rank, the ids with at least `min_count` occurrences, and a shuffle."""
 
-    rank: np.ndarray  # [T] rank of the token's id, or -1
-    shuffled: np.ndarray  # [T] rank after permuting the token rows (the shuffled-expert baseline)
-    occurrences: np.ndarray  # [V] occurrences of each ranked token id
+    rank: np.ndarray  # [T] rank of the token's id
+    shuffled: np.ndarray  # [T] rank after permuting the token rows (the shuffled baseline; -1: not eligible)
+    occurrences: np.ndarray  # [V] occurrences of each token id (all ids, singletons included)
     min_count: int
+    eligible: np.ndarray  # [V] bool: occurrences >= min_count (the project's definition averages these)
 
 
 def token_ranks(token_ids: np.ndarray, min_count: int, rng: np.random.Generator) -> TokenRanks:
-    """Rank the frequent token ids; `shuffled` permutes the ranks over token rows (seeded).
+    """Rank every token id (OLMoE's definition averages them all); `eligible` marks the frequent ones;
+    `shuffled` permutes the ranks over token rows (seeded).
 
     Permuting which row carries which token id is the same as permuting the expert rows across tokens:
     it keeps every expert's load and every token's count, and breaks only the token -> expert link. One
@@ -95,12 +97,16 @@ def token_ranks(token_ids: np.ndarray, min_count: int, rng: np.random.Generator)
     ids = np.asarray(token_ids, dtype=np.int64)
     if not len(ids):
         empty = np.zeros(0, np.int64)
-        return TokenRanks(empty, empty, empty, min_count)
+        return TokenRanks(empty, empty, empty, min_count, np.zeros(0, bool))
     counts = np.bincount(ids - ids.min())
-    eligible = counts >= max(1, min_count)
-    rank_of = np.where(eligible, np.cumsum(eligible) - 1, -1)
-    rank = rank_of[ids - ids.min()]
-    return TokenRanks(rank, rank[rng.permutation(len(rank))], counts[eligible], min_count)
+    seen = counts > 0
+    rank = (np.cumsum(seen) - 1)[ids - ids.min()]
+    occurrences = counts[seen]
+    eligible = occurrences >= max(1, min_count)
+    shuffled = rank[rng.permutation(len(rank))]
+    # The shuffled baseline is averaged over the eligible ids only: rows of the others are not counted.
+    shuffled = np.where(eligible[shuffled], shuffled, -1)
+    return TokenRanks(rank, shuffled, occurrences, min_count, eligible)
 
 
 # Cells of one token x expert count table (int64): token ids are counted in blocks that fit in L2 cache.
@@ -122,7 +128,8 @@ class LayerKernel:
 
     For one layer's `[k, T]` ids:
       * co-activation C `[N, N]`: histogram of the codes `e_a * N + e_b` over the k(k−1)/2 slot pairs
-        a < b of every token (both orders added), load on the diagonal;
+        a < b of every token (both orders added), load on the diagonal; the rank-adjacent pairs (b = a + 1)
+        come first in the code buffer, so their histogram (OLMoE's co-activation) costs no extra pass;
       * token x expert counts for the token-id specialisation: the token rows are sorted by token rank
         once, so a block of token ids is a contiguous run whose `rank * N + e` histogram fits in cache.
     """
@@ -132,7 +139,9 @@ class LayerKernel:
     ):
         self.n_experts, self.top_k = n_experts, top_k
         self.slice = max(1, min(slice_tokens, n_tokens))
-        self.pairs = list(zip(*np.triu_indices(top_k, 1), strict=True))
+        pairs = list(zip(*np.triu_indices(top_k, 1), strict=True))
+        self.pairs = sorted(pairs, key=lambda ab: ab[1] - ab[0] != 1)  # rank-adjacent pairs first
+        self.n_adjacent = max(0, top_k - 1)
         self.ids = np.empty(top_k * self.slice, dtype=np.intp)
         self.scaled = np.empty(top_k * self.slice, dtype=np.intp)
         self.codes = np.empty(max(top_k, len(self.pairs)) * self.slice, dtype=np.intp)
@@ -157,9 +166,11 @@ class LayerKernel:
         np.copyto(ids, experts[:, lo:hi], casting="unsafe")
         return ids
 
-    def coactivation(self, experts: np.ndarray) -> np.ndarray:
+    def coactivation(self, experts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(C `[N, N]` over all slot pairs, load on the diagonal; C_adj `[N, N]` over rank-adjacent slots)."""
         n, cells = self.n_experts, self.n_experts * self.n_experts
         flat = np.zeros(cells, dtype=np.int64)
+        adjacent = np.zeros(cells, dtype=np.int64)
         diag = np.zeros(n, dtype=np.int64)
         for lo in range(0, experts.shape[1], self.slice):
             hi = min(experts.shape[1], lo + self.slice)
@@ -172,11 +183,18 @@ class LayerKernel:
             codes = self.codes[: len(self.pairs) * (hi - lo)].reshape(len(self.pairs), hi - lo)
             for p, (a, b) in enumerate(self.pairs):
                 np.add(scaled[a], ids[b], out=codes[p])
-            flat += np.bincount(codes.ravel(), minlength=cells)
+            adj = np.bincount(codes[: self.n_adjacent].ravel(), minlength=cells)
+            adjacent += adj
+            flat += adj
+            if len(self.pairs) > self.n_adjacent:
+                flat += np.bincount(codes[self.n_adjacent :].ravel(), minlength=cells)
         counts = flat.reshape(n, n)
         counts = counts + counts.T
         counts[np.diag_indices(n)] = diag
-        return counts
+        adjacent = adjacent.reshape(n, n)
+        adjacent = adjacent + adjacent.T
+        adjacent[np.diag_indices(n)] = diag
+        return counts, adjacent
 
     def _best(self, experts: np.ndarray, ranking: _Ranking) -> tuple[np.ndarray, np.ndarray]:
         """Per ranked token: max over experts of its top-1 count and of its top-k count."""
@@ -203,15 +221,22 @@ class LayerKernel:
         return best1[:n_ranked], bestk[:n_ranked]
 
     def token_tables(self, experts: np.ndarray) -> dict[str, float]:
-        """Shares as in `token_specialisation`, for the real and the shuffled token rows."""
+        """Shares as in `token_specialisation` (token ids with ≥ m occurrences), for the real and the
+        shuffled token rows, and OLMoE's (`olmoe_top1`, `olmoe_topk`: every token id, singletons included)."""
+        names = ("top1", "topk", "top1_shuffled", "topk_shuffled", "olmoe_top1", "olmoe_topk")
+        eligible = self.ranks.eligible
         if not len(self.ranks.occurrences):
-            return {name: float("nan") for name in ("top1", "topk", "top1_shuffled", "topk_shuffled")}
+            return {name: float("nan") for name in names}
         occurrences = np.maximum(self.ranks.occurrences, 1)
         out = {}
         for suffix, ranking in zip(("", "_shuffled"), self.rankings, strict=True):
             best1, bestk = self._best(experts, ranking)
-            out["top1" + suffix] = float((best1 / occurrences).mean())
-            out["topk" + suffix] = float((bestk / occurrences).mean())
+            share1, sharek = best1 / occurrences, bestk / occurrences
+            nan = float("nan")
+            out["top1" + suffix] = float(share1[eligible].mean()) if eligible.any() else nan
+            out["topk" + suffix] = float(sharek[eligible].mean()) if eligible.any() else nan
+            if not suffix:
+                out["olmoe_top1"], out["olmoe_topk"] = float(share1.mean()), float(sharek.mean())
         return out
 
 
@@ -220,9 +245,17 @@ def coactivation_counts(experts: np.ndarray, n_experts: int, slice_tokens: int =
 
     From one layer's `[k, T]` ids (see `LayerKernel`).
     """
-    return LayerKernel(experts.shape[1], n_experts, experts.shape[0], None, slice_tokens).coactivation(
-        experts
-    )
+    kernel = LayerKernel(experts.shape[1], n_experts, experts.shape[0], None, slice_tokens)
+    return kernel.coactivation(experts)[0]
+
+
+def adjacent_coactivation_counts(
+    experts: np.ndarray, n_experts: int, slice_tokens: int = COACT_SLICE
+) -> np.ndarray:
+    """C_adj `[N, N]`: tokens whose weight-ordered top-k holds i and j in neighbouring ranks (OLMoE's
+    co-activation); C_ii = #tokens holding i. From one layer's `[k, T]` ids, highest weight first."""
+    kernel = LayerKernel(experts.shape[1], n_experts, experts.shape[0], None, slice_tokens)
+    return kernel.coactivation(experts)[1]
 
 
 def token_specialisation(
@@ -314,6 +347,7 @@ def trace_layer_counts(experts: np.ndarray, traces: TraceRows, n_experts: int) -
 class ExpertPass:
     load: np.ndarray  # [L, N] top-k slots per expert
     coactivation: np.ndarray  # [L, N, N]
+    adjacent: np.ndarray | None  # [L, N, N] rank-adjacent co-activation (OLMoE's), load on the diagonal
     specialisation: list[dict[str, float]]  # per layer
     ranks: TokenRanks
     traces: TraceRows | None
@@ -335,6 +369,7 @@ def _pass_layers(layers: range, shared: dict | None = None) -> dict:
     out: dict = {
         "load": np.zeros((n, n_experts), dtype=np.int64),
         "coact": np.zeros((n, n_experts, n_experts), dtype=np.int64) if "coactivation" in what else None,
+        "adjacent": np.zeros((n, n_experts, n_experts), dtype=np.int64) if "coactivation" in what else None,
         "special": [],
         "trace": [],
     }
@@ -346,7 +381,7 @@ def _pass_layers(layers: range, shared: dict | None = None) -> dict:
             if ranks is not None:
                 out["special"].append(kernel.token_tables(layer_experts))
             if out["coact"] is not None:
-                out["coact"][at] = kernel.coactivation(layer_experts)
+                out["coact"][at], out["adjacent"][at] = kernel.coactivation(layer_experts)
                 out["load"][at] = np.diagonal(out["coact"][at])
             else:
                 out["load"][at] = load_counts(layer_experts, n_experts)
@@ -431,12 +466,13 @@ class ExpertPassJob:
             parts = [_pass_layers(g, self.shared) for g in self.groups]
         load = np.concatenate([p["load"] for p in parts])
         coact = np.concatenate([p["coact"] for p in parts]) if "coactivation" in self.what else None
+        adjacent = np.concatenate([p["adjacent"] for p in parts]) if "coactivation" in self.what else None
         special = [s for p in parts for s in p["special"]]
         tc = None
         if self.traces is not None:
             per_layer = [c for p in parts for c in p["trace"]]
             tc = TraceCounts(*(np.stack([c[i] for c in per_layer]) for i in range(4)))
-        return ExpertPass(load, coact, special, self.ranks, self.traces, tc, self.n_tokens)
+        return ExpertPass(load, coact, adjacent, special, self.ranks, self.traces, tc, self.n_tokens)
 
 
 def expert_pass(routing: pa.Table, n_experts: int, n_layers: int, top_k: int, **options) -> ExpertPass:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas_build.metrics.compute import FORMULAS, MetricsResult
+from atlas_build.metrics.controls import CONTROL_NAMES
 
 METRICS_JSON = "metrics.json"
 REPORT_MD = "report.md"
@@ -57,6 +58,41 @@ def _ci(iv: dict | None, digits: int = 3, signed: bool = True) -> str:
     return f"{est} [{_num(low, digits, signed)}, {_num(high, digits, signed)}]"
 
 
+format_interval = _ci
+
+
+def format_p(p: float | None, interval: list[float] | None = None) -> str:
+    """A Monte Carlo p-value to the digits its exact-binomial interval supports (`0.02`, `< 0.004`)."""
+    if p is None or (isinstance(p, float) and not math.isfinite(p)):
+        return "–"
+    if not interval or interval[0] is None or interval[1] is None:
+        return f"{p:.2g}"
+    low, high = interval
+    if low <= 0:
+        return f"< {_round_up(high)}"
+    width = high - low
+    digits = max(1, -math.floor(math.log10(width))) if width > 0 else 4
+    return f"{p:.{digits}f}"
+
+
+def _round_up(x: float) -> str:
+    """`x` rounded up to one significant digit (an upper bound stays an upper bound)."""
+    if x <= 0:
+        return "0"
+    exponent = math.floor(math.log10(x))
+    step = 10.0**exponent
+    value = math.ceil(x / step - 1e-9) * step
+    return f"{value:.{max(0, -exponent)}f}"
+
+
+CONTROL_LABELS = {
+    "context_words": "context words",
+    "token_identity": "token identity",
+    "null_model": "over null model",
+    "all": "all controls",
+}
+
+
 def _at(iv: dict | None, i: int) -> dict | None:
     if not iv:
         return None
@@ -89,43 +125,49 @@ def _warnings(metrics: dict) -> list[str]:
     return out
 
 
+def _controls_text(sp: dict) -> str:
+    parts = []
+    for name, control in (sp.get("controls") or {}).items():
+        label = CONTROL_LABELS.get(name, name)
+        if control.get("null_model") and name == "null_model":
+            label += f" `{control['null_model']}`"
+        if control.get("error"):
+            parts.append(f"{label}: not computed ({control['error']})")
+        else:
+            parts.append(f"{label}: {_ci(control['layer_mean']['delta'])}")
+    return "; ".join(parts)
+
+
 def _statement(slug: str, entry: dict) -> str:
     sp = entry.get("sense_pairs")
     if not sp:
         return f"- {_label(slug, entry)}: no sense pairs were measured."
     sv = sp["survives"]
     raw = sp["layer_mean"]["delta"]
-    text = f"- {_label(slug, entry)}: raw Δκ (layer mean) = {_ci(raw)}, permutation p = {_num(raw.get('p_value'), 4)}"
-    adj = sp["context_adjusted"]["layer_mean"]["delta"]
-    text += f"; adjusted for context-word overlap: {_ci(adj)}"
-    if sp.get("over_null"):
-        text += f"; over the null model `{sp['over_null']['null_model']}`: {_ci(sp['over_null']['layer_mean']['delta'])}"
-    text += ". "
-    if entry.get("random_init"):
-        text += (
-            "**This model is random-init: it is itself a null model, so whatever effect it shows comes from "
-            "architecture, tokenisation and shared context, not from learned semantic routing.**"
-        )
-        return text
+    text = (
+        f"- {_label(slug, entry)}: raw Δκ (layer mean) = {_ci(raw)}, permutation p = "
+        f"{format_p(raw.get('p_value'), raw.get('p_value_interval'))}; {_controls_text(sp)}. "
+    )
+    removed = [CONTROL_LABELS.get(n, n) for n in sv.get("removed_by", [])]
     if sv["raw"] == "none":
         text += "No same-versus-different-sense effect: the raw CI contains 0."
-    elif sv["layer_mean_survives"] and sv["null_tested"]:
-        text += "**The effect survives both controls** (context overlap and the null model)"
     elif sv["layer_mean_survives"]:
-        text += (
-            "**The effect survives the context-overlap control; it was not tested against a null model** "
-            "(no random-init model of the same architecture in the atlas)"
+        text += "**The layer-mean effect survives every control**" + (
+            "" if sv["null_tested"] else " (no null model in the atlas: not tested against one)"
         )
     else:
-        failed = []
-        if sv["context_adjusted"] != sv["raw"]:
-            failed.append("the context-overlap adjustment")
-        if sv["null_tested"] and sv["over_null"] != sv["raw"]:
-            failed.append("the null-model comparison")
-        text += f"**The layer-mean effect does not survive {' and '.join(failed) or 'the controls'}**"
+        text += (
+            f"**The layer-mean effect does not survive: {', '.join(removed) or 'a control'} remove(s) it**"
+        )
     if sv["raw"] != "none":
         layers = sv["layers"]
-        text += f"; decoder layers where it survives every available control: {', '.join(map(str, layers)) if layers else 'none'}."
+        text += f"; decoder layers where it survives every control: {', '.join(map(str, layers)) if layers else 'none'}."
+    if entry.get("random_init"):
+        text += (
+            " **This model is random-init: it has learned nothing, so its raw effect comes from architecture, "
+            "tokenisation and shared context; any effect that survived every control here would mean a control "
+            "that leaks.**"
+        )
     return text
 
 
@@ -161,12 +203,17 @@ def plot_kappa_layers(metrics: dict, path: Path) -> bool:
         left.set_ylabel("mean κ")
         left.set_title(f"{_label(slug, entry).replace('`', '')}: κ at the target")
         _band(right, x, sp["delta"], "Δκ raw", "black")
-        _band(right, x, sp["context_adjusted"]["delta"], "Δκ context-adjusted", "tab:green")
-        if sp.get("over_null") and sp["over_null"].get("delta"):
-            _band(right, x, sp["over_null"]["delta"], f"Δκ − Δκ({sp['over_null']['null_model']})", "tab:red")
+        colours = {"context_words": "tab:green", "token_identity": "tab:purple", "null_model": "tab:red"}
+        colours["all"] = "tab:brown"
+        for name, control in (sp.get("controls") or {}).items():
+            if control.get("delta"):
+                label = CONTROL_LABELS.get(name, name)
+                if name == "null_model":
+                    label = f"over null ({control['null_model']})"
+                _band(right, x, control["delta"], label, colours.get(name, "tab:grey"))
         right.axhline(0, color="grey", lw=0.8)
         right.set_ylabel("same − different")
-        right.set_title("Δκ with 95% cluster-bootstrap CI")
+        right.set_title("Δκ raw and under every control (95% cluster-bootstrap CI)")
         for ax in (left, right):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("decoder layer (MoE layers only)")
@@ -268,57 +315,72 @@ def render_report(metrics: dict) -> str:
         "",
         "## Which effects survive the controls",
         "",
-        "An effect survives when its 95% CI excludes 0 with the same sign raw, after adjusting for the "
-        "context-word overlap of the two sentences, and over a random-init null model of the same architecture "
-        "(when the atlas has one). Same-sense examples share more context words than different-sense ones, and a "
-        "random-init model already shows a positive Δκ: without these controls the raw number misleads.",
+        "An effect survives when its 95% CI excludes 0 with the same sign raw and under every applicable "
+        "control: the context-word overlap of the two sentences (`context_words`), the identity of the target "
+        "tokens and their neighbours (`token_identity`), a random-init null model of the same architecture "
+        "(`null_model`, when the atlas has one) and all of them at once (`all`). Same-sense examples share "
+        "more context words and more often the same target tokens and neighbours than different-sense ones, "
+        "and a random-init model already shows a positive raw Δκ: without these controls the raw number "
+        "misleads. `atlas metrics calibrate DIR` checks the controls on planted copies of the atlas.",
         "",
     ]
     lines += [_statement(slug, entry) for slug, entry in metrics["models"].items()]
+    lines += _provenance_lines(metrics)
     lines += ["", "## Formulas", ""] + [
         f"- **{k}**: {v}" for k, v in metrics.get("formulas", FORMULAS).items()
     ]
     lines += ["", "## 1. Sense-pair overlap at the target token", ""]
+    names = list(CONTROL_NAMES)
     lines += [
-        "| model | pairs same / diff | lemmas | κ same | κ different | Δκ [95% CI] | p | context-adjusted Δκ | "
-        "over null | survives |",
-        "|---|---:|---:|---:|---:|---|---:|---|---|---|",
+        "| model | pairs same / diff | lemmas | κ same | κ different | Δκ raw [95% CI] | p | "
+        + " | ".join(CONTROL_LABELS[n] for n in names)
+        + " | survives |",
+        "|---|---:|---:|---:|---:|---|---:|" + "---|" * len(names) + "---|",
     ]
     for slug, entry in metrics["models"].items():
         sp = entry.get("sense_pairs")
         if not sp:
             continue
         lm = sp["layer_mean"]
-        null = sp.get("over_null")
+        controls = sp.get("controls") or {}
+        cells = [_control_cell(controls.get(n)) for n in names]
         lines.append(
             f"| {_label(slug, entry)} | {sp['n_pairs']['same']} / {sp['n_pairs']['different']} | {sp['n_lemmas']} "
             f"| {_num(lm['kappa_same']['estimate'])} | {_num(lm['kappa_different']['estimate'])} | {_ci(lm['delta'])} "
-            f"| {_num(lm['delta'].get('p_value'), 4)} | {_ci(sp['context_adjusted']['layer_mean']['delta'])} "
-            f"| {_ci(null['layer_mean']['delta']) + ' vs `' + null['null_model'] + '`' if null else sp['survives']['over_null']} "
-            f"| {_survives(entry)} |"
+            f"| {format_p(lm['delta'].get('p_value'), lm['delta'].get('p_value_interval'))} | "
+            + " | ".join(cells)
+            + f" | {_survives(entry)} |"
         )
     for slug, entry in metrics["models"].items():
         sp = entry.get("sense_pairs")
         if not sp:
             continue
         jac = sp["jaccard"]
+        controls = sp.get("controls") or {}
         lines += [
             "",
             f"### {_label(slug, entry)} per layer",
             "",
             f"Context-word Jaccard: same-sense pairs {_num(jac['same'])}, different-sense pairs "
-            f"{_num(jac['different'])}. Adjustment: {sp['context_adjusted']['method']}.",
+            f"{_num(jac['different'])}. Controls: "
+            + "; ".join(f"`{n}`: {c['method']}" for n, c in controls.items())
+            + ".",
             "",
-            "| layer | κ same | κ different | Δκ [95% CI] | p | p (BH) | context-adjusted | over null |",
-            "|---:|---:|---:|---|---:|---:|---|---|",
+            "| layer | κ same | κ different | Δκ raw [95% CI] | p | p (BH) | "
+            + " | ".join(CONTROL_LABELS[n] for n in names)
+            + " |",
+            "|---:|---:|---:|---|---:|---:|" + "---|" * len(names),
         ]
-        null = sp.get("over_null")
         for i, layer in enumerate(entry["model"]["moe_layers"]):
-            over = _ci(_at(null.get("delta"), i)) if null and null.get("delta") else "–"
+            cells = [
+                _ci(_at(controls[n]["delta"], i)) if controls.get(n) and controls[n].get("delta") else "–"
+                for n in names
+            ]
+            interval = (sp["delta"].get("p_value_interval") or [None] * (i + 1))[i]
             lines.append(
                 f"| {layer} | {_num(sp['kappa_same']['estimate'][i])} | {_num(sp['kappa_different']['estimate'][i])} "
-                f"| {_ci(_at(sp['delta'], i))} | {_num(sp['delta']['p_value'][i], 4)} "
-                f"| {_num(sp['delta']['p_value_bh'][i], 4)} | {_ci(_at(sp['context_adjusted']['delta'], i))} | {over} |"
+                f"| {_ci(_at(sp['delta'], i))} | {format_p(sp['delta']['p_value'][i], interval)} "
+                f"| {_num(sp['delta']['p_value_bh'][i], 3)} | " + " | ".join(cells) + " |"
             )
     if "kappa" in metrics.get("figures", {}):
         lines += ["", f"![per-layer κ]({metrics['figures']['kappa']})"]
@@ -380,13 +442,22 @@ def render_report(metrics: dict) -> str:
             "The shuffled baseline is the fair one (same loads, same counts)."
             + ("" if ts["top1"] else " No top-1: this engine stores expert ids without weights, as a set."),
             "",
-            "| layer | top-1 share | shuffled | top-k share | shuffled |",
-            "|---:|---:|---:|---:|---:|",
+            f"OLMoE's definition (labelled so; as in allenai/OLMoE's analysis scripts) averages over all "
+            f"{(ts.get('olmoe') or {}).get('n_token_ids', '–')} token ids, "
+            f"{(ts.get('olmoe') or {}).get('n_singletons', '–')} singletons included (a singleton's share is 1): "
+            "compare published OLMoE figures with those columns, not ours.",
+            "",
+            "| layer | top-1 share | shuffled | top-k share | shuffled | OLMoE-def. top-1 | OLMoE-def. top-k |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
+        olmoe = ts.get("olmoe") or {}
+        n_layers = len(entry["model"]["moe_layers"])
+        o1 = olmoe.get("top1_share") or [None] * n_layers
+        ok = olmoe.get("topk_share") or [None] * n_layers
         for i, layer in enumerate(entry["model"]["moe_layers"]):
             lines.append(
                 f"| {layer} | {_num(top1['share'][i])} | {_num(top1['shuffled'][i])} "
-                f"| {_num(ts['topk']['share'][i])} | {_num(ts['topk']['shuffled'][i])} |"
+                f"| {_num(ts['topk']['share'][i])} | {_num(ts['topk']['shuffled'][i])} | {_num(o1[i])} | {_num(ok[i])} |"
             )
         lines.append("")
 
@@ -394,21 +465,45 @@ def render_report(metrics: dict) -> str:
     for slug, entry in metrics["models"].items():
         e = entry["experts"]
         co = e.get("coactivation") or {}
+        base = co.get("baseline") or {}
+        sim = co.get("simulated") or {}
+        olmoe = co.get("olmoe") or {}
+        grouped = base.get("n_group")
         lines += [
             f"### {_label(slug, entry)}",
             "",
-            f"Independent uniform routing: P(E_j | E_i) = {_num(co.get('independent_baseline'), 4)}. "
-            f"Full matrices: `{co.get('file', '–')}` (counts; P = C_ij / C_ii).",
+            "Baseline: uniform routing under this router's constraints ("
+            + (
+                f"n_group {base['n_group']}, topk_group {base['topk_group']}: P0(E_j | E_i) = "
+                f"{_num(base['same_group'], 4)} within a group, {_num(base['other_group'], 4)} across groups"
+                if grouped
+                else f"no groups: P0(E_j | E_i) = {_num(base.get('same_group'), 4)}"
+            )
+            + f"; unconstrained (k − 1)/(N − 1) = {_num(co.get('independent_baseline'), 4)}). The same routing "
+            f"simulated with as many tokens: entropy {_num(sim.get('entropy'))}, max load / (1/N) "
+            f"{_num(sim.get('max_load_ratio'), 2)}, max P {_num(sim.get('max_conditional'))}, max lift "
+            f"{_num(sim.get('max_lift'), 2)}. Lift = P / P0. Full matrices: `{co.get('file', '–')}` (counts; "
+            "P = C_ij / C_ii).",
             "",
-            "| layer | entropy | max load / (1/N) | max P(E_j given E_i) | top pair |",
-            "|---:|---:|---:|---:|---|",
+            "| layer | entropy | max load / (1/N) | max P(E_j given E_i) | top pair | max lift (pair) | "
+            "OLMoE-style mean P (rank-adjacent) | mean P (all pairs) |",
+            "|---:|---:|---:|---:|---|---|---:|---:|",
         ]
         for i, layer in enumerate(entry["model"]["moe_layers"]):
             pairs = (co.get("top_pairs") or [[]] * (i + 1))[i]
             top = f"{pairs[0]['i']} → {pairs[0]['j']}" if pairs else "–"
             maxc = (co.get("max_conditional") or [None] * (i + 1))[i]
+            lift_pairs = (co.get("top_pairs_lift") or [[]] * (i + 1))[i]
+            lift = (
+                f"{_num(lift_pairs[0]['lift'], 2)} ({lift_pairs[0]['i']} → {lift_pairs[0]['j']})"
+                if lift_pairs
+                else "–"
+            )
+            adj = (olmoe.get("mean_conditional") or [None] * (i + 1))[i]
+            allp = (olmoe.get("mean_conditional_all_pairs") or [None] * (i + 1))[i]
             lines.append(
-                f"| {layer} | {_num(e['entropy'][i])} | {_num(e['max_load_ratio'][i], 2)} | {_num(maxc)} | {top} |"
+                f"| {layer} | {_num(e['entropy'][i])} | {_num(e['max_load_ratio'][i], 2)} | {_num(maxc)} | {top} "
+                f"| {lift} | {_num(adj, 4)} | {_num(allp, 4)} |"
             )
         fig = metrics.get("figures", {}).get(f"coactivation-{slug}")
         if fig:
@@ -448,60 +543,112 @@ def render_report(metrics: dict) -> str:
             )
         lines.append("")
 
-    lines += ["", "## 7. Routing-only sense probe", ""]
+    lines += ["", "## 7. Routing-only sense probe, calibrated", ""]
     lines += [
-        "| model | examples | lemmas | probe accuracy [95% CI] | MFS accuracy | probe − MFS |",
-        "|---|---:|---:|---|---|---|",
+        "The probe means routing carries sense only if it beats MFS, its own label-permutation null "
+        "(same routing, sense labels permuted within each lemma) and the lexical nearest neighbours that see "
+        "no routing (context words, token identity, both).",
+        "",
+        "| model | examples | lemmas | probe accuracy [95% CI] | MFS | probe − MFS | permutation null mean "
+        "(p) | context-words NN | token-identity NN | lexical NN | probe − best lexical |",
+        "|---|---:|---:|---|---|---|---|---|---|---|---|",
     ]
     for slug, entry in metrics["models"].items():
         pr = entry.get("probe")
         if not pr or not pr.get("n_examples"):
             continue
+        null = pr.get("null") or {}
+        lex = pr.get("lexical") or {}
+        null_text = (
+            f"{_num(null.get('mean'))} (p {format_p(null.get('p_value'), null.get('p_value_interval'))})"
+            if null
+            else "–"
+        )
+        best = max(lex.items(), key=lambda kv: kv[1]["accuracy"]["estimate"], default=None)
         lines.append(
             f"| {_label(slug, entry)} | {pr['n_examples']} | {pr['n_lemmas']} | {_ci(pr['accuracy'], signed=False)} "
-            f"| {_ci(pr['mfs_accuracy'], signed=False)} | {_ci(pr['difference'])} |"
+            f"| {_num(pr['mfs_accuracy']['estimate'])} | {_ci(pr['difference'])} | {null_text} | "
+            + " | ".join(
+                _num(lex[n]["accuracy"]["estimate"]) if n in lex else "–"
+                for n in ("context_words", "token_identity", "lexical")
+            )
+            + f" | {_ci(best[1]['difference']) + ' (' + best[0] + ')' if best else '–'} |"
         )
     if metrics.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in metrics["notes"]]
     return "\n".join(lines) + "\n"
 
 
+def _control_cell(control: dict | None) -> str:
+    if not control:
+        return "–"
+    if control.get("error"):
+        return "not computed"
+    return _ci(control["layer_mean"]["delta"])
+
+
 def _survives(entry: dict) -> str:
     sv = entry["sense_pairs"]["survives"]
-    if entry.get("random_init"):
-        return "random-init (null model)"
-    if not sv["layer_mean_survives"]:
-        return "no"
-    return "yes" if sv["null_tested"] else "yes (no null model)"
+    if sv["layer_mean_survives"]:
+        answer = "yes" if sv["null_tested"] else "yes (no null model)"
+    elif sv["raw"] == "none":
+        answer = "no raw effect"
+    else:
+        answer = "no: removed by " + ", ".join(sv.get("removed_by") or ["a control"])
+    return answer + (" (RANDOM-INIT: must be no)" if entry.get("random_init") else "")
+
+
+def _provenance_lines(metrics: dict) -> list[str]:
+    prov = metrics.get("provenance")
+    if not prov:
+        return []
+    checked = prov["verification"] if prov["verified"] else f"**{prov['verification']}**"
+    return [
+        "",
+        "## Provenance",
+        "",
+        f"- manifest.json sha256 `{prov['manifest_sha256']}` (atlas built by routing-atlas "
+        f"`{prov.get('manifest_code_version')}`); {checked}",
+        f"- metrics code: routing-atlas `{prov['code_version']}`; seeds: "
+        + ", ".join(f"{k} {v}" for k, v in prov["seeds"].items()),
+    ]
 
 
 def summarize(metrics: dict) -> str:
     """A short markdown summary of `metrics.json` for the dataset card."""
     o = metrics["options"]
+    names = list(CONTROL_NAMES)
     lines = ["### Routing metrics", ""]
     lines += [w + "\n" for w in _warnings(metrics)]
     lines += [
         f"Overlap of the top-k experts at the target token ({o['target']} sub-token), chance-corrected "
         "κ = (o − k²/N) / (k − k²/N); Δκ = same-sense − different-sense pairs, averaged over MoE layers, with 95% "
-        "cluster-bootstrap CIs over lemmas.",
+        "cluster-bootstrap CIs over lemmas, raw and under each control (context words, token identity, a "
+        "random-init null model, all at once).",
         "",
-        "| model | Δκ raw | context-adjusted | over null model | survives controls | probe / MFS accuracy |",
-        "|---|---|---|---|---|---|",
+        "| model | Δκ raw | " + " | ".join(CONTROL_LABELS[n] for n in names) + " | survives | probe / MFS / "
+        "best lexical NN |",
+        "|---|---|" + "---|" * len(names) + "---|---|",
     ]
     for slug, entry in metrics["models"].items():
         sp, pr = entry.get("sense_pairs"), entry.get("probe") or {}
         if not sp:
             continue
-        null = sp.get("over_null")
-        survives = _survives(entry)
+        controls = sp.get("controls") or {}
         probe = "–"
         if pr.get("accuracy"):
-            probe = f"{_num(pr['accuracy']['estimate'])} / {_num(pr['mfs_accuracy']['estimate'])}"
+            lex = [v["accuracy"]["estimate"] for v in (pr.get("lexical") or {}).values()]
+            probe = f"{_num(pr['accuracy']['estimate'])} / {_num(pr['mfs_accuracy']['estimate'])} / " + (
+                _num(max(lex)) if lex else "–"
+            )
         lines.append(
-            f"| {_label(slug, entry)} | {_ci(sp['layer_mean']['delta'])} "
-            f"| {_ci(sp['context_adjusted']['layer_mean']['delta'])} "
-            f"| {_ci(null['layer_mean']['delta']) if null else '–'} | {survives} | {probe} |"
+            f"| {_label(slug, entry)} | {_ci(sp['layer_mean']['delta'])} | "
+            + " | ".join(_control_cell(controls.get(n)) for n in names)
+            + f" | {_survives(entry)} | {probe} |"
         )
+    prov = metrics.get("provenance")
+    if prov and not prov.get("verified"):
+        lines += ["", f"**{prov['verification']}**"]
     if not any(e.get("traces") for e in metrics["models"].values()):
         lines += ["", "No reasoning traces in this atlas."]
     return "\n".join(lines) + "\n"

@@ -13,11 +13,11 @@ import pyarrow.compute as pc
 
 from atlas_build.metrics.overlap import Targets, chance_kappa, pair_overlap
 from atlas_build.metrics.stats import (
-    ClusterIndex,
     bh_adjust,
     cluster_bootstrap,
     cluster_sums,
     label_permutation_test,
+    monte_carlo_interval,
 )
 
 # Words for the context-overlap control: maximal runs of Unicode letters, digits and '_', lower-cased.
@@ -35,6 +35,16 @@ class BootstrapOptions:
 
 
 @dataclass
+class ContextWords:
+    """Word types of each example's text with the target span removed, as sorted `example * V + word` codes."""
+
+    codes: np.ndarray  # [sum of sizes] int64, sorted
+    size: np.ndarray  # [E] number of word types of each example
+    offset: np.ndarray  # [E] position of each example's first code
+    vocab: int  # V
+
+
+@dataclass
 class SenseCorpus:
     """The `senses` and `sense-pairs` configs as integer codes, with the context overlap of every pair."""
 
@@ -48,6 +58,12 @@ class SenseCorpus:
     pair_same: np.ndarray  # [P] bool, from sense-pairs.same_sense
     pair_group: np.ndarray  # [P]
     jaccard: np.ndarray  # [P] context-word Jaccard, target excluded
+    form: np.ndarray  # [E] code of the target's surface form (the exact text of the target span)
+    words: ContextWords  # every example's context word types (target removed)
+
+    def context_jaccard(self, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+        """Context-word Jaccard `[n]` of example pairs `(ia[i], ib[i])` (see `context_jaccard`)."""
+        return context_jaccard(self.words, ia, ib)
 
 
 def _codes(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -59,6 +75,14 @@ def _codes(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def lemma_keys(table: pa.Table) -> pa.Array:
     """`lemma \\x1f pos`: the cluster key (the same lemma in another part of speech is another word)."""
     return pc.binary_join_element_wise(table.column("lemma"), table.column("pos"), "\x1f").combine_chunks()
+
+
+def target_forms(senses: pa.Table) -> np.ndarray:
+    """Code `[E]` of each example's target surface form: the exact (case-sensitive) text of its span."""
+    text = senses.column("text").to_numpy().astype(np.dtypes.StringDType())
+    start = senses.column("target_start").to_numpy()
+    end = senses.column("target_end").to_numpy()
+    return _codes(pa.array(np.strings.slice(text, start, end)))
 
 
 def load_sense_corpus(senses: pa.Table, pairs: pa.Table) -> SenseCorpus:
@@ -82,6 +106,7 @@ def load_sense_corpus(senses: pa.Table, pairs: pa.Table) -> SenseCorpus:
     ia = pc.filter(a, keep).to_numpy().astype(np.int64)
     ib = pc.filter(b, keep).to_numpy().astype(np.int64)
     same = pc.filter(pairs.column("same_sense"), keep).to_numpy(zero_copy_only=False).astype(bool)
+    words = context_words(senses)
     return SenseCorpus(
         example_ids=example_ids,
         group=group,
@@ -92,17 +117,14 @@ def load_sense_corpus(senses: pa.Table, pairs: pa.Table) -> SenseCorpus:
         pair_b=ib,
         pair_same=same,
         pair_group=group[ia],
-        jaccard=context_jaccard(senses, ia, ib),
+        jaccard=context_jaccard(words, ia, ib),
+        form=target_forms(senses),
+        words=words,
     )
 
 
-def context_words(senses: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Word types of each example's text with the target span removed.
-
-    Returns:
-        `(codes, size, offset, V)`: sorted unique `example * V + word` codes (V = vocabulary size), and per
-        example the number of its word types and the offset of its first code.
-    """
+def context_words(senses: pa.Table) -> ContextWords:
+    """Word types of each example's text with the target span removed (`ContextWords`)."""
     n = senses.num_rows
     text = senses.column("text").to_numpy().astype(np.dtypes.StringDType())
     start = senses.column("target_start").to_numpy()
@@ -121,15 +143,16 @@ def context_words(senses: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     codes = np.sort(parent.to_numpy().astype(np.int64) * vocab + word)
     codes = codes[np.r_[True, codes[1:] != codes[:-1]]] if len(codes) else codes  # word types per example
     size = np.bincount(codes // vocab, minlength=n)
-    return codes, size, np.cumsum(size) - size, vocab
+    return ContextWords(codes, size, np.cumsum(size) - size, vocab)
 
 
-def context_jaccard(senses: pa.Table, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+def context_jaccard(words: ContextWords, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
     """J(a, b) = |W_a ∩ W_b| / |W_a ∪ W_b| over the context word types W of the two texts (target removed).
 
     Vectorised: every word of a is looked up among the sorted `example * V + word` codes as a word of b.
     """
-    codes, size, offset, vocab = context_words(senses)
+    codes, size, offset, vocab = words.codes, words.size, words.offset, words.vocab
+    ia, ib = np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
     if not len(ia) or not len(codes):
         return np.zeros(len(ia))
     n_a = size[ia]
@@ -216,7 +239,7 @@ def sense_pair_overlap(kappa: np.ndarray, corpus: SenseCorpus, options: Bootstra
         Δ[l] = κ̄_same[l] − κ̄_diff[l],  and the layer mean (1/L) Σ_l Δ[l],
 
     with cluster-bootstrap CIs over lemmas and within-lemma permutation p-values (`label_permutation_test`,
-    BH-adjusted across layers).
+    BH-adjusted across layers) with their exact-binomial Monte Carlo intervals.
     """
     valid = np.isfinite(kappa).all(axis=1)
     k, same = kappa[valid], corpus.pair_same[valid]
@@ -242,113 +265,25 @@ def sense_pair_overlap(kappa: np.ndarray, corpus: SenseCorpus, options: Bootstra
         "n_lemmas": result["n_clusters"],
         "kappa_same": result["a"],
         "kappa_different": result["b"],
-        "delta": {**result["delta"], "p_value": p[:-1], "p_value_bh": bh_adjust(p[:-1])},
+        "delta": {
+            **result["delta"],
+            "p_value": p[:-1],
+            "p_value_bh": bh_adjust(p[:-1]),
+            "p_value_interval": [monte_carlo_interval(v, options.n_permutations) for v in p[:-1]],
+        },
         "layer_mean": {
             "kappa_same": result["layer_mean"]["a"],
             "kappa_different": result["layer_mean"]["b"],
-            "delta": {**result["layer_mean"]["delta"], "p_value": float(p[-1])},
+            "delta": {
+                **result["layer_mean"]["delta"],
+                "p_value": float(p[-1]),
+                "p_value_interval": monte_carlo_interval(p[-1], options.n_permutations),
+            },
         },
         "jaccard": {
             "same": float(corpus.jaccard[valid][same].mean()) if same.any() else None,
             "different": float(corpus.jaccard[valid][~same].mean()) if (~same).any() else None,
         },
-    }
-
-
-def jaccard_strata(jaccard: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Stratum code per pair: each distinct J when there are few, else decile bins (then J is also a term)."""
-    values, inverse = np.unique(jaccard, return_inverse=True)
-    if len(values) <= MAX_EXACT_STRATA:
-        return inverse, False
-    edges = np.unique(np.quantile(jaccard, np.linspace(0, 1, 11)[1:-1]))
-    return np.searchsorted(edges, jaccard, side="right"), True
-
-
-def context_adjusted(kappa: np.ndarray, corpus: SenseCorpus, options: BootstrapOptions) -> dict:
-    """Same-minus-different κ adjusted for the context-word overlap of the two sentences.
-
-    Per layer l, least squares over pairs p:
-        κ_p,l = β0 + β_same,l · same_p + Σ_s γ_s,l · [stratum(J_p) = s] (+ β_J,l · J_p)   + ε
-    where J_p is the context-word Jaccard of the two texts (target removed) and the strata are its distinct
-    values (≤ 10 of them) or its deciles (then the linear J term is added within them). β_same compares
-    same- and different-sense pairs of equal context overlap. CI: cluster bootstrap of the normal equations.
-    """
-    valid = np.isfinite(kappa).all(axis=1)
-    y, same, jac = kappa[valid], corpus.pair_same[valid], corpus.jaccard[valid]
-    cluster = corpus.pair_group[valid]
-    strata, linear = jaccard_strata(jac)
-    n_strata = int(strata.max()) + 1 if len(strata) else 1
-    columns = [np.ones(len(y)), same.astype(np.float64)]
-    if linear:
-        columns.append(jac)
-    columns += [(strata == s).astype(np.float64) for s in range(1, n_strata)]
-    x = np.column_stack(columns)
-    d, n_layers = x.shape[1], y.shape[1]
-    index = ClusterIndex(cluster, corpus.n_groups)
-    x, y = index.sort(x), index.sort(y)  # once, so each sum below is a plain reduceat
-    xtx = index.sums((x[:, :, None] * x[:, None, :]).reshape(len(x), d * d), presorted=True)
-    xty = np.hstack([index.sums(x[:, i : i + 1] * y, presorted=True) for i in range(d)])
-    sums = np.hstack([xtx, xty])
-    sums = sums[sums[:, 0] > 0]
-
-    def estimator(t):
-        gram = t[..., : d * d].reshape(*t.shape[:-1], d, d)
-        rhs = t[..., d * d :].reshape(*t.shape[:-1], d, n_layers)
-        beta = np.linalg.pinv(gram) @ rhs
-        return np.concatenate([beta[..., 1, :], beta[..., 1, :].mean(axis=-1, keepdims=True)], axis=-1)
-
-    est, low, high = cluster_bootstrap(
-        sums, estimator, n_resamples=options.n_resamples, confidence=options.confidence, seed=options.seed + 2
-    )
-    per_layer, mean = _split(est, low, high, [n_layers, None])
-    return {
-        "method": (
-            "least squares of kappa on same_sense + context-Jaccard strata"
-            + (" (deciles) + linear Jaccard" if linear else " (distinct values)")
-        ),
-        "n_strata": n_strata,
-        "delta": per_layer,
-        "layer_mean": {"delta": mean},
-    }
-
-
-def over_null(
-    kappa: np.ndarray, null_kappa: np.ndarray, corpus: SenseCorpus, options: BootstrapOptions
-) -> dict:
-    """Effect over a null model: D = Δκ(model) − Δκ(null), on the pairs both models routed.
-
-    Layer mean: D = (1/L_m) Σ_l Δ_m[l] − (1/L_n) Σ_l Δ_n[l] (κ is chance-corrected, so models with other
-    N, k or layer counts compare); per layer D[l] = Δ_m[l] − Δ_n[l] when the layer counts match. CIs: one
-    cluster bootstrap resampling the same lemmas for both models.
-    """
-    valid = np.isfinite(kappa).all(axis=1) & np.isfinite(null_kappa).all(axis=1)
-    km, kn = kappa[valid], null_kappa[valid]
-    a = corpus.pair_same[valid].astype(np.float64)[:, None]
-    lm, ln = km.shape[1], kn.shape[1]
-    stats_ = np.hstack([a, 1 - a, km * a, km * (1 - a), kn * a, kn * (1 - a)])
-    sums = cluster_sums(corpus.pair_group[valid], stats_, corpus.n_groups)
-    sums = sums[(sums[:, 0] + sums[:, 1]) > 0]
-    per_layer = lm == ln
-
-    def estimator(t):
-        n_same, n_diff = t[..., :1], t[..., 1:2]
-        at = 2
-        dm = t[..., at : at + lm] / n_same - t[..., at + lm : at + 2 * lm] / n_diff
-        at += 2 * lm
-        dn = t[..., at : at + ln] / n_same - t[..., at + ln : at + 2 * ln] / n_diff
-        out = [dm.mean(axis=-1, keepdims=True) - dn.mean(axis=-1, keepdims=True)]
-        if per_layer:
-            out.append(dm - dn)
-        return np.concatenate(out, axis=-1)
-
-    est, low, high = cluster_bootstrap(
-        sums, estimator, n_resamples=options.n_resamples, confidence=options.confidence, seed=options.seed + 3
-    )
-    parts = _split(est, low, high, [None, lm] if per_layer else [None])
-    return {
-        "n_pairs": int(valid.sum()),
-        "layer_mean": {"delta": parts[0]},
-        "delta": parts[1] if per_layer else None,
     }
 
 
@@ -394,70 +329,3 @@ def substitution_overlap(
         out["delta"] = res["delta"]
         out["layer_mean"]["delta"] = res["layer_mean"]["delta"]
     return out if out["n"] else None
-
-
-# ---- 7. routing-only sense probe --------------------------------------------------------------------------
-
-
-def sense_probe(targets: Targets, corpus: SenseCorpus, options: BootstrapOptions) -> dict:
-    """Leave-one-out nearest-neighbour sense classification from routing alone, against the MFS baseline.
-
-    Among the other examples of the same lemma, the prediction for example x is the sense of its nearest
-    neighbour by sim(x, y) = Σ_l |E_x,l ∩ E_y,l| (shared experts summed over MoE layers; averaged over
-    sub-token pairs for `--target all`). Ties: the sense most frequent among the tied neighbours, then the
-    lowest WordNet sense number. Baseline (MFS, leave-one-out): the sense most frequent among the lemma's
-    other examples, ties to the lowest sense number. Evaluated on lemmas with ≥ 2 senses among their
-    routed examples. CI of accuracy(probe) − accuracy(MFS): cluster bootstrap over lemmas.
-    """
-    present = np.flatnonzero(targets.present)
-    group, local = corpus.group[present], corpus.local_sense[present]
-    # Lemmas with at least two senses among their routed examples.
-    n_local = int(local.max()) + 1 if len(local) else 1
-    pair_codes = np.unique(group * n_local + local)
-    senses_per_group = np.bincount(pair_codes // n_local, minlength=corpus.n_groups)
-    keep = senses_per_group[group] >= 2
-    present, group, local = present[keep], group[keep], local[keep]
-    empty = {"n_examples": 0, "n_lemmas": 0, "accuracy": None, "mfs_accuracy": None, "difference": None}
-    if not len(present):
-        return empty
-    order = np.argsort(group, kind="stable")
-    present, group, local = present[order], group[order], local[order]
-    n = len(present)
-    end = np.searchsorted(group, group, side="right")
-    # All unordered pairs i < j within a lemma.
-    partners = end - np.arange(n) - 1
-    ia = np.repeat(np.arange(n), partners)
-    ib = ia + 1 + (np.arange(partners.sum()) - np.repeat(np.cumsum(partners) - partners, partners))
-    overlap, _ = pair_overlap(targets, present[ia], targets, present[ib])
-    sim = overlap.sum(axis=1)
-    query, cand, score = np.r_[ia, ib], np.r_[ib, ia], np.r_[sim, sim]
-    order = np.lexsort((-score, query))
-    query, cand, score = query[order], cand[order], score[order]
-    first = np.flatnonzero(np.r_[True, query[1:] != query[:-1]])
-    best = np.repeat(score[first], np.diff(np.r_[first, len(query)]))
-    tied = score >= best - 1e-9
-    votes = np.bincount(query[tied] * n_local + local[cand[tied]], minlength=n * n_local).reshape(n, n_local)
-    probe = votes.argmax(axis=1)
-    group_counts = np.bincount(group * n_local + local, minlength=corpus.n_groups * n_local)
-    others = group_counts.reshape(corpus.n_groups, n_local)[group].copy()
-    others[np.arange(n), local] -= 1
-    mfs = others.argmax(axis=1)
-    correct = np.column_stack([np.ones(n), probe == local, mfs == local]).astype(np.float64)
-    sums = cluster_sums(group, correct, corpus.n_groups)
-    sums = sums[sums[:, 0] > 0]
-
-    def estimator(t):
-        acc = t[..., 1:3] / t[..., :1]
-        return np.concatenate([acc, acc[..., :1] - acc[..., 1:2]], axis=-1)
-
-    est, low, high = cluster_bootstrap(
-        sums, estimator, n_resamples=options.n_resamples, confidence=options.confidence, seed=options.seed + 4
-    )
-    acc, mfs_acc, diff = _split(est, low, high, [None, None, None])
-    return {
-        "n_examples": n,
-        "n_lemmas": len(sums),
-        "accuracy": acc,
-        "mfs_accuracy": mfs_acc,
-        "difference": diff,
-    }

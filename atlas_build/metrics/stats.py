@@ -88,8 +88,6 @@ def cluster_bootstrap(
     if n_clusters < 2 or n_resamples < 1:
         return estimate, nan, nan.copy()
 
-    sums32 = sums.astype(np.float32)
-
     def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
         idx = np.moveaxis(idx, axis, -1)
         lead = idx.shape[:-1]
@@ -99,8 +97,9 @@ def cluster_bootstrap(
         counts = np.bincount(
             (np.arange(rows)[:, None] * n_clusters + flat).ravel(), minlength=rows * n_clusters
         ).reshape(rows, n_clusters)
-        # float32 product: multiplicities are exact and each cluster's sums are small; halves the cost.
-        totals = (counts.astype(np.float32) @ sums32).astype(np.float64)
+        # float64 throughout: a float32 product carries rounding noise as large as the sampling error of a
+        # regression coefficient solved from these totals.
+        totals = counts.astype(np.float64) @ sums
         with np.errstate(divide="ignore", invalid="ignore"):
             out = np.asarray(estimator(totals), dtype=np.float64)
         return np.moveaxis(out.reshape(*lead, -1), -1, 0)
@@ -138,8 +137,8 @@ def within_group_permutations(
 ) -> np.ndarray:
     """`[R, n]` copies of `labels`, each shuffled uniformly at random inside every group.
 
-    Groups of equal size are shuffled together (argsort of random keys along a short last axis), so the
-    cost is O(R * n * log(group size)) with one vectorised call per distinct group size.
+    Groups of equal size are shuffled together (`Generator.permuted` along a short last axis), so the cost is
+    O(R * n) with one vectorised call per distinct group size.
     """
     n = len(labels)
     order = np.argsort(groups, kind="stable")
@@ -152,9 +151,8 @@ def within_group_permutations(
         if size == 1:
             out[:, idx[:, 0]] = labels[idx[:, 0]]
             continue
-        keys = rng.random((n_permutations, *idx.shape), dtype=np.float32)
-        shuffled = np.take_along_axis(np.broadcast_to(labels[idx], keys.shape), np.argsort(keys, axis=-1), -1)
-        out[:, idx] = shuffled
+        # Fisher–Yates along the last axis of each copy (`Generator.permuted`): no sort of random keys.
+        out[:, idx] = rng.permuted(np.broadcast_to(labels[idx], (n_permutations, *idx.shape)).copy(), axis=-1)
     return out
 
 
@@ -180,8 +178,7 @@ def label_permutation_test(
 
     p = (1 + #{r : |Δ_r| ≥ |Δ_obs|}) / (R + 1), per column of `values` `[P, M]`.
     """
-    # float32 products: the p-values only compare |Δ*| with |Δ|, computed the same way.
-    values = np.asarray(values, dtype=np.float32)
+    values = np.asarray(values, dtype=np.float64)
     n_pairs, n_cols = values.shape
 
     # Only equality of labels matters: dense codes in the smallest integer type keep the gathers cheap.
@@ -190,7 +187,7 @@ def label_permutation_test(
 
     def deltas(same: np.ndarray) -> np.ndarray:
         n_same = same.sum(axis=-1, keepdims=True)
-        sum_same = (same.astype(np.float32) @ values).astype(np.float64)
+        sum_same = same.astype(np.float64) @ values
         with np.errstate(divide="ignore", invalid="ignore"):
             return sum_same / n_same - (total - sum_same) / (n_pairs - n_same)
 
@@ -222,3 +219,18 @@ def bh_adjust(p_values: np.ndarray) -> np.ndarray:
     if ok.any():
         out[ok] = stats.false_discovery_control(p[ok])
     return out
+
+
+def monte_carlo_interval(p_value: float, n_permutations: int, confidence: float = 0.95) -> list[float] | None:
+    """Exact (Clopper–Pearson) interval of the permutation p-value's Monte Carlo error.
+
+    With p = (1 + b) / (R + 1), b = #{|Δ*| ≥ |Δ|} out of R permutations is binomial(R, π) for the true
+    p-value π; the interval for π is `scipy.stats.binomtest(b, R).proportion_ci(method="exact")`.
+    Returns `[low, high]`, or None without permutations or a p-value.
+    """
+    if n_permutations < 1 or p_value is None or not np.isfinite(p_value):
+        return None
+    exceed = int(round(p_value * (n_permutations + 1))) - 1
+    exceed = min(max(exceed, 0), n_permutations)
+    ci = stats.binomtest(exceed, n_permutations).proportion_ci(confidence_level=confidence, method="exact")
+    return [float(ci.low), float(ci.high)]

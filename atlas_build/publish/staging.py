@@ -149,6 +149,12 @@ def check_metrics(source: Path, manifest: Manifest, log: Callable[[str], None]) 
         log(f"warning: {METRICS_DIR}/{METRICS_JSON} is older than manifest.json; the card will say so")
 
 
+def bundle_paths() -> list[str]:
+    from atlas_build.metrics.bundle import bundle_files
+
+    return sorted(bundle_files(""))
+
+
 def _cli_options(options: dict[str, Any]) -> str:
     flags = {"target": "--target", "min_count": "--min-count", "n_bootstrap": "--bootstrap"}
     flags.update({"n_permutations": "--permutations", "seed": "--seed"})
@@ -173,6 +179,10 @@ def write_scripts(release: Path, version: Version, target: Target, metrics: dict
         scripts / "reproduce_metrics.py", render_template("reproduce_metrics.py.jinja", **values)
     )
     write_text_atomic(scripts / "README.md", render_template("scripts_README.md.jinja", **values))
+    # The metric code the script runs, so a release needs only `pip install datasets scipy matplotlib`.
+    from atlas_build.metrics.bundle import write_bundle
+
+    write_bundle(scripts)
 
 
 def stage_release(
@@ -295,6 +305,7 @@ def dry_run_report(
     files = sorted(
         [MANIFEST, VALIDATION_JSON, CHANGELOG, RELEASE_JSON, "README.md", "LICENSE.md"]
         + [f"{SCRIPTS_DIR}/reproduce_metrics.py", f"{SCRIPTS_DIR}/README.md"]
+        + [f"{SCRIPTS_DIR}/{rel}" for rel in bundle_paths()]
         + list(manifest.files)
         + [f"{METRICS_DIR}/{p.name}" for p in _metrics_files(source)]
     )

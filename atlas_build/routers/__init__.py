@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 from atlas_build.registry import Registry
-from atlas_build.routers.base import RouterAdapter, RoutingSpec, UnsupportedModelError
+from atlas_build.routers.base import (
+    VERIFIED_FOR_ALL,
+    RouterAdapter,
+    RoutingSpec,
+    UnsupportedModelError,
+    decoder_config,
+)
 
 ADAPTERS = Registry(
     "router adapter",
     {
         "deepseek_v2": "atlas_build.routers.deepseek_v2:DeepseekV2Adapter",
         "deepseek_v3": "atlas_build.routers.deepseek_v3:DeepseekV3Adapter",
+        "glm4_moe": "atlas_build.routers.glm4_moe:Glm4MoeAdapter",
+        "gpt_oss": "atlas_build.routers.gpt_oss:GptOssAdapter",
+        "llama4": "atlas_build.routers.llama4:Llama4Adapter",
+        "llama4_text": "atlas_build.routers.llama4:Llama4TextAdapter",
         "mixtral": "atlas_build.routers.mixtral:MixtralAdapter",
         "olmoe": "atlas_build.routers.olmoe:OlmoeAdapter",
         "qwen2_moe": "atlas_build.routers.qwen2_moe:Qwen2MoeAdapter",
+        "qwen3_5_moe": "atlas_build.routers.qwen3_5_moe:Qwen3_5MoeAdapter",
+        "qwen3_5_moe_text": "atlas_build.routers.qwen3_5_moe:Qwen3_5MoeTextAdapter",
         "qwen3_moe": "atlas_build.routers.qwen3_moe:Qwen3MoeAdapter",
     },
 )
 
 # model_types known to be MoE but without an adapter here: named in the error, not guessed at.
-KNOWN_UNSUPPORTED_MOE = ("jamba", "dbrx", "granitemoe", "phimoe", "gpt_oss", "llama4", "deepseek_v32")
+KNOWN_UNSUPPORTED_MOE = ("jamba", "dbrx", "granitemoe", "phimoe", "deepseek_v32")
+# Config keys whose value > 1 marks a Mixture-of-Experts model (at the top or in a sub-config).
+MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
 def adapter_for(config) -> RouterAdapter:
@@ -27,9 +41,11 @@ def adapter_for(config) -> RouterAdapter:
     supported = ", ".join(ADAPTERS.names())
     if model_type in ADAPTERS:
         return ADAPTERS.get(model_type)()
-    if model_type in KNOWN_UNSUPPORTED_MOE or _looks_moe(config):
+    moe_in = moe_config_name(config)
+    if model_type in KNOWN_UNSUPPORTED_MOE or moe_in is not None:
+        where = f" (its MoE settings are in {moe_in})" if moe_in else ""
         raise UnsupportedModelError(
-            f"model_type {model_type!r} is a Mixture-of-Experts architecture without a router adapter; "
+            f"model_type {model_type!r} is a Mixture-of-Experts architecture without a router adapter{where}; "
             f"supported MoE architectures: {supported}. Add one in atlas_build/routers/."
         )
     raise UnsupportedModelError(
@@ -38,9 +54,53 @@ def adapter_for(config) -> RouterAdapter:
     )
 
 
+def moe_config_name(config, _path: str = "config", _depth: int = 0) -> str | None:
+    """Where `config` says it has routed experts: "config", "config.text_config", ... or None (dense).
+
+    Multimodal wrappers (Qwen3.5-MoE, Qwen3-VL-MoE, GLM-4.5V, Llama 4) keep the text decoder's MoE keys in
+    a sub-config, so sub-configs are searched too (two levels: Qwen3-Omni nests `thinker_config.text_config`).
+    """
+    if _looks_moe(config):
+        return _path
+    if _depth >= 2:
+        return None
+    for name in _sub_config_names(config):
+        found = moe_config_name(getattr(config, name, None), f"{_path}.{name}", _depth + 1)
+        if found:
+            return found
+    return None
+
+
+def _sub_config_names(config) -> list[str]:
+    from transformers import PretrainedConfig
+
+    names = list(getattr(config, "sub_configs", None) or {})
+    for name, value in (vars(config) if hasattr(config, "__dict__") else {}).items():
+        if isinstance(value, PretrainedConfig) and name not in names:
+            names.append(name)
+    return names
+
+
 def _looks_moe(config) -> bool:
-    keys = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-    return any((getattr(config, key, None) or 0) > 1 for key in keys)
+    if config is None:
+        return False
+    for key in MOE_KEYS:
+        try:
+            value = getattr(config, key, None)
+        except Exception:  # e.g. heterogeneous configs refuse global reads of per-layer keys
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            return True
+    return False
 
 
-__all__ = ["ADAPTERS", "RouterAdapter", "RoutingSpec", "UnsupportedModelError", "adapter_for"]
+__all__ = [
+    "ADAPTERS",
+    "VERIFIED_FOR_ALL",
+    "RouterAdapter",
+    "RoutingSpec",
+    "UnsupportedModelError",
+    "adapter_for",
+    "decoder_config",
+    "moe_config_name",
+]

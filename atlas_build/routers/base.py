@@ -5,7 +5,11 @@ folder, one line in `routers/__init__.py`, and a verification test that recomput
 independently from the router's input.
 
 transformers 5 routers (`*TopkRouter`, `*TopKRouter`) return `(router_logits, top_k_weights,
-top_k_index)`; `top_k_weights` is what the MoE block multiplies each expert's output by.
+top_k_index)`; `top_k_weights` is what the MoE block multiplies each expert's output by. Routers that
+return something else (Llama 4) override `read_router_output`.
+
+Multimodal checkpoints (Llama 4, Qwen3.5-MoE) keep the text decoder's settings in `text_config`;
+`AutoModelForCausalLM` loads only that decoder, so adapters read `decoder_config(config)`.
 """
 
 from __future__ import annotations
@@ -16,9 +20,24 @@ from typing import Any
 
 from atlas_build.errors import AtlasError
 
+# What tests/routers checks of every adapter, on a tiny random-init checkpoint built there with transformers.
+VERIFIED_FOR_ALL = (
+    "routing equals a float64 gate recomputed from the router input by the published rule "
+    "(0 mismatched expert sets in a float32 run)",
+    "padding does not change routing",
+)
+
 
 class UnsupportedModelError(AtlasError):
     """The model is dense, or its MoE architecture has no adapter."""
+
+
+def decoder_config(config):
+    """The text decoder's config: `text_config` of a multimodal wrapper, else `config` itself."""
+    try:
+        return config.get_text_config(decoder=True)
+    except (AttributeError, ValueError):  # not a transformers config, or several text configs
+        return config
 
 
 @dataclass(frozen=True)
@@ -64,13 +83,16 @@ class RoutingSpec:
 class RouterAdapter(ABC):
     """Reads one architecture's routing.
 
-    Subclasses set `name`, `model_types` (transformers `config.model_type` values) and
-    `router_class_names` (class names of the router modules), and implement `routing_spec`.
+    Subclasses set `name`, `model_types` (transformers `config.model_type` values),
+    `router_class_names` (class names of the router modules), `family` (the released models it reads) and
+    `verified` (what tests/routers checks of it beyond VERIFIED_FOR_ALL), and implement `routing_spec`.
     """
 
     name: str
     model_types: tuple[str, ...]
     router_class_names: tuple[str, ...]
+    family: str = ""
+    verified: tuple[str, ...] = ()  # checks beyond VERIFIED_FOR_ALL
     # Where the router sits inside a decoder layer, and where the decoder layers are.
     router_path: str = "mlp.gate"
     experts_path: str = "mlp.experts"
@@ -91,6 +113,16 @@ class RouterAdapter(ABC):
 
     def decoder_layers(self, model) -> list:
         return list(self._get(model, self.layers_path))
+
+    def decoder_model(self, model):
+        """The module that owns the decoder layers (running it skips the LM head)."""
+        owner, _, _ = self.layers_path.rpartition(".")
+        return self._get(model, owner) if owner else model
+
+    def card_notes(self, config) -> list[str]:
+        """Sentences for the dataset card where this architecture's `weights` differ from the usual meaning
+        (the factor each chosen expert's output is multiplied by)."""
+        return []
 
     def router_modules(self, model) -> list[tuple[int, Any]]:
         """`(decoder layer index, router module)` for every MoE layer, in layer order.
@@ -116,10 +148,11 @@ class RouterAdapter(ABC):
             out.append((idx, router))
         return out
 
-    def read_router_output(self, output) -> tuple[Any, Any]:
-        """Router forward output -> (top_k_index long `[tokens, k]`, top_k_weights float32 `[tokens, k]`).
+    def read_router_output(self, output, router=None) -> tuple[Any, Any]:
+        """Router forward output -> (top_k_index long `[tokens, k]`, top_k_weights `[tokens, k]`).
 
         The weights are those the MoE block multiplies the expert outputs by; order is the router's own.
+        `router` is the module that produced `output` (for adapters that need its settings).
         """
         _, weights, index = output
         return index, weights

@@ -28,6 +28,8 @@ class DeepseekV2Adapter(RouterAdapter):
     name = "deepseek_v2"
     model_types = ("deepseek_v2",)
     router_class_names = ("DeepseekV2TopkRouter",)
+    family = "DeepSeek-V2, DeepSeek-V2-Lite, DeepSeek-V2.5"
+    verified = ("greedy and group-limited checkpoints; the group limit changes some choices",)
 
     def routing_spec(self, config) -> RoutingSpec:
         method = config.topk_method

@@ -19,6 +19,11 @@ class DeepseekV3Adapter(RouterAdapter):
     name = "deepseek_v3"
     model_types = ("deepseek_v3",)
     router_class_names = ("DeepseekV3TopkRouter",)
+    family = "DeepSeek-V3, DeepSeek-R1 (and the built-in tiny-deepseek-v3, RANDOM-INIT)"
+    verified = (
+        "the correction bias and the group limit change some choices",
+        "atlas build on the built-in tiny-deepseek-v3, the atlas routing recomputed (tests/spine)",
+    )
 
     def routing_spec(self, config) -> RoutingSpec:
         first_dense = config.first_k_dense_replace or 0

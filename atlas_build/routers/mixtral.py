@@ -16,6 +16,7 @@ class MixtralAdapter(RouterAdapter):
     name = "mixtral"
     model_types = ("mixtral",)
     router_class_names = ("MixtralTopKRouter",)
+    family = "Mixtral-8x7B, Mixtral-8x22B"
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(

@@ -16,6 +16,7 @@ class OlmoeAdapter(RouterAdapter):
     name = "olmoe"
     model_types = ("olmoe",)
     router_class_names = ("OlmoeTopKRouter",)
+    family = "OLMoE-1B-7B (allenai)"
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(

@@ -35,6 +35,8 @@ class Qwen2MoeAdapter(RouterAdapter):
     name = "qwen2_moe"
     model_types = ("qwen2_moe",)
     router_class_names = ("Qwen2MoeTopKRouter",)
+    family = "Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B"
+    verified = ("interleaved dense/MoE layers",)
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(

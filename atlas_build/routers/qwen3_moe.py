@@ -18,6 +18,8 @@ class Qwen3MoeAdapter(RouterAdapter):
     name = "qwen3_moe"
     model_types = ("qwen3_moe",)
     router_class_names = ("Qwen3MoeTopKRouter",)
+    family = "Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder MoE"
+    verified = ("dense layers from mlp_only_layers",)
 
     def routing_spec(self, config) -> RoutingSpec:
         return RoutingSpec.softmax_greedy(

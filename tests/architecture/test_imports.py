@@ -47,6 +47,14 @@ FORBIDDEN = {
         "atlas_build.routers",
     ),
     "validation": ("atlas_build.engines", "atlas_build.routers"),
+    # The explorer shows the atlas and metrics.json as they are: no model, no corpus builder.
+    "atlas_build.explore": (
+        "atlas_build.engines",
+        "atlas_build.corpora",
+        "atlas_build.models",
+        "atlas_build.routers",
+        "atlas_build.build",
+    ),
 }
 
 

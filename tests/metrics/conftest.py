@@ -23,3 +23,22 @@ def compute(hf_cache):
         return to_json(result.metrics)
 
     return run
+
+
+# The demo's size (`make demo`): 300 lemmas, tiny-deepseek-v3 and its random-init twin of seed 1.
+DEMO_LEMMAS = 300
+DEMO_TWIN = "tiny-deepseek-v3-seed1"
+
+
+@pytest.fixture(scope="session")
+def demo_atlas(tmp_path_factory, requires_wordnet):
+    """The demo atlas as `make demo` builds it (RANDOM-INIT model + its twin). Read-only!"""
+    from atlas_build.build import BuildConfig, run_build
+
+    out = tmp_path_factory.mktemp("demo") / "atlas-demo"
+    for extra in ({}, {"random_init": True, "seed": 1, "slug": DEMO_TWIN}):
+        config = BuildConfig(
+            model="tiny-deepseek-v3", out=out, max_lemmas=DEMO_LEMMAS, progress=False, batch_size=32, **extra
+        )
+        run_build(config, log=lambda *_: None)
+    return out

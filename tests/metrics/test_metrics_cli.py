@@ -21,6 +21,8 @@ TOP_KEYS = {
     "format",
     "format_version",
     "source",
+    "provenance",
+    "controls",
     "revision",
     "options",
     "synthetic",
@@ -52,6 +54,7 @@ SENSE_PAIR_KEYS = {
     "delta",
     "layer_mean",
     "jaccard",
+    "controls",
     "context_adjusted",
     "over_null",
     "peak",
@@ -117,7 +120,7 @@ def test_summarize_is_short_markdown(atlas, compute):
     text = summarize(compute(atlas, n_bootstrap=50, n_permutations=9))
     assert text.startswith("### Routing metrics")
     assert "`synthetic-moe` (RANDOM-INIT, SYNTHETIC)" in text
-    assert "random-init (null model)" in text
+    assert "RANDOM-INIT: must be no" in text
     assert len(text.splitlines()) < 20
 
 

@@ -63,13 +63,18 @@ def test_token_specialisation_by_hand():
     second = np.array([1, 1, 1, 0, 1] + [1, 2, 3, 0] + [0] * 5)
     layer = np.stack([first, second])
     ranks = ex.token_ranks(ids, 5, np.random.default_rng(0))
-    np.testing.assert_array_equal(ranks.occurrences, [5, 5])
-    assert (ranks.rank[5:9] == -1).all()
+    np.testing.assert_array_equal(ranks.occurrences, [5, 4, 5])
+    np.testing.assert_array_equal(ranks.eligible, [True, False, True])
     got = ex.token_specialisation(layer, ranks, 4)
     assert got["top1"] == pytest.approx((3 / 5 + 1) / 2)
     assert got["topk"] == pytest.approx((5 / 5 + 1) / 2)
+    # OLMoE's definition counts every token id: B's top-1 experts 0,1,2,3 -> 1/4; its sets {0,1},{1,2},
+    # {2,3},{3,0} hold each expert twice -> 2/4.
+    assert got["olmoe_top1"] == pytest.approx((3 / 5 + 1 / 4 + 1) / 3)
+    assert got["olmoe_topk"] == pytest.approx((1 + 2 / 4 + 1) / 3)
     # The shuffle keeps every token's count and every expert's load.
-    np.testing.assert_array_equal(np.sort(ranks.shuffled), np.sort(ranks.rank))
+    kept = ranks.eligible[ranks.rank]
+    np.testing.assert_array_equal(np.sort(ranks.shuffled[ranks.shuffled >= 0]), np.sort(ranks.rank[kept]))
 
 
 def test_shuffled_baseline_is_the_fair_one():

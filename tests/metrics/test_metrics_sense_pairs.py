@@ -195,11 +195,12 @@ def test_sense_effect_survives_adjustment_and_null_model(context_atlas):
     survives = sp["survives"]
     assert survives["null_tested"] is True
     assert survives["layers"] == [model["model"]["moe_layers"][SENSE_LAYER]]
-    # The random-init model is reported as such, with no null comparison of its own.
+    # The random-init model has no twin of another seed here: no null comparison of its own.
     null_entry = context_atlas["models"]["null-init"]
     assert null_entry["random_init"] is True
     assert null_entry["sense_pairs"]["over_null"] is None
-    assert null_entry["sense_pairs"]["survives"]["over_null"] == "model is random-init"
+    assert "null_model" not in null_entry["sense_pairs"]["controls"]
+    assert null_entry["sense_pairs"]["survives"]["over_null"] == "no null model in atlas"
 
 
 def test_random_routing_helper_is_null(tmp_path_factory, compute):

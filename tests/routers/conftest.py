@@ -2,8 +2,10 @@
 
 Each checkpoint is a standard HF directory (config.json, safetensors, a word-level fast tokenizer with
 offsets), small enough for two CPU cores. Router weights are re-drawn wider than HF's std 0.02 so that
-expert choices are decided by clear margins rather than float noise; DeepSeek-V3 also gets a non-zero
-`e_score_correction_bias`.
+expert choices are decided by clear margins rather than float noise; DeepSeek-V3 and GLM-4 MoE also get a
+non-zero `e_score_correction_bias`, GPT-OSS a non-zero router bias. Multimodal families (Llama 4,
+Qwen3.5-MoE) are saved as their released wrapper (`*ForConditionalGeneration`, with a tiny vision tower), so
+the engine reads them as it reads a real checkpoint: the MoE settings in `text_config`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ CORPUS = [
     "they sat on the old bank and talked",
 ]
 VOCAB_SIZE = 64
+# Qwen3.5's AutoTokenizer class rebuilds a byte-level BPE from tokenizer.json whatever its tokenizer_class
+# says, so those checkpoints get a byte-level BPE (256 byte symbols + merges learnt from CORPUS).
+BYTE_BPE_VOCAB_SIZE = 320
 
 
 @dataclass(frozen=True)
@@ -43,10 +48,17 @@ class Case:
         name: fixture key (an architecture, or architecture + variant).
         model_type: transformers `model_type` (the adapter registry key).
         config: keyword arguments of the config class.
-        moe_block: class name of the decoder layers' MoE block (`layer.mlp`).
+        config: keyword arguments of the config class (of `text_config` when `wrapper` is set).
+        moe_block: class name of the decoder layers' MoE block (`layer.<block_attr>`).
         moe_layers: the decoder layers that must be MoE.
         router_std: std of the re-drawn router weights.
-        bias_std: std of DeepSeek-V3's `e_score_correction_bias` (0: left at zero).
+        bias_std: std of the router's `bias_attr` tensor (0: left at zero).
+        block_attr: decoder-layer attribute holding the MoE block.
+        router_attr: MoE-block attribute holding the router.
+        bias_attr: the router tensor that `bias_std` re-draws.
+        wrapper: the other sub-configs of a multimodal wrapper (e.g. `vision_config`); None for a plain
+            causal LM.
+        tokenizer: "word" (word-level, [BOS] prepended) or "byte_bpe" (byte-level BPE, no BOS).
     """
 
     name: str
@@ -56,6 +68,11 @@ class Case:
     moe_layers: tuple[int, ...]
     router_std: float = 0.5
     bias_std: float = 0.0
+    block_attr: str = "mlp"
+    router_attr: str = "gate"
+    bias_attr: str = "e_score_correction_bias"
+    wrapper: dict[str, Any] | None = None
+    tokenizer: str = "word"
 
 
 _COMMON = {
@@ -77,6 +94,52 @@ _MLA = {  # DeepSeek multi-head latent attention, scaled down
     "qk_rope_head_dim": 8,
     "qk_nope_head_dim": 8,
     "v_head_dim": 8,
+}
+
+_LLAMA4_TEXT = {
+    **_COMMON,
+    "head_dim": 8,
+    "intermediate_size": 16,  # each expert, and the shared expert
+    "intermediate_size_mlp": 48,  # the dense layers
+    "num_hidden_layers": 4,
+    "interleave_moe_layer_step": 2,  # Maverick's interleaving: layers 1 and 3 MoE
+    "num_local_experts": 8,
+    "attention_chunk_size": 8,  # shorter than the longest text: chunked attention matters
+}
+_LLAMA4_VISION = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "image_size": 16,
+    "patch_size": 4,
+    "vision_output_dim": 16,
+    "projector_input_dim": 16,
+    "projector_output_dim": 32,
+}
+_QWEN3_5_TEXT = {
+    **_COMMON,
+    "vocab_size": BYTE_BPE_VOCAB_SIZE,
+    "head_dim": 8,
+    "num_hidden_layers": 4,  # Gated DeltaNet in layers 0-2, full attention in layer 3
+    "linear_conv_kernel_dim": 4,
+    "linear_key_head_dim": 8,
+    "linear_value_head_dim": 8,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "num_experts": 8,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 16,
+    "shared_expert_intermediate_size": 16,
+}
+_QWEN3_5_VISION = {
+    "depth": 1,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_heads": 2,
+    "out_hidden_size": 32,
+    "num_position_embeddings": 16,
+    "patch_size": 4,
 }
 
 CASES = {
@@ -201,6 +264,86 @@ CASES = {
             "OlmoeSparseMoeBlock",
             (0, 1),
         ),
+        Case(
+            "glm4_moe",
+            "glm4_moe",
+            {
+                **_COMMON,
+                "head_dim": 8,
+                "num_hidden_layers": 3,
+                "first_k_dense_replace": 1,
+                "n_routed_experts": 16,
+                "n_shared_experts": 1,
+                "moe_intermediate_size": 8,
+                "num_experts_per_tok": 4,
+                "n_group": 4,  # released GLM-4.5 uses 1 group; 4 exercise the group limit
+                "topk_group": 2,
+                "norm_topk_prob": True,
+                "routed_scaling_factor": 2.5,
+                "num_mtp_layers": 0,
+            },
+            "Glm4MoeMoE",
+            (1, 2),
+            router_std=0.15,
+            bias_std=0.1,
+        ),
+        Case(
+            "gpt_oss",
+            "gpt_oss",
+            {
+                **_COMMON,
+                "head_dim": 8,
+                "num_hidden_layers": 2,  # sliding, then full attention
+                "sliding_window": 4,  # shorter than most texts: the window matters
+                "num_local_experts": 8,
+                "num_experts_per_tok": 3,
+                "intermediate_size": 16,
+            },
+            "GptOssMLP",
+            (0, 1),
+            router_attr="router",
+            bias_std=0.5,
+            bias_attr="bias",
+        ),
+        Case(
+            "llama4_text",
+            "llama4_text",
+            {
+                **_LLAMA4_TEXT,
+                "num_experts_per_tok": 2,  # releases route top-1; 2 checks the order of a top-k
+            },
+            "Llama4TextMoe",
+            (1, 3),
+            block_attr="feed_forward",
+            router_attr="router",
+        ),
+        Case(
+            "llama4",
+            "llama4",
+            {**_LLAMA4_TEXT, "num_experts_per_tok": 1},
+            "Llama4TextMoe",
+            (1, 3),
+            block_attr="feed_forward",
+            router_attr="router",
+            wrapper={"vision_config": _LLAMA4_VISION},
+        ),
+        Case(
+            "qwen3_5_moe",
+            "qwen3_5_moe",
+            _QWEN3_5_TEXT,
+            "Qwen3_5MoeSparseMoeBlock",
+            (0, 1, 2, 3),
+            wrapper={"vision_config": _QWEN3_5_VISION},
+            tokenizer="byte_bpe",
+        ),
+        Case(
+            "qwen3_5_moe_text",
+            "qwen3_5_moe_text",
+            {**_QWEN3_5_TEXT, "num_hidden_layers": 2, "layer_types": ["linear_attention", "full_attention"]},
+            "Qwen3_5MoeSparseMoeBlock",
+            (0, 1),
+            tokenizer="byte_bpe",
+        ),
     ]
 }
 
@@ -209,32 +352,62 @@ def make_config(case: Case):
     """The transformers config of a case (from its model_type, as AutoConfig would build it)."""
     from transformers import AutoConfig
 
+    if case.wrapper is not None:
+        return AutoConfig.for_model(case.model_type, text_config=dict(case.config), **case.wrapper)
     return AutoConfig.for_model(case.model_type, **case.config)
 
 
 def build_model(case: Case, seed: int = 0):
-    """Seeded random-init model of a case, with wide routers (and a correction bias where it has one)."""
+    """Seeded random-init model of a case, with wide routers (and a router bias where `bias_std` says).
+
+    A wrapper case is built as its multimodal class (the layout of the released checkpoints).
+    """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = make_config(case)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    auto = AutoModelForImageTextToText if case.wrapper is not None else AutoModelForCausalLM
+    model = auto.from_config(config, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for layer in model.model.layers:
-            if type(layer.mlp).__name__ != case.moe_block:
+        for block in model.modules():  # in layer order
+            if type(block).__name__ != case.moe_block:
                 continue
-            gate = layer.mlp.gate
+            gate = getattr(block, case.router_attr)
             gate.weight.normal_(0.0, case.router_std, generator=generator)
             if case.bias_std:
-                bias = torch.randn(gate.e_score_correction_bias.shape, generator=generator) * case.bias_std
-                gate.e_score_correction_bias.copy_(bias)
+                bias = getattr(gate, case.bias_attr)
+                bias.copy_(torch.randn(bias.shape, generator=generator) * case.bias_std)
     return model.eval()
 
 
-def write_tokenizer(path: Path) -> None:
+def write_byte_bpe_tokenizer(path: Path) -> None:
+    """A byte-level BPE fast tokenizer (offsets, no BOS, <|endoftext|> id 0 as pad) trained on CORPUS: the
+    shape of Qwen's tokenizers, which Qwen3_5Tokenizer loads as it is."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BYTE_BPE_VOCAB_SIZE,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    assert tokenizer.get_vocab_size() <= BYTE_BPE_VOCAB_SIZE
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    fast.save_pretrained(path)
+
+
+def write_tokenizer(path: Path, kind: str = "word") -> None:
     """A word-level fast tokenizer (offsets, [BOS] prepended, [PAD] id 0) trained on CORPUS."""
+    if kind == "byte_bpe":
+        return write_byte_bpe_tokenizer(path)
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -261,7 +434,7 @@ def tiny_checkpoint(tmp_path_factory):
         if name not in built:
             path = tmp_path_factory.mktemp(name)
             build_model(CASES[name]).save_pretrained(path)
-            write_tokenizer(path)
+            write_tokenizer(path, CASES[name].tokenizer)
             built[name] = path
         return built[name]
 

@@ -65,15 +65,37 @@ def deepseek_v3_gate(x, router, config, use_bias=True, grouped=True):
     return index, weights * config.routed_scaling_factor
 
 
+def gpt_oss_gate(x, router, config, use_bias=True):
+    """Logits with the router's bias; top-k of the logits; softmax over the k chosen logits (OpenAI's rule)."""
+    logits = x @ router["weight"].T + (router["bias"] if use_bias else 0.0)
+    top, index = logits.topk(config.num_experts_per_tok, dim=-1)
+    return index, torch.softmax(top, dim=-1)
+
+
+def llama4_gate(x, router, config):
+    """Top-k of the raw logits; each chosen expert's weight is the sigmoid of its own logit (Meta's rule)."""
+    top, index = (x @ router["weight"].T).topk(config.num_experts_per_tok, dim=-1)
+    return index, torch.sigmoid(top)
+
+
+# Keyed by the loaded model's config.model_type: a wrapper checkpoint loads as its text decoder.
 GATES = {
     "deepseek_v2": deepseek_v2_gate,
     "deepseek_v3": deepseek_v3_gate,
+    # GLM-4 MoE publishes DeepSeek-V3's rule: sigmoid, bias-corrected group-limited top-k, normalised, scaled.
+    "glm4_moe": deepseek_v3_gate,
+    "gpt_oss": gpt_oss_gate,
+    "llama4_text": llama4_gate,
+    "qwen3_5_moe_text": lambda x, r, c: _softmax_topk(x, r["weight"], c.num_experts_per_tok, True),
     "mixtral": lambda x, r, c: _softmax_topk(x, r["weight"], c.num_experts_per_tok, True),
     "qwen2_moe": lambda x, r, c: _softmax_topk(x, r["weight"], c.num_experts_per_tok, c.norm_topk_prob),
     "qwen3_moe": lambda x, r, c: _softmax_topk(x, r["weight"], c.num_experts_per_tok, c.norm_topk_prob),
     "olmoe": lambda x, r, c: _softmax_topk(x, r["weight"], c.num_experts_per_tok, c.norm_topk_prob),
 }
-MOE_BLOCKS = {name: case.moe_block for name, case in CASES.items()} | {BUILTIN: "DeepseekV3MoE"}
+# (MoE block class, decoder-layer attribute of the block, block attribute of the router)
+MOE_BLOCKS = {name: (case.moe_block, case.block_attr, case.router_attr) for name, case in CASES.items()} | {
+    BUILTIN: ("DeepseekV3MoE", "mlp", "gate")
+}
 
 
 # ---- reference: router inputs of a separately loaded model ---------------------------------------------
@@ -81,15 +103,15 @@ class Reference:
     """A separately loaded copy of a checkpoint, its MoE layers found by MoE-block class, router inputs
     captured by forward pre-hooks. Each text runs alone, so no padding is involved."""
 
-    def __init__(self, path, moe_block: str):
+    def __init__(self, path, moe_block: str, block_attr: str = "mlp", router_attr: str = "gate"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.config = self.model.config
-        layers = self.model.model.layers
-        self.moe_layers = tuple(i for i, layer in enumerate(layers) if type(layer.mlp).__name__ == moe_block)
-        self.routers = [layers[i].mlp.gate for i in self.moe_layers]
+        blocks = [getattr(layer, block_attr) for layer in self.model.model.layers]
+        self.moe_layers = tuple(i for i, block in enumerate(blocks) if type(block).__name__ == moe_block)
+        self.routers = [getattr(blocks[i], router_attr) for i in self.moe_layers]
         # The router's parameters and buffers as plain float64 tensors: the recomputation reads these.
         self.router_tensors = [
             {name: t.detach().double() for name, t in [*r.named_parameters(), *r.named_buffers()]}
@@ -181,7 +203,7 @@ def reference(tiny_checkpoint):
 
     def get(name: str) -> Reference:
         if name not in cache:
-            cache[name] = Reference(checkpoint_path(name, tiny_checkpoint), MOE_BLOCKS[name])
+            cache[name] = Reference(checkpoint_path(name, tiny_checkpoint), *MOE_BLOCKS[name])
         return cache[name]
 
     return get
@@ -233,7 +255,14 @@ def test_padding_does_not_change_routing(name, engine):
 
 @pytest.mark.parametrize(
     ("name", "path"),
-    [("deepseek_v3", "bias"), ("deepseek_v3", "groups"), ("deepseek_v2_group_limited", "groups")],
+    [
+        ("deepseek_v3", "bias"),
+        ("deepseek_v3", "groups"),
+        ("deepseek_v2_group_limited", "groups"),
+        ("glm4_moe", "bias"),
+        ("glm4_moe", "groups"),
+        ("gpt_oss", "bias"),
+    ],
 )
 def test_checkpoints_exercise_the_routing_paths(name, path, reference):
     """The bias and the group limit must change some choices, else the tests above would not test them."""

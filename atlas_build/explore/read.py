@@ -1,0 +1,245 @@
+"""What the explorer shows, read from the atlas alone: its manifest, Parquet configs and metrics.json.
+
+Only `atlas_build.atlas` (the schema and manifest) and pyarrow are used: the explorer never imports an
+engine, corpus, model or router, so the site describes exactly what the dataset holds.
+
+Shapes::
+
+    AtlasContent.lemmas[i]          one (lemma, pos): senses -> examples, pairs between examples
+    AtlasContent.routing[slug]      TargetRouting of the senses' target tokens, grouped by lemma
+    TargetRouting.experts           int   [rows, moe_layers, top_k]  (rows = target sub-tokens)
+    TargetRouting.weights           float16 [rows, moe_layers, top_k] or None (ids-only engines)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from atlas_build.atlas.manifest import Manifest
+from atlas_build.atlas.routing import routing_array
+from atlas_build.atlas.schema import MODELS, SENSE_PAIRS, SENSES, routing_config_name
+from atlas_build.errors import AtlasError
+
+METRICS_JSON = "metrics/metrics.json"
+TARGET_COLUMNS = ["source_id", "token_index", "token", "char_start", "char_end", "experts", "weights"]
+
+
+class ExploreError(AtlasError):
+    """The atlas (or its metrics) cannot be shown; the message says why and what to do."""
+
+
+@dataclass
+class Example:
+    example_id: str
+    text: str
+    target_start: int
+    target_end: int
+
+
+@dataclass
+class Sense:
+    synset: str
+    sense_key: str
+    sense_number: int
+    lexname: str
+    gloss: str
+    examples: list[Example] = field(default_factory=list)
+
+
+@dataclass
+class Lemma:
+    lemma: str
+    pos: str
+    n_wordnet_senses: int  # synsets of the lemma in this pos, with or without a usable example
+    senses: list[Sense] = field(default_factory=list)
+    # (example index a, example index b, same sense), indices into `examples()` order.
+    pairs: list[tuple[int, int, bool]] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.lemma}.{self.pos}"
+
+    def examples(self) -> list[Example]:
+        return [example for sense in self.senses for example in sense.examples]
+
+
+@dataclass
+class TargetRouting:
+    """One model's routing of every target sub-token of the senses corpus, rows ordered by lemma.
+
+    `lemma_bounds[i]:lemma_bounds[i + 1]` are lemma i's rows; `example` is the example index within its
+    lemma (`Lemma.examples()` order), `token_index` the sub-token's position in the text.
+    """
+
+    example: np.ndarray  # int [rows]
+    token_index: np.ndarray  # int [rows]
+    tokens: list[str]
+    char_spans: np.ndarray  # int [rows, 2]
+    experts: np.ndarray  # int [rows, moe_layers, top_k], highest weight first
+    weights: np.ndarray | None  # float16 [rows, moe_layers, top_k]
+    lemma_bounds: np.ndarray  # int [lemmas + 1]
+
+    def lemma_slice(self, i: int) -> slice:
+        return slice(int(self.lemma_bounds[i]), int(self.lemma_bounds[i + 1]))
+
+
+@dataclass
+class AtlasContent:
+    root: Path
+    manifest: Manifest
+    lemmas: list[Lemma]
+    models: list[dict[str, Any]]  # `models` rows, in config order
+    routing: dict[str, TargetRouting]
+    metrics: dict[str, Any] | None
+    metrics_dir: Path | None
+
+
+def read_config(root: Path, manifest: Manifest, config: str, columns=None, filter=None) -> pa.Table | None:
+    """The config's rows from the files its manifest lists (None when the atlas has no such config)."""
+    files = [str(root / rel) for rel in manifest.config_files(config)]
+    if not files:
+        return None
+    try:
+        return pads.dataset(files, format="parquet").to_table(columns=columns, filter=filter)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise ExploreError(
+            f"cannot read the {config} config of {root} ({error}); run `atlas verify {root}`"
+        ) from error
+
+
+def read_atlas(root: Path, metrics_path: Path | None = None) -> AtlasContent:
+    """Everything the site shows. `metrics_path` defaults to `root/metrics/metrics.json` when present."""
+    root = Path(root)
+    manifest = Manifest.load(root)
+    senses = read_config(root, manifest, SENSES)
+    if senses is None or senses.num_rows == 0:
+        raise ExploreError(
+            f"{root} has no senses config: the explorer shows WordNet senses; build one with "
+            f"`atlas build --model MODEL --out {root}` (corpus wordnet)"
+        )
+    lemmas, example_ids = _lemmas(senses)
+    pairs = read_config(root, manifest, SENSE_PAIRS)
+    if pairs is not None:
+        _attach_pairs(lemmas, pairs)
+    models_table = read_config(root, manifest, MODELS)
+    models = models_table.to_pylist() if models_table is not None else []
+    routing = {}
+    for row in models:
+        config = routing_config_name(row["model_slug"])
+        if manifest.config_files(config):
+            routing[row["model_slug"]] = _target_routing(root, manifest, config, example_ids, lemmas)
+    metrics, metrics_dir = _metrics(root, metrics_path)
+    return AtlasContent(root, manifest, lemmas, models, routing, metrics, metrics_dir)
+
+
+def _lemmas(senses: pa.Table) -> tuple[list[Lemma], dict[str, tuple[int, int]]]:
+    """Lemmas sorted by (lemma, pos), senses by WordNet rank; example_id -> (lemma index, example index)."""
+    # Arrow's sort is stable: examples keep the corpus's order within a sense.
+    order = pc.sort_indices(
+        senses, sort_keys=[("lemma", "ascending"), ("pos", "ascending"), ("sense_number", "ascending")]
+    )
+    rows = senses.take(order).to_pylist()
+    lemmas: list[Lemma] = []
+    example_ids: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        if not lemmas or (lemmas[-1].lemma, lemmas[-1].pos) != (row["lemma"], row["pos"]):
+            lemmas.append(Lemma(row["lemma"], row["pos"], int(row["lemma_n_senses"])))
+        lemma = lemmas[-1]
+        if not lemma.senses or lemma.senses[-1].synset != row["synset"]:
+            lemma.senses.append(
+                Sense(row["synset"], row["sense_key"], int(row["sense_number"]), row["lexname"], row["gloss"])
+            )
+        example_ids[row["example_id"]] = (len(lemmas) - 1, sum(len(s.examples) for s in lemma.senses))
+        lemma.senses[-1].examples.append(
+            Example(row["example_id"], row["text"], int(row["target_start"]), int(row["target_end"]))
+        )
+    return lemmas, example_ids
+
+
+def _attach_pairs(lemmas: list[Lemma], pairs: pa.Table) -> None:
+    index = {}
+    for li, lemma in enumerate(lemmas):
+        for ei, example in enumerate(lemma.examples()):
+            index[example.example_id] = (li, ei)
+    for a, b, same in zip(
+        pairs.column("example_a").to_pylist(),
+        pairs.column("example_b").to_pylist(),
+        pairs.column("same_sense").to_pylist(),
+        strict=True,
+    ):
+        if a in index and b in index and index[a][0] == index[b][0]:
+            lemmas[index[a][0]].pairs.append((index[a][1], index[b][1], bool(same)))
+
+
+def _target_routing(
+    root: Path, manifest: Manifest, config: str, example_ids: dict[str, tuple[int, int]], lemmas: list[Lemma]
+) -> TargetRouting:
+    """The routing rows of the senses' target tokens only (a filtered scan, never the whole config)."""
+    wanted = (pc.field("corpus") == SENSES) & pc.field("is_target")
+    table = read_config(root, manifest, config, columns=TARGET_COLUMNS, filter=wanted)
+    ids = table.column("source_id").to_pylist()
+    located = [example_ids.get(source_id) for source_id in ids]
+    keep = np.array([loc is not None for loc in located], dtype=bool)
+    lemma_of = np.array([loc[0] if loc else -1 for loc in located], dtype=np.int64)
+    example_of = np.array([loc[1] if loc else -1 for loc in located], dtype=np.int64)
+    token_index = table.column("token_index").to_numpy()
+    order = np.lexsort((token_index, example_of, lemma_of))
+    order = order[keep[order]]
+    experts = routing_array(table.column("experts"))[order] if table.num_rows else np.zeros((0, 0, 0))
+    weights_column = table.column("weights")
+    weights = None
+    if table.num_rows and weights_column.null_count < table.num_rows:
+        weights = routing_array(weights_column, dtype=np.float32)[order].astype(np.float16)
+    tokens = table.column("token").to_pylist()
+    spans = np.stack([table.column("char_start").to_numpy(), table.column("char_end").to_numpy()], axis=1)
+    bounds = np.searchsorted(lemma_of[order], np.arange(len(lemmas) + 1), side="left")
+    return TargetRouting(
+        example=example_of[order],
+        token_index=token_index[order],
+        tokens=[tokens[i] for i in order],
+        char_spans=spans[order] if len(order) else np.zeros((0, 2), dtype=np.int64),
+        experts=experts,
+        weights=weights,
+        lemma_bounds=bounds,
+    )
+
+
+def _metrics(root: Path, metrics_path: Path | None) -> tuple[dict | None, Path | None]:
+    path = Path(metrics_path) if metrics_path is not None else root / METRICS_JSON
+    if not path.exists():
+        if metrics_path is not None:
+            raise ExploreError(f"{path} does not exist: write it with `atlas metrics {root} --out DIR`")
+        return None, None
+    try:
+        # metrics.json writes NaN as null; a hand-edited one may hold NaN, which the page must not see.
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda _: None)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ExploreError(
+            f"{path} is not readable JSON ({error}); rerun `atlas metrics {root} --out {path.parent}`"
+        ) from error
+    if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
+        raise ExploreError(
+            f"{path} is not an `atlas metrics` report (no models object); rerun `atlas metrics {root} --out "
+            f"{path.parent}`"
+        )
+    return _finite(data), path.parent
+
+
+def _finite(value):
+    """JSON for a browser: NaN/inf -> null (json.dumps would write the invalid token NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,335 @@
+"""`atlas explore`: write the static explorer site of an atlas.
+
+Site layout (everything relative, so it opens from `file://` or any static host, offline)::
+
+    SITE/index.html                       the page (hash routes: #/, #/lemma/<lemma.pos>, #/model/<slug>)
+    SITE/assets/app.js, style.css         the viewer; no library, no CDN
+    SITE/data/index.js                    atlas summary, models, one line of counts per lemma
+    SITE/data/lemmas/<n:05d>.js           one lemma: senses, examples, pairs, target routing per model
+    SITE/data/models/<slug>.js            a model's row and its metrics.json entry
+    SITE/data/models/<slug>/coact-<l>.js  P(j | i) at MoE layer l, when the metrics' .npz is there
+    SITE/.routing-atlas-explorer          marks the folder as a site, so a rerun may replace it
+
+The site is written into a temporary sibling folder and renamed into place: a failed run leaves the
+previous site (or nothing) behind, and a folder that is not an explorer site is never written into.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from atlas_build.explore.encode import b64, expert_dtype, js_call
+from atlas_build.explore.read import AtlasContent, ExploreError, Lemma, read_atlas
+
+MARKER = ".routing-atlas-explorer"
+STATIC_FILES = {"index.html": "index.html", "app.js": "assets/app.js", "style.css": "assets/style.css"}
+# Callbacks the data scripts call (defined in app.js).
+INDEX_CALLBACK = "atlasIndexLoaded"
+LEMMA_CALLBACK = "atlasLemmaLoaded"
+MODEL_CALLBACK = "atlasModelLoaded"
+COACT_CALLBACK = "atlasCoactLoaded"
+# Fixed point of P(j | i) in the co-activation files: 1/65535 resolution, 2 bytes a cell.
+COACT_SCALE = 65535
+
+
+@dataclass
+class SiteReport:
+    """What was written, in bytes."""
+
+    out: Path
+    files: int = 0
+    total_bytes: int = 0
+    index_bytes: int = 0
+    lemma_bytes: list[int] = field(default_factory=list)  # per lemma file, index order
+    model_bytes: int = 0  # model pages and their co-activation files
+    static_bytes: int = 0
+    n_models: int = 0
+
+    def summary(self) -> str:
+        n = len(self.lemma_bytes)
+        mean = sum(self.lemma_bytes) / n if n else 0
+        return (
+            f"{self.files} files, {self.total_bytes / 1e6:.2f} MB: index {self.index_bytes / 1e3:.1f} kB, "
+            f"{n} lemma files ({sum(self.lemma_bytes) / 1e6:.2f} MB, {mean / 1e3:.1f} kB each on average, "
+            f"{self.n_models} model(s)), model pages {self.model_bytes / 1e6:.2f} MB"
+        )
+
+
+def build_site(atlas_dir: Path, out: Path, metrics_path: Path | None = None) -> SiteReport:
+    """Read the atlas in `atlas_dir` and write its explorer site into `out` (created or replaced)."""
+    out = Path(out)
+    _check_out(out)
+    content = read_atlas(Path(atlas_dir), metrics_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.explore-", dir=out.parent))
+    try:
+        report = _write(content, temp)
+        _swap_into_place(temp, out)
+    except OSError as error:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise ExploreError(
+            f"cannot write the site into {out} ({error}); check the folder and free space"
+        ) from error
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    report.out = out
+    return report
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExploreError(f"--out {out} is a file: give a new folder (or an earlier `atlas explore` site)")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise ExploreError(
+            f"--out {out} is a folder with other files in it, not a site written by `atlas explore`: "
+            "give a new or empty folder"
+        )
+
+
+def _swap_into_place(temp: Path, out: Path) -> None:
+    os.chmod(temp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a site is meant to be read by others
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        temp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        temp.rename(out)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---- writing ------------------------------------------------------------------------------------------
+
+
+class _Writer:
+    def __init__(self, root: Path, report: SiteReport):
+        self.root = root
+        self.report = report
+
+    def write(self, rel: str, text: str) -> int:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = text.encode("utf-8")
+        path.write_bytes(data)
+        self.report.files += 1
+        self.report.total_bytes += len(data)
+        return len(data)
+
+
+def _write(content: AtlasContent, root: Path) -> SiteReport:
+    report = SiteReport(out=root, n_models=len(content.routing))
+    writer = _Writer(root, report)
+    static = resources.files("atlas_build.explore") / "static"
+    for name, rel in STATIC_FILES.items():
+        report.static_bytes += writer.write(rel, (static / name).read_text(encoding="utf-8"))
+    twins = twin_groups(content.models)
+    for i, lemma in enumerate(content.lemmas):
+        report.lemma_bytes.append(
+            writer.write(lemma_file(i), js_call(LEMMA_CALLBACK, lemma.key, lemma_data(content, i)))
+        )
+    for row in content.models:
+        report.model_bytes += _write_model(writer, content, row)
+    report.index_bytes = writer.write(
+        "data/index.js", js_call(INDEX_CALLBACK, "index", index_data(content, twins))
+    )
+    writer.write(
+        MARKER, json.dumps({"site": "routing-atlas explorer", "atlas": content.root.resolve().name}) + "\n"
+    )
+    return report
+
+
+def lemma_file(i: int) -> str:
+    return f"data/lemmas/{i:05d}.js"
+
+
+def twin_groups(models: list[dict]) -> dict[str, list[str]]:
+    """slug -> the other models of the same checkpoint architecture (trained and random-init twins).
+
+    A random-init twin is built from the same model id and architecture with random weights; the trained
+    model comes first in each list, so the page puts it on the left.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for row in models:
+        groups.setdefault((row["model_id"], row["architecture"], row["model_type"]), []).append(row)
+    out = {}
+    for members in groups.values():
+        members = sorted(members, key=lambda r: (bool(r["random_init"]), r["model_slug"]))
+        for row in members:
+            out[row["model_slug"]] = [m["model_slug"] for m in members if m is not row]
+    return out
+
+
+def index_data(content: AtlasContent, twins: dict[str, list[str]]) -> dict:
+    lemmas = content.lemmas
+    metrics = content.metrics or {}
+    metric_models = metrics.get("models") or {}
+    counts = content.manifest.corpus_counts or {}
+    return {
+        "atlas": {
+            "name": content.root.resolve().name,
+            "code_version": content.manifest.code_version,
+            "schema_version": content.manifest.schema_version,
+            "synthetic": bool(counts.get("synthetic")) or bool(metrics.get("synthetic")),
+            "source": counts.get("source"),
+            "n_lemmas": len(lemmas),
+            "n_examples": sum(len(lemma.examples()) for lemma in lemmas),
+            "n_pairs": sum(len(lemma.pairs) for lemma in lemmas),
+        },
+        "metrics": None
+        if content.metrics is None
+        else {
+            "synthetic": bool(metrics.get("synthetic")),
+            "random_init_models": metrics.get("random_init_models") or [],
+            "options": metrics.get("options"),
+        },
+        "models": [
+            {
+                "slug": row["model_slug"],
+                "model_id": row["model_id"],
+                "architecture": row["architecture"],
+                "random_init": bool(row["random_init"]),
+                "seed": row["seed"],
+                "moe_layers": list(row["moe_layers"]),
+                "n_routed_experts": row["n_routed_experts"],
+                "top_k": row["top_k"],
+                "weights_dtype": row["weights_dtype"],
+                "engine": row["engine"],
+                "synthetic": row["model_id"] == "synthetic",
+                "has_routing": row["model_slug"] in content.routing,
+                "has_metrics": row["model_slug"] in metric_models,
+                "twins": twins.get(row["model_slug"], []),
+            }
+            for row in content.models
+        ],
+        # Columns, one entry per lemma: the index stays small (about 60 B a lemma) for 12,475 lemmas.
+        "lemmas": {
+            "key": [lemma.key for lemma in lemmas],
+            "senses": [len(lemma.senses) for lemma in lemmas],
+            "wordnet_senses": [lemma.n_wordnet_senses for lemma in lemmas],
+            "examples": [len(lemma.examples()) for lemma in lemmas],
+            "same": [sum(1 for *_, same in lemma.pairs if same) for lemma in lemmas],
+            "different": [sum(1 for *_, same in lemma.pairs if not same) for lemma in lemmas],
+        },
+    }
+
+
+def lemma_data(content: AtlasContent, i: int) -> dict:
+    lemma: Lemma = content.lemmas[i]
+    examples, senses = [], []
+    for si, sense in enumerate(lemma.senses):
+        first = len(examples)
+        for example in sense.examples:
+            examples.append(
+                {
+                    "id": example.example_id,
+                    "text": example.text,
+                    "target": [example.target_start, example.target_end],
+                    "sense": si,
+                }
+            )
+        senses.append(
+            {
+                "synset": sense.synset,
+                "sense_key": sense.sense_key,
+                "sense_number": sense.sense_number,
+                "lexname": sense.lexname,
+                "gloss": sense.gloss,
+                "examples": list(range(first, len(examples))),
+            }
+        )
+    routing = {}
+    for row in content.models:
+        slug = row["model_slug"]
+        if slug not in content.routing:
+            continue
+        target = content.routing[slug]
+        rows = target.lemma_slice(i)
+        routing[slug] = {
+            "rows": rows.stop - rows.start,
+            "example": target.example[rows].tolist(),
+            "token_index": target.token_index[rows].tolist(),
+            "token": target.tokens[rows],
+            "span": target.char_spans[rows].tolist(),
+            "experts": b64(target.experts[rows], expert_dtype(row["n_routed_experts"])),
+            "weights": None if target.weights is None else b64(target.weights[rows], "float16"),
+        }
+    return {
+        "key": lemma.key,
+        "lemma": lemma.lemma,
+        "pos": lemma.pos,
+        "wordnet_senses": lemma.n_wordnet_senses,
+        "senses": senses,
+        "examples": examples,
+        "pairs": [[a, b, int(same)] for a, b, same in lemma.pairs],
+        "routing": routing,
+    }
+
+
+def _write_model(writer: _Writer, content: AtlasContent, row: dict) -> int:
+    slug = row["model_slug"]
+    metrics = content.metrics or {}
+    entry = (metrics.get("models") or {}).get(slug)
+    coact_layers = _write_coactivation(writer, content, slug, entry)
+    data = {
+        "slug": slug,
+        "row": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in row.items()},
+        "has_routing": slug in content.routing,
+        "metrics": entry,
+        "metrics_present": content.metrics is not None,
+        "formulas": metrics.get("formulas"),
+        "options": metrics.get("options"),
+        "coactivation_layers": coact_layers,
+    }
+    # The co-activation files count themselves into report.model_bytes; this is the page's own file.
+    return writer.write(f"data/models/{slug}.js", js_call(MODEL_CALLBACK, slug, data))
+
+
+def _write_coactivation(writer: _Writer, content: AtlasContent, slug: str, entry: dict | None) -> list[int]:
+    """One file per MoE layer with P(j | i) = C_ij / C_ii from the metrics' `coactivation-<slug>.npz`."""
+    coactivation = ((entry or {}).get("experts") or {}).get("coactivation") or {}
+    name = coactivation.get("file")
+    if not name or content.metrics_dir is None or "/" in name or "\\" in name:
+        return []
+    path = content.metrics_dir / name
+    if not path.is_file():
+        return []
+    try:
+        with np.load(path) as npz:
+            counts = np.asarray(npz["coactivation_counts"], dtype=np.float64)
+            layers = [int(x) for x in npz["moe_layers"]]
+    except (OSError, KeyError, ValueError) as error:
+        raise ExploreError(
+            f"{path} is not a co-activation file of `atlas metrics` ({error}); rerun it"
+        ) from error
+    written = []
+    for li in range(counts.shape[0]):
+        diagonal = np.diag(counts[li])[:, None]
+        conditional = np.divide(counts[li], diagonal, out=np.zeros_like(counts[li]), where=diagonal > 0)
+        fixed = np.rint(np.clip(conditional, 0, 1) * COACT_SCALE).astype(np.uint16)
+        data = {
+            "layer_index": li,
+            "moe_layer": layers[li] if li < len(layers) else li,
+            "n": int(counts.shape[1]),
+            "scale": COACT_SCALE,
+            "p": b64(fixed, "uint16"),
+            "load": np.diag(counts[li]).astype(np.int64).tolist(),
+        }
+        writer.report.model_bytes += writer.write(
+            f"data/models/{slug}/coact-{li}.js", js_call(COACT_CALLBACK, f"{slug}/{li}", data)
+        )
+        written.append(li)
+    return written

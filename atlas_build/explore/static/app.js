@@ -1,0 +1,709 @@
+/* routing-atlas explorer. No libraries: the page must open from file:// with no network.
+ *
+ * Data arrive as scripts that call the window.atlas*Loaded callbacks below (browsers refuse fetch() of
+ * file:// URLs). Routes: #/ (lemma index), #/lemma/<lemma.pos>, #/model/<slug>.
+ * Routing arrays are little-endian base64: expert ids uint8|uint16 [rows, layers, k], weights float16.
+ */
+(function () {
+  'use strict';
+
+  const MAX_ROWS = 200; // index rows drawn at once; the search narrows the rest
+  const state = {
+    index: null, keyToFile: new Map(), models: new Map(), model: null, showTwins: true,
+    subtoken: 'last', layer: 0, query: '', coactLayer: 0,
+  };
+  const cache = { lemma: new Map(), model: new Map(), coact: new Map() };
+  const pending = new Map(); // "kind:key" -> {resolve, reject}
+
+  // ---- data loading ------------------------------------------------------------------------------
+  function settle(kind, key, data) {
+    cache[kind].set(key, data);
+    const waiter = pending.get(kind + ':' + key);
+    if (waiter) { pending.delete(kind + ':' + key); waiter.resolve(data); }
+  }
+  window.atlasLemmaLoaded = (key, data) => settle('lemma', key, data);
+  window.atlasModelLoaded = (key, data) => settle('model', key, data);
+  window.atlasCoactLoaded = (key, data) => settle('coact', key, data);
+
+  function load(kind, key, src) {
+    if (cache[kind].has(key)) return Promise.resolve(cache[kind].get(key));
+    const id = kind + ':' + key;
+    if (pending.has(id)) return pending.get(id).promise;
+    let resolve, reject;
+    const promise = new Promise((res, rej) => { resolve = res; reject = rej; });
+    pending.set(id, { resolve, reject, promise });
+    const script = document.createElement('script');
+    script.src = src;
+    script.onerror = () => {
+      pending.delete(id);
+      reject(new Error('data file ' + src + ' is missing: rerun `atlas explore` to rewrite the site'));
+    };
+    document.head.appendChild(script);
+    return promise;
+  }
+
+  window.atlasIndexMissing = function () {
+    showError(document.getElementById('view'), 'data/index.js is missing: rerun `atlas explore DIR --out SITE`.');
+  };
+
+  window.atlasIndexLoaded = function (_key, data) {
+    state.index = data;
+    data.lemmas.key.forEach((key, i) => state.keyToFile.set(key, i));
+    data.models.forEach((m) => state.models.set(m.slug, m));
+    const routed = data.models.filter((m) => m.has_routing);
+    const trained = routed.filter((m) => !m.random_init);
+    state.model = (trained[0] || routed[0] || {}).slug || null;
+    document.getElementById('atlas-name').textContent = data.atlas.name;
+    const nav = document.getElementById('model-nav');
+    data.models.forEach((m) => nav.appendChild(
+      h('a', { href: '#/model/' + encodeURIComponent(m.slug), class: 'model-link' }, 'model: ' + m.slug,
+        m.random_init ? h('span', { class: 'tag' }, 'RANDOM-INIT') : null)));
+    globalBanner();
+    window.addEventListener('hashchange', route);
+    route();
+    window.atlasIndexReadyMs = performance.now();
+    document.body.dataset.indexReady = '1';
+  };
+
+  // ---- small helpers -----------------------------------------------------------------------------
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? '' : v);
+    }
+    appendAll(el, children);
+    return el;
+  }
+  /** Replace el's children; arrays (of arrays) are flattened and null/false skipped. */
+  function put(el, ...children) { el.textContent = ''; appendAll(el, children); }
+  function appendAll(el, children) {
+    for (const c of children.flat(Infinity)) {
+      if (c === null || c === undefined || c === false) continue;
+      el.appendChild(typeof c === 'string' || typeof c === 'number' ? document.createTextNode(String(c)) : c);
+    }
+  }
+  const SVG = 'http://www.w3.org/2000/svg';
+  function s(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined) el.setAttribute(k, v);
+    for (const c of children) if (c) el.appendChild(typeof c === 'string' ? document.createTextNode(c) : c);
+    return el;
+  }
+  function fmt(x, digits = 3, signed = false) {
+    if (x === null || x === undefined || Number.isNaN(x)) return '–';
+    if (typeof x !== 'number') return String(x);
+    if (Number.isInteger(x) && !signed) return x.toLocaleString('en-US');
+    const t = x.toFixed(digits);
+    return signed && x >= 0 ? '+' + t : t;
+  }
+  function ci(iv, digits = 3, signed = true) {
+    if (!iv || iv.estimate === undefined) return '–';
+    return fmt(iv.estimate, digits, signed) + ' [' + fmt(iv.ci_low, digits, signed) + ', ' + fmt(iv.ci_high, digits, signed) + ']';
+  }
+  function showError(view, message) { put(view, h('p', { class: 'error' }, message)); }
+  function bytesOf(b64) {
+    const bin = atob(b64);
+    const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out;
+  }
+  function uint16s(b64) {
+    const bytes = bytesOf(b64);
+    const view = new DataView(bytes.buffer);
+    const out = new Uint16Array(bytes.length / 2);
+    for (let i = 0; i < out.length; i++) out[i] = view.getUint16(2 * i, true);
+    return out;
+  }
+  function halfToFloat(bits) {
+    const sign = bits & 0x8000 ? -1 : 1, exp = (bits >> 10) & 0x1f, frac = bits & 0x3ff;
+    if (exp === 0) return sign * Math.pow(2, -14) * (frac / 1024);
+    if (exp === 31) return frac ? NaN : sign * Infinity;
+    return sign * Math.pow(2, exp - 15) * (1 + frac / 1024);
+  }
+  function float16s(b64) { return Float32Array.from(uint16s(b64), halfToFloat); }
+  // Blues ramp: 0 -> near white, 1 -> dark blue.
+  const RAMP = [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
+  function colour(t) {
+    t = Math.max(0, Math.min(1, t)) * (RAMP.length - 1);
+    const i = Math.min(RAMP.length - 2, Math.floor(t)), f = t - i;
+    const c = RAMP[i].map((a, j) => Math.round(a + (RAMP[i + 1][j] - a) * f));
+    return 'rgb(' + c.join(',') + ')';
+  }
+  const tooltip = (() => { const el = h('div', { class: 'tooltip' }); document.body.appendChild(el); return el; })();
+  function hover(el, text) {
+    el.addEventListener('mousemove', (e) => {
+      tooltip.textContent = typeof text === 'function' ? text(e) : text;
+      tooltip.style.display = 'block';
+      tooltip.style.left = (e.clientX + 12) + 'px';
+      tooltip.style.top = (e.clientY + 12) + 'px';
+    });
+    el.addEventListener('mouseleave', () => { tooltip.style.display = 'none'; });
+  }
+  function modelLabel(m) { return m.slug + (m.random_init ? ' (RANDOM-INIT)' : '') + (m.synthetic ? ' (SYNTHETIC)' : ''); }
+
+  // ---- banners -----------------------------------------------------------------------------------
+  function randomInitBanner(m) {
+    if (!m || !m.random_init) return null;
+    return h('div', { class: 'banner random-init-banner', 'data-model': m.slug },
+      h('strong', {}, 'RANDOM-INIT: '), m.slug,
+      ' has random (seeded' + (m.seed !== null && m.seed !== undefined ? ', seed ' + m.seed : '') +
+      ') weights, not trained ones. Its routing is a null model: plumbing, not a finding.');
+  }
+  function synthBanner(m) {
+    if (!m || !m.synthetic) return null;
+    return h('div', { class: 'banner synthetic-banner' }, h('strong', {}, 'SYNTHETIC: '),
+      m.slug + ' is generated routing, not a model; the numbers test the pipeline only.');
+  }
+  function globalBanner() {
+    const el = document.getElementById('global-banner');
+    const random = state.index.models.filter((m) => m.random_init).map((m) => m.slug);
+    if (random.length) {
+      el.appendChild(h('div', { class: 'banner random-init-banner', id: 'random-init-global' },
+        h('strong', {}, 'RANDOM-INIT model(s): '), random.join(', '),
+        '. Their weights are random, not trained: whatever they show is a null model, not a finding.'));
+    }
+    if (state.index.atlas.synthetic) {
+      el.appendChild(h('div', { class: 'banner synthetic-banner' }, h('strong', {}, 'SYNTHETIC atlas: '),
+        'generated texts and/or routing; it tests the pipeline, it is not data about a model.'));
+    }
+  }
+
+  // ---- routing -----------------------------------------------------------------------------------
+  function route() {
+    const view = document.getElementById('view');
+    const hash = location.hash.replace(/^#\/?/, '');
+    const [page, ...rest] = hash.split('/');
+    const arg = decodeURIComponent(rest.join('/'));
+    window.scrollTo(0, 0);
+    if (page === 'lemma') return renderLemma(view, arg);
+    if (page === 'model') return renderModel(view, arg);
+    return renderIndex(view);
+  }
+
+  // ---- index -------------------------------------------------------------------------------------
+  function renderIndex(view) {
+    const idx = state.index, a = idx.atlas;
+    document.title = 'routing-atlas explorer: ' + a.name;
+    const search = h('input', { id: 'search', type: 'search', placeholder: 'search a lemma (e.g. bank)', value: state.query, autocomplete: 'off' });
+    const count = h('span', { id: 'match-count', class: 'muted' });
+    const tbody = h('tbody');
+    const table = h('table', { id: 'lemma-table' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'lemma'), h('th', {}, 'pos'),
+        h('th', { class: 'num', title: 'senses with an example in the atlas / synsets in WordNet' }, 'senses'),
+        h('th', { class: 'num' }, 'examples'), h('th', { class: 'num' }, 'same-sense pairs'),
+        h('th', { class: 'num' }, 'different-sense pairs'))), tbody);
+    const draw = () => {
+      state.query = search.value;
+      const hits = matches(search.value);
+      count.textContent = hits.length.toLocaleString('en-US') + ' of ' + idx.lemmas.key.length.toLocaleString('en-US') +
+        ' lemmas' + (hits.length > MAX_ROWS ? ' (first ' + MAX_ROWS + ' shown; type to narrow)' : '');
+      put(tbody, ...hits.slice(0, MAX_ROWS).map(lemmaRow));
+    };
+    search.addEventListener('input', draw);
+    const models = idx.models.map((m) => h('li', {},
+      h('a', { href: '#/model/' + encodeURIComponent(m.slug) }, m.slug), ' ',
+      h('span', { class: 'muted' }, m.model_id + ', ' + m.moe_layers.length + ' MoE layers, top-' + m.top_k + ' of ' +
+        m.n_routed_experts + ' experts' + (m.weights_dtype ? ', gate weights ' + m.weights_dtype : ', ids only')),
+      m.random_init ? h('span', { class: 'tag' }, 'RANDOM-INIT') : null,
+      m.twins.length ? h('span', { class: 'muted' }, ' · twin of ' + m.twins.join(', ')) : null));
+    put(view,
+      h('h1', {}, 'Lemmas of ', h('code', {}, a.name)),
+      h('div', { class: 'summary-cards' },
+        card('lemmas', a.n_lemmas), card('examples', a.n_examples), card('sense pairs', a.n_pairs), card('models', idx.models.length)),
+      h('h3', {}, 'Models'), h('ul', { id: 'model-list' }, models),
+      idx.metrics ? null : h('p', { class: 'muted' }, 'No metrics/metrics.json in this atlas: model pages show the models rows only (run `atlas metrics DIR --out DIR/metrics`, then `atlas explore` again).'),
+      h('div', { class: 'controls' }, h('label', {}, 'Search ', search), count),
+      table);
+    draw();
+  }
+  function card(label, value) { return h('div', { class: 'card' }, h('div', { class: 'big' }, fmt(value)), h('div', { class: 'muted' }, label)); }
+  function normalise(q) { return q.trim().toLowerCase().replace(/\s+/g, '_'); }
+  function matches(query) {
+    const keys = state.index.lemmas.key, q = normalise(query);
+    const all = keys.map((_, i) => i);
+    if (!q) return all;
+    const exact = [], prefix = [], inside = [];
+    for (const i of all) {
+      const key = keys[i].toLowerCase(), name = key.slice(0, key.lastIndexOf('.'));
+      if (name === q || key === q) exact.push(i);
+      else if (name.startsWith(q)) prefix.push(i);
+      else if (name.includes(q)) inside.push(i);
+    }
+    return exact.concat(prefix, inside);
+  }
+  function lemmaRow(i) {
+    const L = state.index.lemmas, key = L.key[i], dot = key.lastIndexOf('.');
+    return h('tr', { 'data-key': key },
+      h('td', {}, h('a', { class: 'lemma-link', href: '#/lemma/' + encodeURIComponent(key) }, key.slice(0, dot).replace(/_/g, ' '))),
+      h('td', {}, key.slice(dot + 1)),
+      h('td', { class: 'num' }, L.senses[i] + ' / ' + L.wordnet_senses[i]),
+      h('td', { class: 'num' }, L.examples[i]), h('td', { class: 'num' }, L.same[i]), h('td', { class: 'num' }, L.different[i]));
+  }
+
+  // ---- lemma page --------------------------------------------------------------------------------
+  function renderLemma(view, key) {
+    if (!state.keyToFile.has(key)) return showError(view, 'No lemma ' + JSON.stringify(key) + ' in this atlas.');
+    const file = 'data/lemmas/' + String(state.keyToFile.get(key)).padStart(5, '0') + '.js';
+    put(view, h('p', { class: 'muted' }, 'Loading ' + key + '…'));
+    load('lemma', key, file).then((data) => {
+      if (location.hash.replace(/^#\/?/, '') !== 'lemma/' + encodeURIComponent(key)) return; // navigated away
+      drawLemma(view, data);
+    }, (err) => showError(view, err.message));
+  }
+
+  function shownModels(data) {
+    const routed = (slug) => data.routing[slug] && state.models.get(slug);
+    let primary = routed(state.model) ? state.model : Object.keys(data.routing)[0];
+    if (!primary) return [];
+    const twins = state.showTwins ? state.models.get(primary).twins.filter(routed) : [];
+    return [primary].concat(twins).map((slug) => state.models.get(slug));
+  }
+
+  /** Per model: the chosen target sub-token's row of each example (or -1) and decoded arrays. */
+  function decodeRouting(data, m) {
+    const r = data.routing[m.slug];
+    if (r._decoded) return r._decoded;
+    const L = m.moe_layers.length, k = m.top_k;
+    const experts = m.n_routed_experts <= 256 ? bytesOf(r.experts) : uint16s(r.experts);
+    const weights = r.weights ? float16s(r.weights) : null;
+    const first = new Array(data.examples.length).fill(-1), last = new Array(data.examples.length).fill(-1);
+    r.example.forEach((ex, row) => { if (first[ex] < 0) first[ex] = row; last[ex] = row; });
+    r._decoded = { L, k, N: m.n_routed_experts, experts, weights, first, last, r };
+    return r._decoded;
+  }
+  function rowOf(dec, ex) { return (state.subtoken === 'first' ? dec.first : dec.last)[ex]; }
+  function expertsAt(dec, row, l) {
+    const base = (row * dec.L + l) * dec.k;
+    return Array.from(dec.experts.subarray(base, base + dec.k));
+  }
+  function weightsAt(dec, row, l) {
+    if (!dec.weights) return null;
+    const base = (row * dec.L + l) * dec.k;
+    return Array.from(dec.weights.subarray(base, base + dec.k));
+  }
+
+  function drawLemma(view, data) {
+    document.title = data.lemma + ' (' + data.pos + ') · routing-atlas explorer';
+    const models = shownModels(data);
+    const routedModels = state.index.models.filter((m) => data.routing[m.slug]);
+    const select = h('select', { id: 'model-select' }, routedModels.map((m) =>
+      h('option', { value: m.slug, selected: models[0] && m.slug === models[0].slug }, modelLabel(m))));
+    select.addEventListener('change', () => { state.model = select.value; drawLemma(view, data); });
+    const twins = h('input', { id: 'show-twins', type: 'checkbox', checked: state.showTwins });
+    twins.addEventListener('change', () => { state.showTwins = twins.checked; drawLemma(view, data); });
+    const sub = h('select', { id: 'subtoken' }, h('option', { value: 'last', selected: state.subtoken === 'last' }, 'last (as `atlas metrics` by default)'),
+      h('option', { value: 'first', selected: state.subtoken === 'first' }, 'first'));
+    sub.addEventListener('change', () => { state.subtoken = sub.value; drawLemma(view, data); });
+    const nLayers = models.length ? models[0].moe_layers.length : 0;
+    if (state.layer >= nLayers) state.layer = 0;
+    const layer = h('select', { id: 'layer-select' }, (models[0] ? models[0].moe_layers : []).map((ml, li) =>
+      h('option', { value: li, selected: li === state.layer }, 'MoE layer ' + ml + ' (#' + li + ')')));
+    layer.addEventListener('change', () => { state.layer = Number(layer.value); drawLemma(view, data); });
+    const nSame = data.pairs.filter((p) => p[2]).length;
+    put(view,
+      h('p', {}, h('a', { href: '#/' }, '← all lemmas')),
+      h('h1', { id: 'lemma-title', 'data-key': data.key }, data.lemma.replace(/_/g, ' '), ' ', h('span', { class: 'muted' }, '(' + data.pos + ')')),
+      h('p', { class: 'muted' }, data.senses.length + ' senses with examples (of ' + data.wordnet_senses + ' in WordNet), ' +
+        data.examples.length + ' examples, ' + nSame + ' same-sense and ' + (data.pairs.length - nSame) + ' different-sense pairs.'),
+      h('div', { class: 'controls' },
+        h('label', {}, 'Model ', select), h('label', {}, twins, 'show its twin beside (trained ↔ random-init)'),
+        h('label', {}, 'Target sub-token ', sub), h('label', {}, 'Overlap at ', layer)),
+      models.map((m) => h('div', {}, randomInitBanner(m), synthBanner(m))),
+      models.length ? null : h('p', { class: 'muted' }, 'No model routed this lemma.'),
+      h('h2', {}, 'Senses and their routing'),
+      h('p', { class: 'muted' }, 'Heatmaps: rows are MoE layers, columns experts; a cell is coloured by the gate weight of that expert for the target token (ids-only atlases: by how often it is chosen). The sense map averages over the sense\'s examples (an unchosen expert counts 0).'),
+      data.senses.map((sense, si) => senseSection(data, sense, si, models)),
+      h('h2', {}, 'Same- vs different-sense overlap'),
+      models.length ? overlapSection(data, models) : null);
+  }
+
+  function highlighted(ex, spans) {
+    const [start, end] = ex.target;
+    const text = ex.text;
+    const mark = h('mark', { class: 'target' });
+    // Underline the chosen sub-token inside the target span.
+    let pos = start;
+    for (const [a, b] of spans.filter(([a, b]) => b > start && a < end).sort((x, y) => x[0] - y[0])) {
+      const from = Math.max(a, start), to = Math.min(b, end);
+      if (from > pos) mark.appendChild(document.createTextNode(text.slice(pos, from)));
+      if (to > from) mark.appendChild(h('span', { class: 'sub' }, text.slice(from, to)));
+      pos = Math.max(pos, to);
+    }
+    if (pos < end) mark.appendChild(document.createTextNode(text.slice(pos, end)));
+    return [text.slice(0, start), mark, text.slice(end)];
+  }
+
+  function senseSection(data, sense, si, models) {
+    const dec0 = models.length ? decodeRouting(data, models[0]) : null;
+    const examples = sense.examples.map((ei) => {
+      const ex = data.examples[ei];
+      const row = dec0 ? rowOf(dec0, ei) : -1;
+      const spans = row >= 0 ? [dec0.r.span[row]] : [];
+      return h('li', { class: 'example', 'data-example': ei, 'data-example-id': ex.id }, highlighted(ex, spans));
+    });
+    return h('section', { class: 'sense', 'data-sense': si, 'data-synset': sense.synset },
+      h('div', { class: 'sense-head' }, h('span', { class: 'num' }, 'Sense ' + sense.sense_number),
+        h('code', {}, sense.synset), h('code', { class: 'sense-key' }, sense.sense_key), h('span', { class: 'muted' }, sense.lexname)),
+      h('p', { class: 'gloss' }, sense.gloss),
+      h('ol', { class: 'examples' }, examples),
+      h('div', { class: 'model-row' }, models.map((m) => senseModelColumn(data, sense, m))));
+  }
+
+  function senseModelColumn(data, sense, m) {
+    const dec = decodeRouting(data, m);
+    const routedExamples = sense.examples.filter((ei) => rowOf(dec, ei) >= 0);
+    const n = routedExamples.length;
+    const count = new Map(), sum = new Map();
+    for (const ei of routedExamples) {
+      const row = rowOf(dec, ei);
+      for (let l = 0; l < dec.L; l++) {
+        const ex = expertsAt(dec, row, l), w = weightsAt(dec, row, l);
+        ex.forEach((e, j) => {
+          const key = l * dec.N + e;
+          count.set(key, (count.get(key) || 0) + 1);
+          sum.set(key, (sum.get(key) || 0) + (w ? w[j] : 1));
+        });
+      }
+    }
+    const cells = [];
+    for (const [key, c] of count) {
+      const l = Math.floor(key / dec.N), e = key % dec.N, v = sum.get(key) / n;
+      cells.push({ l, e, v, attrs: { 'data-count': c, 'data-n': n, 'data-value': v.toFixed(6) },
+        title: 'MoE layer ' + m.moe_layers[l] + ', expert ' + e + ': chosen in ' + c + ' of ' + n + ' examples' +
+          (dec.weights ? ', mean gate weight ' + v.toFixed(3) : '') });
+    }
+    const maps = sense.examples.map((ei, j) => {
+      const row = rowOf(dec, ei);
+      if (row < 0) return h('figure', { class: 'example-heatmap missing', 'data-example': ei }, h('figcaption', {}, 'example ' + (j + 1) + ': not routed'));
+      const exCells = [];
+      for (let l = 0; l < dec.L; l++) {
+        const ex = expertsAt(dec, row, l), w = weightsAt(dec, row, l);
+        ex.forEach((e, rank) => exCells.push({ l, e, v: w ? w[rank] : 1,
+          attrs: { 'data-rank': rank, 'data-weight': w ? w[rank].toFixed(6) : '' },
+          title: 'MoE layer ' + m.moe_layers[l] + ', expert ' + e + ' (rank ' + (rank + 1) + ')' + (w ? ', gate weight ' + w[rank].toFixed(4) : '') }));
+      }
+      return h('figure', { class: 'example-heatmap', 'data-example': ei, 'data-row': row },
+        heatmap(m, exCells, { small: true, kind: 'example' }),
+        h('figcaption', {}, 'example ' + (j + 1) + ': ', h('code', {}, JSON.stringify(dec.r.token[row])), ' (token ' + dec.r.token_index[row] + ')'));
+    });
+    return h('div', { class: 'model-col' + (m.random_init ? ' random-init' : ''), 'data-model': m.slug },
+      h('h4', {}, m.slug, m.random_init ? h('span', { class: 'tag' }, 'RANDOM-INIT') : null),
+      n ? h('figure', { class: 'sense-heatmap' }, heatmap(m, cells, { kind: 'sense' }),
+        h('figcaption', {}, 'sense map over ' + n + ' example(s)' + (dec.weights ? ': mean gate weight' : ': share of examples'))) :
+        h('p', { class: 'muted' }, 'no routed example'),
+      h('details', { open: true }, h('summary', {}, 'per example'), h('div', { class: 'example-maps' }, maps)));
+  }
+
+  /** SVG layers x experts; cells = [{l, e, v, title, attrs}], colour = v / max v. */
+  function heatmap(m, cells, opts) {
+    const L = m.moe_layers.length, N = m.n_routed_experts;
+    const width = opts.small ? 300 : 560, height = opts.small ? 110 : 200;
+    const cw = Math.max(1, Math.min(14, Math.floor(width / N))), ch = Math.max(2, Math.min(14, Math.floor(height / L)));
+    const left = 26, top = 12;
+    const vmax = cells.reduce((a, c) => Math.max(a, c.v), 0) || 1;
+    const svg = s('svg', { class: 'heatmap ' + opts.kind + '-map', 'data-model': m.slug, 'data-vmax': vmax.toFixed(6),
+      width: left + N * cw + 2, height: top + L * ch + 2, role: 'img' });
+    svg.appendChild(s('rect', { x: left, y: top, width: N * cw, height: L * ch, fill: '#eef1f4' }));
+    const step = L > 16 ? Math.ceil(L / 8) : 1;
+    for (let l = 0; l < L; l += step) svg.appendChild(s('text', { x: 2, y: top + l * ch + ch - 1 }, String(m.moe_layers[l])));
+    const eStep = Math.max(1, Math.ceil(N / 8));
+    for (let e = 0; e < N; e += eStep) svg.appendChild(s('text', { x: left + e * cw, y: 9 }, String(e)));
+    for (const c of cells) {
+      const rect = s('rect', Object.assign({ class: 'cell', x: left + c.e * cw, y: top + c.l * ch, width: cw, height: ch,
+        fill: colour(0.15 + 0.85 * c.v / vmax), 'data-layer-index': c.l, 'data-moe-layer': m.moe_layers[c.l], 'data-expert': c.e }, c.attrs));
+      rect.appendChild(s('title', {}, c.title));
+      svg.appendChild(rect);
+    }
+    return svg;
+  }
+
+  function kappa(o, k, N) { const chance = k * k / N; return (o - chance) / (k - chance); }
+
+  function overlapSection(data, models) {
+    const li = state.layer;
+    return h('div', { class: 'model-row' }, models.map((m) => {
+      const dec = decodeRouting(data, m);
+      const order = data.senses.flatMap((sense) => sense.examples);
+      const n = order.length, size = Math.max(8, Math.min(26, Math.floor(360 / Math.max(1, n))));
+      const left = 4, top = 4;
+      const svg = s('svg', { class: 'overlap', 'data-model': m.slug, 'data-layer-index': li, width: left + n * size + 4, height: top + n * size + 4 });
+      const sets = order.map((ei) => { const row = rowOf(dec, ei); return row < 0 ? null : new Set(expertsAt(dec, row, li)); });
+      order.forEach((a, i) => order.forEach((b, j) => {
+        if (!sets[i] || !sets[j]) return;
+        let o = 0; sets[i].forEach((e) => { if (sets[j].has(e)) o++; });
+        const same = data.examples[a].sense === data.examples[b].sense;
+        const rect = s('rect', { class: 'ov', x: left + j * size, y: top + i * size, width: size - 1, height: size - 1,
+          fill: colour(o / dec.k), 'data-a': a, 'data-b': b, 'data-overlap': o, 'data-same': same ? 1 : 0 });
+        rect.appendChild(s('title', {}, 'examples ' + (i + 1) + ' × ' + (j + 1) + ' (' + (same ? 'same' : 'different') + ' sense): ' + o + ' of ' + dec.k + ' experts shared, κ ' + kappa(o, dec.k, dec.N).toFixed(3)));
+        svg.appendChild(rect);
+      }));
+      // Sense blocks: outline each sense's square on the diagonal.
+      let at = 0;
+      data.senses.forEach((sense) => {
+        const w = sense.examples.length * size;
+        svg.appendChild(s('rect', { x: left + at * size - 0.5, y: top + at * size - 0.5, width: w, height: w, fill: 'none', stroke: '#d62728', 'stroke-width': 1.5 }));
+        at += sense.examples.length;
+      });
+      return h('div', { class: 'model-col' + (m.random_init ? ' random-init' : ''), 'data-model': m.slug },
+        h('h4', {}, m.slug, m.random_init ? h('span', { class: 'tag' }, 'RANDOM-INIT') : null),
+        h('figure', {}, svg, h('figcaption', {}, 'shared experts of the top-' + dec.k + ' at MoE layer ' + m.moe_layers[li] +
+          ', examples in sense order (red squares: same sense)')),
+        pairTable(data, m, dec));
+    }));
+  }
+
+  /** Mean κ of the lemma's sense-pairs rows per layer: the per-lemma view of the headline metric. */
+  function pairTable(data, m, dec) {
+    if (!data.pairs.length) return h('p', { class: 'muted' }, 'This lemma has no sense pairs.');
+    const rows = [];
+    let counted = { same: 0, diff: 0 };
+    for (let l = 0; l < dec.L; l++) {
+      let same = 0, diff = 0, ns = 0, nd = 0;
+      for (const [a, b, isSame] of data.pairs) {
+        const ra = rowOf(dec, a), rb = rowOf(dec, b);
+        if (ra < 0 || rb < 0) continue;
+        const A = new Set(expertsAt(dec, ra, l));
+        const o = expertsAt(dec, rb, l).filter((e) => A.has(e)).length;
+        const kap = kappa(o, dec.k, dec.N);
+        if (isSame) { same += kap; ns++; } else { diff += kap; nd++; }
+      }
+      counted = { same: ns, diff: nd };
+      const ms = ns ? same / ns : null, md = nd ? diff / nd : null;
+      rows.push(h('tr', { 'data-layer-index': l },
+        h('td', {}, String(m.moe_layers[l])), h('td', { class: 'num' }, fmt(ms)), h('td', { class: 'num' }, fmt(md)),
+        h('td', { class: 'num' }, ms !== null && md !== null ? fmt(ms - md, 3, true) : '–')));
+    }
+    return h('table', { class: 'pair-kappa', 'data-model': m.slug },
+      h('caption', { class: 'muted' }, 'mean κ over this lemma\'s pairs (' + counted.same + ' same, ' + counted.diff + ' different)'),
+      h('thead', {}, h('tr', {}, h('th', {}, 'MoE layer'), h('th', { class: 'num' }, 'κ same'), h('th', { class: 'num' }, 'κ different'), h('th', { class: 'num' }, 'Δκ'))),
+      h('tbody', {}, rows));
+  }
+
+  // ---- model page --------------------------------------------------------------------------------
+  function renderModel(view, slug) {
+    const m = state.models.get(slug);
+    if (!m) return showError(view, 'No model ' + JSON.stringify(slug) + ' in this atlas.');
+    put(view, h('p', { class: 'muted' }, 'Loading ' + slug + '…'));
+    load('model', slug, 'data/models/' + encodeURIComponent(slug) + '.js').then((data) => {
+      if (location.hash.replace(/^#\/?/, '') !== 'model/' + encodeURIComponent(slug)) return;
+      drawModel(view, m, data);
+    }, (err) => showError(view, err.message));
+  }
+
+  const KNOWN_SECTIONS = new Set(['model', 'random_init', 'synthetic', 'n_tokens', 'sense_pairs', 'substitutions', 'probe', 'experts', 'token_specialisation']);
+
+  function drawModel(view, m, data) {
+    document.title = m.slug + ' · routing-atlas explorer';
+    const row = data.row, M = data.metrics;
+    const facts = [['model id', row.model_id], ['revision', row.revision], ['architecture', row.architecture],
+      ['router adapter', row.router_adapter], ['MoE layers', row.moe_layers.length + ' (' + row.moe_layers.join(', ') + ')'],
+      ['routed experts', row.n_routed_experts], ['top-k', row.top_k], ['shared experts', row.n_shared_experts],
+      ['scoring', row.scoring_func + ', ' + row.topk_method], ['parameters', fmt(row.total_params) + ' total, ' + fmt(row.active_params) + ' active'],
+      ['engine / dtype', row.engine + ' / ' + row.dtype], ['gate weights', row.weights_dtype || 'none (ids only)'],
+      ['random init', row.random_init ? 'yes (seed ' + row.seed + ')' : 'no']];
+    const parts = [
+      h('p', {}, h('a', { href: '#/' }, '← all lemmas')),
+      randomInitBanner(m), synthBanner(m),
+      h('h1', { id: 'model-title' }, m.slug, m.random_init ? h('span', { class: 'tag' }, 'RANDOM-INIT') : null),
+      m.twins.length ? h('p', {}, 'Twin(s): ', m.twins.map((t) => h('a', { href: '#/model/' + encodeURIComponent(t), class: 'twin-link' }, t + ' '))) : null,
+      h('table', { class: 'facts' }, h('tbody', {}, facts.map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', {}, fmt(v)))))),
+    ];
+    if (!data.metrics_present) {
+      parts.push(h('p', { class: 'muted', id: 'no-metrics' }, 'No metrics/metrics.json in this atlas: run `atlas metrics DIR --out DIR/metrics` and `atlas explore` again to see the metrics here.'));
+    } else if (!M) {
+      parts.push(h('p', { class: 'muted', id: 'no-metrics' }, 'metrics.json has no entry for this model (it was computed for other models).'));
+    } else {
+      parts.push(headline(m, M), controlsSection(m, M), perLayerSection(m, M), expertsSection(m, M, data),
+        specialisationSection(m, M));
+      for (const [key, value] of Object.entries(M)) {
+        if (!KNOWN_SECTIONS.has(key) && value !== null && value !== undefined) parts.push(genericSection(key, value, m));
+      }
+    }
+    put(view, ...parts.filter(Boolean));
+  }
+
+  function headline(m, M) {
+    const sp = M.sense_pairs || {}, lm = sp.layer_mean || {}, sub = M.substitutions || {}, probe = M.probe || {};
+    const rows = [];
+    if (sp.n_pairs) rows.push(['sense pairs', sp.n_pairs.same + ' same, ' + sp.n_pairs.different + ' different, over ' + sp.n_lemmas + ' lemmas']);
+    if (lm.delta) rows.push(['Δκ (same − different), layer mean', ci(lm.delta) + (lm.delta.p_value !== undefined ? ', p = ' + fmt(lm.delta.p_value) : '')]);
+    if (lm.kappa_same) rows.push(['κ same / different, layer mean', ci(lm.kappa_same, 3, false) + ' / ' + ci(lm.kappa_different, 3, false)]);
+    if (sp.peak) rows.push(['peak layer', 'MoE layer ' + sp.peak.layer + ': Δκ ' + ci({ estimate: sp.peak.delta, ci_low: sp.peak.ci_low, ci_high: sp.peak.ci_high })]);
+    if (sp.survives) rows.push(['survives controls', Object.entries(sp.survives).filter(([, v]) => typeof v !== 'object').map(([k, v]) => k + ': ' + v).join('; ')]);
+    if (probe.accuracy) rows.push(['sense probe accuracy / most-frequent-sense', ci(probe.accuracy, 3, false) + ' / ' + ci(probe.mfs_accuracy, 3, false)]);
+    if (sub.layer_mean && sub.layer_mean.delta) rows.push(['substitutions Δκ (synonym − other sense)', ci(sub.layer_mean.delta)]);
+    if (M.n_tokens) rows.push(['routed tokens', fmt(M.n_tokens)]);
+    return h('section', { id: 'headline' }, h('h2', {}, 'Headline metrics'), randomInitBanner(m),
+      rows.length ? h('table', { id: 'headline-table' }, h('tbody', {}, rows.map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', { class: 'mono' }, v))))) :
+        h('p', { class: 'muted' }, 'No sense-pair metrics for this model.'));
+  }
+
+  /** Every control of sense_pairs: `controls[name]` as the metrics define them, plus older top-level ones. */
+  function collectControls(sp) {
+    const out = [];
+    const seen = new Set();
+    for (const [name, c] of Object.entries(sp.controls || {})) { if (c && typeof c === 'object') { out.push([name, c]); seen.add(name); } }
+    for (const [name, c] of Object.entries(sp)) {
+      if (name === 'controls' || seen.has(name) || !c || typeof c !== 'object' || Array.isArray(c)) continue;
+      if (c.delta && typeof c.delta === 'object' && (Array.isArray(c.delta.estimate) || c.layer_mean)) out.push([name, c]);
+    }
+    return out;
+  }
+  function layerMeanDelta(c) {
+    const lm = c.layer_mean || {};
+    if (lm.delta) return lm.delta;
+    if (lm.estimate !== undefined) return lm;
+    return null;
+  }
+
+  function controlsSection(m, M) {
+    const sp = M.sense_pairs || {};
+    const controls = collectControls(sp);
+    const L = m.moe_layers.length;
+    const body = controls.map(([name, c]) => {
+      const d = c.delta || {};
+      const perLayer = Array.isArray(d.estimate) ? d.estimate : [];
+      return h('tr', { 'data-control': name },
+        h('th', {}, name.replace(/_/g, ' ')), h('td', { class: 'method' }, c.method || '–'),
+        h('td', { class: 'mono layer-mean' }, ci(layerMeanDelta(c))),
+        perLayer.map((x, l) => h('td', { class: 'num mono', 'data-layer-index': l,
+          title: 'MoE layer ' + m.moe_layers[l] + ': ' + ci({ estimate: x, ci_low: (d.ci_low || [])[l], ci_high: (d.ci_high || [])[l] }) }, fmt(x, 3, true))));
+    });
+    return h('section', { id: 'controls' }, h('h2', {}, 'Controls of the sense effect'),
+      h('p', { class: 'muted' }, 'Each control re-estimates Δκ with something that is not the sense held fixed or removed; a sense effect that is real survives them.'),
+      controls.length ? h('table', { id: 'controls-table' },
+        h('thead', {}, h('tr', {}, h('th', {}, 'control'), h('th', {}, 'method'), h('th', {}, 'Δκ layer mean [95% CI]'),
+          m.moe_layers.slice(0, L).map((ml) => h('th', { class: 'num' }, 'L' + ml)))), h('tbody', {}, body)) :
+        h('p', { class: 'muted' }, 'metrics.json has no controls for this model.'));
+  }
+
+  function perLayerSection(m, M) {
+    const sp = M.sense_pairs || {};
+    if (!sp.delta || !Array.isArray(sp.delta.estimate)) return null;
+    const series = [['Δκ raw', sp.delta, '#1f5fa8']];
+    for (const [name, c] of collectControls(sp)) if (c.delta && Array.isArray(c.delta.estimate)) series.push(['Δκ ' + name.replace(/_/g, ' '), c.delta, null]);
+    const rows = m.moe_layers.map((ml, l) => h('tr', { 'data-layer-index': l }, h('td', {}, String(ml)),
+      h('td', { class: 'num mono' }, fmt((sp.kappa_same || {}).estimate ? sp.kappa_same.estimate[l] : null)),
+      h('td', { class: 'num mono' }, fmt((sp.kappa_different || {}).estimate ? sp.kappa_different.estimate[l] : null)),
+      h('td', { class: 'mono' }, ci({ estimate: sp.delta.estimate[l], ci_low: (sp.delta.ci_low || [])[l], ci_high: (sp.delta.ci_high || [])[l] })),
+      h('td', { class: 'num mono' }, fmt((sp.delta.p_value || [])[l])), h('td', { class: 'num mono' }, fmt((sp.delta.p_value_bh || [])[l]))));
+    return h('section', { id: 'per-layer' }, h('h2', {}, 'Sense effect per layer'), lineChart(m, series),
+      h('table', { id: 'per-layer-table' }, h('thead', {}, h('tr', {}, h('th', {}, 'MoE layer'), h('th', { class: 'num' }, 'κ same'),
+        h('th', { class: 'num' }, 'κ different'), h('th', {}, 'Δκ [95% CI]'), h('th', { class: 'num' }, 'p'), h('th', { class: 'num' }, 'p (BH)'))),
+        h('tbody', {}, rows)));
+  }
+
+  const PALETTE = ['#1f5fa8', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#17becf'];
+  function lineChart(m, series) {
+    const L = m.moe_layers.length, W = 560, H = 200, left = 44, right = 150, top = 10, bottom = 24;
+    const vals = series.flatMap(([, d]) => [].concat(d.estimate, d.ci_low || [], d.ci_high || [])).filter((x) => typeof x === 'number');
+    let lo = Math.min(0, ...vals), hi = Math.max(0, ...vals);
+    if (hi - lo < 1e-9) hi = lo + 1;
+    const x = (l) => left + (L > 1 ? l * (W - left - right) / (L - 1) : (W - left - right) / 2);
+    const y = (v) => top + (hi - v) * (H - top - bottom) / (hi - lo);
+    const svg = s('svg', { class: 'line-chart', width: W, height: H });
+    svg.appendChild(s('line', { x1: left, x2: W - right, y1: y(0), y2: y(0), stroke: '#999', 'stroke-dasharray': '3,3' }));
+    svg.appendChild(s('text', { x: 2, y: y(hi) + 8 }, fmt(hi)));
+    svg.appendChild(s('text', { x: 2, y: y(lo) }, fmt(lo)));
+    const lStep = Math.max(1, Math.ceil(L / 10));
+    for (let l = 0; l < L; l += lStep) svg.appendChild(s('text', { x: x(l) - 4, y: H - 6 }, String(m.moe_layers[l])));
+    series.forEach(([name, d, col], i) => {
+      const c = col || PALETTE[i % PALETTE.length];
+      if (Array.isArray(d.ci_low) && Array.isArray(d.ci_high)) {
+        const up = d.ci_high.map((v, l) => x(l) + ',' + y(v)), down = d.ci_low.map((v, l) => x(l) + ',' + y(v)).reverse();
+        if (d.ci_high.every((v) => typeof v === 'number') && d.ci_low.every((v) => typeof v === 'number'))
+          svg.appendChild(s('polygon', { points: up.concat(down).join(' '), fill: c, 'fill-opacity': 0.12 }));
+      }
+      const pts = d.estimate.map((v, l) => (typeof v === 'number' ? x(l) + ',' + y(v) : null)).filter(Boolean);
+      svg.appendChild(s('polyline', { points: pts.join(' '), fill: 'none', stroke: c, 'stroke-width': 2 }));
+      svg.appendChild(s('text', { x: W - right + 8, y: top + 12 + 14 * i, style: 'fill:' + c }, name));
+    });
+    return svg;
+  }
+
+  function expertsSection(m, M, data) {
+    const E = M.experts;
+    if (!E || !Array.isArray(E.load)) return null;
+    const cells = [];
+    E.load.forEach((loads, l) => loads.forEach((v, e) => {
+      if (v > 0) cells.push({ l, e, v, attrs: { 'data-load': v }, title: 'MoE layer ' + m.moe_layers[l] + ', expert ' + e + ': load ' + (v * 100).toFixed(2) + '%' });
+    }));
+    const rows = m.moe_layers.map((ml, l) => h('tr', { 'data-layer-index': l }, h('td', {}, String(ml)),
+      h('td', { class: 'num mono' }, fmt((E.entropy || [])[l])), h('td', { class: 'num mono' }, fmt((E.max_load_ratio || [])[l], 2)),
+      h('td', { class: 'num mono' }, fmt(((E.coactivation || {}).max_conditional || [])[l])),
+      h('td', { class: 'mono' }, (((E.coactivation || {}).top_pairs || [])[l] || []).slice(0, 3).map((p) => p.i + '→' + p.j + ' ' + fmt(p.p)).join(', '))));
+    return h('section', { id: 'experts' }, h('h2', {}, 'Expert load and co-activation per layer'),
+      h('figure', { id: 'load-map' }, heatmap(m, cells, { kind: 'load' }), h('figcaption', {}, 'load: share of top-k slots per expert (uniform: 1/' + m.n_routed_experts + ')')),
+      h('table', { id: 'experts-table' }, h('thead', {}, h('tr', {}, h('th', {}, 'MoE layer'), h('th', { class: 'num' }, 'entropy (1 = balanced)'),
+        h('th', { class: 'num' }, 'max load / uniform'), h('th', { class: 'num' }, 'max P(j | i)'), h('th', {}, 'top pairs P(j | i)'))), h('tbody', {}, rows)),
+      coactivationView(m, data));
+  }
+
+  function coactivationView(m, data) {
+    if (!data.coactivation_layers || !data.coactivation_layers.length) return h('p', { class: 'muted' }, 'No co-activation matrices (metrics/coactivation-' + m.slug + '.npz) were found.');
+    const holder = h('div', { id: 'coact-holder' });
+    const select = h('select', { id: 'coact-layer' }, data.coactivation_layers.map((li) => h('option', { value: li, selected: li === state.coactLayer }, 'MoE layer ' + m.moe_layers[li])));
+    const draw = () => {
+      const li = Number(select.value);
+      state.coactLayer = li;
+      load('coact', m.slug + '/' + li, 'data/models/' + encodeURIComponent(m.slug) + '/coact-' + li + '.js').then((c) => {
+        const P = uint16s(c.p), N = c.n, size = Math.max(2, Math.min(12, Math.floor(384 / N)));
+        const canvas = h('canvas', { class: 'coact', width: N * size, height: N * size, 'data-layer-index': li });
+        const ctx = canvas.getContext('2d');
+        for (let i = 0; i < N; i++) for (let j = 0; j < N; j++) {
+          ctx.fillStyle = colour(P[i * N + j] / c.scale);
+          ctx.fillRect(j * size, i * size, size, size);
+        }
+        hover(canvas, (e) => {
+          const r = canvas.getBoundingClientRect();
+          const j = Math.floor((e.clientX - r.left) / size), i = Math.floor((e.clientY - r.top) / size);
+          if (i < 0 || j < 0 || i >= N || j >= N) return '';
+          return 'P(expert ' + j + ' | expert ' + i + ') = ' + (P[i * N + j] / c.scale).toFixed(4) + ' (expert ' + i + ' chosen ' + c.load[i] + '×)';
+        });
+        put(holder, canvas, h('div', { class: 'legend' }, 'P(column | row): 0', h('span', { class: 'ramp' }), '1'));
+      }, (err) => put(holder, h('p', { class: 'error' }, err.message)));
+    };
+    select.addEventListener('change', draw);
+    draw();
+    return h('div', {}, h('h3', {}, 'Co-activation P(j | i)'), h('div', { class: 'controls' }, h('label', {}, 'Layer ', select)), holder);
+  }
+
+  function specialisationSection(m, M) {
+    const T = M.token_specialisation;
+    if (!T || !T.top1) return null;
+    const rows = m.moe_layers.map((ml, l) => h('tr', {}, h('td', {}, String(ml)),
+      h('td', { class: 'num mono' }, fmt((T.top1.share || [])[l])), h('td', { class: 'num mono' }, fmt((T.top1.shuffled || [])[l])),
+      h('td', { class: 'num mono' }, fmt(((T.topk || {}).share || [])[l])), h('td', { class: 'num mono' }, fmt(((T.topk || {}).shuffled || [])[l]))));
+    return h('section', { id: 'token-specialisation' }, h('h2', {}, 'Token-id specialisation'),
+      h('p', { class: 'muted' }, T.n_token_ids + ' token ids with ≥ ' + T.min_count + ' occurrences; random baseline top-1 ' + fmt(T.top1.random) + ', top-k ' + fmt((T.topk || {}).random)),
+      h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'MoE layer'), h('th', { class: 'num' }, 'top-1 share'), h('th', { class: 'num' }, 'shuffled'),
+        h('th', { class: 'num' }, 'top-k share'), h('th', { class: 'num' }, 'shuffled'))), h('tbody', {}, rows)));
+  }
+
+  /** Sections the viewer does not know (paths, traces, ...): shown as they are, per-layer lists as rows. */
+  function genericSection(key, value, m) {
+    return h('section', { class: 'generic', 'data-key': key, id: 'section-' + key }, h('h2', {}, key.replace(/_/g, ' ')), randomInitBanner(m), genericValue(value, m, 0));
+  }
+  function genericValue(v, m, depth) {
+    if (v === null || v === undefined) return h('span', { class: 'muted' }, '–');
+    if (typeof v !== 'object') return h('span', { class: 'mono' }, typeof v === 'number' ? fmt(v, 4) : String(v));
+    if (Array.isArray(v)) {
+      if (!v.length) return h('span', { class: 'muted' }, '(empty)');
+      if (v.every((x) => typeof x === 'number' || x === null)) {
+        const perLayer = v.length === m.moe_layers.length;
+        return h('table', { class: 'generic-list' }, h('tbody', {},
+          h('tr', {}, v.map((_, i) => h('th', { class: 'num' }, perLayer ? 'L' + m.moe_layers[i] : String(i)))),
+          h('tr', {}, v.map((x) => h('td', { class: 'num mono' }, fmt(x, 4))))));
+      }
+      if (v.every((x) => x && typeof x === 'object' && !Array.isArray(x))) {
+        const keys = [...new Set(v.flatMap((x) => Object.keys(x)))];
+        return h('table', { class: 'generic-rows' }, h('thead', {}, h('tr', {}, keys.map((k) => h('th', {}, k)))),
+          h('tbody', {}, v.slice(0, 50).map((x) => h('tr', {}, keys.map((k) => h('td', {}, depth > 3 ? JSON.stringify(x[k]) : genericValue(x[k], m, depth + 1)))))));
+      }
+      return h('span', { class: 'mono' }, JSON.stringify(v).slice(0, 2000));
+    }
+    return h('dl', {}, Object.entries(v).flatMap(([k, x]) => [h('dt', {}, k.replace(/_/g, ' ')), h('dd', {}, depth > 4 ? JSON.stringify(x) : genericValue(x, m, depth + 1))]));
+  }
+})();

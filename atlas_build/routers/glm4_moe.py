@@ -1,0 +1,55 @@
+"""GLM-4 MoE routing (zai-org GLM-4.5, GLM-4.5-Air, GLM-4.6), as transformers implements it.
+
+Router (`Glm4MoeTopkRouter`, at `mlp.gate`), per token h, in float32 whatever the model dtype:
+    s = sigmoid(W h)                                     scores, [N = n_routed_experts]
+    c = s + e_score_correction_bias                      choice scores (the bias only steers selection)
+    group score = sum of the top-2 c within each of n_group groups
+    keep the topk_group best groups, mask the rest to -inf
+    E = top-k experts of c                               (top_k = num_experts_per_tok)
+    w_e = s_e / (sum_{E} s + 1e-20)  (if norm_topk_prob)  * routed_scaling_factor
+This is DeepSeek-V3's rule ("noaux_tc", as GLM-4.5 publishes it) with its own module classes; with
+transformers' default n_group = topk_group = 1 the group limit is a no-op. The recorded weights are after
+normalisation and after scaling (they sum to routed_scaling_factor when norm_topk_prob is set): the factor
+each chosen expert's output is multiplied by. Both top-k calls use `sorted=False`, so the router's own order
+is arbitrary; the engine re-sorts by weight. Each MoE block also adds `n_shared_experts` shared experts (one
+MLP of n_shared_experts * moe_intermediate_size) on every token, outside the recorded top-k.
+
+Layers below `first_k_dense_replace` are dense MLPs; every later layer is MoE. The multi-token-prediction
+layers that releases append (`num_nextn_predict_layers`) are not built by transformers, so never routed.
+"""
+
+from __future__ import annotations
+
+from atlas_build.routers.base import RouterAdapter, RoutingSpec, UnsupportedModelError
+
+
+class Glm4MoeAdapter(RouterAdapter):
+    name = "glm4_moe"
+    model_types = ("glm4_moe",)
+    router_class_names = ("Glm4MoeTopkRouter",)
+    family = "GLM-4.5, GLM-4.5-Air, GLM-4.6 (zai-org)"
+    verified = (
+        "the correction bias and the group limit change some choices",
+        "atlas build + atlas validate on the tiny checkpoint, the atlas routing recomputed",
+    )
+
+    def routing_spec(self, config) -> RoutingSpec:
+        first_dense = config.first_k_dense_replace or 0
+        moe_layers = tuple(range(first_dense, config.num_hidden_layers))
+        if not moe_layers:
+            raise UnsupportedModelError(
+                f"glm4_moe: first_k_dense_replace={first_dense} leaves no MoE layer "
+                f"among {config.num_hidden_layers}"
+            )
+        return RoutingSpec(
+            n_routed_experts=config.n_routed_experts,
+            top_k=config.num_experts_per_tok,
+            n_shared_experts=config.n_shared_experts or 0,
+            scoring_func="sigmoid",
+            topk_method="noaux_tc",
+            norm_topk_prob=bool(config.norm_topk_prob),
+            routed_scaling_factor=float(config.routed_scaling_factor),
+            moe_layers=moe_layers,
+            n_group=config.n_group,
+            topk_group=config.topk_group,
+        )
