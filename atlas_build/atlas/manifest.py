@@ -86,9 +86,11 @@ def refuse_published_release(root: Path, action: str) -> None:
     )
 
 
-def unsafe_entries(root: Path, data_folders: list[str] | None = None) -> list[str]:
-    """Symbolic links anywhere in the atlas (outside the hidden build state) and hidden files inside its data
-    folders (writers' temporary files excepted: they are an unfinished write, not a foreign file).
+def unsafe_entries(root: Path, data_folders: set[str] | None = None) -> list[str]:
+    """Symbolic links anywhere in the atlas (outside its hidden top-level entries: build state, a user's .git),
+    and hidden files or folders inside its data folders (writers' temporary files excepted: an unfinished
+    write, not a foreign file). Data folders: `data_folders` (the manifest's) and every folder holding a
+    Parquet file; other folders (an explorer site, metrics) may hold hidden files of their own.
 
     Returns:
         One line per offending path, relative to `root`, saying what it is.
@@ -97,12 +99,14 @@ def unsafe_entries(root: Path, data_folders: list[str] | None = None) -> list[st
     problems: list[str] = []
     if not root.is_dir():
         return problems
+    data_folders = set(data_folders or ())
     for top in sorted(root.iterdir(), key=lambda p: p.name):
         if top.is_symlink():
             problems.append(f"{top.name} is a symbolic link (to {os.readlink(top)})")
             continue
         if top.name.startswith(".") or not top.is_dir():
-            continue  # build state (.atlas), a user's .git: not data
+            continue
+        data = top.name in data_folders or any(top.rglob("*.parquet"))
         for folder, dirs, files in os.walk(top):
             here = Path(folder)
             for name in sorted(dirs + files):
@@ -110,12 +114,9 @@ def unsafe_entries(root: Path, data_folders: list[str] | None = None) -> list[st
                 rel = path.relative_to(root).as_posix()
                 if path.is_symlink():
                     problems.append(f"{rel} is a symbolic link (to {os.readlink(path)})")
-                elif name.startswith(".") and not (name.endswith(TEMP_SUFFIX) and path.is_file()):
+                elif data and name.startswith(".") and not (name.endswith(TEMP_SUFFIX) and path.is_file()):
                     problems.append(f"{rel} is a hidden {'folder' if path.is_dir() else 'file'}")
-            dirs[:] = [d for d in dirs if not (here / d).is_symlink() and not d.startswith(".")]
-    for name in ("manifest.json", "README.md"):
-        if (root / name).is_symlink() and not any(p.startswith(f"{name} ") for p in problems):
-            problems.append(f"{name} is a symbolic link")
+            dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
     return problems
 
 
@@ -164,12 +165,9 @@ class Manifest:
             UnsafeAtlasError: a symbolic link, or a hidden file in a data folder (one line, naming it).
         """
         path = AtlasLayout(root).manifest_path
-        unsafe = unsafe_entries(Path(root))
-        if unsafe:
-            more = f" (and {len(unsafe) - 1} more)" if len(unsafe) > 1 else ""
+        if path.is_symlink():
             raise UnsafeAtlasError(
-                f"{root}: {unsafe[0]}{more}; an atlas holds only plain files, so it is refused. Remove it, "
-                "or rebuild into a new directory"
+                f"{root}: manifest.json is a symbolic link; an atlas holds only plain files"
             )
         if not path.exists():
             raise ManifestError(
@@ -190,6 +188,13 @@ class Manifest:
                 f"{SCHEMA_VERSION}: build into a new directory (or use the routing-atlas release that made it)"
             )
         files = data.get("files", {})
+        unsafe = unsafe_entries(Path(root), {PurePosixPath(str(rel)).parts[0] for rel in files if str(rel)})
+        if unsafe:
+            more = f" (and {len(unsafe) - 1} more)" if len(unsafe) > 1 else ""
+            raise UnsafeAtlasError(
+                f"{root}: {unsafe[0]}{more}; an atlas holds only plain files, so it is refused. Remove it, "
+                "or rebuild into a new directory"
+            )
         for rel in files:
             parts = PurePosixPath(rel).parts
             # Paths come from a file anyone can edit: never let one point outside the atlas.

@@ -256,6 +256,16 @@ def test_writers_temporary_files_are_not_refused(atlas_editor):
     Manifest.load(atlas_editor.root)
 
 
+def test_hidden_files_outside_the_data_folders_are_not_refused(atlas_editor):
+    """An explorer site or a user's .git inside the atlas folder holds hidden files of its own: not data."""
+    from atlas_build.atlas.manifest import Manifest
+
+    (atlas_editor.root / "site").mkdir()
+    (atlas_editor.root / "site" / ".routing-atlas-explorer").write_text("{}")
+    (atlas_editor.root / ".git").mkdir()
+    Manifest.load(atlas_editor.root)
+
+
 def test_no_tokenizer_code_runs(atlas_editor, tmp_path):
     """A models row naming a tokenizer with custom code: validation loads it with trust_remote_code=False."""
     import json
