@@ -2,7 +2,7 @@
 
 Structural checks cannot see routing replaced by other valid routing (ids rotated, two tokens swapped, a
 shard routed by another model) nor an engine that misaligns rows with valid ids. The audit can: it routes a
-sample of the atlas's senses/substitutions texts again with the recorded model (or a checkpoint given), always
+sample of the atlas's plain texts (senses, substitutions, the user's corpora) again with the recorded model (or a checkpoint given), always
 with the `hf` engine as the reference, and compares per token and MoE layer:
 
     identical set     the same top-k expert ids (the headline: "P% identical")
@@ -34,14 +34,15 @@ from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.lock import AtlasLock
 from atlas_build.atlas.manifest import Manifest, code_version, config_data_sha256, published_release
 from atlas_build.atlas.routing import routing_array
-from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, SENSES, SUBSTITUTIONS, TEXT_ID_COLUMN
+from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, TEXT_CONFIGS, TEXT_ID_COLUMN, TRACES
 from atlas_build.atlas.store import read_config
 from atlas_build.errors import AtlasError
 
 DEFAULT_SAMPLE = 200
 DEFAULT_THRESHOLD = 1.0  # same model, same engine, same hardware: every set identical
 CONFIDENCE = 0.95
-AUDITED_CORPORA = (SENSES, SUBSTITUTIONS)
+# Plain texts, routed in one prefill (senses, substitutions, the user's corpora); not traces.
+AUDITED_CORPORA = tuple(config for config in TEXT_CONFIGS if config != TRACES)
 # Relative tolerance of one weight: two units in the last place of the storage dtype, or the compute dtype's.
 WEIGHT_RTOL = {"float32": 1e-5, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 DEFAULT_WEIGHT_RTOL = 2.0**-7
@@ -136,7 +137,7 @@ def choose_config(root: Path, manifest: Manifest, slug: str | None) -> str:
 def sample_texts(
     root: Path, manifest: Manifest, config: str, n: int, seed: int
 ) -> list[tuple[str, str, str]]:
-    """A seeded sample of `n` routed senses/substitutions texts: (corpus, source_id, text), in id order."""
+    """A seeded sample of `n` routed plain texts: (corpus, source_id, text), in id order."""
     keys = set()
     for rel in manifest.config_files(config):
         table = pq.read_table(Path(root) / rel, columns=["corpus", "source_id"])

@@ -24,7 +24,21 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.manifest import Manifest, config_data_sha256, refuse_published_release
-from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, SENSE_PAIRS, SENSES, SUBSTITUTIONS, TRACES
+from atlas_build.atlas.schema import (
+    JSONL_EXAMPLES,
+    JSONL_PAIRS,
+    MODELS,
+    ROUTING_PREFIX,
+    SENSE_PAIRS,
+    SENSES,
+    SUBSTITUTIONS,
+    SWORDS_EXAMPLES,
+    SWORDS_SUBSTITUTIONS,
+    TEXTS,
+    TRACES,
+    WIC_EXAMPLES,
+    WIC_PAIRS,
+)
 from atlas_build.atlas.writer import sha256_file, write_text_atomic
 
 TEMPLATE = Path(__file__).with_name("template.md")
@@ -61,6 +75,13 @@ CONFIG_DESCRIPTIONS = {
     SUBSTITUTIONS: "an example with its target replaced by a synonym or an other-sense lemma",
     TRACES: "a reasoning trace: formatted text and its segment spans",
     MODELS: "a routed model: architecture, routing hyper-parameters, sizes, engine",
+    WIC_EXAMPLES: "a WiC sentence, with its target's span (two per WiC pair)",
+    WIC_PAIRS: "a WiC pair: two sentences sharing a target, same sense or not (WiC's gold label)",
+    SWORDS_EXAMPLES: "a SWORDS target in its context",
+    SWORDS_SUBSTITUTIONS: "a SWORDS context with its target replaced by a human-rated substitute",
+    JSONL_EXAMPLES: "a text of a JSONL probe set, with its target span and label when given",
+    JSONL_PAIRS: "two examples of a JSONL probe set, same sense or not",
+    TEXTS: "an unlabelled text, routed for corpus-wide statistics only",
 }
 ROUTING_DESCRIPTION = "a token of a routed text: top-k experts and gate weights for every MoE layer"
 
@@ -132,6 +153,11 @@ COLUMN_DOCS = {
     "marker": "reasoning marker the token belongs to; null if none",
     "experts": "[MoE layer][k] expert ids, highest gate weight first",
     "weights": "[MoE layer][k] gate weights the model multiplies the expert outputs by; null: ids-only engine",
+    "label": "the corpus's own sense or group id of the target, when it gives one",
+    "split": "the corpus's split (train, dev, test), when it has splits",
+    "score": "share of the human labels that accept the substitute (SWORDS)",
+    "n_labels": "number of human labels behind `score`",
+    "text_id": "id of the text (`texts`)",
 }
 
 SIZE_CATEGORIES = (
@@ -224,6 +250,13 @@ def recorded_licenses(manifest: Manifest) -> dict[str, str]:
         for b in manifest.builds
         if b.get("model_slug") and b.get("model_license")
     }
+
+
+def custom_corpora(manifest: Manifest) -> list[dict[str, Any]]:
+    """The user's corpora (`atlas build --corpus wic|swords|jsonl|text`) as the build recorded them: configs,
+    input files and hashes, source, licence, counts and how the rows were made."""
+    held = manifest.corpus_counts.get("corpora") or {}
+    return [{"kind": kind, **entry} for kind, entry in sorted(held.items())]
 
 
 def corpus_sources(root: Path, manifest: Manifest) -> list[str]:
@@ -545,7 +578,9 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
             }
         )
     counts = {
-        k: v for k, v in manifest.corpus_counts.items() if k not in ("options", "notes", "source", "wordnet")
+        k: v
+        for k, v in manifest.corpus_counts.items()
+        if k not in ("options", "notes", "source", "wordnet", "corpora")
     }
     sources = corpus_sources(root, manifest)
     validation = read_validation(root)
@@ -580,6 +615,7 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
         "corpus_counts": counts,
         "corpus_options": manifest.corpus_counts.get("options") or {},
         "corpus_notes": list(manifest.corpus_counts.get("notes") or []),
+        "custom_corpora": custom_corpora(manifest),
         "wordnet_source": manifest.corpus_counts.get("source") or manifest.corpus_counts.get("wordnet"),
         "wordnet_version": wordnet_version(sources),
         "corpus_sources": sources,

@@ -13,7 +13,8 @@ CHECKS: dict[str, str] = {
     # ---- the directory ------------------------------------------------------------------------
     "manifest-files": "every manifest file exists with its sha256, byte size and row count; no data file "
     "is missing from the manifest",
-    "configs": "senses, models and at least one routing-<slug> config hold data; no unknown config folders",
+    "configs": "models, a text config (senses, traces or a corpus of your own) and at least one routing-<slug> "
+    "config hold data; no unknown config folders",
     "schema": "the Parquet schema of every data file equals the declared schema of its config "
     "(column names, order, types, nullability, routing schema metadata)",
     # ---- every config -------------------------------------------------------------------------
@@ -25,8 +26,10 @@ CHECKS: dict[str, str] = {
     "target_form; the span is word-aligned and holds a form of the lemma (substitutions: of the substitute)",
     "references": "sense-pairs: both examples exist, differ, have the pair's lemma and pos, and the synsets "
     "match; substitutions: the base example exists with the same lemma and pos, and the relation agrees "
-    "with the synsets",
-    "same-sense": "sense-pairs: same_sense == (synset_a == synset_b)",
+    "with the synsets; the user's corpora: pairs cite two distinct examples of their corpus with targets and the "
+    "pair's lemma and pos, a substitution's text is its base text with the target replaced",
+    "same-sense": "sense-pairs: same_sense == (synset_a == synset_b); wic-pairs, jsonl-pairs: same_sense == "
+    "(label_a == label_b) where both examples carry a label",
     "segments": "traces: segment spans lie inside the text, in order, without overlap, with known names; "
     "meta is a JSON object or null",
     # ---- models -------------------------------------------------------------------------------
@@ -35,7 +38,8 @@ CHECKS: dict[str, str] = {
     "models-consistency": "every routing config has exactly one models row and vice versa; its file's "
     "[moe_layer][k] shape and expert id type agree with that row",
     # ---- routing ------------------------------------------------------------------------------
-    "source-exists": "corpus is senses, substitutions or traces, and every source_id exists in that config",
+    "source-exists": "corpus is a text config (senses, substitutions, traces, or wic-examples, swords-examples, "
+    "swords-substitutions, jsonl-examples, texts), and every source_id exists in that config",
     "token-keys-unique": "(source_id, token_index) is unique",
     "token-index-contiguous": "the token indices of every text are exactly 0..n-1",
     "experts-top-k": "every token-layer holds exactly top_k distinct expert ids; the experts list has one "
@@ -53,14 +57,15 @@ CHECKS: dict[str, str] = {
     "character of their text (a dropped first, middle or last token leaves text uncovered); traces are "
     "exempt (template markup becomes special tokens without offsets)",
     "target-tokens": "is_target is true exactly on the tokens with char_start >= 0 overlapping the target "
-    "span (traces: never), and every senses/substitutions text has at least one target token",
+    "span (traces: never), and every text with a target span (senses, substitutions, the user's corpora) has at least one "
+    "target token",
     "segment-labels": "segment and marker are null outside traces; trace segments have known names",
     "token-ids": "token ids are >= 0, and below the tokenizer's size when the tokenizer is available",
     "token-strings": "every token string equals tokenizer.convert_ids_to_tokens(token_id) (skipped when "
     "the tokenizer cannot be loaded)",
     "routing-not-degenerate": "no MoE layer where one expert is in the top-k of every token, none where "
     "every token's expert ids (or weights) are all zero",
-    "tokenization": "senses/substitutions: every routed text's token ids, token strings and character offsets "
+    "tokenization": "every corpus but traces: every routed text's token ids, token strings and character offsets "
     "equal a fresh tokenization of its text with the recorded tokenizer (loaded without remote code; "
     "skipped when it cannot be loaded)",
     # ---- what the atlas claims about itself ---------------------------------------------------

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from atlas_build.atlas.routing import routing_array
-from atlas_build.atlas.schema import SENSES, SUBSTITUTIONS, TEXT_CONFIGS, TRACES
+from atlas_build.atlas.schema import TEXT_CONFIGS, TRACES
 from validation import expectations as ex
 from validation.corpora import TextRegistry
 from validation.gxrun import FramePool, GXRunner
@@ -615,9 +615,11 @@ class RoutingValidator:
         keys = [self._key(int(code)) for code in texts]
         corpora = [k[0] for k in keys]
         targets = self._target_count[texts].astype(np.float64)
-        needs_target = np.array([k[0] in (SENSES, SUBSTITUTIONS) for k in keys], dtype=bool) & (
-            texts < self.n_known
-        )
+        # Every known text with a target span needs a target token (senses, substitutions, the user's corpora
+        # with targets); traces and unlabelled texts have none.
+        known = texts < self.n_known
+        needs_target = np.zeros(len(texts), dtype=bool)
+        needs_target[known] = self.registry.target_start[texts[known]] >= 0
         targets[~needs_target] = np.nan  # traces have no target; unknown texts are reported by source-exists
         frame = pd.DataFrame(
             {"corpus": corpora, "duplicate_tokens": dup, "missing_indices": gaps, "target_tokens": targets},

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from atlas_build.atlas.manifest import Manifest, ManifestError, code_version
 from atlas_build.atlas.schema import (
+    CUSTOM_TEXT_CONFIGS,
     MODELS,
     ROUTING_PREFIX,
     SENSE_PAIRS,
@@ -22,7 +23,7 @@ from atlas_build.atlas.schema import (
     expert_id_type,
     schema_for,
 )
-from validation import claims, corpora, tokens
+from validation import claims, corpora, custom_corpora, tokens
 from validation.corpora import SenseIndex, TextRegistry
 from validation.gxrun import GXRunner
 from validation.integrity import verify_files
@@ -112,10 +113,13 @@ def run_validation(
             paths, gx, ledger, registry, index, batch_rows
         ),
         TRACES: lambda paths: corpora.check_traces(paths, gx, ledger, registry, batch_rows),
+        # The user's corpora (wic, swords, jsonl, text), beside WordNet's.
+        **custom_corpora.readers(gx, ledger, registry, batch_rows),
     }
+    checks = {**TEXT_CHECKS, **custom_corpora.CHECKS}
     for config, read in readers.items():
         if config in files.configs:
-            with _guard(ledger, config, TEXT_CHECKS[config]):
+            with _guard(ledger, config, checks[config]):
                 rows[config] = read(files.configs[config])
     registry.freeze()
     texts = tokens.read_texts(files.configs) if tokenizers else {}
@@ -188,8 +192,8 @@ def _check_configs(files: AtlasFiles, ledger: Ledger) -> None:
     ledger.declare(ATLAS, "configs", configs=list(files.configs))
     problems = [f"{MODELS}: no data files"] if not files.configs.get(MODELS) else []
     # A traces-only atlas is complete without the WordNet corpora; an atlas needs some routed texts.
-    if not any(files.configs.get(name) for name in (SENSES, TRACES)):
-        problems.append(f"no text config with data files ({SENSES} or {TRACES})")
+    if not any(files.configs.get(name) for name in (SENSES, TRACES, *CUSTOM_TEXT_CONFIGS)):
+        problems.append(f"no text config with data files ({SENSES}, {TRACES} or a corpus of your own)")
     if not any(files.configs.get(name) for name in files.routing_configs):
         problems.append("no routing-<slug> config with data files")
     problems += [f"{name}: not a config of the atlas contract" for name in files.unknown]

@@ -1,6 +1,6 @@
 """The `tokenization` check: a routing config's tokens are a fresh tokenization of its texts.
 
-For every routed senses/substitutions text, the rows' `token_id`, `token` and (`char_start`, `char_end`), in
+For every routed text of a plain-text corpus (senses, substitutions, the user's corpora), the rows' `token_id`, `token` and (`char_start`, `char_end`), in
 `token_index` order, must equal what the recorded tokenizer gives for the text (special tokens added, as the
 engines route; special tokens at (-1, -1)). This catches what the row-level checks cannot: a token replaced
 consistently by another vocabulary entry (id and string), offsets shifted, a text edited after routing.
@@ -16,12 +16,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from atlas_build.atlas.schema import SENSES, SUBSTITUTIONS, TEXT_ID_COLUMN
+from atlas_build.atlas.schema import TEXT_CONFIGS, TEXT_ID_COLUMN, TRACES
 from validation.ledger import Ledger
 
 CHECK = "tokenization"
 COLUMNS = ["source_id", "corpus", "token_index", "token_id", "token", "char_start", "char_end"]
-RETOKENIZED = (SENSES, SUBSTITUTIONS)
+# Every corpus of plain texts (the user's corpora included); not traces.
+RETOKENIZED = tuple(config for config in TEXT_CONFIGS if config != TRACES)
 ENCODE_BATCH = 256
 
 

@@ -12,6 +12,16 @@ Configs of an atlas directory::
     traces                 reasoning traces (formatted text and segment spans)
     models                 one row per routed model
     routing-<model_slug>   one row per token of every routed text
+
+Configs of corpora brought by the user (`atlas build --corpus wic|swords|jsonl|text`), beside WordNet's::
+
+    wic-examples           WiC sentences, one row per sentence of a pair, with the target's span
+    wic-pairs              WiC pairs: same_sense from WiC's gold labels, splits kept
+    swords-examples        SWORDS targets in their contexts
+    swords-substitutions   each SWORDS substitute put in place of its target, relation from human scores
+    jsonl-examples         a JSONL probe set: texts, optional target spans and labels
+    jsonl-pairs            its pairs (`pair_with` / `same`)
+    texts                  unlabelled texts (JSONL or a saved `datasets` dataset), for corpus-wide statistics
 """
 
 from __future__ import annotations
@@ -30,8 +40,25 @@ TRACES = "traces"
 MODELS = "models"
 ROUTING_PREFIX = "routing-"
 
+WIC_EXAMPLES = "wic-examples"
+WIC_PAIRS = "wic-pairs"
+SWORDS_EXAMPLES = "swords-examples"
+SWORDS_SUBSTITUTIONS = "swords-substitutions"
+JSONL_EXAMPLES = "jsonl-examples"
+JSONL_PAIRS = "jsonl-pairs"
+TEXTS = "texts"
+
+# The routed configs of the user's corpora, and what each corpus kind writes (routed ones first).
+CUSTOM_TEXT_CONFIGS = (WIC_EXAMPLES, SWORDS_EXAMPLES, SWORDS_SUBSTITUTIONS, JSONL_EXAMPLES, TEXTS)
+CUSTOM_CORPUS_CONFIGS: dict[str, tuple[str, ...]] = {
+    "wic": (WIC_EXAMPLES, WIC_PAIRS),
+    "swords": (SWORDS_EXAMPLES, SWORDS_SUBSTITUTIONS),
+    "jsonl": (JSONL_EXAMPLES, JSONL_PAIRS),
+    "text": (TEXTS,),
+}
+
 # Corpus names as they appear in the routing configs' `corpus` column.
-TEXT_CONFIGS = (SENSES, SUBSTITUTIONS, TRACES)
+TEXT_CONFIGS = (SENSES, SUBSTITUTIONS, TRACES, *CUSTOM_TEXT_CONFIGS)
 
 SENSES_SCHEMA = pa.schema(
     [
@@ -129,16 +156,100 @@ MODELS_SCHEMA = pa.schema(
     ]
 )
 
+# ---- the user's corpora: the roles of senses / sense-pairs / substitutions, without WordNet's columns ----
+
+# wic-examples, swords-examples, jsonl-examples: like `senses`, with the corpus's own label for the sense.
+CORPUS_EXAMPLES_SCHEMA = pa.schema(
+    [
+        pa.field("example_id", pa.string(), nullable=False),
+        pa.field("lemma", pa.string()),  # the target word (WiC's lemma; else as given); null without target
+        pa.field(
+            "pos", pa.string()
+        ),  # n, v, a, r when the corpus gives a part of speech that maps, else null
+        pa.field("label", pa.string()),  # sense or group id when the corpus gives one (jsonl `label`)
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("target_start", pa.int32()),  # character offsets, end exclusive; null: no target
+        pa.field("target_end", pa.int32()),
+        pa.field("target_form", pa.string()),  # text[target_start:target_end]
+        pa.field("split", pa.string()),  # the corpus's split (train, dev, test), when it has splits
+        pa.field("source", pa.string(), nullable=False),  # e.g. wic:train.data.txt
+    ]
+)
+
+# wic-pairs, jsonl-pairs: like `sense-pairs`; examples are in the same corpus's examples config.
+CORPUS_PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("lemma", pa.string(), nullable=False),
+        pa.field("pos", pa.string()),
+        pa.field("example_a", pa.string(), nullable=False),  # <kind>-examples.example_id
+        pa.field("example_b", pa.string(), nullable=False),
+        pa.field("same_sense", pa.bool_(), nullable=False),  # WiC: gold T/F; jsonl: `same` or equal labels
+        pa.field("split", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+# swords-substitutions: like `substitutions`, the relation read off the human judgements.
+CORPUS_SUBSTITUTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("substitution_id", pa.string(), nullable=False),
+        pa.field("example_id", pa.string(), nullable=False),  # the base example (swords-examples)
+        pa.field("lemma", pa.string(), nullable=False),
+        pa.field("pos", pa.string()),
+        pa.field("relation", pa.string(), nullable=False),  # acceptable | conceivable | rejected
+        pa.field("substitute", pa.string(), nullable=False),  # as given by the corpus
+        pa.field("score", pa.float64(), nullable=False),  # share of annotators who accepted it
+        pa.field("n_labels", pa.int16(), nullable=False),  # human judgements behind the score
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("target_start", pa.int32(), nullable=False),  # the substitute's span in text
+        pa.field("target_end", pa.int32(), nullable=False),
+        pa.field("split", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+# swords-substitutions.relation, from the score (the share of annotators who accepted the substitute):
+# acceptable when score > SWORDS_ACCEPTABLE_ABOVE (a majority), conceivable when 0 < score <= it, rejected at 0.
+SWORDS_RELATIONS = ("acceptable", "conceivable", "rejected")
+SWORDS_ACCEPTABLE_ABOVE = 0.5
+
+# texts: unlabelled texts, routed for the corpus-wide statistics only.
+TEXTS_SCHEMA = pa.schema(
+    [
+        pa.field("text_id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("split", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
 FIXED_SCHEMAS: dict[str, pa.Schema] = {
     SENSES: SENSES_SCHEMA,
     SENSE_PAIRS: SENSE_PAIRS_SCHEMA,
     SUBSTITUTIONS: SUBSTITUTIONS_SCHEMA,
     TRACES: TRACES_SCHEMA,
     MODELS: MODELS_SCHEMA,
+    WIC_EXAMPLES: CORPUS_EXAMPLES_SCHEMA,
+    WIC_PAIRS: CORPUS_PAIRS_SCHEMA,
+    SWORDS_EXAMPLES: CORPUS_EXAMPLES_SCHEMA,
+    SWORDS_SUBSTITUTIONS: CORPUS_SUBSTITUTIONS_SCHEMA,
+    JSONL_EXAMPLES: CORPUS_EXAMPLES_SCHEMA,
+    JSONL_PAIRS: CORPUS_PAIRS_SCHEMA,
+    TEXTS: TEXTS_SCHEMA,
 }
 
 # Primary key column of each text config (what routing rows' source_id points at).
-TEXT_ID_COLUMN = {SENSES: "example_id", SUBSTITUTIONS: "substitution_id", TRACES: "trace_id"}
+TEXT_ID_COLUMN = {
+    SENSES: "example_id",
+    SUBSTITUTIONS: "substitution_id",
+    TRACES: "trace_id",
+    WIC_EXAMPLES: "example_id",
+    SWORDS_EXAMPLES: "example_id",
+    SWORDS_SUBSTITUTIONS: "substitution_id",
+    JSONL_EXAMPLES: "example_id",
+    TEXTS: "text_id",
+}
 
 WEIGHT_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 

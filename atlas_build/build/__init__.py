@@ -10,7 +10,8 @@ manifest only after a whole step (corpora; routing + models). A build killed at 
 stopped; a failed write (a full disk) removes its temporary file and leaves no unmarked shard behind.
 `crash_point(event)` calls mark the protocol's steps for the crash tests (inert outside them).
 
-Modules: `options` (BuildConfig, BuildStats), `texts` (the WordNet corpora and the texts to route), `shards`
+Modules: `options` (BuildConfig, BuildStats), `texts` (the WordNet corpora and the texts to route), `custom`
+(the user's corpora: wic, swords, jsonl, text), `shards`
 (routing and writing one shard, the shard key, the engine factory), `steps` (the build as named steps).
 """
 

@@ -11,7 +11,9 @@ from atlas_build.atlas.schema import (
 )
 from atlas_build.errors import BuildOptionsError
 
-CORPORA = ("wordnet", "traces")
+# The user's corpora, by kind: the option that names the input (`atlas_build.corpora.CUSTOM_CORPORA` reads them).
+CUSTOM_CORPUS_INPUTS = {"wic": "wic", "swords": "swords", "jsonl": "texts", "text": "texts"}
+CORPORA = ("wordnet", "traces", *CUSTOM_CORPUS_INPUTS)
 WEIGHT_STORAGE = ("float16", "float32")
 
 
@@ -26,6 +28,11 @@ class BuildConfig:
     max_lemmas: int | None = None
     wordnet_dir: str | None = None
     traces: str | None = None
+    # The user's corpora: --wic DIR, --swords FILE, --texts FILE (jsonl) or FILE_OR_DATASET (text).
+    wic: str | None = None
+    swords: str | None = None
+    texts: str | None = None
+    text_column: str | None = None  # --corpus text: the column (field) holding the text; default "text"
     seed: int = 0
     # Engine options.
     engine: str = "hf"
@@ -62,6 +69,7 @@ class BuildConfig:
             )
         if self.corpus == "traces" and not self.traces:
             raise BuildOptionsError("--corpus traces needs --traces FILE.jsonl")
+        self._check_custom_inputs()
         if self.out.exists() and not self.out.is_dir():
             raise BuildOptionsError(f"--out {self.out} is a file; pass a directory for the atlas")
         if self.slug is not None:
@@ -69,6 +77,29 @@ class BuildConfig:
                 check_slug(self.slug)
             except ValueError as error:
                 raise BuildOptionsError(str(error)) from None
+
+    def _check_custom_inputs(self) -> None:
+        """Each input option goes with its corpus: a --wic given to --corpus jsonl would be silently unused."""
+        metavar = {"wic": "--wic DIR", "swords": "--swords FILE", "texts": "--texts FILE"}
+        wanted = CUSTOM_CORPUS_INPUTS.get(self.corpus)
+        for option in ("wic", "swords", "texts"):
+            given = getattr(self, option) is not None
+            if option == wanted and not given:
+                raise BuildOptionsError(f"--corpus {self.corpus} needs {metavar[option]}")
+            if given and option != wanted:
+                users = [kind for kind, name in CUSTOM_CORPUS_INPUTS.items() if name == option]
+                raise BuildOptionsError(
+                    f"--{option} is an option of --corpus {' or '.join(users)}, not of --corpus {self.corpus}"
+                )
+        if self.text_column is not None and self.corpus != "text":
+            raise BuildOptionsError(
+                f"--text-column is an option of --corpus text, not of --corpus {self.corpus}"
+            )
+
+    def corpus_input(self) -> str | None:
+        """The input path of a user's corpus (None for wordnet and traces)."""
+        option = CUSTOM_CORPUS_INPUTS.get(self.corpus)
+        return getattr(self, option) if option else None
 
     def corpus_options(self) -> dict[str, Any]:
         return {"corpus": "wordnet", "max_lemmas": self.max_lemmas, "seed": self.seed}

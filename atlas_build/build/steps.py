@@ -30,7 +30,7 @@ from atlas_build.atlas.writer import (
     crash_point,
     remove_temp_files,
 )
-from atlas_build.build.options import BuildConfig, BuildStats
+from atlas_build.build.options import CUSTOM_CORPUS_INPUTS, BuildConfig, BuildStats
 from atlas_build.build.shards import (
     ShardWorker,
     check_slug_free,
@@ -63,6 +63,8 @@ class BuildRun:
     finished: dict[int, WrittenFile] = field(default_factory=dict)
     written: list[WrittenFile] = field(default_factory=list)
     stats: BuildStats = field(default_factory=BuildStats)
+    # A user's corpus (--corpus wic|swords|jsonl|text), read and checked whole before the model loads.
+    custom: Any = None
 
     @property
     def root(self) -> Path:
@@ -145,6 +147,10 @@ def check_corpus_inputs(run: BuildRun) -> None:
         from atlas_build.corpora.traces import read_traces
 
         read_traces(config.traces)
+    elif config.corpus in CUSTOM_CORPUS_INPUTS:
+        from atlas_build.build.custom import read_custom_corpus
+
+        run.custom = read_custom_corpus(config)
 
 
 def corpora(run: BuildRun) -> None:
@@ -162,6 +168,14 @@ def corpora(run: BuildRun) -> None:
             crash_point("corpus-saved")
             write_card(root)
         run.items = wordnet_texts(root, run.manifest)
+    elif config.corpus in CUSTOM_CORPUS_INPUTS:
+        from atlas_build.build.custom import custom_texts, ensure_custom_corpus
+
+        if ensure_custom_corpus(config, run.manifest, run.custom):
+            crash_point("corpus-written")
+            run.manifest.save(root)
+            write_card(root)
+        run.items = custom_texts(root, run.manifest, config.corpus)
     else:
         from atlas_build.corpora.traces import ensure_traces
 
@@ -259,13 +273,17 @@ def build_record(run: BuildRun) -> dict[str, Any]:
     """The `manifest.json` `builds[]` entry of this build: what was routed, how, and the command."""
     config, stats = run.config, run.stats
     traces = config.corpus == "traces"
+    custom = config.corpus in CUSTOM_CORPUS_INPUTS
+    corpus = config.corpus_options()
+    if traces:
+        corpus = {"corpus": "traces", "traces": Path(config.traces).name}
+    elif custom:
+        corpus = {"corpus": config.corpus, "input": Path(config.corpus_input()).name}
     return {
         "kind": "routing",
         "model_slug": run.row["model_slug"],
         "model": config.model,
-        "corpus": {"corpus": "traces", "traces": Path(config.traces).name}
-        if traces
-        else config.corpus_options(),
+        "corpus": corpus,
         "engine": config.engine_options(),
         "model_notes": run.engine.model_notes(),
         "code_version": run.manifest.code_version,
@@ -276,5 +294,11 @@ def build_record(run: BuildRun) -> dict[str, Any]:
             + (f" --max-lemmas {config.max_lemmas}" if config.max_lemmas else "")
             + (" --random-init" if config.random_init else "")
             + (f" --traces {Path(config.traces).name}" if traces else "")
+            + (
+                f" --{CUSTOM_CORPUS_INPUTS[config.corpus]} {Path(config.corpus_input()).name}"
+                if custom
+                else ""
+            )
+            + (f" --text-column {config.text_column}" if custom and config.text_column else "")
         ),
     }

@@ -14,12 +14,30 @@ from atlas_build.commands._options import model_loading_options
     "--model", required=True, help="Built-in name (tiny-deepseek-v3), checkpoint directory or hub id."
 )
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Atlas directory.")
-@click.option("--corpus", type=click.Choice(["wordnet", "traces"]), default="wordnet", show_default=True)
+@click.option(
+    "--corpus",
+    type=click.Choice(["wordnet", "traces", "wic", "swords", "jsonl", "text"]),
+    default="wordnet",
+    show_default=True,
+    help="wordnet (built in), traces, or your own: wic, swords, jsonl (a probe set), text (unlabelled).",
+)
 @click.option(
     "--max-lemmas", type=click.IntRange(min=1), default=None, help="Keep N polysemous lemmas (default all)."
 )
 @click.option("--wordnet-dir", default=None, help="WordNet 3.0 dict directory (default: auto-detect).")
 @click.option("--traces", "traces", default=None, help="Traces JSONL to import (with --corpus traces).")
+@click.option(
+    "--wic", default=None, help="--corpus wic: the unzipped WiC_dataset directory (*.data.txt, *.gold.txt)."
+)
+@click.option("--swords", default=None, help="--corpus swords: a SWORDS file (swords-v1.1_dev.json.gz).")
+@click.option(
+    "--texts",
+    default=None,
+    help="--corpus jsonl: the probe set (JSONL); --corpus text: a JSONL file or a save_to_disk dataset directory.",
+)
+@click.option(
+    "--text-column", default=None, help="--corpus text: the column holding the text (default: text)."
+)
 @click.option("--engine", default="hf", show_default=True, help="hf (transformers) or vllm.")
 @model_loading_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)

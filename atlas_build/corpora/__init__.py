@@ -23,9 +23,11 @@ from atlas_build.corpora.wordnet import (
     load_wordnet,
     wordnet_version,
 )
+from atlas_build.registry import Registry
 
 __all__ = [
     "CORPUS_NOTES",
+    "CUSTOM_CORPORA",
     "EmptyCorpusError",
     "WordNetNotFoundError",
     "build_sense_pairs",
@@ -38,6 +40,17 @@ __all__ = [
     "load_wordnet",
     "wordnet_version",
 ]
+
+# The user's corpora (`atlas build --corpus KIND`): kind -> reader (`atlas_build.corpora.custom` has the contract).
+CUSTOM_CORPORA = Registry(
+    "corpus",
+    {
+        "wic": "atlas_build.corpora.wic:read",
+        "swords": "atlas_build.corpora.swords:read",
+        "jsonl": "atlas_build.corpora.jsonl:read",
+        "text": "atlas_build.corpora.text:read",
+    },
+)
 
 # For the dataset card: how the corpora were made, one statement per entry.
 CORPUS_NOTES = [

@@ -27,6 +27,7 @@ significant digits; NaN/undefined is null)::
       "synthetic": bool,                       # a synthetic model or synthetic corpus rows are present
       "random_init_models": [slug, ...],
       "corpus": {"senses": n, "sense_pairs": n, "substitutions": n | null, "traces": n | null},
+      "corpora": {kind: {config: rows}},      # the user's corpora with something to measure (wic, swords, jsonl)
       "formulas": {name: formula},
       "models": {
         slug: {
@@ -60,6 +61,8 @@ significant digits; NaN/undefined is null)::
                            "lexical": {"context_words" | "token_identity" | "lexical":
                                        {"accuracy": interval, "difference": interval}},
                            "calibrated": {"beats_mfs", "beats_null", "beats_lexical"}},
+          "corpora": {kind: {"sense_pairs": null | {as above}, "probe": null | {as above} (labelled corpora),
+                             "substitutions": null | {as above; delta = acceptable − rejected for swords}}},
           "experts": {"load": [L][N], "entropy": [L], "max_load_ratio": [L],
                       "load_baseline": {"uniform_share", "simulated_entropy", "simulated_max_load_ratio"},
                       "coactivation": {"file", "independent_baseline", "min_support",

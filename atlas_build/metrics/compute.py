@@ -13,6 +13,7 @@ from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, SENSE_PAIRS, SENSES
 from atlas_build.metrics import experts as ex
 from atlas_build.metrics.baselines import RouterConstraints, simulate_uniform
 from atlas_build.metrics.controls import CONTROL_NAMES, NullModel, pair_controls
+from atlas_build.metrics.corpora import USER_CONFIGS, UserCorpus, load_user_corpora
 from atlas_build.metrics.identity import TargetIdentity, target_identity
 from atlas_build.metrics.overlap import TARGET_MODES, select_targets, target_rows_table
 from atlas_build.metrics.probe import sense_probe
@@ -501,7 +502,7 @@ def compute_metrics(
             raise SourceError(f"unknown model slug(s) {unknown}; the atlas has: {sorted(by_slug) or 'none'}")
     selected = list(dict.fromkeys(models)) if models else sorted(by_slug)
     nulls = {slug: find_null(by_slug[slug], rows) for slug in selected}
-    read = {MODELS, SENSES, SENSE_PAIRS, SUBSTITUTIONS, TRACES}
+    read = {MODELS, SENSES, SENSE_PAIRS, SUBSTITUTIONS, TRACES, *USER_CONFIGS}
     read |= {ROUTING_PREFIX + s for s in selected} | {
         ROUTING_PREFIX + n["model_slug"] for n in nulls.values() if n
     }
@@ -522,6 +523,9 @@ def compute_metrics(
             notes.append("no reasoning traces in the atlas: the traces metrics are null")
         if not options.verify:
             notes.append("the data files were NOT checked against manifest.json (--no-verify)")
+        # The user's corpora (wic, swords, jsonl): the same metrics, once per corpus, under "corpora".
+        user_corpora = load_user_corpora(src)
+        user_cache: dict = {}
 
         kappas: dict[str, np.ndarray] = {}
         identities: dict[str, TargetIdentity] = {}
@@ -594,6 +598,12 @@ def compute_metrics(
                         entry["substitutions"] = substitution_overlap(
                             targets, sub_targets, corpus, substitutions, top_k, n_experts, boot
                         )
+                entry["corpora"] = {
+                    uc.kind: user_corpus_metrics(
+                        uc, slug, routing, src, by_slug, nulls[slug], options, user_cache
+                    )
+                    for uc in user_corpora
+                }
                 simulated = uniform_baseline(
                     row, routing.num_rows, options.min_count, options.seeds()["uniform_routing_simulation"]
                 )
@@ -625,6 +635,7 @@ def compute_metrics(
             "substitutions": substitutions.num_rows if substitutions is not None else None,
             "traces": src.table(TRACES).num_rows if src.has(TRACES) else None,
         },
+        "corpora": {uc.kind: uc.counts for uc in user_corpora},
         "controls": list(CONTROL_NAMES),
         "formulas": FORMULAS,
         "models": out_models,
@@ -632,6 +643,74 @@ def compute_metrics(
         "notes": notes,
     }
     return MetricsResult(metrics, arrays)
+
+
+def user_corpus_metrics(
+    uc: UserCorpus,
+    slug: str,
+    routing,
+    src: AtlasSource,
+    by_slug: dict[str, dict],
+    null_row: dict | None,
+    options: MetricsOptions,
+    cache: dict,
+) -> dict:
+    """One user's corpus for one model: the sense-pair block (`sense_pair_metrics`: raw Δκ, its controls, peak
+    and survival), the probe (labelled corpora only) and the substitution block, from that corpus's rows.
+
+    `cache` keeps each (corpus, model)'s κ and target identity, so a null model's are computed once.
+    """
+    boot = options.bootstrap()
+    row = by_slug[slug]
+    n_experts, top_k = row["n_routed_experts"], row["top_k"]
+
+    def targets_of(name: str, routing_rows=None):
+        routing_rows = routing_rows if routing_rows is not None else src.routing(name)
+        rows_of = target_rows_table(routing_rows, uc.examples_config)
+        return select_targets(
+            rows_of, uc.corpus.example_ids, options.target, by_slug[name]["n_routed_experts"]
+        )
+
+    def kappa_of(name: str, targets=None) -> np.ndarray:
+        key = ("kappa", uc.kind, name)
+        if key not in cache:
+            targets = targets if targets is not None else targets_of(name)
+            m = by_slug[name]
+            cache[key] = sense_pair_kappa(targets, uc.corpus, m["top_k"], m["n_routed_experts"])
+        return cache[key]
+
+    def identity_of(name: str, routing_rows=None) -> TargetIdentity:
+        key = ("identity", uc.kind, name)
+        if key not in cache:
+            routing_rows = routing_rows if routing_rows is not None else src.routing(name)
+            cache[key] = target_identity(
+                routing_rows, uc.corpus.example_ids, uc.corpus.form, uc.examples_config
+            )
+        return cache[key]
+
+    targets = targets_of(slug, routing)
+    out: dict = {"sense_pairs": None, "probe": None, "substitutions": None}
+    if uc.has_pairs:
+        null = None
+        if null_row is not None:
+            name = null_row["model_slug"]
+            null = NullModel(name, kappa_of(name), identity_of(name))
+        out["sense_pairs"] = sense_pair_metrics(
+            kappa_of(slug, targets), uc.corpus, identity_of(slug, routing), row, boot, null
+        )
+        if uc.labelled:
+            out["probe"] = sense_probe(targets, uc.corpus, boot, identity_of(slug, routing))
+    if uc.substitutions is not None:
+        sub_targets = select_targets(
+            target_rows_table(routing, uc.substitutions_config),
+            uc.substitutions.column("substitution_id"),
+            options.target,
+            n_experts,
+        )
+        out["substitutions"] = substitution_overlap(
+            targets, sub_targets, uc.corpus, uc.substitutions, top_k, n_experts, boot, contrast=uc.contrast
+        )
+    return out
 
 
 def _synthetic_corpus(senses) -> bool:

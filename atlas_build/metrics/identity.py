@@ -48,8 +48,11 @@ class TargetIdentity:
         return features @ (1 << np.arange(features.shape[1])[::-1])
 
 
-def target_identity(routing: pa.Table, example_ids: pa.Array, form: np.ndarray) -> TargetIdentity:
-    """Token identity of the targets of `example_ids`, from the `senses` rows of one model's routing.
+def target_identity(
+    routing: pa.Table, example_ids: pa.Array, form: np.ndarray, corpus: str = SENSES
+) -> TargetIdentity:
+    """Token identity of the targets of `example_ids`, from the `corpus` rows (default `senses`) of one model's
+    routing.
 
     Args:
         routing: routing rows with `source_id`, `corpus`, `token_index`, `token_id`, `is_target`.
@@ -58,7 +61,7 @@ def target_identity(routing: pa.Table, example_ids: pa.Array, form: np.ndarray) 
     """
     n = len(example_ids)
     rows = routing.select(["source_id", "token_index", "token_id", "is_target"]).filter(
-        pc.equal(routing.column("corpus"), SENSES)
+        pc.equal(routing.column("corpus"), corpus)
     )
     position = pc.fill_null(pc.index_in(rows.column("source_id"), value_set=example_ids), -1)
     position = position.to_numpy().astype(np.int64)

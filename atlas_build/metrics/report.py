@@ -301,6 +301,33 @@ def plot_scale(metrics: dict, path: Path) -> bool:
 # ---- report ----------------------------------------------------------------------------------------------
 
 
+def user_corpora_lines(metrics: dict) -> list[str]:
+    """The report's section on the user's corpora (wic, swords, jsonl): each corpus on its own, per model."""
+    held = metrics.get("corpora") or {}
+    if not held:
+        return []
+    lines = [
+        "",
+        "## Your own corpora",
+        "",
+        "The sense-pair and substitution metrics above, computed on each of your corpora separately (layer mean).",
+        "",
+        "| corpus | model | Δκ same − different [95% CI] | pairs same / diff | probe − MFS | substitution Δκ [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in held:
+        for slug, entry in metrics["models"].items():
+            block = (entry.get("corpora") or {}).get(kind) or {}
+            sp, probe, sub = block.get("sense_pairs"), block.get("probe"), block.get("substitutions")
+            pairs = f"{sp['n_pairs']['same']} / {sp['n_pairs']['different']}" if sp else "–"
+            sub_delta = _ci((sub.get("layer_mean") or {}).get("delta")) if sub else "–"
+            lines.append(
+                f"| {kind} | {_label(slug, entry)} | {_ci(sp['layer_mean']['delta']) if sp else '–'} | {pairs} "
+                f"| {_ci(probe['difference']) if probe and probe.get('difference') else '–'} | {sub_delta} |"
+            )
+    return lines
+
+
 def render_report(metrics: dict) -> str:
     """The full `report.md`: warnings, verdicts, formulas, one section per metric."""
     o = metrics["options"]
@@ -409,6 +436,7 @@ def render_report(metrics: dict) -> str:
                     f"| {_label(slug, entry)} | synonym − other-sense | | {_ci(sub['layer_mean']['delta'])} |"
                 )
 
+    lines += user_corpora_lines(metrics)
     lines += [
         "",
         "## 3. Scale",

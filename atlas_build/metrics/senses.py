@@ -298,10 +298,12 @@ def substitution_overlap(
     top_k: int,
     n_experts: int,
     options: BootstrapOptions,
+    contrast: tuple[str, str] = ("synonym", "other-sense"),
 ) -> dict | None:
     """κ between the base example's target and the substituted target, per relation and layer.
 
-    `substituted` follows the row order of `substitutions`; Δ = mean κ(synonym) − mean κ(other-sense).
+    `substituted` follows the row order of `substitutions`; Δ = mean κ(contrast[0]) − mean κ(contrast[1])
+    (WordNet's synonym − other-sense; SWORDS' acceptable − rejected).
     """
     base_index = pc.index_in(substitutions.column("example_id"), value_set=corpus.example_ids)
     base_index = pc.fill_null(base_index, -1).to_numpy().astype(np.int64)
@@ -322,8 +324,8 @@ def substitution_overlap(
         out["n"][name] = int(rows.sum())
         out["kappa"][name] = res["a"]
         out["layer_mean"][name] = res["layer_mean"]["a"]
-    both = valid & np.isin(relation, ["synonym", "other-sense"])
-    syn = relation[both] == "synonym"
+    both = valid & np.isin(relation, list(contrast))
+    syn = relation[both] == contrast[0]
     if syn.any() and (~syn).any():
         res = compare_groups(kappa[both], syn, cluster[both], int(cluster.max()) + 1, options)
         out["delta"] = res["delta"]

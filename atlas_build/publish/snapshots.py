@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from atlas_build.atlas.layout import MANIFEST
 from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.schema import (
+    JSONL_PAIRS,
     MODELS,
     ROUTING_PREFIX,
     SENSE_PAIRS,
@@ -25,6 +26,7 @@ from atlas_build.atlas.schema import (
     SUBSTITUTIONS,
     TEXT_ID_COLUMN,
     TRACES,
+    WIC_PAIRS,
 )
 from atlas_build.publish.base import CHANGELOG, RELEASE_JSON, PublishError
 from dataset_cards.render import METRICS_DIR, METRICS_JSON, config_schemas, models_rows
@@ -33,6 +35,8 @@ from dataset_cards.render import METRICS_DIR, METRICS_JSON, config_schemas, mode
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     **{config: (column,) for config, column in TEXT_ID_COLUMN.items()},
     SENSE_PAIRS: ("pair_id",),
+    WIC_PAIRS: ("pair_id",),
+    JSONL_PAIRS: ("pair_id",),
     MODELS: ("model_slug",),
 }
 ROUTING_KEY = ("corpus", "source_id", "token_index")

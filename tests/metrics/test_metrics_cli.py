@@ -28,6 +28,7 @@ TOP_KEYS = {
     "synthetic",
     "random_init_models",
     "corpus",
+    "corpora",  # the user's corpora (wic, swords, jsonl), each measured on its own
     "formulas",
     "models",
     "scale",
@@ -42,6 +43,7 @@ MODEL_KEYS = {
     "sense_pairs",
     "substitutions",
     "probe",
+    "corpora",
     "experts",
     "token_specialisation",
     "traces",

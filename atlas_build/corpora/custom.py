@@ -1,0 +1,126 @@
+"""The contract of the user's corpora (`atlas build --corpus wic|swords|jsonl|text`) and what they share.
+
+A reader (`wic.read`, `swords.read`, `jsonl.read`, `text.read`, registered in `atlas_build.corpora.CUSTOM_CORPORA`)
+turns the user's files into a `CorpusTables`: one Arrow table per config, each with its fixed schema from
+`atlas_build.atlas.schema` (`CUSTOM_CORPUS_CONFIGS[kind]`), and what the card states about them (source, licence,
+counts, how the rows were made). A reader checks the whole input before it returns, and raises
+`CorpusInputError` naming the file, the line and the field of the first problem: nothing is written, and no model
+is loaded, before every row is known to be good.
+
+Readers never import the build; the build writes the tables (`atlas_build.build.custom`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from atlas_build.atlas.schema import FIXED_SCHEMAS
+from atlas_build.errors import AtlasError
+
+# Parts of speech as the atlas stores them (WordNet's letters); a tag that maps to none is stored as null.
+POS_LETTERS = ("n", "v", "a", "r")
+
+
+class CorpusInputError(ValueError, AtlasError):
+    """The user's corpus file is missing, unreadable or malformed (the message names file, line and field)."""
+
+
+@dataclass(frozen=True)
+class CorpusTables:
+    """A corpus read from the user's files, ready to write.
+
+    Attributes:
+        kind: the corpus kind (wic, swords, jsonl, text).
+        tables: config name -> rows, each with `FIXED_SCHEMAS[config]`; configs without rows are left out.
+        inputs: the files read, `{"path": name, "sha256": hex}` each; their hashes identify the corpus.
+        source: one line for the card: what the texts are and where they came from.
+        license: the licence the texts are under, as the corpus publishes it (or that none is recorded).
+        notes: how the rows were made, one statement per entry (thresholds, mappings, what was left out).
+        counts: sizes for the card (e.g. {"examples": 10, "pairs": 5}).
+        options: reader options that change the rows (text: the text column); part of the fingerprint.
+    """
+
+    kind: str
+    tables: dict[str, pa.Table]
+    inputs: tuple[dict[str, str], ...]
+    source: str
+    license: str
+    notes: tuple[str, ...] = ()
+    counts: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """sha256 over the input files' hashes and the options (file names excluded: a renamed copy is the same
+        corpus)."""
+        digest = hashlib.sha256()
+        for entry in sorted(self.inputs, key=lambda e: e["sha256"]):
+            digest.update(entry["sha256"].encode())
+        digest.update(json.dumps(self.options, sort_keys=True).encode())
+        return digest.hexdigest()
+
+    def card_entry(self) -> dict[str, Any]:
+        """What the manifest keeps for the card (`corpus_counts["corpora"][kind]`)."""
+        return {
+            "configs": sorted(self.tables),
+            "counts": dict(self.counts),
+            "inputs": [dict(e) for e in self.inputs],
+            "fingerprint": self.fingerprint(),
+            "options": dict(self.options),
+            "source": self.source,
+            "license": self.license,
+            "notes": list(self.notes),
+        }
+
+
+def table(config: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Rows as a table of `config`'s fixed schema."""
+    return pa.Table.from_pylist(list(rows), schema=FIXED_SCHEMAS[config])
+
+
+def read_bytes(path: Path, what: str) -> bytes:
+    """A file's bytes, or a `CorpusInputError` saying it is missing or unreadable."""
+    if not path.is_file():
+        raise CorpusInputError(f"{what} {path} does not exist (or is not a file)")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise CorpusInputError(f"could not read {path}: {error.strerror or error}") from None
+
+
+def decode(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8-sig")  # a byte-order mark is no part of the first field
+    except UnicodeDecodeError as error:
+        raise CorpusInputError(f"{path}: not UTF-8 text ({error})") from None
+
+
+def file_entry(path: Path, raw: bytes) -> dict[str, str]:
+    return {"path": path.name, "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def char_span(text: str, start: Any, end: Any, where: str) -> tuple[int, int]:
+    """Check a `[start, end)` character span of `text`; returns it as ints."""
+    for name, value in (("target_start", start), ("target_end", end)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise CorpusInputError(f"{where}: field {name!r} must be an integer, got {value!r}")
+    if not 0 <= start < end <= len(text):
+        raise CorpusInputError(
+            f"{where}: fields 'target_start'/'target_end' ({start}, {end}) are not a non-empty span inside "
+            f"the text of {len(text)} characters"
+        )
+    if text[start:end] != text[start:end].strip():
+        raise CorpusInputError(
+            f"{where}: the target span ({start}, {end}) = {text[start:end]!r} starts or ends with white space"
+        )
+    return start, end
+
+
+def empty_corpus(path: Path, expected: str) -> CorpusInputError:
+    return CorpusInputError(f"{path} holds no rows: expected {expected}")
