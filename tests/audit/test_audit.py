@@ -52,7 +52,9 @@ def _with_experts(table: pa.Table, experts: np.ndarray, weights: np.ndarray | No
             columns.append(table.column(field.name))
             continue
         leaf = field.type.value_type.value_type
-        columns.append(nested_fixed_list(np.asarray(replaced[field.name]).astype(leaf.to_pandas_dtype()), leaf))
+        columns.append(
+            nested_fixed_list(np.asarray(replaced[field.name]).astype(leaf.to_pandas_dtype()), leaf)
+        )
     return pa.Table.from_arrays(columns, schema=table.schema)
 
 
