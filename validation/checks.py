@@ -65,6 +65,20 @@ CHECKS: dict[str, str] = {
     "the tokenizer cannot be loaded)",
     "routing-not-degenerate": "no MoE layer where one expert is in the top-k of every token, none where "
     "every token's expert ids (or weights) are all zero",
+    "tokenization": "every corpus but traces: every routed text's token ids, token strings and character offsets "
+    "equal a fresh tokenization of its text with the recorded tokenizer (loaded without remote code; "
+    "skipped when it cannot be loaded)",
+    # ---- what the atlas claims about itself ---------------------------------------------------
+    "card-configs": "the card's YAML parses; its `configs:` name exactly the manifest's configs, each "
+    "data_files glob matching exactly that config's files, and dataset_info's split sizes are the rows",
+    "card-current": "the card rendered again from the atlas (with the context the card records) equals the "
+    "shipped card, apart from its date and its validation section",
+    "random-init-labels": "a model is random-init in its models row exactly when its build records, its "
+    "checkpoint's own marker and the card (label, tag, warning, routing config description) say so",
+    "manifest-derived": "manifest.json's `configs` section, corpus counts and each model's last build record "
+    "(model, engine, dtype, weights dtype) equal what its file list and the data imply",
+    "audit-records": "every `atlas audit` record names a routing config of the atlas and its counts give its "
+    "verdict (a record of routing files that changed since is noted as stale)",
 }
 
 

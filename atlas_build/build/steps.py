@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.lock import AtlasLock
-from atlas_build.atlas.manifest import Manifest
+from atlas_build.atlas.manifest import Manifest, refuse_published_release
 from atlas_build.atlas.schema import (
     MODELS,
     MODELS_SCHEMA,
@@ -112,6 +112,7 @@ def prepare(config: BuildConfig, log: Callable[[str], None]) -> Iterator[BuildRu
     stays as it is, whoever created it.
     """
     config.out = root = check_out_dir(config.out)
+    refuse_published_release(root, "building into it")
     check_engine_and_executor(config)
     created = not root.exists()
     try:

@@ -280,6 +280,24 @@ def driver_command(*args: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), *args]
 
 
+def run_driver_jobs(jobs: list[dict], jobs_file: Path) -> dict[str, int]:
+    """Run `jobs` (see `run_jobs`) in one driver process; returns {name: exit code} (-9: SIGKILL)."""
+    import json
+    import subprocess
+
+    Path(jobs_file).write_text(json.dumps(jobs))
+    proc = subprocess.run(
+        driver_command("jobs", str(jobs_file)),
+        env=driver_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def driver_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "ROUTING_ATLAS_TEST_KILL_AT"}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
