@@ -92,6 +92,12 @@ class BuildConfig:
                         f"{option} is an option of --corpus wordnet and does nothing with --corpus "
                         f"{self.corpus}: leave it out"
                     )
+        if self.random_init and self.device_map:
+            # from_config builds the twin on the CPU; a device map would be silently ignored.
+            raise BuildOptionsError(
+                "--random-init builds the twin in memory and cannot be spread with --device-map: use "
+                "--device cuda for one GPU, or materialize a random-init checkpoint and pass its directory"
+            )
         if not 0 <= self.seed < SEED_LIMIT:
             raise BuildOptionsError(f"--seed must be between 0 and {SEED_LIMIT - 1}, got {self.seed}")
         if self.threads is not None and self.threads < 1:

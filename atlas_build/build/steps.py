@@ -291,6 +291,10 @@ def build_record(run: BuildRun) -> dict[str, Any]:
     traces = config.corpus == "traces"
     custom = config.corpus in CUSTOM_CORPUS_INPUTS
     corpus = config.corpus_options()
+    existing = run.manifest.corpus_counts.get("options")
+    if config.corpus == "wordnet" and isinstance(existing, dict):
+        # The corpus an atlas holds was made by its first build: a random-init twin's --seed is its weights'.
+        corpus = {**corpus, **existing}
     if traces:
         corpus = {"corpus": "traces", "traces": Path(config.traces).name}
     elif custom:
