@@ -47,10 +47,11 @@ demo: venv wordnet
 	@echo "Explorer (open in a browser, works offline): file://$(abspath $(DEMO_DIR))-explorer/index.html"
 	@echo "tiny-deepseek-v3 (and its twin tiny-deepseek-v3-seed1) is RANDOM-INIT: its routing is plumbing and a null model, not a finding."
 	@echo "Check the controls on planted truth: $(BIN)/atlas metrics calibrate $(DEMO_DIR) --out $(DEMO_DIR)-calibration"
-	@echo "Load it with:"
-	@echo "  from datasets import load_dataset"
-	@echo "  routing = load_dataset(\"$(abspath $(DEMO_DIR))\", \"routing-tiny-deepseek-v3\", split=\"train\")"
-	@echo "  senses = load_dataset(\"$(abspath $(DEMO_DIR))\", \"senses\", split=\"train\")"
+	@echo "Load it with (paste into Python as it is):"
+	@echo
+	@echo "from datasets import load_dataset"
+	@echo "routing = load_dataset(\"$(abspath $(DEMO_DIR))\", \"routing-tiny-deepseek-v3\", split=\"train\")"
+	@echo "senses = load_dataset(\"$(abspath $(DEMO_DIR))\", \"senses\", split=\"train\")"
 
 test: venv wordnet
 	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider tests

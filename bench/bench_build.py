@@ -310,16 +310,13 @@ WEIGHTS_LEAF = "weights.list.element.list.element"
 EXPERTS_LEAF = "experts.list.element.list.element"
 STRING_COLUMNS = ["source_id", "corpus", "token", "segment", "marker"]
 WRITER_VARIANTS = {
-    # The earlier writer: zstd at pyarrow's default level, dictionaries on every column; atlas/writer.py now
-    # writes routing configs as "bss weights (writer.py)" (see writer.routing_encodings).
+    # Exactly what atlas/writer.py writes (its routing_encodings): dictionaries everywhere, weights included.
+    "all dictionaries (writer.py)": {"writer": True},
+    # Smaller weights, but DuckDB cannot read BYTE_STREAM_SPLIT float16 (bench/bench_encoding.py).
     # (BYTE_STREAM_SPLIT alone changes nothing: a column with a dictionary never uses it.)
-    "all dictionaries (earlier writer)": {},
-    # Exactly what atlas/writer.py writes (its routing_encodings).
-    "bss weights (writer.py)": {"writer": True, "use_byte_stream_split": [WEIGHTS_LEAF]},
-    "bss weights, zstd 9": {
+    "bss weights (DuckDB cannot read)": {
         "use_dictionary": [*STRING_COLUMNS, EXPERTS_LEAF],
         "use_byte_stream_split": [WEIGHTS_LEAF],
-        "compression_level": 9,
     },
     "no dictionary for ids": {"use_dictionary": STRING_COLUMNS},
 }
@@ -488,7 +485,7 @@ def real_shard_bytes(table: pa.Table, spec) -> dict:
     """Bytes per entry of a real routing shard of the tiny model (its own shape: 5 layers x top-8 of 32)."""
     entries = table.num_rows * len(spec.moe_layers) * spec.top_k
     out = {}
-    for variant in ("all dictionaries (earlier writer)", "bss weights (writer.py)"):
+    for variant in ("all dictionaries (writer.py)", "bss weights (DuckDB cannot read)"):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "real.parquet"
             write_variant(table, path, WRITER_VARIANTS[variant])
@@ -534,10 +531,10 @@ def atlas_size(tokens: dict, per_entry: dict) -> dict:
     entries = total_tokens * R1_MOE_LAYERS * R1_TOP_K
     out: dict = {"tokens": total_tokens, "entries": entries, "MB": {}}
     for key in (
-        "float16 weights | all dictionaries (earlier writer)",
-        "float16 weights | bss weights (writer.py)",
-        "ids only, weight order | all dictionaries (earlier writer)",
-        "ids only, ascending (vllm) | all dictionaries (earlier writer)",
+        "float16 weights | all dictionaries (writer.py)",
+        "float16 weights | bss weights (DuckDB cannot read)",
+        "ids only, weight order | all dictionaries (writer.py)",
+        "ids only, ascending (vllm) | all dictionaries (writer.py)",
     ):
         r = per_entry[key]
         size = entries * r["routing_B_per_entry"] + total_tokens * r["other_columns_B_per_token"]

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from atlas_build.atlas.layout import AtlasLayout
-from atlas_build.atlas.manifest import Manifest
+from atlas_build.atlas.manifest import Manifest, config_data_sha256, refuse_published_release
 from atlas_build.atlas.schema import (
     JSONL_EXAMPLES,
     JSONL_PAIRS,
@@ -56,6 +56,11 @@ PAPER_ARXIV = "2502.10928"
 WORDNET_LICENSE_URL = "https://wordnet.princeton.edu/license-and-commercial-use"
 CODE_LICENSE = "Apache-2.0"
 RANDOM_INIT = "random-init"
+# The card ends with the context it was rendered with, so `atlas validate` can render it again and compare.
+CONTEXT_COMMENT = "routing-atlas-card-context"
+# What may differ between the card and a fresh rendering of it: the date and the validation results (the
+# report is written after the card, by `atlas validate`).
+VALIDATION_HEADING = "## Validation"
 
 SUMMARY = (
     "For every token of WordNet-derived sense corpora (and reasoning traces, when present), and every MoE "
@@ -306,6 +311,44 @@ def read_validation(root: Path) -> dict[str, Any] | None:
     return data
 
 
+# builds[].engine.provenance keys shown on the card, in this order, with their labels.
+PROVENANCE_FIELDS = (
+    ("torch", "torch"),
+    ("transformers", "transformers"),
+    ("accelerate", "accelerate"),
+    ("vllm", "vLLM"),
+    ("flashinfer", "FlashInfer"),
+    ("device", "device"),
+    ("device_count", "devices"),
+    ("cuda", "CUDA"),
+    ("dtype", "dtype"),
+    ("attention", "attention"),
+    ("experts", "experts implementation"),
+    ("moe_backend", "MoE backend"),
+    ("cuda_graphs", "CUDA graphs"),
+    ("batch_size", "batch size"),
+    ("max_num_batched_tokens", "max batched tokens"),
+    ("threads", "CPU threads"),
+)
+
+
+def engine_provenance(provenance: dict[str, Any] | None) -> str:
+    """One line of what produced a build's routing (library versions, device, numerics, batching)."""
+    if not provenance:
+        return ""
+    parts = []
+    for key, label in PROVENANCE_FIELDS:
+        value = provenance.get(key)
+        if value is None or value == {}:
+            continue
+        if isinstance(value, bool):
+            value = "on" if value else "off (eager)"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        parts.append(f"{label} {value}")
+    return "; ".join(parts)
+
+
 def read_metrics(root: Path) -> dict[str, Any] | None:
     path = Path(root) / METRICS_DIR / METRICS_JSON
     if not path.exists():
@@ -335,6 +378,33 @@ def metrics_mismatch(metrics: dict[str, Any], manifest: Manifest) -> list[str]:
         if counted is not None and counted != rows:
             problems.append(f"metrics counted {counted} {config} rows, the atlas has {rows}")
     return problems
+
+
+def audit_lines(manifest: Manifest, slug: str, random_init: bool = False) -> list[str]:
+    """The card's sentence for the latest `atlas audit` of `routing-<slug>`, marked stale when the routing
+    files changed since (so the card never claims an audit of other data)."""
+    config = ROUTING_PREFIX + slug
+    records = [a for a in manifest.audits if a.get("config") == config]
+    if not records:
+        return []
+    audit = records[-1]
+    try:
+        share = 100.0 * audit["identical_sets"] / audit["token_layers"] if audit["token_layers"] else 0.0
+        line = (
+            f"Routing audited on {audit['tokens']} tokens ({audit['texts']} texts, seed {audit['seed']}) against "
+            f"`{audit['model']}` with the hf engine: {share:.2f}% identical expert sets "
+            f"({audit['identical_sets']} of {audit['token_layers']} token-layers; 95% upper bound on the "
+            f"mismatch rate {100.0 * audit['mismatch_upper']:.2f}%), "
+            + ("passed" if audit.get("passed") else "**FAILED**")
+            + f" (threshold {100.0 * audit['threshold']:.2f}%)."
+        )
+    except (KeyError, TypeError, ZeroDivisionError):
+        return [f"An audit record of `{config}` in manifest.json is malformed: rerun `atlas audit`."]
+    if random_init:
+        line += " The audited model is random-init: agreement proves the plumbing, not a finding."
+    if audit.get("data_sha256") != config_data_sha256(manifest, config):
+        line = f"**Stale:** {line} The routing files changed since: rerun `atlas audit`."
+    return [line]
 
 
 def metrics_summary(metrics: dict[str, Any]) -> str:
@@ -537,6 +607,7 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
         model["builds"] = [b for b in manifest.builds if b.get("model_slug") == model["model_slug"]]
         # What the build recorded about the model (e.g. what was verified of a built-in tokenizer).
         model["notes"] = list(dict.fromkeys(n for b in model["builds"] for n in b.get("model_notes") or []))
+        model["notes"] += audit_lines(manifest, model["model_slug"], model["random_init"])
     builds = []
     for build in manifest.builds:
         summary = build.get("summary") or build.get("kind", "")
@@ -547,6 +618,7 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
                 "random_init": slug in random_slugs and RANDOM_INIT not in summary,
                 "code_version": build.get("code_version"),
                 "stats": build.get("stats"),
+                "provenance": engine_provenance((build.get("engine") or {}).get("provenance")),
             }
         )
     counts = {
@@ -636,9 +708,52 @@ def _render(view: AtlasView, context: CardContext) -> tuple[str, str]:
     values = card_context(view, context)
     data = card_data(view.root, view.manifest, view.models, view.schemas)
     body = render_template(TEMPLATE.name, **values)
+    recorded = {
+        key: getattr(context, key) for key in ("repo_ref", "revision", "version", "released", "hub_id")
+    }
+    recorded["repo_ref"] = values["repo_ref"]
+    body = body.rstrip("\n") + f"\n\n<!-- {CONTEXT_COMMENT} {json.dumps(recorded, sort_keys=True)} -->\n"
     # DatasetCard parses (and so checks) the YAML block that DatasetCardData wrote.
     card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body.lstrip()}")
     return str(card), render_template("LICENSE.md.jinja", **values)
+
+
+def recorded_context(card_text: str) -> CardContext | None:
+    """The context a card was rendered with (its closing comment), or None for a card without one."""
+    match = re.search(rf"<!-- {CONTEXT_COMMENT} (\{{.*\}}) -->", card_text)
+    if not match:
+        return None
+    try:
+        values = json.loads(match.group(1))
+    except ValueError:
+        return None
+    if not isinstance(values, dict):
+        return None
+    return CardContext(
+        **{k: values.get(k) for k in ("repo_ref", "revision", "version", "released", "hub_id")}
+    )
+
+
+def comparable(card_text: str) -> str:
+    """A card without what may change after it was written: the Validation section, the year of an
+    unreleased card's citation and the metrics' age note."""
+    text = re.sub(rf"(?ms)^{VALIDATION_HEADING}\n.*?(?=^## )", "", card_text)
+    text = re.sub(r"(?m)^> \*\*These metrics may not match this data:\*\*.*$", "", text)
+    return re.sub(r"(?m)^(\s*year\s*=\s*)\{\d{4}\}", r"\1{YEAR}", text)
+
+
+def rerender_card(root: Path) -> tuple[str, str] | None:
+    """(shipped card, the card rendered again from the atlas with the shipped card's context), both through
+    `comparable`; None when the atlas has no card or its card records no context."""
+    path = AtlasLayout(root).card_path
+    if not path.is_file():
+        return None
+    shipped = path.read_text(encoding="utf-8")
+    context = recorded_context(shipped)
+    if context is None:
+        return None
+    fresh = _render(AtlasView.load(root), context)[0]
+    return comparable(shipped), comparable(fresh)
 
 
 def write_card(root: Path, repo_ref: str | None = None, *, context: CardContext | None = None) -> Path:
@@ -648,6 +763,7 @@ def write_card(root: Path, repo_ref: str | None = None, *, context: CardContext 
         The card's path.
     """
     layout = AtlasLayout(root)
+    refuse_published_release(root, "rewriting its card")
     card, license_text = _render(AtlasView.load(root), _context(repo_ref, context))
     write_text_atomic(Path(root) / LICENSE_FILE, license_text)
     write_text_atomic(layout.card_path, card)

@@ -68,6 +68,20 @@ CHECKS: dict[str, str] = {
     "scores-reproduce-experts": "with --scores: the model's selection rule (top-k; n_group / topk_group "
     "group limits) applied to the stored top-M selection scores gives back `experts` on every token-layer "
     "the M scores decide (undecided token-layers and exact ties are counted, not failed)",
+    "tokenization": "every corpus but traces: every routed text's token ids, token strings and character offsets "
+    "equal a fresh tokenization of its text with the recorded tokenizer (loaded without remote code; "
+    "skipped when it cannot be loaded)",
+    # ---- what the atlas claims about itself ---------------------------------------------------
+    "card-configs": "the card's YAML parses; its `configs:` name exactly the manifest's configs, each "
+    "data_files glob matching exactly that config's files, and dataset_info's split sizes are the rows",
+    "card-current": "the card rendered again from the atlas (with the context the card records) equals the "
+    "shipped card, apart from its date and its validation section",
+    "random-init-labels": "a model is random-init in its models row exactly when its build records, its "
+    "checkpoint's own marker and the card (label, tag, warning, routing config description) say so",
+    "manifest-derived": "manifest.json's `configs` section, corpus counts and each model's last build record "
+    "(model, engine, dtype, weights dtype) equal what its file list and the data imply",
+    "audit-records": "every `atlas audit` record names a routing config of the atlas and its counts give its "
+    "verdict (a record of routing files that changed since is noted as stale)",
 }
 
 

@@ -23,7 +23,7 @@ from atlas_build.atlas.schema import (
     expert_id_type,
     schema_for,
 )
-from validation import corpora, custom_corpora
+from validation import claims, corpora, custom_corpora, tokens
 from validation.corpora import SenseIndex, TextRegistry
 from validation.gxrun import GXRunner
 from validation.integrity import verify_files
@@ -60,6 +60,7 @@ def run_validation(
     batch_rows: int = BATCH_ROWS,
     max_examples: int = MAX_EXAMPLES,
     tokenizer_loader: Callable[[str], Any] | None = None,
+    checkpoint_marker: Callable[[dict], dict | None] | None = None,
 ) -> ValidationReport:
     """Validate the atlas at `root` against its contract; nothing is written.
 
@@ -71,8 +72,11 @@ def run_validation(
         batch_rows: rows per Parquet batch read.
         max_examples: failing examples kept per check.
         tokenizer_loader: turns a models row's `tokenizer` into a tokenizer (default
-            `AutoTokenizer.from_pretrained`); the CLI passes one that also knows the built-in models, which
-            validation itself must not import.
+            `AutoTokenizer.from_pretrained(..., trust_remote_code=False)`); the CLI passes one that also
+            knows the built-in models, which validation itself must not import. No code named by an atlas
+            is ever run: a loader must not trust remote code.
+        checkpoint_marker: a models row -> its checkpoint's `routing_atlas` marker (config.json), for the
+            `random-init-labels` check (default: read from a local checkpoint directory only).
 
     Returns:
         The report; `report.passed` is the gate.
@@ -120,6 +124,7 @@ def run_validation(
             with _guard(ledger, config, checks[config]):
                 rows[config] = read(files.configs[config])
     registry.freeze()
+    texts = tokens.read_texts(files.configs) if tokenizers else {}
 
     for config in files.routing_configs:
         slug = config[len(ROUTING_PREFIX) :]
@@ -136,6 +141,19 @@ def run_validation(
         if model is not None and model.get("scores_top_m"):  # `atlas build --scores M` (validation/scores.py)
             with _guard(ledger, config, (SCORES_CHECK,)):
                 check_scores(config, files.configs[config], model, ledger, batch_rows)
+        with _guard(ledger, config, (tokens.CHECK,)):
+            tokens.check_tokenization(config, files.configs[config], texts, tokenizer, problem, ledger)
+
+    card, meta = None, None
+    with _guard(ledger, ATLAS, ("card-configs", "card-current")):
+        card, meta = claims.check_card(root, manifest, ledger)
+    with _guard(ledger, MODELS, ("random-init-labels",)):
+        marker = checkpoint_marker or claims.local_checkpoint_marker
+        claims.check_random_init(manifest, models, ledger, card, meta, marker)
+    with _guard(ledger, ATLAS, ("manifest-derived",)):
+        claims.check_manifest_derived(root, manifest, models, ledger)
+    with _guard(ledger, ATLAS, ("audit-records",)):
+        claims.check_audits(manifest, ledger)
 
     return ValidationReport(
         root=str(root),
@@ -337,7 +355,9 @@ def _load_tokenizer(model: dict | None, loader: Callable[[str], Any] | None = No
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            return (loader or AutoTokenizer.from_pretrained)(spec), None
+            if loader is not None:
+                return loader(spec), None
+            return AutoTokenizer.from_pretrained(spec, trust_remote_code=False), None
         finally:
             hf_logging.set_verbosity(verbosity)
     except Exception as error:  # noqa: BLE001 - offline, unknown id, missing files: all mean "not available"

@@ -40,17 +40,41 @@ class AtlasLock:
         self._made_state_dir = False
 
     def acquire(self) -> AtlasLock:
-        self._made_state_dir = not self.path.parent.exists()
+        """Take the lock or raise `LockError` (busy, or a state folder/lock file that is a symbolic link).
+
+        The lock file is opened relative to the state folder's own descriptor, without following symbolic
+        links at either level: a planted `.atlas -> elsewhere` or `.atlas/lock -> ~/.bashrc` is refused,
+        never written through.
+        """
+        state = self.path.parent
+        self._made_state_dir = not os.path.lexists(state)
         while True:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                state.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                pass  # a symbolic link to nowhere, or a file: refused below
             except OSError as error:
-                raise LockError(f"cannot create {self.path.parent}: {error.strerror or error}") from error
+                raise LockError(f"cannot create {state}: {error.strerror or error}") from error
+            dir_fd = self._open_state_dir(state)
+            if dir_fd is None:
+                continue  # a refused build removed the (empty) state folder it had made: make it again
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(
+                    self.path.name,
+                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o644,
+                    dir_fd=dir_fd,
+                )
             except FileNotFoundError:
-                continue  # a refused build removed the state folder it had made: make it again
+                os.close(dir_fd)
+                continue
             except OSError as error:
+                os.close(dir_fd)
+                if error.errno == errno.ELOOP:
+                    raise LockError(
+                        f"{self.path} is a symbolic link: the lock lives inside the atlas only; remove the "
+                        "link and run the build again"
+                    ) from None
                 raise LockError(
                     f"cannot open the lock file {self.path}: {error.strerror or error}"
                 ) from error
@@ -59,16 +83,19 @@ class AtlasLock:
             except OSError as error:
                 owner = _read(fd)
                 os.close(fd)
+                os.close(dir_fd)
                 if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise LockError(f"cannot lock {self.path}: {error.strerror or error}") from error
                 raise LockError(self._busy_message(owner)) from None
-            # A holder that released between our open and our flock unlinked the file first: we would hold
-            # an orphan inode that the next build never sees. Only the file at the path counts.
+            # A holder that released between our open and our flock unlinked the file first (or removed
+            # the state folder it had made): we would hold an orphan inode that the next build never sees.
+            # Only the file at the path counts.
             try:
-                current = os.stat(self.path)
+                current = os.stat(self.path, follow_symlinks=False)
             except FileNotFoundError:
                 current = None
             opened = os.fstat(fd)
+            os.close(dir_fd)
             if current is None or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
                 os.close(fd)
                 continue
@@ -83,6 +110,20 @@ class AtlasLock:
             pass  # the record only feeds messages; a full disk must not stop us from holding the lock
         self._fd = fd
         return self
+
+    def _open_state_dir(self, state: Path) -> int | None:
+        """A descriptor of the real state folder inside the atlas; None when it vanished meanwhile."""
+        try:
+            return os.open(state, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise LockError(
+                    f"{state} is {'a symbolic link' if state.is_symlink() else 'not a folder'}: a build keeps "
+                    "its state inside the atlas only; remove it or build into another folder"
+                ) from None
+            raise LockError(f"cannot open {state}: {error.strerror or error}") from error
 
     def _busy_message(self, owner: dict | None) -> str:
         if owner:
@@ -112,7 +153,9 @@ class AtlasLock:
             self.path.unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = None
-        if self._made_state_dir:  # a refused build leaves no trace in a directory that had no state
+        if self._made_state_dir:
+            # A build that made the state folder leaves no trace of it; rmdir, never a recursive removal:
+            # it fails, leaving everything, when another build has put anything in there meanwhile.
             with contextlib.suppress(OSError):
                 self.path.parent.rmdir()
 

@@ -10,14 +10,21 @@ Shape::
       "configs": {"senses": {"files": ["senses/senses-00000.parquet"], "rows": 123}},
       "builds": [{"kind": "wordnet" | "routing" | ..., "options": {...}, "stats": {...}, "code_version": "..."}],
       "corpus_counts": {...},
+      "audits": [{"config": "routing-<slug>", "data_sha256": "...", "passed": true, ...}],  # `atlas audit`
     }
+
+`configs` is derived from `files` on every save (and checked against them by validation); `audits` are the
+results of `atlas audit`, each tied to the routing files it re-routed by `data_sha256` (`config_data_sha256`).
 
 `data_hashes()` (path -> sha256) is what "two builds of the same inputs are identical" compares.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -25,14 +32,100 @@ from typing import Any
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.schema import SCHEMA_VERSION
-from atlas_build.atlas.writer import WrittenFile, write_text_atomic
+from atlas_build.atlas.writer import TEMP_SUFFIX, WrittenFile, write_text_atomic
 from atlas_build.errors import AtlasError
 
 FORMAT = "routing-atlas"
+# A published release holds this file (written last by `atlas publish`); nothing may write into it after.
+RELEASE_MARKER = "release.json"
+RELEASE_FORMAT = "routing-atlas-release"
 
 
 class ManifestError(AtlasError):
     """The manifest is missing, unreadable, or of an incompatible schema version."""
+
+
+class UnsafeAtlasError(ManifestError):
+    """The atlas folder holds a symbolic link or a hidden file where only plain data files belong."""
+
+
+class PublishedReleaseError(AtlasError):
+    """A command was about to write into a published release, which never changes."""
+
+
+def published_release(root: Path) -> Path | None:
+    """`root/release.json` when `root` is a published release (a folder `atlas publish` made), else None."""
+    marker = Path(root) / RELEASE_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return marker  # a damaged release is still a release: refuse rather than "repair" it
+    return (
+        marker if not isinstance(data, dict) or data.get("format", RELEASE_FORMAT) == RELEASE_FORMAT else None
+    )
+
+
+def refuse_published_release(root: Path, action: str) -> None:
+    """Raise `PublishedReleaseError` when `root` is a published release; `action` says what was refused.
+
+    Raises:
+        PublishedReleaseError: naming the release and the way out (work on a copy, publish a new version).
+    """
+    marker = published_release(root)
+    if marker is None:
+        return
+    version = ""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        version = str(json.loads(marker.read_text(encoding="utf-8")).get("tag") or "")
+    raise PublishedReleaseError(
+        f"{root} is a published release{f' ({version})' if version else ''}: a published version never "
+        f"changes, so {action} is refused. Copy it to a new directory, change the copy, and publish it as a "
+        "new version"
+    )
+
+
+def unsafe_entries(root: Path, data_folders: set[str] | None = None) -> list[str]:
+    """Symbolic links anywhere in the atlas (outside its hidden top-level entries: build state, a user's .git),
+    and hidden files or folders inside its data folders (writers' temporary files excepted: an unfinished
+    write, not a foreign file). Data folders: `data_folders` (the manifest's) and every folder holding a
+    Parquet file; other folders (an explorer site, metrics) may hold hidden files of their own.
+
+    Returns:
+        One line per offending path, relative to `root`, saying what it is.
+    """
+    root = Path(root)
+    problems: list[str] = []
+    if not root.is_dir():
+        return problems
+    data_folders = set(data_folders or ())
+    for top in sorted(root.iterdir(), key=lambda p: p.name):
+        if top.is_symlink():
+            problems.append(f"{top.name} is a symbolic link (to {os.readlink(top)})")
+            continue
+        if top.name.startswith(".") or not top.is_dir():
+            continue
+        data = top.name in data_folders or any(top.rglob("*.parquet"))
+        for folder, dirs, files in os.walk(top):
+            here = Path(folder)
+            for name in sorted(dirs + files):
+                path = here / name
+                rel = path.relative_to(root).as_posix()
+                if path.is_symlink():
+                    problems.append(f"{rel} is a symbolic link (to {os.readlink(path)})")
+                elif data and name.startswith(".") and not (name.endswith(TEMP_SUFFIX) and path.is_file()):
+                    problems.append(f"{rel} is a hidden {'folder' if path.is_dir() else 'file'}")
+            dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
+    return problems
+
+
+def config_data_sha256(manifest: Manifest, config: str) -> str:
+    """One hash over the (path, sha256) of every file of `config`: what an audit record is tied to."""
+    digest = hashlib.sha256()
+    for rel in manifest.config_files(config):
+        digest.update(f"{rel}\0{manifest.files[rel].get('sha256')}\n".encode())
+    return digest.hexdigest()
 
 
 def code_version() -> str:
@@ -58,23 +151,39 @@ class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     builds: list[dict[str, Any]] = field(default_factory=list)
     corpus_counts: dict[str, Any] = field(default_factory=dict)
+    audits: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     code_version: str = field(default_factory=code_version)
 
     # ---- reading and writing -------------------------------------------------------------------
     @classmethod
     def load(cls, root: Path) -> Manifest:
+        """The manifest of the atlas at `root`; every reader of an atlas comes through here.
+
+        Raises:
+            ManifestError: missing, unreadable, another schema version, or a path outside the atlas.
+            UnsafeAtlasError: a symbolic link, or a hidden file in a data folder (one line, naming it).
+        """
         path = AtlasLayout(root).manifest_path
+        if path.is_symlink():
+            raise UnsafeAtlasError(
+                f"{root}: manifest.json is a symbolic link; an atlas holds only plain files"
+            )
         if not path.exists():
             raise ManifestError(
                 f"{path} does not exist: is {root} an atlas directory built by `atlas build`?"
             )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             raise ManifestError(
                 f"{path} is not readable JSON ({error}); run `atlas verify {root}`"
             ) from error
+        if not isinstance(data, dict):
+            raise ManifestError(
+                f"{path} holds a JSON {type(data).__name__}, not a routing-atlas manifest (an object): is "
+                f"{root} an atlas directory built by `atlas build`?"
+            )
         if data.get("format") != FORMAT:
             raise ManifestError(f"{path} is not a routing-atlas manifest (format={data.get('format')!r})")
         version = data.get("schema_version")
@@ -84,6 +193,13 @@ class Manifest:
                 f"{SCHEMA_VERSION}: build into a new directory (or use the routing-atlas release that made it)"
             )
         files = data.get("files", {})
+        unsafe = unsafe_entries(Path(root), {PurePosixPath(str(rel)).parts[0] for rel in files if str(rel)})
+        if unsafe:
+            more = f" (and {len(unsafe) - 1} more)" if len(unsafe) > 1 else ""
+            raise UnsafeAtlasError(
+                f"{root}: {unsafe[0]}{more}; an atlas holds only plain files, so it is refused. Remove it, "
+                "or rebuild into a new directory"
+            )
         for rel in files:
             parts = PurePosixPath(rel).parts
             # Paths come from a file anyone can edit: never let one point outside the atlas.
@@ -95,6 +211,7 @@ class Manifest:
             files=files,
             builds=data.get("builds", []),
             corpus_counts=data.get("corpus_counts", {}),
+            audits=data.get("audits", []),
             schema_version=version,
             code_version=data.get("code_version", "unknown"),
         )
@@ -112,9 +229,16 @@ class Manifest:
             "configs": self.configs(),
             "builds": self.builds,
             "corpus_counts": self.corpus_counts,
+            **({"audits": self.audits} if self.audits else {}),
         }
 
+    @staticmethod
+    def raw(root: Path) -> dict[str, Any]:
+        """manifest.json as written (its derived sections included), for the checks that compare them."""
+        return json.loads(AtlasLayout(root).manifest_path.read_text(encoding="utf-8"))
+
     def save(self, root: Path) -> None:
+        refuse_published_release(root, "rewriting its manifest.json")
         write_text_atomic(AtlasLayout(root).manifest_path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     # ---- content -------------------------------------------------------------------------------

@@ -93,12 +93,36 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.replace_schema_metadata(schema.metadata)
 
 
+def current_umask() -> int:
+    """The process's umask, read from /proc where it can be (setting it to read it races other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _temp_file(path: Path) -> Path:
-    """A new, empty temporary file next to `path` (creating its folder)."""
+    """A new, empty temporary file next to `path` (creating its folder), with the mode a plain `open` gives.
+
+    `mkstemp` makes its files 0600 whatever the umask: renamed into place they would be unreadable to
+    colleagues on shared storage, so the file gets 0666 minus the umask, as any other new file.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as error:
+        raise write_error(path, error) from error
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except OSError as error:
+        os.close(fd)
+        Path(tmp_name).unlink(missing_ok=True)
         raise write_error(path, error) from error
     os.close(fd)
     return Path(tmp_name)
@@ -118,22 +142,16 @@ def _sync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-WEIGHTS_LEAF = "weights.list.element.list.element"
-
-
 def routing_encodings(schema: pa.Schema) -> dict:
-    """Parquet encodings for routing configs: float16 weights byte-stream-split (13% smaller at R1's shape,
-    measured by bench/bench_build.py), which Parquet ignores while a column is dictionary-encoded.
+    """Parquet encodings for routing configs: dictionaries on every column, the float16 `weights` included.
 
-    Leaf paths are needed: naming the top-level `weights` column would not reach its values.
+    Every reader researchers use must read every config: DuckDB (and so the Hub's SQL console and viewer
+    search) refuses BYTE_STREAM_SPLIT on float16 ("only supported for FLOAT, DOUBLE, INT32 or INT64"), which
+    the weights were written with before. Of the encodings all readers take, a dictionary is the smallest
+    (gate weights in [0, 2.5] take few distinct float16 values): `make bench` (bench/bench_encoding.py)
+    reports the bytes per entry of each, and what readability costs against BYTE_STREAM_SPLIT.
     """
-    if "weights" not in schema.names or "experts" not in schema.names:
-        return {}
-    dictionary = [name for name in schema.names if name != "weights"]
-    return {
-        "use_dictionary": dictionary + ["experts.list.element.list.element"],
-        "use_byte_stream_split": [WEIGHTS_LEAF],
-    }
+    return {"use_dictionary": True}
 
 
 def write_parquet_atomic(table: pa.Table, path: Path, schema: pa.Schema) -> WrittenFile:

@@ -9,12 +9,14 @@ from typing import Any
 from atlas_build.atlas.schema import (
     check_slug,
 )
-from atlas_build.errors import BuildOptionsError
+from atlas_build.errors import AtlasError, BuildOptionsError
 
 # The user's corpora, by kind: the option that names the input (`atlas_build.corpora.CUSTOM_CORPORA` reads them).
 CUSTOM_CORPUS_INPUTS = {"wic": "wic", "swords": "swords", "jsonl": "texts", "text": "texts"}
 CORPORA = ("wordnet", "traces", *CUSTOM_CORPUS_INPUTS)
 WEIGHT_STORAGE = ("float16", "float32")
+# numpy's RandomState and torch.manual_seed both take seeds below 2**32 (torch wraps larger ones silently).
+SEED_LIMIT = 2**32
 
 
 @dataclass
@@ -33,7 +35,7 @@ class BuildConfig:
     swords: str | None = None
     texts: str | None = None
     text_column: str | None = None  # --corpus text: the column (field) holding the text; default "text"
-    seed: int = 0
+    seed: int = 0  # numpy and torch seeds: 0 <= seed < 2**32
     # Engine options.
     engine: str = "hf"
     revision: str | None = None
@@ -43,6 +45,10 @@ class BuildConfig:
     batch_size: int = 16
     trust_remote_code: bool = False
     random_init: bool = False
+    # The name recorded for the model (default: hub id, checkpoint folder name or built-in name; never a path).
+    model_id: str | None = None
+    # torch's CPU threads (None: chosen by engines.threads.choose_threads).
+    threads: int | None = None
     # Engine-specific keyword arguments, passed to the engine as they are (vllm: tensor_parallel_size).
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     # Storage: float16 halves the routing bytes; the order is taken from float32 before rounding.
@@ -57,6 +63,11 @@ class BuildConfig:
 
     def __post_init__(self):
         self.out = Path(self.out)
+        # A quoted '~/x' reaches us unexpanded: it means the home folder, never a folder named '~'.
+        for name in ("traces", "wordnet_dir", "wic", "swords", "texts"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(self, name, str(Path(value).expanduser()))
         if self.corpus not in CORPORA:
             raise BuildOptionsError(f"--corpus must be one of {CORPORA}, got {self.corpus!r}")
         if self.max_lemmas is not None and self.max_lemmas < 1:
@@ -79,9 +90,42 @@ class BuildConfig:
             )
         if self.corpus == "traces" and not self.traces:
             raise BuildOptionsError("--corpus traces needs --traces FILE.jsonl")
+        if self.traces and self.corpus != "traces":
+            raise BuildOptionsError(
+                f"--traces is read only with --corpus traces (this is a --corpus {self.corpus} build): add "
+                "--corpus traces, or leave out --traces"
+            )
+        if self.corpus != "wordnet":
+            for option, value in (("--max-lemmas", self.max_lemmas), ("--wordnet-dir", self.wordnet_dir)):
+                if value is not None:
+                    raise BuildOptionsError(
+                        f"{option} is an option of --corpus wordnet and does nothing with --corpus "
+                        f"{self.corpus}: leave it out"
+                    )
+        if self.random_init and self.device_map:
+            # from_config builds the twin on the CPU; a device map would be silently ignored.
+            raise BuildOptionsError(
+                "--random-init builds the twin in memory and cannot be spread with --device-map: use "
+                "--device cuda for one GPU, or materialize a random-init checkpoint and pass its directory"
+            )
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise BuildOptionsError(f"--seed must be between 0 and {SEED_LIMIT - 1}, got {self.seed}")
+        if self.threads is not None and self.threads < 1:
+            raise BuildOptionsError(f"--threads must be at least 1, got {self.threads}")
+        if self.engine == "vllm" and self.threads is not None:
+            raise BuildOptionsError(
+                "--threads sets the hf engine's CPU threads; vLLM runs on GPUs: leave it out"
+            )
         self._check_custom_inputs()
         if self.out.exists() and not self.out.is_dir():
             raise BuildOptionsError(f"--out {self.out} is a file; pass a directory for the atlas")
+        if self.model_id is not None:
+            from atlas_build.engines.checkpoint import check_model_id
+
+            try:
+                check_model_id(self.model_id)
+            except AtlasError as error:
+                raise BuildOptionsError(str(error)) from None
         if self.slug is not None:
             try:
                 check_slug(self.slug)
@@ -125,6 +169,7 @@ class BuildConfig:
             "random_init",
             "weights_dtype",
             "engine_kwargs",
+            "threads",
             "scores",
         )
         return {key: getattr(self, key) for key in keys}

@@ -76,14 +76,28 @@ def shard_table(engine, items: list[TextItem], schema: pa.Schema, weights_stored
     )
 
 
-def run_fingerprint(row: dict[str, Any], schema: pa.Schema) -> str:
-    """What a routing shard's bytes depend on besides its texts: the model, the compute dtype and the schema.
+def run_fingerprint(
+    row: dict[str, Any], schema: pa.Schema, config: BuildConfig | None = None, provenance=None
+) -> str:
+    """Everything a routing shard's bytes depend on besides its texts; part of the shard key.
 
-    Part of the shard key, so that resuming with another checkpoint under the same slug, another --dtype or
-    another --weights-dtype redoes the shards instead of mixing two runs in one config.
+    The model (id, revision, checkpoint hash, random-init seed), the engine and its numerics (compute
+    dtype, batch size: padding changes the float rounding, device and device map, engine arguments), the
+    libraries that compute it, and the schema (which holds --weights-dtype). Resuming with any of these
+    changed redoes the shards instead of mixing two runs in one config.
     """
     keys = ("model_id", "revision", "checkpoint_sha256", "engine", "dtype", "random_init", "seed")
-    identity = {key: row.get(key) for key in keys}
+    identity: dict[str, Any] = {key: row.get(key) for key in keys}
+    if config is not None:
+        identity.update(
+            batch_size=config.batch_size,
+            device=config.device,
+            device_map=config.device_map,
+            engine_kwargs=config.engine_kwargs,
+        )
+    for key in ("torch", "transformers", "vllm", "attention", "experts", "cuda_graphs", "moe_backend"):
+        if provenance and provenance.get(key) is not None:
+            identity[key] = provenance[key]
     return json.dumps({**identity, "schema": schema.to_string()}, sort_keys=True, default=str)
 
 
@@ -145,7 +159,7 @@ class ShardWorker:
 
 # ---- the build ------------------------------------------------------------------------------------
 def model_slug(config: BuildConfig) -> str:
-    return default_model_slug(config.model, config.random_init, config.slug)
+    return default_model_slug(config.model_id or config.model, config.random_init, config.slug)
 
 
 def merge_models_row(root: Path, manifest: Manifest, row: dict[str, Any]) -> pa.Table:
@@ -189,6 +203,8 @@ def make_engine(config: BuildConfig, load_weights: bool = True):
         random_init=config.random_init,
         seed=config.seed,
         load_weights=load_weights,
+        model_id=config.model_id,
+        threads=config.threads,
         **({"scores_top_m": config.scores} if config.scores is not None else {}),
         **config.engine_kwargs,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.lock import AtlasLock
-from atlas_build.atlas.manifest import Manifest
+from atlas_build.atlas.manifest import Manifest, refuse_published_release
 from atlas_build.atlas.schema import (
     MODELS,
     MODELS_SCHEMA,
@@ -31,6 +31,7 @@ from atlas_build.atlas.writer import (
     remove_temp_files,
 )
 from atlas_build.build.options import CUSTOM_CORPUS_INPUTS, BuildConfig, BuildStats
+from atlas_build.build.outdir import check_out_dir
 from atlas_build.build.shards import (
     ShardWorker,
     check_slug_free,
@@ -58,6 +59,7 @@ class BuildRun:
     engine: Any = None
     items: list[TextItem] = field(default_factory=list)
     row: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
     schema: pa.Schema | None = None
     tasks: list[ShardTask] = field(default_factory=list)
     finished: dict[int, WrittenFile] = field(default_factory=dict)
@@ -102,9 +104,16 @@ def run_build(config: BuildConfig, log=print) -> BuildStats:
 
 @contextmanager
 def prepare(config: BuildConfig, log: Callable[[str], None]) -> Iterator[BuildRun]:
-    """Create the directory, hold the atlas lock for the whole build, refuse unusable inputs and load the
-    model, all before anything is written. A build that fails before writing leaves no empty directory."""
-    root = config.out
+    """Check the output folder, create it, hold the atlas lock for the whole build, refuse unusable inputs
+    and load the model, all before anything is written.
+
+    A build that fails before writing removes only what it made itself and only when it is still empty
+    (`rmdir`, never a recursive removal): a folder another build has meanwhile locked or written into
+    stays as it is, whoever created it.
+    """
+    config.out = root = check_out_dir(config.out)
+    refuse_published_release(root, "building into it")
+    check_engine_and_executor(config)
     created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -126,13 +135,19 @@ def prepare(config: BuildConfig, log: Callable[[str], None]) -> Iterator[BuildRu
             run.engine = make_engine(config, load_weights=config.executor == "local")
             yield run
     except BaseException:
-        if (
-            created
-            and root.exists()
-            and not any(p for p in root.iterdir() if p.name != AtlasLayout(root).state_dir.name)
-        ):
-            shutil.rmtree(root, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                root.rmdir()  # fails, removing nothing, unless the folder is still empty
         raise
+
+
+def check_engine_and_executor(config: BuildConfig) -> None:
+    """An unknown --executor or --engine is refused before anything is written (not after the corpus step)."""
+    from atlas_build.engines import ENGINES
+
+    for registry, name in ((EXECUTORS, config.executor), (ENGINES, config.engine)):
+        if name not in registry:
+            raise BuildOptionsError(registry.unknown_message(name))
 
 
 def check_corpus_inputs(run: BuildRun) -> None:
@@ -161,7 +176,7 @@ def corpora(run: BuildRun) -> None:
 
     config, root = run.config, run.root
     if config.corpus == "wordnet":
-        if ensure_wordnet_corpora(config, run.manifest):
+        if ensure_wordnet_corpora(config, run.manifest, log=run.log):
             crash_point("corpus-written")
             run.manifest.save(root)
             crash_point("corpus-saved")
@@ -200,7 +215,9 @@ def plan(run: BuildRun) -> None:
         row["weights_dtype"],
         row.get("scores_top_m"),
     )
-    run_key = run_fingerprint(row, run.schema)
+    # Taken before routing (the engine frees its model after): what the shard key and the record say.
+    run.provenance = engine.provenance()
+    run_key = run_fingerprint(row, run.schema, config, run.provenance)
     size = config.texts_per_shard
     chunks = (run.items[i : i + size] for i in range(0, len(run.items), size))
     run.tasks = [
@@ -278,21 +295,26 @@ def build_record(run: BuildRun) -> dict[str, Any]:
     traces = config.corpus == "traces"
     custom = config.corpus in CUSTOM_CORPUS_INPUTS
     corpus = config.corpus_options()
+    existing = run.manifest.corpus_counts.get("options")
+    if config.corpus == "wordnet" and isinstance(existing, dict):
+        # The corpus an atlas holds was made by its first build: a random-init twin's --seed is its weights'.
+        corpus = {**corpus, **existing}
     if traces:
         corpus = {"corpus": "traces", "traces": Path(config.traces).name}
     elif custom:
         corpus = {"corpus": config.corpus, "input": Path(config.corpus_input()).name}
+    model = run.row["model_id"]  # portable: never the build machine's path of a local checkpoint
     return {
         "kind": "routing",
         "model_slug": run.row["model_slug"],
-        "model": config.model,
+        "model": model,
         "corpus": corpus,
-        "engine": config.engine_options(),
+        "engine": {**config.engine_options(), "provenance": run.provenance},
         "model_notes": run.engine.model_notes(),
         "code_version": run.manifest.code_version,
         "stats": {"texts": stats.texts, "tokens_routed": stats.tokens, "seconds": round(stats.seconds, 2)},
         "summary": (
-            f"atlas build --model {config.model} --corpus {config.corpus} --engine {config.engine} "
+            f"atlas build --model {model} --corpus {config.corpus} --engine {config.engine} "
             f"--dtype {config.dtype} --seed {config.seed}"
             + (f" --max-lemmas {config.max_lemmas}" if config.max_lemmas else "")
             + (" --random-init" if config.random_init else "")

@@ -22,22 +22,30 @@ from atlas_build.errors import BuildOptionsError
 
 
 def wordnet_corpora_present(config: BuildConfig, manifest: Manifest) -> bool:
-    """Whether the atlas already holds the WordNet corpora; refuses a conflicting --max-lemmas."""
+    """Whether the atlas already holds the WordNet corpora; refuses corpus options (--max-lemmas, --seed)
+    that differ from the ones they were built with."""
     existing = manifest.corpus_counts.get("options")
     if existing is not None and SENSES in manifest.configs():
-        # Every model of an atlas routes the same texts: the corpus of the first build is reused, and a
-        # conflicting --max-lemmas is refused rather than silently mixing two corpora.
-        if config.max_lemmas is not None and config.max_lemmas != existing.get("max_lemmas"):
-            raise BuildOptionsError(
-                f"{config.out} holds WordNet corpora built with --max-lemmas {existing.get('max_lemmas')}, "
-                f"not {config.max_lemmas}: every model of an atlas routes the same texts, so build into a new "
-                "directory, or leave out --max-lemmas to reuse the atlas's corpus"
-            )
+        # Every model of an atlas routes the same texts: the corpus of the first build is reused, and
+        # conflicting corpus options are refused rather than silently ignored (the build record would
+        # claim them) or mixing two corpora.
+        wanted = config.corpus_options()
+        for key, flag in (("max_lemmas", "--max-lemmas"), ("seed", "--seed")):
+            if key == "max_lemmas" and config.max_lemmas is None:
+                continue  # left out: reuse the atlas's
+            if key == "seed" and config.random_init:
+                continue  # --seed seeds the random-init twin's weights; the corpus is reused as it is
+            if key in existing and wanted[key] != existing[key]:
+                raise BuildOptionsError(
+                    f"{config.out} holds WordNet corpora built with {flag} {existing[key]}, not "
+                    f"{wanted[key]}: every model of an atlas routes the same texts, so build into a new "
+                    f"directory, or pass {flag} {existing[key]} to reuse the atlas's corpus"
+                )
         return True
     return False
 
 
-def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> bool:
+def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest, log=None) -> bool:
     """Write senses, sense-pairs and substitutions unless the atlas already holds them (same options).
 
     Returns:
@@ -48,7 +56,11 @@ def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest) -> bool:
     if wordnet_corpora_present(config, manifest):
         return False
     tables = build_wordnet_corpora(
-        wordnet_dir=config.wordnet_dir, max_lemmas=config.max_lemmas, seed=config.seed
+        wordnet_dir=config.wordnet_dir,
+        max_lemmas=config.max_lemmas,
+        seed=config.seed,
+        progress=config.progress,
+        log=log,
     )
     crash_point("corpus-before-write")
     for name in (SENSES, SENSE_PAIRS, SUBSTITUTIONS):

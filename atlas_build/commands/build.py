@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import click
@@ -42,7 +44,29 @@ from atlas_build.commands._options import model_loading_options
 @model_loading_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed for sampling pairs and random-init twins."
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    show_default=True,
+    help="Seed for sampling pairs and random-init twins.",
+)
+@click.option(
+    "--model-id",
+    default=None,
+    help="Name recorded for the model (default: hub id, checkpoint folder name or built-in name).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch CPU threads (default: 1 for small models, else the CPUs this process may use).",
+)
+@click.option(
+    "--engine-arg",
+    "engine_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="vllm engine: keyword argument of vllm.LLM (repeatable), e.g. enforce_eager=false; VALUE is JSON or text.",
 )
 @click.option(
     "--weights-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True
@@ -98,6 +122,13 @@ def command(**options) -> None:
 
     progress = not options.pop("no_progress")
     engine_kwargs = {}
+    llm_kwargs = parse_engine_args(options.pop("engine_args"))
+    if llm_kwargs:
+        if options["engine"] != "vllm":
+            raise BuildOptionsError(
+                "--engine-arg passes arguments to vllm.LLM: it is an option of --engine vllm"
+            )
+        engine_kwargs["llm_kwargs"] = llm_kwargs
     tensor_parallel_size = options.pop("tensor_parallel_size")
     if tensor_parallel_size is not None:
         if options["engine"] != "vllm":
@@ -122,10 +153,42 @@ def command(**options) -> None:
     config = BuildConfig(
         progress=progress, engine_kwargs=engine_kwargs, executor_options=ray_options, **options
     )
-    stats = run_build(config, log=click.echo)
+    try:
+        stats = run_build(config, log=click.echo)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted: nothing is half-written. Run the same command again to resume: the finished shards "
+            f"in {config.out} are kept",
+            err=True,
+        )
+        sys.exit(130)
     rate = f"{stats.tokens_per_s:,.0f} tokens/s" if stats.tokens else "nothing new to route"
     click.echo(
         f"done: {stats.texts} texts, {stats.tokens} tokens routed ({rate}), "
         f"{stats.shards_written} shards written, {stats.shards_skipped} resumed; "
         f"atlas: {stats.files} files, {stats.bytes / 1e6:.1f} MB in {config.out}"
     )
+
+
+def parse_engine_args(pairs: tuple[str, ...]) -> dict:
+    """`("enforce_eager=false", "max_num_batched_tokens=8192")` -> `{"enforce_eager": False, ...}`.
+
+    VALUE is read as JSON when it parses (numbers, true/false, null, lists), else kept as text.
+    """
+    from atlas_build.errors import BuildOptionsError
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise BuildOptionsError(
+                f"--engine-arg {pair!r} is not KEY=VALUE (e.g. --engine-arg enforce_eager=false)"
+            )
+        if key in out:
+            raise BuildOptionsError(f"--engine-arg {key} is given twice")
+        try:
+            out[key] = json.loads(value)
+        except (ValueError, RecursionError):
+            out[key] = value
+    return out

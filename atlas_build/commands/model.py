@@ -26,18 +26,31 @@ def materialize(name: str, out_dir: Path, seed: int | None, overwrite: bool) -> 
         from atlas_build.errors import AtlasError
 
         raise AtlasError(Registry("built-in model", dict.fromkeys(BUILTIN, "")).unknown_message(name))
+    from atlas_build.errors import AtlasError
+
     module = BUILTIN[name]
-    if out_dir.exists() and not out_dir.is_dir():
-        from atlas_build.errors import AtlasError
-
-        raise AtlasError(f"{out_dir} is a file; pass a directory")
+    if str(out_dir).startswith("~"):
+        out_dir = out_dir.expanduser()
+    for parent in [out_dir.absolute(), *out_dir.absolute().parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == out_dir.absolute() else f"is below the file {parent}"
+                raise AtlasError(f"{out_dir} {where}; pass a directory")
+            break
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        from atlas_build.errors import AtlasError
-
         raise AtlasError(f"{out_dir} is not empty: pass --overwrite or choose another directory")
-    path = module.materialize(
-        out_dir, seed=module.DEFAULT_SEED if seed is None else seed, overwrite=overwrite
-    )
+    if seed is not None and not 0 <= seed < 2**32:
+        raise AtlasError(f"--seed must be between 0 and {2**32 - 1}, got {seed}")
+    try:
+        path = module.materialize(
+            out_dir, seed=module.DEFAULT_SEED if seed is None else seed, overwrite=overwrite
+        )
+    except OSError as error:
+        # A read-only file system, no permission, a full disk: the generator removed its temporary folder.
+        raise AtlasError(
+            f"cannot write {out_dir}: {error.strerror or error}; nothing was left behind: pass a folder you "
+            "can write to"
+        ) from None
     click.echo(f"wrote {name} (RANDOM-INIT) to {path}")
 
 

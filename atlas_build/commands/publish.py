@@ -23,8 +23,19 @@ import click
 @click.option("--repo-id", default=None, help="Hub dataset ORG/NAME: uploads the release and tags it vX.Y.Z.")
 @click.option("--private", is_flag=True, default=False, help="Create the Hub repo as private (if it is new).")
 @click.option("--dry-run", is_flag=True, help="Validate and print what would be published and what changed.")
+@click.option(
+    "--require-audit",
+    is_flag=True,
+    help="Refuse unless every routing config passed `atlas audit` on its current files.",
+)
 def command(
-    directory: Path, version: str, to: Path | None, repo_id: str | None, private: bool, dry_run: bool
+    directory: Path,
+    version: str,
+    to: Path | None,
+    repo_id: str | None,
+    private: bool,
+    dry_run: bool,
+    require_audit: bool,
 ) -> None:
     """Publish the atlas in DIRECTORY as version X.Y.Z, after it passes validation.
 
@@ -43,6 +54,7 @@ def command(
         dry_run=dry_run,
         private=private or None,
         log=click.echo,
+        require_audit=require_audit,
     )
     if result.dry_run:
         click.echo(f"dry run: would publish {result.tag} of {directory} to {result.destination}")

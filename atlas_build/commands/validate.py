@@ -36,14 +36,26 @@ def command(
 ) -> None:
     """Validate the atlas in DIRECTORY: schema, keys, references, routing rules, manifest checksums.
 
-    Prints one line per (config, check) with a few failing examples, writes DIR/validation.json, and exits
-    0 only when every check passes (1 when some check fails, 2 when DIRECTORY is not an atlas).
+    Also checks what the atlas claims: the card against the manifest and a fresh rendering, the random-init
+    labels, the manifest's derived sections, a fresh tokenization of the texts (tokenizers are loaded
+    without running any code of theirs). Prints one line per (config, check) with a few failing examples,
+    writes DIR/validation.json (never into a published release: pass --json elsewhere), and exits 0 only
+    when every check passes (1 when some check fails, 2 when DIRECTORY is not an atlas).
     """
-    from atlas_build.atlas.manifest import ManifestError
+    from atlas_build.atlas.manifest import ManifestError, published_release, refuse_published_release
     from atlas_build.commands.verify import classify, format_table, temp_files
-    from atlas_build.models import load_tokenizer
+    from atlas_build.models import checkpoint_marker, load_tokenizer
     from validation import AtlasNotFoundError, run_validation, verify_files
     from validation.runner import REPORT_NAME
+
+    report_path = json_path or directory / REPORT_NAME
+    release = published_release(directory) if directory.is_dir() else None
+    if release is not None and json_path is None:
+        report_path = None  # a published release is validated, never written into
+    elif release is not None:
+        target = report_path.resolve().parent
+        if target == directory.resolve() or directory.resolve() in target.parents:
+            refuse_published_release(directory, f"writing {report_path}")
 
     # `atlas verify` first: damaged or unfinished files make every later check meaningless.
     try:
@@ -59,12 +71,18 @@ def command(
         )
     try:
         report = run_validation(
-            directory, hashes=not no_hashes, tokenizers=not no_tokenizer, tokenizer_loader=load_tokenizer
+            directory,
+            hashes=not no_hashes,
+            tokenizers=not no_tokenizer,
+            tokenizer_loader=load_tokenizer,
+            checkpoint_marker=checkpoint_marker,
         )
     except AtlasNotFoundError as error:
         click.echo(f"atlas validate: {error}", err=True)
         sys.exit(EXIT_NOT_AN_ATLAS)
     click.echo(report.render_table(max_examples=examples, only_problems=problems_only))
-    written = report.write(json_path or directory / REPORT_NAME)
-    click.echo(f"report written to {written}")
+    if report_path is None:
+        click.echo(f"report not written: {directory} is a published release (pass --json PATH to keep it)")
+    else:
+        click.echo(f"report written to {report.write(report_path)}")
     sys.exit(0 if report.passed else EXIT_FAILED)

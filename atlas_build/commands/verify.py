@@ -1,4 +1,5 @@
-"""`atlas verify DIR`: recompute every data file's checksum and compare the files with `manifest.json`."""
+"""`atlas verify DIR`: recompute every data file's checksum and compare the files with `manifest.json`; the card's
+configs with the manifest; a release's `release.json` with its manifest; tell an unfinished build from damage."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import click
 
 # Exit status when files disagree with the manifest (2 stays "the command could not run": AtlasError).
 EXIT_PROBLEMS = 1
-# Order of the table, worst first.
-STATUSES = ("missing", "truncated", "altered", "unexpected")
+# Order of the table, worst first. stale: a card or release record that no longer describes the files.
+STATUSES = ("missing", "truncated", "altered", "unexpected", "stale")
 
 
 def classify(problems) -> list[tuple[str, str, str]]:
@@ -61,6 +62,104 @@ def temp_files(root: Path) -> list[tuple[str, str, str]]:
     ]
 
 
+def card_rows(root: Path, manifest) -> list[tuple[str, str, str]]:
+    """The card's `configs:` against the manifest: a card written before a step that then failed (a full disk)
+    misses the step's configs."""
+    from atlas_build.atlas.layout import CARD
+    from validation.claims import card_configs_problems, read_card
+
+    text, meta, problem = read_card(root)
+    if text is None:
+        return []
+    problems = [problem] if problem else card_configs_problems(root, manifest, meta)
+    return [("stale", CARD, p) for p in problems[:5]]
+
+
+def release_rows(root: Path) -> list[tuple[str, str, str]]:
+    """A published release's `release.json` (and validation.json) against its manifest.json."""
+    import json
+
+    from atlas_build.atlas.layout import MANIFEST
+    from atlas_build.atlas.manifest import RELEASE_MARKER, Manifest, published_release
+    from atlas_build.atlas.writer import sha256_file
+
+    if published_release(root) is None:
+        return []
+    try:
+        release = json.loads((root / RELEASE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return [("altered", RELEASE_MARKER, f"not readable JSON ({error})")]
+    digest = sha256_file(root / MANIFEST)
+    rows = []
+    if release.get("manifest_sha256") != digest:
+        rows.append(
+            (
+                "altered",
+                MANIFEST,
+                f"sha256 {_short(digest)}, release.json says {_short(release.get('manifest_sha256'))}",
+            )
+        )
+    try:
+        validation = json.loads((root / "validation.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        validation = None
+    if validation is None:
+        rows.append(("missing", "validation.json", "a release holds the report of its validation"))
+    elif validation.get("manifest_sha256") != release.get("manifest_sha256"):
+        rows.append(("stale", "validation.json", "validated another manifest.json than release.json names"))
+    configs = Manifest.load(root).configs()
+    recorded = release.get("configs") or {}
+    for name in sorted(set(configs) | set(recorded)):
+        have, said = configs.get(name), recorded.get(name) or {}
+        if have is None or have["rows"] != said.get("rows") or len(have["files"]) != said.get("files"):
+            rows.append(
+                (
+                    "stale",
+                    RELEASE_MARKER,
+                    f"{name}: {said.get('rows')} rows in {said.get('files')} files, the manifest "
+                    + (
+                        f"{have['rows']} rows in {len(have['files'])} files" if have else "has no such config"
+                    ),
+                )
+            )
+    return rows
+
+
+def unfinished_build(root: Path) -> str | None:
+    """Why the atlas is mid-build, or None: the lock file of a build that is running, or that never
+    released it (killed). A build that ends in any other way removes it."""
+    import fcntl
+    import json
+    import os
+    import time
+
+    from atlas_build.atlas.layout import AtlasLayout
+
+    path = AtlasLayout(root).state_dir / "lock"
+    try:
+        owner = json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(owner, dict):
+        return None
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started") or 0))
+    who = f"pid {owner.get('pid')} on {owner.get('host')!r}, started {started}"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return f"a build is writing it now ({who}): wait for it to finish"
+    finally:
+        os.close(fd)  # closing drops the lock we may have taken
+    return (
+        f"a build of it was interrupted ({who}): rerun the same `atlas build` command to finish it; "
+        "it keeps the finished shards"
+    )
+
+
 def _short(value) -> str:
     text = str(value)
     return text[:12] + "…" if len(text) == 64 else text  # sha256 hex digests
@@ -79,8 +178,11 @@ def command(directory: Path) -> None:
     """Check that the atlas in DIRECTORY is exactly what its manifest.json lists.
 
     Recomputes the sha256 of every data file and reports, in a table, files that are truncated, altered,
-    missing, or unexpected (not in the manifest; e.g. left by an interrupted build). Exits 0 when every
-    file matches, 1 otherwise (2 when DIRECTORY is not a readable atlas).
+    missing, or unexpected (not in the manifest; e.g. left by an interrupted build), a card whose configs
+    are not the manifest's, and for a published release a release.json or validation.json that names
+    another manifest. Says whether a build is unfinished (rerun it) rather than the atlas damaged. Symbolic
+    links and hidden files in the data folders are refused. Exits 0 when everything matches, 1 otherwise
+    (2 when DIRECTORY is not a readable atlas).
     """
     from atlas_build.atlas.manifest import Manifest, ManifestError
     from atlas_build.errors import AtlasError
@@ -91,6 +193,9 @@ def command(directory: Path) -> None:
     try:
         manifest = Manifest.load(directory)
     except ManifestError as error:
+        unfinished = unfinished_build(directory)
+        if unfinished:  # killed before its first manifest, or while writing it: nothing is damaged
+            raise AtlasError(f"{directory} is not finished, not damaged: {unfinished}") from error
         if isinstance(error.__cause__, (OSError, ValueError)):
             raise AtlasError(
                 f"{directory}/manifest.json is damaged ({error.__cause__}): the atlas cannot be verified. "
@@ -98,17 +203,30 @@ def command(directory: Path) -> None:
             ) from error
         raise
     rows = classify(verify_files(directory, manifest, hashes=True)) + temp_files(directory)
+    rows += card_rows(directory, manifest) + release_rows(directory)
+    rows.sort(key=lambda r: (STATUSES.index(r[0]), r[1]))
+    unfinished = unfinished_build(directory)
     n_files = len(manifest.files)
     if not rows:
         click.echo(f"ok: the {n_files} data files of {directory} match manifest.json (sha256, bytes, rows)")
+        if unfinished:
+            click.echo(f"note: {unfinished}", err=True)
         return
     click.echo(format_table(rows))
     counts = ", ".join(
         f"{sum(r[0] == s for r in rows)} {s}" for s in STATUSES if any(r[0] == s for r in rows)
     )
-    click.echo(
-        f"\n{directory}: {counts} (manifest lists {n_files} data files). Do not publish it. If a build was "
-        "interrupted, rerun the same `atlas build` command to finish it; otherwise rebuild the damaged configs.",
-        err=True,
-    )
+    if unfinished:
+        advice = f"Not finished, not damaged: {unfinished}. Do not publish it until then."
+    elif all(r[1] == "README.md" for r in rows):
+        advice = (
+            "The card does not describe the data (a build that failed while writing it?): rerun the same "
+            f"`atlas build` command, or `atlas card {directory}`. Do not publish it until then."
+        )
+    else:
+        advice = (
+            "Do not publish it. If a build was interrupted, rerun the same `atlas build` command to finish it; "
+            "otherwise rebuild the damaged configs (a published release: restore it from its source)."
+        )
+    click.echo(f"\n{directory}: {counts} (manifest lists {n_files} data files). {advice}", err=True)
     click.get_current_context().exit(EXIT_PROBLEMS)

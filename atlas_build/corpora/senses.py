@@ -146,15 +146,16 @@ def _polysemous_lemmas(wn: WordNetCorpusReader) -> Iterable[tuple[str, str]]:
                 yield lemma, pos
 
 
-def build_senses(wn: WordNetCorpusReader, max_lemmas: int | None = None) -> pa.Table:
+def build_senses(wn: WordNetCorpusReader, max_lemmas: int | None = None, progress: bool = False) -> pa.Table:
     """Build the `senses` table (:data:`SENSES_SCHEMA`), sorted by lemma, pos, sense_number, example.
 
     Args:
         wn: a WordNet reader (see :func:`atlas_build.corpora.wordnet.load_wordnet`).
-        max_lemmas: keep at most this many (lemma, pos) groups, for small corpora. Only groups with
-            examples of two or more senses are eligible, those that also give a same-sense pair (a sense
-            with two examples) first; within each tier the order is a fixed hash of "lemma.pos", which
-            spreads the choice over the alphabet and the parts of speech. None keeps every group.
+        max_lemmas: keep at most this many (lemma, pos) groups, the first of :func:`lemma_order` (groups
+            with examples of two or more senses and a same-sense pair first; within each tier a fixed hash
+            of "lemma.pos", which spreads the choice over the alphabet and the parts of speech). None keeps
+            every group.
+        progress: show a progress bar over the polysemous lemmas (the scan takes seconds).
 
     Returns:
         One row per (lemma, synset, example sentence) where the sentence contains the lemma; example_id
@@ -170,7 +171,12 @@ def build_senses(wn: WordNetCorpusReader, max_lemmas: int | None = None) -> pa.T
     source = f"wordnet-{wordnet_version(wn)}:example"
     morph = Morphology(wn)
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for lemma, pos in _polysemous_lemmas(wn):
+    lemmas = _polysemous_lemmas(wn)
+    if progress:
+        from tqdm.auto import tqdm
+
+        lemmas = tqdm(list(lemmas), unit="lemma", desc="WordNet senses", leave=False)
+    for lemma, pos in lemmas:
         synsets = lemma_synsets(wn, lemma, pos)
         if len(synsets) < 2:
             continue
@@ -213,16 +219,24 @@ def build_senses(wn: WordNetCorpusReader, max_lemmas: int | None = None) -> pa.T
     return pa.Table.from_pylist(rows, schema=SENSES_SCHEMA)
 
 
-def _select_groups(groups: dict[tuple[str, str], list[dict]], max_lemmas: int) -> list[tuple[str, str]]:
-    """The `max_lemmas` (lemma, pos) groups a small corpus keeps (see :func:`build_senses`)."""
+def lemma_order(groups: dict[tuple[str, str], list[dict]]) -> list[tuple[str, str]]:
+    """Every (lemma, pos) group in the order small corpora take them: `--max-lemmas N` keeps the first N,
+    and N >= len(groups) keeps them all, as no `--max-lemmas` does.
+
+    Tiers: examples of 2 or more senses with a same-sense pair (a sense with two examples), then examples
+    of 2 or more senses, then examples of one sense only; within a tier a fixed hash of "lemma.pos".
+    """
     ranked = []
     for (lemma, pos), rows in groups.items():
         per_sense: dict[str, int] = defaultdict(int)
         for row in rows:
             per_sense[row["synset"]] += 1
-        if len(per_sense) < 2:
-            continue
-        pairable = max(per_sense.values()) >= 2
-        ranked.append((not pairable, stable_hash(lemma, pos), lemma, pos))
+        tier = 2 if len(per_sense) < 2 else 0 if max(per_sense.values()) >= 2 else 1
+        ranked.append((tier, stable_hash(lemma, pos), lemma, pos))
     ranked.sort()
-    return [(lemma, pos) for _, _, lemma, pos in ranked[:max_lemmas]]
+    return [(lemma, pos) for _, _, lemma, pos in ranked]
+
+
+def _select_groups(groups: dict[tuple[str, str], list[dict]], max_lemmas: int) -> list[tuple[str, str]]:
+    """The `max_lemmas` (lemma, pos) groups a small corpus keeps (see :func:`lemma_order`)."""
+    return lemma_order(groups)[:max_lemmas]

@@ -96,6 +96,16 @@ class FormattedTrace:
 
 
 # ---- reading ----------------------------------------------------------------------------------------
+def _unique_keys(pairs):
+    """`json.loads` object hook: a key given twice is an error (JSON keeps the last one silently)."""
+    record = {}
+    for key, value in pairs:
+        if key in record:
+            raise ValueError(f"key {key!r} appears twice in one record")
+        record[key] = value
+    return record
+
+
 def read_traces(path: str | Path) -> list[Trace]:
     """Read and check a whole traces file; raise `TracesInputError` naming the file and line on bad input."""
     path = Path(path)
@@ -114,9 +124,13 @@ def read_traces(path: str | Path) -> list[Trace]:
             continue
         where = f"{path}, line {number}"
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as error:
             raise TracesInputError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise TracesInputError(f"{where}: nested too deeply to be a trace record") from None
+        except ValueError as error:  # a key given twice (_unique_keys)
+            raise TracesInputError(f"{where}: {error}") from None
         trace = _trace_from_record(record, number, where)
         if trace.id in first_line:
             raise TracesInputError(

@@ -41,6 +41,11 @@ REQUIRED_FILES = tuple(
     f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv")
 ) + tuple(f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv"))
 
+REINSTALL_HINT = (
+    "reinstall it (`apt-get install --reinstall wordnet-base wordnet-sense-index`, or "
+    "`python -c \"import nltk; nltk.download('wordnet')\"`), or pass --wordnet-dir with an intact copy"
+)
+
 DEBIAN_DIRS = (Path("/usr/share/wordnet"), Path("/usr/share/wordnet/dict"))
 
 # The lexicographer files of WordNet 3.0, numbered 00..44 (lexnames(5WN)): name and syntactic category
@@ -211,8 +216,69 @@ def _authorise(folder: Path) -> None:
         nltk.data.path.append(str(folder))
 
 
+def _database_reader(location: Path):
+    """`read(name) -> bytes` of the database files at `location` (a folder or an nltk wordnet.zip)."""
+    if location.suffix != ".zip":
+        return lambda name: (location / name).read_bytes()
+    with zipfile.ZipFile(location) as zf:
+        members = {Path(n).name: n for n in zf.namelist() if not n.endswith("/")}
+
+    def read(name: str) -> bytes:
+        with zipfile.ZipFile(location) as zf:
+            return zf.read(members[name])
+
+    return read
+
+
+def check_database(location: Path) -> None:
+    """Refuse a damaged database: every synset offset that an index file names must start a record of the
+    data file (a truncated or overwritten `data.noun` fails here, not as a traceback mid-build).
+
+    Reads the eight index and data files once (~40 MB, well under a second); the exception lists are
+    checked for their final newline (a cut-off file).
+
+    Raises:
+        WordNetNotFoundError: the file that is damaged, and how to reinstall.
+    """
+    read = _database_reader(location)
+    damaged = f"WordNet at {location} is damaged"
+    INSTALL_HINT = REINSTALL_HINT  # noqa: N806 - every message below ends with it
+    try:
+        for pos in ("noun", "verb", "adj", "adv"):
+            index, data = read(f"index.{pos}"), read(f"data.{pos}")
+            for name, content in ((f"index.{pos}", index), (f"data.{pos}", data)):
+                if content and not content.endswith(b"\n"):
+                    raise WordNetNotFoundError(f"{damaged}: {name} is cut off mid-line; {INSTALL_HINT}")
+            for number, line in enumerate(index.splitlines(), start=1):
+                if line.startswith(b"  "):  # the licence header
+                    continue
+                fields = line.split()
+                try:
+                    offsets = fields[-int(fields[2]) :]
+                    starts = [int(offset) for offset in offsets]
+                except (IndexError, ValueError):
+                    raise WordNetNotFoundError(
+                        f"{damaged}: line {number} of index.{pos} is not an index entry; {INSTALL_HINT}"
+                    ) from None
+                for offset, start in zip(offsets, starts, strict=True):
+                    if data[start : start + len(offset)] != offset or (
+                        start and data[start - 1 : start] != b"\n"
+                    ):
+                        raise WordNetNotFoundError(
+                            f"{damaged}: index.{pos} points to synset {offset.decode()} of data.{pos}, which "
+                            f"{'ends before it' if start >= len(data) else 'has no record there'}; {INSTALL_HINT}"
+                        )
+        for pos in ("noun", "verb", "adj", "adv"):
+            content = read(f"{pos}.exc")
+            if content and not content.endswith(b"\n"):
+                raise WordNetNotFoundError(f"{damaged}: {pos}.exc is cut off mid-line; {INSTALL_HINT}")
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise WordNetNotFoundError(f"{damaged}: {error}; {INSTALL_HINT}") from None
+
+
 @functools.lru_cache(maxsize=8)
 def _load(location: Path) -> AtlasWordNetReader:
+    check_database(location)
     if location.suffix == ".zip":
         _authorise(location.parent)
         with zipfile.ZipFile(location) as zf:

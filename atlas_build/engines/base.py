@@ -68,6 +68,11 @@ class Engine(ABC):
     def tokenizer(self):
         """The model's tokenizer (a transformers tokenizer)."""
 
+    def provenance(self) -> dict[str, Any]:
+        """What produced the routing besides the checkpoint (library versions, device, dtype, attention and
+        MoE implementation, CUDA graphs or eager, batching), for the build record and the card."""
+        return {}
+
     def model_notes(self) -> list[str]:
         """Sentences for the dataset card about this model (what is verified, what is random-init)."""
         return []

@@ -131,8 +131,30 @@ def resolve_checkpoint(model: str, revision: str | None = None) -> tuple[Path, s
     return local_path, local_path.name, False
 
 
-def model_identity(model: str, revision: str | None = None) -> str:
-    """The name an atlas records for `--model`: the repository id for a hub id (the revision is recorded
-    apart), the name itself otherwise."""
+def model_identity(model: str, revision: str | None = None, model_id: str | None = None) -> str:
+    """The portable name an atlas records for `--model` (never a path of the build machine).
+
+    `model_id` (`--model-id`) when given; else the repository id for a hub id (the revision is recorded
+    apart), the checkpoint folder's name for a local directory (its `checkpoint_sha256` says which
+    weights), the name itself for a built-in model.
+    """
+    if model_id is not None:
+        return check_model_id(model_id)
     ref = parse_model_ref(model, revision)
-    return ref.name if ref.kind == "hub" else model
+    if ref.kind == "hub":
+        return ref.name
+    if ref.kind == "local":
+        return Path(ref.name).resolve().name or "model"
+    return model
+
+
+def check_model_id(model_id: str) -> str:
+    """A `--model-id` fit to publish: a name (`org/name` or `name`), not a path of this machine."""
+    if not model_id or model_id != model_id.strip() or any(c.isspace() or ord(c) < 32 for c in model_id):
+        raise ModelLoadError(f"--model-id {model_id!r} must be a name without spaces, e.g. my-org/my-moe")
+    if model_id.startswith(("/", "~", ".")) or "\\" in model_id or ".." in model_id.split("/"):
+        raise ModelLoadError(
+            f"--model-id {model_id!r} looks like a path; give the name the atlas should publish, e.g. "
+            "my-org/my-moe (the checkpoint's hash is recorded beside it)"
+        )
+    return model_id

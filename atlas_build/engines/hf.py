@@ -8,7 +8,6 @@ the LM head is never computed.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,13 @@ import numpy as np
 
 from atlas_build.engines.base import Engine, ModelLoadError, RoutingBatch
 from atlas_build.engines.checkpoint import model_identity, resolve_checkpoint
+from atlas_build.engines.checks import (
+    check_loading_info,
+    check_routing_spec,
+    check_weight_files,
+    read_config_json,
+)
+from atlas_build.engines.threads import choose_threads
 from atlas_build.errors import AtlasError
 from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for, decoder_config
 
@@ -51,12 +57,7 @@ def load_config(path: Path, trust_remote_code: bool):
     config_file = path / "config.json"
     if not config_file.exists():
         raise ModelLoadError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
-    try:
-        json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelLoadError(
-            f"{config_file} is corrupt (not valid JSON: {error}); re-download the checkpoint"
-        ) from error
+    read_config_json(config_file)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as error:
@@ -66,8 +67,37 @@ def load_config(path: Path, trust_remote_code: bool):
                 f"{path} needs custom code from the checkpoint; pass --trust-remote-code if you trust it"
             ) from error
         raise ModelLoadError(f"could not read {config_file}: {message.splitlines()[0]}") from error
-    except (OSError, KeyError, TypeError) as error:
-        raise ModelLoadError(f"could not read {config_file}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - config classes validate with their own error types
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelLoadError(f"could not read {config_file}: {first}") from error
+
+
+def library_versions(*names: str) -> dict[str, str | None]:
+    """Installed versions of the named distributions (None where one is not installed)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def routing_spec_of(adapter: RouterAdapter, config, path: Path):
+    """The adapter's routing spec of `config`, checked for consistency (see `checks.check_routing_spec`)."""
+    where = f"{path / 'config.json'}"
+    try:
+        spec = adapter.routing_spec(config)
+    except (TypeError, ValueError, AttributeError, KeyError) as error:
+        raise ModelLoadError(
+            f"{where}: the routing fields cannot be read ({type(error).__name__}: {error}); fix the config "
+            "or pass another checkpoint"
+        ) from None
+    # A multimodal wrapper (Llama 4, Qwen3.5-MoE) keeps its layer count in the text decoder's config.
+    check_routing_spec(spec, getattr(decoder_config(config), "num_hidden_layers", None), where)
+    return spec
 
 
 def resolve_dtype(config, dtype: str):
@@ -105,6 +135,8 @@ class HFEngine(Engine):
         random_init: build the architecture from its config with seeded random weights (a null model).
         load_weights: False builds the architecture on the meta device: enough for `model_row()` and the
             tokenizer (the driver of a distributed build), no memory, and it cannot route.
+        model_id: the name recorded for the model (default: see `checkpoint.model_identity`).
+        threads: torch's CPU threads (default: see `threads.choose_threads`).
         scores_top_m: M ≥ top_k: also capture, per token and MoE layer, the M experts of highest selection
             score and those scores (the router adapter's `selection_scores`); None: no scores.
     """
@@ -126,6 +158,8 @@ class HFEngine(Engine):
         random_init: bool = False,
         seed: int = 0,
         load_weights: bool = True,
+        model_id: str | None = None,
+        threads: int | None = None,
         scores_top_m: int | None = None,
     ):
         if dtype not in DTYPES:
@@ -134,7 +168,7 @@ class HFEngine(Engine):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         import torch
 
-        self.model_id = model_identity(model, revision)
+        self.model_id = model_identity(model, revision, model_id)
         self.batch_size = batch_size
         self.dtype_name = dtype
         self.random_init = random_init
@@ -147,7 +181,7 @@ class HFEngine(Engine):
         self.path = path
         self.config = load_config(path, trust_remote_code)
         self.adapter: RouterAdapter = adapter_for(self.config)
-        self.spec = self.adapter.routing_spec(self.config)
+        self.spec = routing_spec_of(self.adapter, self.config, path)
         self.scores_top_m = self._check_scores_top_m(scores_top_m)
         self._model = (
             self._load_model(path, dtype, device, device_map, trust_remote_code)
@@ -155,6 +189,10 @@ class HFEngine(Engine):
             else meta_model(self.config, dtype, trust_remote_code)
         )
         self.device = next(self._model.parameters()).device
+        n_params = sum(p.numel() for p in self._model.parameters())
+        self.threads, self.threads_reason = choose_threads(threads, n_params, self.device.type)
+        if load_weights:
+            torch.set_num_threads(self.threads)
         self._routers = self.adapter.router_modules(self._model)
         self._tokenizer = self._load_tokenizer(path, trust_remote_code)
         self._captured: list[list[tuple[Any, Any]]] = [[] for _ in self._routers]
@@ -179,13 +217,23 @@ class HFEngine(Engine):
                     trust_remote_code=trust_remote_code,
                 )
             else:
+                check_weight_files(path)
                 kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
                 if device_map:
                     kwargs["device_map"] = device_map
-                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except (OSError, RuntimeError, ValueError, KeyError) as error:
+                # Mismatched shapes are reported (and refused below, by name) rather than raised as
+                # transformers' generic "see the report above".
+                model, info = AutoModelForCausalLM.from_pretrained(
+                    path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+                )
+                own = {name.split(".")[0] for name in model.state_dict()}
+                check_loading_info(info, self.model_id, path, own)
+        except ModelLoadError:
+            raise
+        except Exception as error:  # noqa: BLE001 - torch, safetensors and accelerate raise their own types
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise ModelLoadError(
-                f"could not load the weights of {self.model_id} from {path}: {str(error).splitlines()[0]}"
+                f"could not load the weights of {self.model_id} from {path}: {first}"
             ) from error
         if not device_map:
             model = model.to(device)
@@ -296,6 +344,27 @@ class HFEngine(Engine):
             "seed": self.seed if self.random_init else self._builtin_info.get("seed"),
             "scores_top_m": self.scores_top_m,
         }
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the routing besides the checkpoint: library versions, device, numerics, batching."""
+        import torch
+
+        info = library_versions("torch", "transformers", "accelerate")
+        cuda = self.device.type == "cuda"
+        config = getattr(self._model, "config", self.config)
+        info.update(
+            device=torch.cuda.get_device_name(self.device) if cuda else self.device.type,
+            device_count=torch.cuda.device_count() if cuda else 1,
+            cuda=torch.version.cuda,
+            dtype=str(resolve_dtype(self.config, self.dtype_name)).removeprefix("torch."),
+            attention=getattr(config, "_attn_implementation", None) or "eager",
+            experts=getattr(config, "_experts_implementation", None) or "eager",
+            cuda_graphs=False,  # transformers runs eagerly
+            batch_size=self.batch_size,
+            threads=self.threads,
+            threads_reason=self.threads_reason,
+        )
+        return info
 
     def model_notes(self) -> list[str]:
         from atlas_build.models import BUILTIN

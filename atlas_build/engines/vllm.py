@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from atlas_build.engines.base import RoutingBatch
+from atlas_build.engines.checks import check_weight_files
 from atlas_build.engines.hf import (
     DTYPES,
     HFEngine,
@@ -46,6 +47,7 @@ from atlas_build.engines.hf import (
     meta_model,
     model_identity,
     resolve_checkpoint,
+    routing_spec_of,
 )
 from atlas_build.errors import AtlasError
 from atlas_build.routers import adapter_for
@@ -83,8 +85,10 @@ def _checked_rows(routed: Any, n_tokens: int, num_hidden_layers: int, n_moe: int
     """One prompt's array, checked for presence, shape and row count (no pass over its values)."""
     if routed is None:
         raise VLLMRoutingError(
-            f"vLLM returned no routed experts for {text}: this engine needs vllm>=0.32 started with "
-            "enable_return_routed_experts=True (and Model Runner V2, prefix caching on, no pipeline parallelism)"
+            f"vLLM returned no routed experts for {text}: either the request was preempted (vLLM drops a "
+            "preempted request's capture: give it more room, e.g. --engine-arg gpu_memory_utilization=0.95 or "
+            "--engine-arg max_num_seqs=64), or vLLM is older than 0.32 or was started without "
+            "enable_return_routed_experts=True, Model Runner V2 and prefix caching, or with pipeline parallelism"
         )
     array = np.asarray(routed)
     if array.ndim != 3 or array.shape[2] != top_k:
@@ -93,6 +97,10 @@ def _checked_rows(routed: Any, n_tokens: int, num_hidden_layers: int, n_moe: int
         )
     if not np.issubdtype(array.dtype, np.integer):
         raise VLLMRoutingError(f"vLLM's routed experts for {text} are {array.dtype}, not integer expert ids")
+    if np.issubdtype(array.dtype, np.unsignedinteger):
+        # vLLM stores ids as uint8 (<= 256 experts) or uint16: widen, so that sorting and the range and
+        # -1 checks below read them as numbers.
+        array = array.astype(np.int32)
     if array.shape[1] not in (num_hidden_layers, n_moe):
         raise VLLMRoutingError(
             f"vLLM's routed experts for {text} have {array.shape[1]} layers; the model has {num_hidden_layers} "
@@ -101,7 +109,8 @@ def _checked_rows(routed: Any, n_tokens: int, num_hidden_layers: int, n_moe: int
     rows = array.shape[0]
     if rows != n_tokens:
         why = (
-            "the last prompt token was dropped (a known bug of some vLLM versions: upgrade vLLM)"
+            "the last prompt token has no routing (the symptom of SGLang's bug #20964; from vLLM it means its "
+            "capture and the prompt disagree: check the vLLM version against requirements/vllm.txt)"
             if rows == n_tokens - 1
             else "vLLM's routing does not line up with the prompt"
         )
@@ -126,6 +135,14 @@ def _moe_ids(array: np.ndarray, num_hidden_layers: int, moe_layers, n_routed_exp
                 "does not match the model's MoE layers, so no layer can be trusted"
             )
         array = array[:, moe]
+    holes = (array == -1).all(axis=-1)
+    if holes.any():
+        token, layer = (int(x) for x in np.argwhere(holes)[0])
+        raise VLLMRoutingError(
+            f"vLLM returned -1 for every expert of MoE layer {moe[layer]} at {where(token)} ({int(holes.sum())} "
+            "(token, layer) rows in all): those are prefix-cache holes (tokens whose KV blocks came from the "
+            "prefix cache, left unfilled by vLLM 0.21); upgrade vLLM to the version in requirements/vllm.txt"
+        )
     if array.size and (array.min() < 0 or array.max() >= n_routed_experts):
         token = int(np.argwhere(((array < 0) | (array >= n_routed_experts)).any(axis=(1, 2)))[0, 0])
         raise VLLMRoutingError(
@@ -141,7 +158,8 @@ def _moe_ids(array: np.ndarray, num_hidden_layers: int, moe_layers, n_routed_exp
             raise VLLMRoutingError(
                 f"vLLM returned all-zero expert ids for MoE layer {moe[layer]} at {where(token)} "
                 f"({int(zero.sum())} (token, layer) rows in all): the capture buffer was never filled (a known "
-                "bug of some fused-MoE paths); upgrade vLLM or change the MoE backend"
+                "bug of some fused-MoE paths); upgrade vLLM, or select another MoE backend (vLLM's VLLM_*MOE* "
+                "environment variables) or run eagerly (--engine-arg enforce_eager=true)"
             )
         duplicate = ids[..., 1:] == ids[..., :-1]
         if duplicate.any():
@@ -299,6 +317,8 @@ class VLLMEngine(HFEngine):
         max_model_len: int | None = None,
         llm_kwargs: dict[str, Any] | None = None,
         load_weights: bool = False,  # vLLM loads its weights itself, on the first route
+        model_id: str | None = None,
+        threads: int | None = None,  # the hf engine's CPU threads; vLLM runs on GPUs
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -315,7 +335,7 @@ class VLLMEngine(HFEngine):
         if tensor_parallel_size < 1:
             raise VLLMOptionsError(f"--tensor-parallel-size must be at least 1, got {tensor_parallel_size}")
         import_vllm()  # fail here, with the install hint, not deep inside the first shard
-        self.model_id = model_identity(model, revision)
+        self.model_id = model_identity(model, revision, model_id)
         self.batch_size = batch_size
         self.dtype_name = dtype
         self.random_init = False
@@ -329,7 +349,10 @@ class VLLMEngine(HFEngine):
         self.path: Path = path
         self.config = load_config(path, trust_remote_code)
         self.adapter = adapter_for(self.config)
-        self.spec = self.adapter.routing_spec(self.config)
+        self.spec = routing_spec_of(self.adapter, self.config, path)
+        # vLLM reads the weights only when it starts (first route): a truncated file or a missing shard
+        # is refused now, before anything is written.
+        check_weight_files(path)
         # The hf engine's model_row counts parameters of `_model`: the meta-device architecture has them.
         self._model = meta_model(self.config, dtype, trust_remote_code)
         self._routers = self.adapter.router_modules(self._model)
@@ -337,6 +360,41 @@ class VLLMEngine(HFEngine):
         self._tokenizer = self._load_tokenizer(path, trust_remote_code)
         self._hooks = []
         self._llm = None
+        self.threads, self.threads_reason = None, "vLLM runs on GPUs"
+
+    def provenance(self) -> dict[str, Any]:
+        """Library versions, GPUs and the vLLM settings that decide the routing path (CUDA graphs or eager,
+        MoE backend, batching). Misaligned rows from fused shared experts (flashinfer#4894) hold valid,
+        distinct ids that no check can catch: this record is how such an atlas is found afterwards."""
+        from atlas_build.engines.hf import library_versions
+
+        info = library_versions("torch", "transformers", "accelerate", "vllm", "flashinfer-python")
+        info["flashinfer"] = info.pop("flashinfer-python")
+        try:
+            import torch
+
+            cuda = torch.cuda.is_available()
+            info.update(
+                device=torch.cuda.get_device_name(0) if cuda else None,
+                device_count=torch.cuda.device_count() if cuda else 0,
+                cuda=torch.version.cuda,
+            )
+        except ImportError:  # pragma: no cover - torch comes with vLLM
+            pass
+        arguments = self.llm_arguments()
+        info.update(
+            dtype=self.dtype_name,
+            attention=os.environ.get("VLLM_ATTENTION_BACKEND") or "vllm default",
+            cuda_graphs=not arguments.get("enforce_eager", False),
+            moe_backend={k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_") and "MOE" in k}
+            or "vllm default",
+            tensor_parallel_size=self.tensor_parallel_size,
+            batch_size=None,
+            max_num_batched_tokens=arguments.get("max_num_batched_tokens"),
+            max_num_seqs=arguments.get("max_num_seqs"),
+            engine_args={k: v for k, v in self.llm_kwargs.items()},
+        )
+        return info
 
     @property
     def max_length(self) -> int | None:

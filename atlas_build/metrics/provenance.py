@@ -61,6 +61,16 @@ def _safe(rel: str) -> bool:
     return bool(parts) and not PurePosixPath(rel).is_absolute() and ".." not in parts
 
 
+def _linked(root: Path, rel: str) -> bool:
+    """Whether `rel` or a folder on its way below `root` is a symbolic link."""
+    path = root
+    for part in PurePosixPath(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            return True
+    return False
+
+
 class Provenance:
     """The manifest of SOURCE and the check of the files of the configs the metrics read."""
 
@@ -123,6 +133,9 @@ class Provenance:
             path = self.root / rel
             if not _safe(rel):
                 problems.append(f"{rel} (a path outside the atlas)")
+            elif _linked(self.root, rel):
+                # A link can point anywhere (another atlas, /etc/passwd): the data must be the atlas's own.
+                problems.append(f"{rel} (a symbolic link)")
             elif not path.is_file():
                 problems.append(f"{rel} (missing)")
             elif sha256_of(path) != expected:

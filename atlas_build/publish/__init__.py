@@ -15,7 +15,8 @@ A release is a folder that `datasets.load_dataset` opens, built once and never m
 
 `--to PATH` keeps releases side by side (`PATH/v0.1.0/`, `PATH/v0.2.0/`, ...) with an index
 (`PATH/releases.json`, `PATH/README.md`); a release is staged in a hidden folder of PATH and renamed into
-place, so a failed publish leaves nothing behind. `--repo-id` uploads the same folder with `HfApi` and tags
+place, so a failed publish leaves nothing behind. A publish holds PATH's lock (`PATH/.publish.lock`), removes
+the staging folders of killed publishes and repairs an index that does not list every release folder. `--repo-id` uploads the same folder with `HfApi` and tags
 the commit `vX.Y.Z`; the token is whatever `HfApi` finds (HF_TOKEN or `hf auth login`) and never passes
 through this module.
 
@@ -27,6 +28,7 @@ Modules, one per role (each names what it may import):
   staging.py    the validation gate and the staged release folder (both targets use it)
   local.py      the `--to PATH` target and its index
   hub.py        the `--repo-id` target
+  audits.py     `--require-audit`: every routing config passed `atlas audit` on its current files
 
 Layering: publishing stands above validation and the cards; neither imports this package.
 """

@@ -16,6 +16,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 from atlas_build.atlas.layout import MANIFEST
+from atlas_build.publish.audits import require_audits
 from atlas_build.publish.base import CHANGELOG, RELEASE_JSON, REPO_TYPE, PublishError, VersionError
 from atlas_build.publish.snapshots import Snapshot, snapshot_of_metadata
 from atlas_build.publish.staging import (
@@ -73,6 +74,7 @@ def publish_hub(
     log: Callable[[str], None] = print,
     released: str | None = None,
     api=None,
+    require_audit: bool = False,
 ) -> PublishResult:
     """Publish the atlas at `source` to the Hub dataset `repo_id` and tag the commit `v<version>`.
 
@@ -90,7 +92,9 @@ def publish_hub(
     parsed = Version.parse(version)
     if not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", repo_id or ""):
         raise PublishError(f"--repo-id {repo_id!r} is not a Hub id ORG/NAME")
-    check_source(source)
+    manifest = check_source(source)
+    if require_audit:
+        require_audits(source, manifest)
     api = api if api is not None else HfApi()
     existing = hub_versions(api, repo_id)
     if parsed in existing:

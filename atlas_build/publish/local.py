@@ -6,15 +6,19 @@ May import: `publish.{base,versions,snapshots,staging}`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from atlas_build.atlas.writer import write_text_atomic
+from atlas_build.publish.audits import require_audits
 from atlas_build.publish.base import (
     INDEX_FORMAT,
     RELEASE_JSON,
@@ -54,6 +58,76 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+LOCK_FILE = ".publish.lock"
+LOCK_TIMEOUT_S = 3600.0
+
+
+@contextlib.contextmanager
+def releases_lock(
+    path: Path, timeout: float = LOCK_TIMEOUT_S, log: Callable[[str], None] = print
+) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path/.publish.lock`: one publish to a folder of releases at a time, so
+    the second of two concurrent publishes sees the first's release (its changelog's previous version). The
+    kernel drops the lock when the holder exits in any way, so a killed publish never blocks the next."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise PublishError(
+                        f"another `atlas publish` to {path} holds {path / LOCK_FILE}: wait for it to finish and "
+                        "publish again"
+                    ) from None
+                if not waited:
+                    log(f"waiting for another `atlas publish` to {path} to finish ...")
+                    waited = True
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def clean_staging(path: Path, log: Callable[[str], None] = print) -> list[Path]:
+    """Remove the staging folders that killed publishes left in `path` (only while holding its lock)."""
+    removed = []
+    for leftover in sorted(Path(path).glob(f"{STAGING_PREFIX}*")):
+        if leftover.is_dir() and not leftover.is_symlink():
+            for folder, _, _ in os.walk(leftover):  # sealed copies are read-only folders' files
+                os.chmod(folder, 0o755)
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+    if removed:
+        log(f"removed {len(removed)} staging folder(s) left by an interrupted publish in {path}")
+    return removed
+
+
+def index_is_stale(path: Path) -> bool:
+    """Whether `path/releases.json` does not list exactly the published release folders (those holding their
+    release.json: a publish killed between its rename and its index leaves such a folder unlisted)."""
+    published = sorted(str(v) for v in local_versions(path) if (Path(path) / v.tag / RELEASE_JSON).is_file())
+    if not published:
+        return False
+    index = read_json(Path(path) / RELEASES_INDEX) or {}
+    listed = sorted(r.get("version") for r in index.get("releases") or [] if isinstance(r, dict))
+    return listed != published
+
+
+def repair_index(path: Path, log: Callable[[str], None] = print) -> bool:
+    """Rewrite `path/releases.json` (and README.md) when it is stale (`index_is_stale`); returns whether it was
+    repaired. Only while holding the folder's lock."""
+    if not index_is_stale(path):
+        return False
+    write_index(path)
+    log(f"repaired {Path(path) / RELEASES_INDEX}: it did not list every release folder")
+    return True
+
+
 def publish_local(
     source: Path,
     version: str,
@@ -63,27 +137,47 @@ def publish_local(
     validate: Callable[[Path], Any] | None = None,
     log: Callable[[str], None] = print,
     released: str | None = None,
+    require_audit: bool = False,
+    lock_timeout: float = LOCK_TIMEOUT_S,
 ) -> PublishResult:
     """Publish the atlas at `source` as `path/v<version>/`, next to earlier releases.
+
+    Holds `path`'s publish lock throughout (a dry run writes nothing and takes none); first removes staging
+    leftovers of killed publishes and repairs a stale index.
 
     Raises:
         VersionError: `version` is not semver, or `path/v<version>` exists.
         ValidationFailed: the atlas fails validation.
-        PublishError: anything else that stops the release; nothing is left behind.
+        PublishError: anything else that stops the release (another publish holds the lock past
+            `lock_timeout`, `require_audit` without a passing audit of the current routing); nothing is
+            left behind.
     """
     source, path = Path(source), Path(path)
-    validate = validate or run_validation_gate
     parsed = Version.parse(version)
-    check_source(source)
+    manifest = check_source(source)
     if path.exists() and not path.is_dir():
         raise PublishError(f"--to {path} is a file: pass a folder of releases")
     if _inside(path, source):
         raise PublishError(f"--to {path} is inside the atlas {source}: publish to a folder outside it")
+    if require_audit:
+        require_audits(source, manifest)
+    # Writes nothing, so it takes no lock: a dry run, or an existing version refused with a true index.
+    if dry_run or ((path / parsed.tag).exists() and not index_is_stale(path)):
+        return _publish_local(source, parsed, path, dry_run, validate, log, released)
+    with releases_lock(path, lock_timeout, log):
+        clean_staging(path, log)
+        repaired = repair_index(path, log)
+        return _publish_local(source, parsed, path, dry_run, validate, log, released, repaired)
+
+
+def _publish_local(source, parsed, path, dry_run, validate, log, released, repaired=False) -> PublishResult:
+    validate = validate or run_validation_gate
     existing = local_versions(path)
     final = path / parsed.tag
     if parsed in existing or final.exists() or os.path.lexists(final):
         raise VersionError(
             f"{parsed.tag} already exists at {final}: a published version never changes; publish a new version"
+            + (" (releases.json did not list it: it is repaired)" if repaired else "")
         )
     prev = previous_version(existing, parsed)
     previous = snapshot_of_atlas(path / prev.tag, str(prev), released=True) if prev else None

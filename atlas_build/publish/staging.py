@@ -51,9 +51,11 @@ def run_validation_gate(root: Path):
             "install routing-atlas with its validation package"
         ) from error
     try:
-        from atlas_build.models import load_tokenizer
+        from atlas_build.models import checkpoint_marker, load_tokenizer
 
-        return run_validation(Path(root), tokenizer_loader=load_tokenizer)
+        return run_validation(
+            Path(root), tokenizer_loader=load_tokenizer, checkpoint_marker=checkpoint_marker
+        )
     except AtlasError:
         raise
     except Exception as error:

@@ -21,6 +21,7 @@ FLOORS: dict[str, int] = {
     "atlas_build.cli": 5,
     "atlas_build.commands": 5,
     "atlas_build.build": 4,
+    "atlas_build.audit": 4,
     "atlas_build.publish": 4,
     "atlas_build.explore": 4,
     "atlas_build.corpora": 3,

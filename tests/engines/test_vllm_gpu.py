@@ -69,7 +69,12 @@ def wordnet_texts(limit: int = 300) -> list[str]:
         return []
 
 
-def test_vllm_routes_the_same_expert_sets_as_hf(checkpoint):
+@pytest.mark.parametrize(
+    "enforce_eager",
+    [True, False],
+    ids=["eager", "cuda-graphs"],  # production runs with CUDA graphs: that path must be checked too
+)
+def test_vllm_routes_the_same_expert_sets_as_hf(checkpoint, enforce_eager):
     from atlas_build.engines.hf import HFEngine
     from atlas_build.engines.vllm import VLLMEngine
 
@@ -86,13 +91,14 @@ def test_vllm_routes_the_same_expert_sets_as_hf(checkpoint):
         dtype=DTYPE,
         gpu_memory_utilization=0.5,
         max_model_len=512,
-        llm_kwargs={"enforce_eager": True},
+        llm_kwargs={"enforce_eager": enforce_eager},
     )
     try:
         got = engine.route(texts)
     finally:
         engine.close()
     assert got.weights is None
+    assert engine.provenance()["cuda_graphs"] is (not enforce_eager)
     np.testing.assert_array_equal(got.token_counts, want.token_counts)
     np.testing.assert_array_equal(got.token_ids, want.token_ids)
     same = (got.experts == np.sort(want.experts, axis=-1)).all(axis=-1)

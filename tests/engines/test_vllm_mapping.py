@@ -68,10 +68,33 @@ def test_layer_mapping_follows_the_adapters_moe_layers():
 
 def test_dropped_last_prompt_token_is_refused():
     routed = vllm_layout(random_experts(5), 6, SHAPE["moe_layers"], np.random.default_rng(0))
-    with pytest.raises(VLLMRoutingError, match="last prompt token was dropped"):
+    with pytest.raises(VLLMRoutingError, match="last prompt token has no routing .*SGLang's bug #20964"):
         experts_from_vllm(routed, n_tokens=6, **SHAPE)
     with pytest.raises(VLLMRoutingError, match="routing for 5 tokens"):
         experts_from_vllm(routed, n_tokens=9, **SHAPE)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_unsigned_ids_of_current_vllm_are_read(dtype):
+    """vLLM stores ids as uint8 (<= 256 experts) or uint16: the same rows as from int32."""
+    experts = random_experts(6)
+    routed = vllm_layout(experts, 6, SHAPE["moe_layers"], np.random.default_rng(2)).astype(dtype)
+    out = experts_from_vllm(routed, n_tokens=6, **SHAPE)
+    assert out.dtype == np.int16
+    np.testing.assert_array_equal(out, np.sort(experts, axis=-1))
+    if dtype != np.int32:  # 255 / 65535: out of range, refused (not wrapped to a valid id)
+        routed[1, 2, 0] = np.iinfo(dtype).max
+        with pytest.raises(VLLMRoutingError, match=rf"\[0, {np.iinfo(dtype).max}\].*valid ids are \[0, 32\)"):
+            experts_from_vllm(routed, n_tokens=6, **SHAPE)
+
+
+def test_minus_one_rows_are_named_as_prefix_cache_holes():
+    routed = vllm_layout(random_experts(5), 6, SHAPE["moe_layers"], np.random.default_rng(0))
+    routed[3:, 1:] = -1  # vLLM 0.21: tokens served from the prefix cache were left at -1
+    with pytest.raises(
+        VLLMRoutingError, match=r"-1 for every expert of MoE layer 1 at token 3 of text.*prefix-cache holes"
+    ):
+        experts_from_vllm(routed, n_tokens=5, **SHAPE)
 
 
 def test_all_zero_moe_layer_is_refused():
@@ -99,7 +122,7 @@ def test_ids_out_of_range_are_refused(bad):
 @pytest.mark.parametrize(
     ("routed", "match"),
     [
-        (None, "no routed experts"),
+        (None, "no routed experts .*preempted"),
         (np.zeros((3, 6, 4), np.int32), "expected \\[tokens, layers, top_k=8\\]"),
         (np.zeros((3, 4, 8), np.int32), "4 layers"),
         (np.zeros((3, 6, 8), np.float32), "not integer"),
@@ -142,7 +165,7 @@ def test_routing_batch_from_request_outputs():
         routing_batch_from_vllm(encoded, ["<s>", "a", "b", "<s>", "c"], outputs, **SHAPE)
     outputs[1].outputs[0].routed_experts = outputs[1].outputs[0].routed_experts[:1]
     with pytest.raises(
-        VLLMRoutingError, match="routing for 1 tokens of text 1, which has 2: the last prompt"
+        VLLMRoutingError, match="routing for 1 tokens of text 1, which has 2: the last prompt token has no"
     ):
         routing_batch_from_vllm(encoded, ["<s>", "a", "b", "<s>", "c"], outputs, **SHAPE)
     outputs[1].prompt_token_ids = [0, 13, 14]
@@ -232,3 +255,64 @@ def test_build_with_the_vllm_engine_stores_id_sets_and_null_weights(fake_vllm, s
         assert got.column("weights").null_count == got.num_rows
         experts = routing_array(got.column("experts"))
         np.testing.assert_array_equal(experts, np.sort(routing_array(want.column("experts")), axis=-1))
+
+
+def test_engine_args_reach_vllm_and_the_build_record(fake_vllm, small_atlas, tmp_path):
+    """`--engine-arg KEY=VALUE` becomes a vllm.LLM keyword (JSON values typed); the record says what ran."""
+    import json
+
+    from click.testing import CliRunner
+
+    from atlas_build.cli import main
+
+    out = tmp_path / "atlas"
+    max_lemmas = Manifest.load(small_atlas).corpus_counts["options"]["max_lemmas"]
+    args = ["build", "--model", "tiny-deepseek-v3", "--out", str(out), "--engine", "vllm", "--no-progress"]
+    args += ["--max-lemmas", str(max_lemmas), "--engine-arg", "enforce_eager=false"]
+    args += ["--engine-arg", "max_num_batched_tokens=4096", "--engine-arg", "kv_cache_dtype=auto"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    kwargs = FakeLLM.instances[-1].kwargs
+    assert kwargs["enforce_eager"] is False and kwargs["max_num_batched_tokens"] == 4096
+    assert kwargs["kv_cache_dtype"] == "auto"
+    record = json.loads((out / "manifest.json").read_text())["builds"][-1]["engine"]["provenance"]
+    assert record["cuda_graphs"] is True and record["max_num_batched_tokens"] == 4096
+    assert record["engine_args"] == {
+        "enforce_eager": False,
+        "max_num_batched_tokens": 4096,
+        "kv_cache_dtype": "auto",
+    }
+    assert {"torch", "transformers", "vllm", "flashinfer", "device_count", "cuda", "moe_backend"} <= set(
+        record
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine-arg", "enforce_eager=true"], "it is an option of --engine vllm"),
+        (["--engine", "vllm", "--engine-arg", "no-equals"], "is not KEY=VALUE"),
+        (["--engine", "vllm", "--engine-arg", "a=1", "--engine-arg", "a=2"], "given twice"),
+    ],
+)
+def test_bad_engine_args_are_refused_before_anything_is_written(tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from atlas_build.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build", "--model", "tiny-deepseek-v3", "--out", str(out), *args])
+    assert result.exit_code == 2 and message in result.output and not out.exists(), result.output
+
+
+def test_a_truncated_checkpoint_is_refused_before_vllm_starts(fake_vllm, tmp_path, tiny_checkpoint):
+    ckpt = tmp_path / "truncated"
+    ckpt.mkdir()
+    for path in tiny_checkpoint.iterdir():
+        if path.name != "model.safetensors":
+            (ckpt / path.name).symlink_to(path)
+    data = (tiny_checkpoint / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(AtlasError, match="model.safetensors is truncated or corrupt"):
+        VLLMEngine(str(ckpt))
+    assert not FakeLLM.instances or all(llm.kwargs["model"] != str(ckpt) for llm in FakeLLM.instances)

@@ -74,6 +74,19 @@ def test_extra_data_file_is_refused(atlas, tmp_path, hf_cache):
     assert "routing-synthetic-moe-99999.parquet (not in the manifest)" in result.output
 
 
+def test_a_symlinked_data_file_is_refused_even_with_the_same_bytes(atlas, tmp_path, hf_cache):
+    """A data file replaced by a link to an identical copy outside the atlas: the hash matches, the link is refused."""
+    path = next((atlas / "senses").glob("*.parquet"))
+    outside = tmp_path / "elsewhere.parquet"
+    outside.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(outside)
+    result = run(atlas, tmp_path / "r", hf_cache)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{path.relative_to(atlas).as_posix()} (a symbolic link)" in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_no_verify_computes_and_says_so(atlas, tmp_path, hf_cache):
     _alter_senses(atlas)
     result = run(atlas, tmp_path / "r", hf_cache, "--no-verify")

@@ -172,7 +172,8 @@ def test_an_atlas_that_fails_validation_is_refused(atlas_v1, tmp_path):
     with pytest.raises(ValidationFailed, match="target-span") as error:
         publish_local(source, "0.1.0", out, log=lambda *_: None)
     assert "nothing was published" in str(error.value)
-    assert list(out.iterdir()) == []  # no release, no staging leftovers, no index
+    # No release, no staging leftovers, no index: only the (free) publish lock of the folder.
+    assert [p.name for p in out.iterdir()] == [".publish.lock"]
 
 
 def test_without_the_validation_package_publishing_fails_loudly(atlas_v1, tmp_path, monkeypatch):

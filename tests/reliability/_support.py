@@ -80,7 +80,9 @@ SUBSTITUTION_TEXTS = [
 ]
 
 
-def fake_wordnet_corpora(wordnet_dir=None, max_lemmas=None, seed=0) -> dict[str, pa.Table]:
+def fake_wordnet_corpora(
+    wordnet_dir=None, max_lemmas=None, seed=0, progress=False, log=None
+) -> dict[str, pa.Table]:
     """Stands in for `atlas_build.corpora.build_wordnet_corpora`: the fixed corpus above."""
     senses = []
     for example_id, text, target in SENSES_TEXTS:
@@ -276,6 +278,24 @@ def _stub_corpora_package() -> None:
 def driver_command(*args: str) -> list[str]:
     """Command line of the crash-test driver (this file as a script)."""
     return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+def run_driver_jobs(jobs: list[dict], jobs_file: Path) -> dict[str, int]:
+    """Run `jobs` (see `run_jobs`) in one driver process; returns {name: exit code} (-9: SIGKILL)."""
+    import json
+    import subprocess
+
+    Path(jobs_file).write_text(json.dumps(jobs))
+    proc = subprocess.run(
+        driver_command("jobs", str(jobs_file)),
+        env=driver_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def driver_env(**extra: str) -> dict[str, str]:

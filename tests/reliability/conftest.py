@@ -3,7 +3,6 @@ builds killed at fixed points of the write protocol (real processes, SIGKILL).""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ._support import FAKE_ARGS, REPO, driver_command, driver_env, install_fakes
+from ._support import FAKE_ARGS, REPO, driver_env, install_fakes, run_driver_jobs
 
 # `pytest` (unlike `python -m pytest`) leaves the repository root off sys.path, and tests/ is on it: then
 # `import validation` finds tests/validation, a namespace package, instead of the `validation` package.
@@ -121,17 +120,7 @@ def killed_builds(tmp_path_factory) -> dict[str, Killed]:
             log = base / f"{name.replace(':', '-')}.{i}.log"
             jobs.append({"name": name, "kill_at": point, "log": str(log)})
             jobs[-1]["args"] = ["build", "--out", str(dirs[name]), *FAKE_ARGS]
-    (base / "jobs.json").write_text(json.dumps(jobs))
-    proc = subprocess.run(
-        driver_command("jobs", str(base / "jobs.json")),
-        env=driver_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    codes = json.loads(proc.stdout.strip().splitlines()[-1])
+    codes = run_driver_jobs(jobs, base / "jobs.json")
     logs = {name: "".join(Path(j["log"]).read_text() for j in jobs if j["name"] == name) for name in cases}
     return {name: Killed(dirs[name], codes[name], logs[name]) for name in cases}
 

@@ -231,7 +231,7 @@ def test_output_path_is_a_file(tmp_path):
 def test_output_path_below_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "atlas"
-    refused(build("tiny-deepseek-v3", out), out, "cannot create the atlas directory", str(out))
+    refused(build("tiny-deepseek-v3", out), out, f"--out {out} is below the file {tmp_path / 'file'}")
 
 
 def test_atlas_of_an_incompatible_schema_version(atlas, fakes):

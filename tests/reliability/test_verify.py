@@ -1,4 +1,5 @@
-"""`atlas verify DIR`: checksums recomputed; truncated, altered, missing and unexpected files reported."""
+"""`atlas verify DIR`: checksums recomputed; truncated, altered, missing and unexpected files reported; an
+unfinished build told from damage in every crash state; a stale card; symlinks and hidden files refused."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import shutil
 
 import pytest
 
-from ._support import FAKE_ROUTING
+from ._support import FAKE_ARGS, FAKE_ROUTING
 from .conftest import cli, copy_of
 
 SHARD = f"{FAKE_ROUTING}/{FAKE_ROUTING}-00003.parquet"
+FAKE_ARGS_TWO = [*FAKE_ARGS, "--slug", "fake-two"]  # a second model of the fake atlas
 
 
 def truncate(root):
@@ -104,3 +106,104 @@ def test_validate_reports_the_damaged_file(atlas):
     result = cli(["validate", str(atlas), "--no-tokenizer", "--problems-only"])
     assert result.exit_code != 0
     assert SHARD in result.output
+
+
+# ---- an unfinished build is not damage, in every crash state -------------------------------------------
+
+UNFINISHED = "not finished, not damaged"
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory, fake_reference):
+    """Fake builds killed at every crash point (first model), and a second model's build killed at each of
+    its own points, in one driver process (see conftest.killed_builds; these are this module's own)."""
+    from ._support import run_driver_jobs
+    from .conftest import KILL_POINTS
+
+    base = tmp_path_factory.mktemp("crashed")
+    jobs, dirs = [], {}
+    second = [
+        "shard-before-write:2",
+        "marker-written:3",
+        "routing-done:1",
+        "models-written:1",
+        "manifest-saved:1",
+    ]
+    for point in KILL_POINTS:
+        dirs[point] = base / point.replace(":", "-")
+        jobs.append(
+            {"name": point, "kill_at": point, "args": ["build", "--out", str(dirs[point]), *FAKE_ARGS]}
+        )
+    for point in second:
+        name = f"second-{point}"
+        dirs[name] = copy_of(fake_reference, base / name.replace(":", "-"))
+        args = ["build", "--out", str(dirs[name]), *FAKE_ARGS, "--slug", "fake-two"]
+        jobs.append({"name": name, "kill_at": point, "args": args})
+    for job in jobs:
+        job["log"] = str(base / f"{job['name'].replace(':', '-')}.log")
+    codes = run_driver_jobs(jobs, base / "jobs.json")
+    assert all(code == -9 for code in codes.values()), codes
+    return dirs
+
+
+def test_verify_tells_an_unfinished_build_in_every_crash_state(crashed):
+    for name, out in crashed.items():
+        result = cli(["verify", str(out)])
+        text = result.output.lower()
+        assert "traceback" not in text and "rebuild" not in text, (name, result.output)
+        if result.exit_code == 0:  # killed after the last write: complete, and verify says a build died
+            assert "note: a build of it was interrupted" in result.output, (name, result.output)
+            continue
+        assert result.exit_code in (1, 2), (name, result.output)
+        assert UNFINISHED in text and "rerun the same `atlas build` command" in result.output, (
+            name,
+            result.output,
+        )
+
+
+def test_a_second_models_interrupted_build_is_unfinished_then_verifies(crashed, fakes):
+    out = crashed["second-models-written:1"]
+    result = cli(["verify", str(out)])
+    assert result.exit_code == 1
+    assert re.search(r"altered\s+models/models-00000.parquet", result.output)  # rewritten, manifest not yet
+    assert UNFINISHED in result.output.lower()
+    resumed = cli(["build", "--out", str(out), *FAKE_ARGS_TWO])
+    assert resumed.exit_code == 0, resumed.output
+    assert cli(["verify", str(out)]).exit_code == 0
+
+
+def test_damage_without_a_build_is_damage(atlas):
+    alter(atlas)
+    result = cli(["verify", str(atlas)])
+    assert result.exit_code == 1 and UNFINISHED not in result.output.lower()
+    assert "Do not publish it" in result.output
+
+
+# ---- the card and a release's record -----------------------------------------------------------------
+
+
+def test_a_card_that_lacks_a_config_is_reported(atlas):
+    """A full disk while the final card was written leaves the previous card: verify says so."""
+    card = (atlas / "README.md").read_text()
+    block = re.search(rf"(?m)^- config_name: {FAKE_ROUTING}\n(?:  .*\n)+", card)
+    (atlas / "README.md").write_text(card.replace(block.group(0), "", 1))
+    result = cli(["verify", str(atlas)])
+    assert result.exit_code == 1, result.output
+    assert re.search(
+        rf"stale\s+README.md\s+{FAKE_ROUTING}: in the manifest, missing from the card", result.output
+    )
+    assert "atlas card" in result.output
+
+
+def test_symlinks_and_hidden_files_are_refused_in_one_line(atlas, tmp_path):
+    import os
+
+    os.symlink("/etc/passwd", atlas / "senses" / "senses-00009.parquet")
+    for command in (["verify", str(atlas)], ["validate", str(atlas), "--no-tokenizer"]):
+        result = cli(command)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert "senses/senses-00009.parquet is a symbolic link (to /etc/passwd)" in result.output
+    (atlas / "senses" / "senses-00009.parquet").unlink()
+    (atlas / "models" / ".models-00001.parquet").write_bytes(b"PAR1")
+    result = cli(["verify", str(atlas)])
+    assert result.exit_code == 2 and "models/.models-00001.parquet is a hidden file" in result.output

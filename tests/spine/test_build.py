@@ -205,6 +205,10 @@ def test_a_second_model_adds_its_config_and_touches_nothing_else(atlas_copy):
     assert twin_row["checkpoint_sha256"] is None
     twin = read(atlas_copy, "routing-tiny-deepseek-v3-random-init")
     assert len(twin) == len(read(atlas_copy, ROUTING))
+    # The twin's --seed 7 is its weights'; its build record names the corpus it routed (made with seed 0).
+    manifest = Manifest.load(atlas_copy)
+    assert manifest.builds[-1]["corpus"]["seed"] == manifest.corpus_counts["options"]["seed"] == 0
+    assert "--seed 7" in manifest.builds[-1]["summary"]
 
 
 def test_changing_corpus_options_in_an_existing_atlas_is_refused(atlas_copy):
@@ -255,3 +259,11 @@ def test_traces_and_wordnet_share_one_routing_config(atlas_copy):
         log=lambda *_: None,
     )
     assert Manifest.load(atlas_copy).data_hashes() == after.data_hashes()
+
+
+def test_a_random_init_twin_cannot_be_spread_with_a_device_map(tmp_path):
+    from atlas_build.errors import BuildOptionsError
+
+    with pytest.raises(BuildOptionsError, match="cannot be spread with --device-map"):
+        BuildConfig(model="tiny-deepseek-v3", out=tmp_path / "a", random_init=True, device_map="auto")
+    assert not (tmp_path / "a").exists()

@@ -82,3 +82,31 @@ def test_broken_checkpoint_is_refused(tmp_path, tiny_checkpoint):
     )
     assert result.exit_code == 2
     assert "config.json is corrupt" in result.output
+
+
+def test_the_demo_snippet_pastes_into_python_as_it_is(tmp_path):
+    """`make demo` prints a load_dataset snippet: pasted into Python it must run as is (no indentation)."""
+    import ast
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        import pytest
+
+        pytest.skip("make is not installed")
+    repo = Path(__file__).resolve().parents[2]
+    demo = tmp_path / "demo-atlas"
+    dry = subprocess.run(
+        ["make", "-n", "demo", f"DEMO_DIR={demo}"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    start = next(i for i, line in enumerate(dry) if "paste into Python" in line)
+    echoes = [line for line in dry[start + 1 :] if line.startswith("echo")]
+    printed = subprocess.run(
+        ["bash", "-c", "\n".join(echoes)], capture_output=True, text=True, check=True
+    ).stdout
+    code = printed.strip("\n")
+    tree = ast.parse(code)  # IndentationError for the old, indented snippet
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    assert [call.args[0].value for call in calls] == [str(demo), str(demo)]
+    assert {call.args[1].value for call in calls} == {"routing-tiny-deepseek-v3", "senses"}

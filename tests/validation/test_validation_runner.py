@@ -18,6 +18,7 @@ from atlas_build.atlas.routing import routing_table
 from atlas_build.atlas.schema import MODELS, MODELS_SCHEMA, TRACES, TRACES_SCHEMA, routing_schema
 from atlas_build.atlas.store import write_config
 from atlas_build.atlas.synthetic import random_routing, tokenize_whitespace
+from dataset_cards.render import write_card
 from dataset_cards.synthetic import write_synthetic_atlas
 from validation import CHECKS, AtlasNotFoundError, run_validation, verify_files
 
@@ -88,6 +89,7 @@ def test_texts_straddling_shards_and_batches(atlas_editor):
     table = atlas_editor.routing()
     write_config(root, manifest, ROUTING, table, table.schema, shard_rows=7)
     manifest.save(root)
+    write_card(root)
     assert len(list((root / ROUTING).glob("*.parquet"))) > 100
     report = run_validation(root, batch_rows=4)
     assert report.passed, report.render_table(only_problems=True)
@@ -105,6 +107,7 @@ def test_ids_only_engine(tmp_path):
     schema = routing_schema(N_EXPERTS, N_LAYERS, TOP_K, None)
     write_config(root, manifest, ROUTING, _rebuild(routing, schema, experts, None), schema)
     manifest.save(root)
+    write_card(root)
     report = run_validation(root, tokenizers=False)
     assert report.passed, report.render_table(only_problems=True)
     statuses = {r.check: r.status for r in report.results if r.config == ROUTING}
@@ -117,6 +120,7 @@ def test_ids_only_engine(tmp_path):
     stray = _rebuild(routing, schema, experts, weights)
     write_config(root, manifest, ROUTING, stray, schema)
     manifest.save(root)
+    write_card(root)
     assert {f"{r.config}:{r.check}" for r in run_validation(root, tokenizers=False).failures} == {
         f"{ROUTING}:weights-null"
     }

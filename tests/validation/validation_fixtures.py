@@ -29,6 +29,7 @@ from atlas_build.atlas.schema import (
 from atlas_build.atlas.store import write_config
 from atlas_build.atlas.synthetic import SYNTHETIC_SLUG, random_routing, tokenize_whitespace
 from atlas_build.atlas.writer import COMPRESSION, ROW_GROUP_ROWS, sha256_file
+from dataset_cards.render import write_card
 from dataset_cards.synthetic import write_synthetic_atlas
 
 ROUTING = routing_config_name(SYNTHETIC_SLUG)
@@ -127,11 +128,13 @@ def build_clean_atlas(root: Path, tokenizer_dir: Path | None) -> Path:
     write_config(root, manifest, MODELS, pa.Table.from_pylist([model], schema=MODELS_SCHEMA), MODELS_SCHEMA)
     write_config(root, manifest, ROUTING, routing, schema)
     manifest.save(root)
+    write_card(root)  # the card describes the atlas as it now is (the claims checks compare them)
     return root
 
 
 class AtlasEditor:
-    """Reads and rewrites one config file of a test atlas, keeping the manifest in step (unless told not)."""
+    """Reads and rewrites one config file of a test atlas, keeping the manifest and the card in step (unless
+    told not), as a careful adversary would: then only the check under test can see the defect."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -156,11 +159,26 @@ class AtlasEditor:
                 )
             )
 
-    def edit_manifest(self, edit) -> None:
+    def edit_manifest(self, edit, derived: bool = True, card: bool = True) -> None:
+        """Apply `edit` to manifest.json; `derived`: recompute its `configs` section from the edited file list;
+        `card`: render the card again from the edited atlas."""
         path = self.root / "manifest.json"
         data = json.loads(path.read_text())
         edit(data)
+        if derived:
+            data["configs"] = Manifest(files=data["files"]).configs()
         path.write_text(json.dumps(data, indent=2))
+        if card:
+            self.refresh_card()
+
+    def refresh_card(self) -> None:
+        write_card(self.root)
+
+    def card(self) -> str:
+        return (self.root / "README.md").read_text(encoding="utf-8")
+
+    def write_card_text(self, text: str) -> None:
+        (self.root / "README.md").write_text(text, encoding="utf-8")
 
     def update(self, config: str, column: str, values: list) -> None:
         """Replace a whole column and write."""
