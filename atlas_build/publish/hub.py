@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,35 @@ from atlas_build.publish.staging import (
 )
 from atlas_build.publish.versions import Version, previous_version
 from dataset_cards.render import METRICS_DIR, METRICS_JSON
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What a Hub call raises when the Hub cannot be reached: offline mode (`OfflineModeIsEnabled` is a
+    `ConnectionError`), no network or DNS (the HTTP client's transport errors)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]
+    for client in ("httpx2", "httpx"):  # huggingface_hub 2.x uses httpx2, 1.x httpx
+        try:
+            errors.append(importlib.import_module(client).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+@contextmanager
+def hub_reachable(repo_id: str, dry_run: bool) -> Iterator[None]:
+    """Turn "the Hub cannot be reached" into one line with the way out (a dry run needs the Hub too: it
+    compares with the previous release there)."""
+    try:
+        yield
+    except _unreachable_errors() as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        what = "a dry run of a Hub publish still reads" if dry_run else "publishing reads"
+        raise PublishError(
+            f"cannot reach the Hub for {repo_id} ({first}); {what} the repo's tags and previous release. "
+            "Go online (unset HF_HUB_OFFLINE), or publish to a local folder with --to PATH"
+        ) from error
 
 
 def hub_versions(api, repo_id: str) -> list[Version]:
@@ -96,7 +126,8 @@ def publish_hub(
     if require_audit:
         require_audits(source, manifest)
     api = api if api is not None else HfApi()
-    existing = hub_versions(api, repo_id)
+    with hub_reachable(repo_id, dry_run):
+        existing = hub_versions(api, repo_id)
     if parsed in existing:
         raise VersionError(
             f"tag {parsed.tag} already exists in {repo_id}: a published version never changes; publish a new version"
@@ -105,7 +136,8 @@ def publish_hub(
     released = released or today()
     target = Target(repo_id=repo_id)
     with tempfile.TemporaryDirectory(prefix="atlas-publish-") as tmp:
-        previous = hub_snapshot(api, repo_id, prev, Path(tmp) / "previous") if prev else None
+        with hub_reachable(repo_id, dry_run):
+            previous = hub_snapshot(api, repo_id, prev, Path(tmp) / "previous") if prev else None
         if dry_run:
             return dry_run_result(source, parsed, target, previous, validate, released, log)
         staging = Path(tmp) / parsed.tag

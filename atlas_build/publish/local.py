@@ -69,8 +69,13 @@ def releases_lock(
     """Hold an exclusive `flock` on `path/.publish.lock`: one publish to a folder of releases at a time, so
     the second of two concurrent publishes sees the first's release (its changelog's previous version). The
     kernel drops the lock when the holder exits in any way, so a killed publish never blocks the next."""
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise PublishError(
+            f"cannot write to --to {path} ({error.strerror or error}): pass a folder you can write to"
+        ) from error
     try:
         deadline = time.monotonic() + timeout
         waited = False
@@ -157,6 +162,9 @@ def publish_local(
     manifest = check_source(source)
     if path.exists() and not path.is_dir():
         raise PublishError(f"--to {path} is a file: pass a folder of releases")
+    below_file = next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None)
+    if below_file is not None:
+        raise PublishError(f"--to {path} lies below {below_file}, which is a file: pass a folder of releases")
     if _inside(path, source):
         raise PublishError(f"--to {path} is inside the atlas {source}: publish to a folder outside it")
     if require_audit:
