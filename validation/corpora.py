@@ -1,5 +1,8 @@
 """Suites of the text configs (senses, sense-pairs, substitutions, traces) and of `models`.
 
+(Over 500 lines: one suite builder per text config, side by side, so that a reader compares their checks
+in one place; the shared frame readers are at the top.)
+
 Text configs are read batch by batch: each batch becomes a frame of its scalar columns plus derived rule
 columns, validated by the config's suite. What later configs need from a text config is kept compactly:
 the `TextRegistry` (per text: length, target span, non-whitespace prefix counts) for the routing checks,

@@ -1,5 +1,8 @@
 """Checks of a `routing-<slug>` config, streamed one Parquet batch at a time.
 
+(Over 500 lines: every check of a routing config runs over the same streamed batch in one pass, so an
+atlas larger than memory is read once; split, each part would stream the files again.)
+
 Per batch, vectorised numpy turns the nested `experts`/`weights` columns and the token columns into one
 row of scalar rule columns per token (fewest distinct experts in any layer, largest id, worst weight-sum
 deviation, uncovered characters, ...), which the config's GX suite validates. Rows are processed in

@@ -1,5 +1,8 @@
 """Routing paths across layers, from the dataset alone: transitions, path diversity, sense-pair agreement.
 
+(Over 500 lines: the three path statistics share the layer-major arrays, the window sampling and the
+forked worker that computes them in one pass.)
+
 A token's *top-1 path* over a window of w consecutive MoE layers is the sequence of its first (highest
 gate weight) experts in those layers; its *top-k path set* is the sequence of its top-k sets. Three
 families of statistics, all vectorised over tokens (no per-token Python):

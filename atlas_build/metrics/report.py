@@ -1,4 +1,8 @@
-"""Writing the metrics: `metrics.json`, co-activation arrays, PNG figures, `report.md`, and `summarize`."""
+"""Writing the metrics: `metrics.json`, co-activation arrays, PNG figures, `report.md`, and `summarize`.
+
+(Over 500 lines: one `report.md` renderer section by section, each next to its figure, so that the
+words and the numbers they describe are read together; paths and scores have their own report modules.)
+"""
 
 from __future__ import annotations
 

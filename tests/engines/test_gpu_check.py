@@ -1,5 +1,8 @@
 """The prepared GPU check (`bench/gpu_check.py`, `make gpu-check`): its arithmetic, its reduced run on CPU.
 
+(Over 500 lines: the GPU check's arithmetic and its reduced run are tested together, beside the one
+script they test.)
+
 The reduced run is the GPU run's code path on CPU (float32 reference vs a second float32 load routing one
 text per batch, and vs bfloat16), started in a subprocess in which only what the GPU machine has can be
 imported: the installed distributions that torch, transformers, accelerate, numpy, pyarrow, safetensors and
