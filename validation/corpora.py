@@ -26,7 +26,7 @@ from atlas_build.atlas.schema import SENSE_PAIRS, SENSES, SUBSTITUTIONS, TRACES
 from validation import expectations as ex
 from validation.gxrun import FramePool, GXRunner
 from validation.ledger import Ledger, Outcome
-from validation.reading import iter_batches, require
+from validation.reading import column_batches, iter_batches, require
 from validation.rules import (
     POS_VALUES,
     RELATIONS,
@@ -205,9 +205,7 @@ def check_senses(
     pool = _pool(gx, ledger, SENSES, expectations, "example_id")
     all_ids: list[str] = []
     rows = 0
-    for batch in iter_batches(files, SENSES_COLUMNS, batch_rows):
-        require(batch, SENSES_COLUMNS, SENSES)
-        col = {name: batch.column(name) for name in SENSES_COLUMNS}
+    for n_rows, col in column_batches(files, SENSES_COLUMNS, SENSES, batch_rows, as_lists=False):
         ids = col["example_id"].to_pylist()
         texts = col["text"].to_pylist()
         forms = col["target_form"].to_pylist()
@@ -244,7 +242,7 @@ def check_senses(
         for example_id, lemma, pos, synset in zip(ids, lemmas, frame["pos"], frame["synset"], strict=True):
             index.rows.setdefault(example_id, (lemma, pos, synset))
         all_ids.extend(ids)
-        rows += batch.num_rows
+        rows += n_rows
     if not pool.finish():
         _validate_keys(gx, ledger, SENSES, {"example_id": all_ids}, _key_suite(gx, SENSES, "example_id"))
     return rows
@@ -274,9 +272,7 @@ def check_sense_pairs(
     pool = _pool(gx, ledger, SENSE_PAIRS, expectations, "pair_id", ["example_a", "example_b"])
     keys: dict[str, list] = {"pair_id": [], "example_a": [], "example_b": []}
     rows = 0
-    for batch in iter_batches(files, PAIRS_COLUMNS, batch_rows):
-        require(batch, PAIRS_COLUMNS, SENSE_PAIRS)
-        c = {name: batch.column(name).to_pylist() for name in PAIRS_COLUMNS}
+    for n_rows, c in column_batches(files, PAIRS_COLUMNS, SENSE_PAIRS, batch_rows):
         exists, of_lemma, synsets = [], [], []
         for lemma, pos, a, b, syn_a, syn_b in zip(
             c["lemma"], c["pos"], c["example_a"], c["example_b"], c["synset_a"], c["synset_b"], strict=True
@@ -319,7 +315,7 @@ def check_sense_pairs(
         pool.add(frame, _describer(c["pair_id"], frame, explain))
         for name in keys:
             keys[name].extend(c[name])
-        rows += batch.num_rows
+        rows += n_rows
     if not pool.finish():
         suite = _key_suite(gx, SENSE_PAIRS, "pair_id", ["example_a", "example_b"])
         _validate_keys(gx, ledger, SENSE_PAIRS, keys, suite)
@@ -373,9 +369,7 @@ def check_substitutions(
     pool = _pool(gx, ledger, SUBSTITUTIONS, expectations, "substitution_id")
     all_ids: list[str] = []
     rows = 0
-    for batch in iter_batches(files, SUBSTITUTION_COLUMNS, batch_rows):
-        require(batch, SUBSTITUTION_COLUMNS, SUBSTITUTIONS)
-        c = {name: batch.column(name) for name in SUBSTITUTION_COLUMNS}
+    for n_rows, c in column_batches(files, SUBSTITUTION_COLUMNS, SUBSTITUTIONS, batch_rows, as_lists=False):
         ids = c["substitution_id"].to_pylist()
         texts = c["text"].to_pylist()
         starts = c["target_start"].to_numpy(zero_copy_only=False).astype(np.int64)
@@ -432,7 +426,7 @@ def check_substitutions(
         pool.add(frame, _describer(ids, frame, explain))
         registry.add(SUBSTITUTIONS, ids, texts, starts, ends)
         all_ids.extend(ids)
-        rows += batch.num_rows
+        rows += n_rows
     if not pool.finish():
         suite = _key_suite(gx, SUBSTITUTIONS, "substitution_id")
         _validate_keys(gx, ledger, SUBSTITUTIONS, {"substitution_id": all_ids}, suite)

@@ -42,7 +42,7 @@ from validation import expectations as ex
 from validation.corpora import TextRegistry, _describer, _frame, _key_suite, _pool, _validate_keys
 from validation.gxrun import GXRunner
 from validation.ledger import Ledger
-from validation.reading import iter_batches, require
+from validation.reading import column_batches, iter_batches, require
 from validation.rules import is_form_of, is_word_aligned
 
 POS_LETTERS = ["n", "v", "a", "r"]
@@ -180,9 +180,7 @@ def check_examples(
     pool = _pool(gx, ledger, config, expectations, "example_id")
     all_ids: list[str] = []
     rows = 0
-    for batch in iter_batches(files, EXAMPLE_COLUMNS, batch_rows):
-        require(batch, EXAMPLE_COLUMNS, config)
-        c = {name: batch.column(name).to_pylist() for name in EXAMPLE_COLUMNS}
+    for n_rows, c in column_batches(files, EXAMPLE_COLUMNS, config, batch_rows):
         spans = _spans(c["text"], c["target_start"], c["target_end"])
         consistent, inside, at_span, aligned, of_lemma = [], [], [], [], []
         for text, (start, end), s, e, form, lemma in zip(
@@ -228,7 +226,7 @@ def check_examples(
             entry = (c["lemma"][i], c["pos"][i], c["label"][i], s >= 0, c["text"][i], s, e)
             index.rows.setdefault(example_id, entry)
         all_ids.extend(c["example_id"])
-        rows += batch.num_rows
+        rows += n_rows
     if not pool.finish():
         _validate_keys(gx, ledger, config, {"example_id": all_ids}, _key_suite(gx, config, "example_id"))
     return rows
@@ -256,9 +254,7 @@ def check_pairs(
     pool = _pool(gx, ledger, config, expectations, "pair_id", ["example_a", "example_b"])
     keys: dict[str, list] = {"pair_id": [], "example_a": [], "example_b": []}
     rows = 0
-    for batch in iter_batches(files, PAIR_COLUMNS, batch_rows):
-        require(batch, PAIR_COLUMNS, config)
-        c = {name: batch.column(name).to_pylist() for name in PAIR_COLUMNS}
+    for n_rows, c in column_batches(files, PAIR_COLUMNS, config, batch_rows):
         exists, of_lemma, targets, agree = [], [], [], []
         for lemma, pos, a, b, same in zip(
             c["lemma"], c["pos"], c["example_a"], c["example_b"], c["same_sense"], strict=True
@@ -306,7 +302,7 @@ def check_pairs(
         pool.add(frame, _describer(c["pair_id"], frame, explain))
         for name in keys:
             keys[name].extend(c[name])
-        rows += batch.num_rows
+        rows += n_rows
     if not pool.finish():
         _validate_keys(
             gx, ledger, config, keys, _key_suite(gx, config, "pair_id", ["example_a", "example_b"])
@@ -361,9 +357,7 @@ def check_substitutions(
     pool = _pool(gx, ledger, config, expectations, "substitution_id")
     all_ids: list[str] = []
     rows = 0
-    for batch in iter_batches(files, SUBSTITUTION_COLUMNS, batch_rows):
-        require(batch, SUBSTITUTION_COLUMNS, config)
-        c = {name: batch.column(name).to_pylist() for name in SUBSTITUTION_COLUMNS}
+    for n_rows, c in column_batches(files, SUBSTITUTION_COLUMNS, config, batch_rows):
         inside, aligned, of_substitute, exists, of_lemma, matches, relation_ok = [], [], [], [], [], [], []
         for i, (text, start, end) in enumerate(
             zip(c["text"], c["target_start"], c["target_end"], strict=True)
@@ -419,7 +413,7 @@ def check_substitutions(
         pool.add(frame, _describer(c["substitution_id"], frame, explain))
         registry.add(config, c["substitution_id"], c["text"], c["target_start"], c["target_end"])
         all_ids.extend(c["substitution_id"])
-        rows += batch.num_rows
+        rows += n_rows
     if not pool.finish():
         suite = _key_suite(gx, config, "substitution_id")
         _validate_keys(gx, ledger, config, {"substitution_id": all_ids}, suite)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -91,6 +92,24 @@ def require(batch: pa.RecordBatch | pa.Table, columns: list[str] | tuple[str, ..
     missing = [c for c in columns if c not in batch.schema.names]
     if missing:
         raise MissingColumns(f"{config} lacks column(s) {', '.join(missing)}")
+
+
+def column_batches(
+    paths: list[Path],
+    columns: list[str] | tuple[str, ...],
+    config: str,
+    batch_rows: int = BATCH_ROWS,
+    *,
+    as_lists: bool = True,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(rows, `columns` by name) of each record batch: Python lists, or Arrow arrays with `as_lists=False`; a
+    file lacking one of them raises `MissingColumns`. The loop every text config's suite streams its rows with."""
+    for batch in iter_batches(paths, list(columns), batch_rows):
+        require(batch, columns, config)
+        yield (
+            batch.num_rows,
+            {name: batch.column(name).to_pylist() if as_lists else batch.column(name) for name in columns},
+        )
 
 
 def read_table(paths: list[Path], columns: list[str] | None = None) -> pa.Table:
