@@ -61,11 +61,18 @@ MODEL_FIELDS = (
 # Headline numbers of metrics.json compared between releases: (label, path into a model's entry).
 HEADLINE_METRICS = (
     ("Δκ same − different sense (layer mean)", ("sense_pairs", "layer_mean", "delta", "estimate")),
-    (
-        "Δκ context-adjusted (layer mean)",
-        ("sense_pairs", "context_adjusted", "layer_mean", "delta", "estimate"),
+    *(
+        (
+            f"Δκ under the {label} control (layer mean)",
+            ("sense_pairs", "controls", name, "layer_mean", "delta", "estimate"),
+        )
+        for name, label in (
+            ("context_words", "context-words"),
+            ("token_identity", "token-identity"),
+            ("null_model", "null-model"),
+            ("all", "all-controls"),
+        )
     ),
-    ("Δκ over null model (layer mean)", ("sense_pairs", "over_null", "layer_mean", "delta", "estimate")),
     ("Δκ synonym − other-sense (layer mean)", ("substitutions", "layer_mean", "delta", "estimate")),
     ("probe accuracy", ("probe", "accuracy", "estimate")),
 )

@@ -298,8 +298,8 @@ def test_model_page_shows_headline_metrics_and_every_control(browser, twin_atlas
         tr.get_attribute("data-control"): tr
         for tr in browser.find_elements(By.CSS_SELECTOR, "#controls-table tbody tr")
     }
-    # The older aliases of metrics.json show too; over_null is set: a random-init model has its twin as null.
-    assert set(rows) == set(planted) | {"context_adjusted", "over_null"}
+    # The older aliases (context_adjusted, over_null) of named controls are shown once, under the new name.
+    assert set(rows) == set(planted)
     for name, control in planted.items():
         tr = rows[name]
         assert tr.find_element(By.CSS_SELECTOR, ".method").text == control["method"]
@@ -309,8 +309,6 @@ def test_model_page_shows_headline_metrics_and_every_control(browser, twin_atlas
         )
         per_layer = [td.text for td in tr.find_elements(By.CSS_SELECTOR, "td[data-layer-index]")]
         assert per_layer == [f"{x:+.3f}" for x in control["delta"]["estimate"]]
-    context = entry["context_adjusted"]["layer_mean"]["delta"]
-    assert f"{context['estimate']:+.3f}" in rows["context_adjusted"].text
 
     # Load per layer = metrics.json's, co-activation drawn, unknown sections (paths) shown as they are.
     load = metrics["models"][MODEL_SLUG]["experts"]["load"]

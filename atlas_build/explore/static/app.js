@@ -545,6 +545,9 @@
     const out = [];
     const seen = new Set();
     for (const [name, c] of Object.entries(sp.controls || {})) { if (c && typeof c === 'object') { out.push([name, c]); seen.add(name); } }
+    // Older readers' aliases of named controls (metrics format 2 keeps them): shown once, under the new name.
+    const aliases = { context_adjusted: 'context_words', over_null: 'null_model' };
+    for (const [alias, name] of Object.entries(aliases)) if (seen.has(name)) seen.add(alias);
     for (const [name, c] of Object.entries(sp)) {
       if (name === 'controls' || seen.has(name) || !c || typeof c !== 'object' || Array.isArray(c)) continue;
       if (c.delta && typeof c.delta === 'object' && (Array.isArray(c.delta.estimate) || c.layer_mean)) out.push([name, c]);
