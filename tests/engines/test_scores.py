@@ -1,7 +1,7 @@
 """`--scores M`: the router's selection scores beyond the top-k.
 
-The captured top-M scores of every architecture are compared with an independent float64 recomputation of each architecture's
-selection score from the router's *input* (a separately loaded model, pre-hooks, plain torch; neither the
+The captured top-M scores of every architecture are compared with an independent float64 recomputation
+of each architecture's selection score from the router's *input* (a separately loaded model, pre-hooks, plain torch; neither the
 router module nor the adapter is called), and end to end on the built-in tiny-deepseek-v3 (RANDOM-INIT:
 plumbing, not findings) with `atlas build --scores 16`, `atlas validate` and `atlas metrics`.
 """
@@ -40,9 +40,8 @@ def selection_scores_64(x: torch.Tensor, router: dict, model_type: str) -> torch
     if model_type == "llama4_text":
         # Meta's rule: top-k of the raw logits; the sigmoid comes after, per chosen expert.
         return logits
-    return torch.softmax(
-        logits, dim=-1
-    )  # deepseek_v2, mixtral, olmoe, qwen2_moe, qwen3_moe, qwen3_5_moe_text
+    # deepseek_v2, mixtral, olmoe, qwen2_moe, qwen3_moe, qwen3_5_moe_text: top-k of the softmax probability.
+    return torch.softmax(logits, dim=-1)
 
 
 @pytest.fixture(scope="module")
