@@ -1,9 +1,9 @@
 """`--scores M`: the router's selection scores beyond the top-k.
 
 The captured top-M scores of every architecture are compared with an independent float64 recomputation
-of each architecture's selection score from the router's *input* (a separately loaded model, pre-hooks, plain torch; neither the
-router module nor the adapter is called), and end to end on the built-in tiny-deepseek-v3 (RANDOM-INIT:
-plumbing, not findings) with `atlas build --scores 16`, `atlas validate` and `atlas metrics`.
+of its selection score from the router's *input* (a separately loaded model, pre-hooks, plain torch;
+neither the router module nor the adapter is called), and end to end on the built-in tiny-deepseek-v3
+(RANDOM-INIT: plumbing, not findings) with `atlas build --scores 16`, `atlas validate` and `atlas metrics`.
 """
 
 from __future__ import annotations
