@@ -82,8 +82,8 @@ def run_fingerprint(
     """Everything a routing shard's bytes depend on besides its texts; part of the shard key.
 
     The model (id, revision, checkpoint hash, random-init seed), the engine and its numerics (compute
-    dtype, batch size: padding changes the float rounding, device and device map, engine arguments), the
-    libraries that compute it, and the schema (which holds --weights-dtype). Resuming with any of these
+    dtype, batch size: padding changes the float rounding, device and device map, engine arguments, CPU
+    threads), the libraries that compute it, and the schema (which holds --weights-dtype). Resuming with any of these
     changed redoes the shards instead of mixing two runs in one config.
     """
     keys = ("model_id", "revision", "checkpoint_sha256", "engine", "dtype", "random_init", "seed")
@@ -95,7 +95,9 @@ def run_fingerprint(
             device_map=config.device_map,
             engine_kwargs=config.engine_kwargs,
         )
-    for key in ("torch", "transformers", "vllm", "attention", "experts", "cuda_graphs", "moe_backend"):
+    # CPU threads too: a matmul's reduction order, and so its rounding, can follow the thread count.
+    keys = ("torch", "transformers", "vllm", "attention", "experts", "cuda_graphs", "moe_backend", "threads")
+    for key in keys:
         if provenance and provenance.get(key) is not None:
             identity[key] = provenance[key]
     return json.dumps({**identity, "schema": schema.to_string()}, sort_keys=True, default=str)

@@ -98,3 +98,16 @@ def test_an_unknown_engine_is_refused_before_anything_is_written(tmp_path, fakes
     result = cli(["build", "--out", str(out), *FAKE_ARGS, "--engine", "fakee"])
     assert result.exit_code == 2 and "unknown engine 'fakee'. Did you mean 'fake'?" in result.output
     assert not out.exists()
+
+
+def test_the_thread_count_is_part_of_the_shard_key():
+    """A reduction's order (its rounding) can follow torch's CPU thread count: another count, another key."""
+    import pyarrow as pa
+
+    from atlas_build.build.shards import run_fingerprint
+
+    row = {"model_id": "m", "engine": "hf", "dtype": "float32", "random_init": False, "seed": 0}
+    schema = pa.schema([pa.field("x", pa.int32())])
+    one, two = ({"torch": "2.13.0", "threads": n} for n in (1, 2))
+    assert run_fingerprint(row, schema, provenance=one) != run_fingerprint(row, schema, provenance=two)
+    assert run_fingerprint(row, schema, provenance=one) == run_fingerprint(row, schema, provenance=dict(one))
