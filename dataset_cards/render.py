@@ -164,8 +164,9 @@ COLUMN_DOCS = {
     "text_id": "id of the text (`texts`)",
     "score_experts": "[MoE layer][M] (`--scores M`) the M experts of highest selection score (the score the "
     "router chooses on), highest first",
-    "scores": "[MoE layer][M] (`--scores M`) those selection scores, float32: DeepSeek-V3/R1 sigmoid(logits) + "
-    "e_score_correction_bias before the group mask; softmax routers the probability (see the model notes)",
+    "scores": "[MoE layer][M] (`--scores M`) those selection scores, float32: DeepSeek-V3/R1 and GLM-4 MoE "
+    "sigmoid(logits) + e_score_correction_bias before the group mask; GPT-OSS the logits with the router "
+    "bias; Llama 4 the raw logits; softmax routers the probability (see the model notes)",
 }
 
 SIZE_CATEGORIES = (

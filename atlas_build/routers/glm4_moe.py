@@ -27,6 +27,10 @@ class Glm4MoeAdapter(RouterAdapter):
     name = "glm4_moe"
     model_types = ("glm4_moe",)
     router_class_names = ("Glm4MoeTopkRouter",)
+    selection_score_kind = (
+        "sigmoid(router logits) + e_score_correction_bias: the bias-corrected score GLM-4 MoE chooses on, "
+        "before the group mask (the gate weights use the sigmoid without the bias)"
+    )
     family = "GLM-4.5, GLM-4.5-Air, GLM-4.6 (zai-org)"
     verified = (
         "the correction bias and the group limit change some choices",
@@ -53,3 +57,10 @@ class Glm4MoeAdapter(RouterAdapter):
             n_group=config.n_group,
             topk_group=config.topk_group,
         )
+
+    def selection_scores(self, router, inputs, output):
+        """Router forward -> float32 `[tokens, N]`: sigmoid of the router's float32 logits (`output[0]`) plus
+        e_score_correction_bias, the `scores_for_choice` Glm4MoeTopkRouter masks by group and takes its
+        top-k of (the `noaux_tc` rule of the spec applied to these gives back its choice)."""
+        logits = output[0]
+        return logits.float().sigmoid() + router.e_score_correction_bias.float()

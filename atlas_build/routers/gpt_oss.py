@@ -25,6 +25,10 @@ class GptOssAdapter(RouterAdapter):
     model_types = ("gpt_oss",)
     router_class_names = ("GptOssTopKRouter",)
     router_path = "mlp.router"
+    selection_score_kind = (
+        "router logits W h + b, bias included: what GPT-OSS takes its top-k of (its softmax is over the k "
+        "chosen logits only, after the choice)"
+    )
     family = "gpt-oss-20b, gpt-oss-120b (OpenAI)"
     verified = (
         "the router bias changes some choices",
@@ -39,3 +43,10 @@ class GptOssAdapter(RouterAdapter):
             norm_topk_prob=True,  # softmax over the k chosen logits: the weights always sum to 1
             moe_layers=range(config.num_hidden_layers),
         )
+
+    def selection_scores(self, router, inputs, output):
+        """Router forward -> float32 `[tokens, N]`: the router logits with the bias (`output[0]`, in the model
+        dtype, cast to float32 exactly), the very tensor GptOssTopKRouter takes its top-k of. Not a softmax
+        probability: the router's softmax runs over the k chosen logits only, so no probability over all N
+        exists in the model; the `greedy` rule (top-k of these scores) gives back its choice."""
+        return output[0].float()

@@ -39,6 +39,10 @@ class Llama4TextAdapter(RouterAdapter):
     router_class_names = ("Llama4Router",)
     router_path = "feed_forward.router"
     experts_path = "feed_forward.experts"
+    selection_score_kind = (
+        "raw router logits W h (no bias): what Llama 4 takes its top-k of (the gate weight is the sigmoid "
+        "of each chosen logit, taken after the choice)"
+    )
     family = "Llama 4 text decoder (a llama4_text checkpoint)"
     verified = (
         "interleaved dense/MoE layers",
@@ -74,6 +78,13 @@ class Llama4TextAdapter(RouterAdapter):
         scores, logits = output
         index = torch.topk(logits, router.top_k, dim=1).indices
         return index, scores.gather(1, index)
+
+    def selection_scores(self, router, inputs, output):
+        """Router forward -> float32 `[tokens, N]`: the raw logits (`output[1]`, in the model dtype, cast to
+        float32 exactly), the very tensor Llama4Router takes its top-k of. Logits rather than their sigmoid:
+        sigmoid is monotone, so the choice is the same, but it saturates in float32 and would turn distinct
+        logits into ties; the `greedy` rule (top-k of these scores) gives back the choice."""
+        return output[1].float()
 
     def card_notes(self, config) -> list[str]:
         return [

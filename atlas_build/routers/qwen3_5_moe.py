@@ -32,6 +32,7 @@ class Qwen3_5MoeTextAdapter(RouterAdapter):
     name = "qwen3_5_moe_text"
     model_types = ("qwen3_5_moe_text",)
     router_class_names = ("Qwen3_5MoeTopKRouter",)
+    selection_score_kind = "softmax probability over all routed experts (what top-k selects on)"
     family = "Qwen3.5-MoE text decoder (a qwen3_5_moe_text checkpoint)"
     verified = ("Gated DeltaNet and full-attention layers",)
 
@@ -59,6 +60,13 @@ class Qwen3_5MoeTextAdapter(RouterAdapter):
             moe_layers=range(text.num_hidden_layers),
             n_shared_experts=1,
         )
+
+    def selection_scores(self, router, inputs, output):
+        """Router forward -> float32 `[tokens, N]`: softmax of the logits (`output[0]`) in float32, the
+        `router_probs` Qwen3_5MoeTopKRouter takes its top-k of (before it renormalises the k chosen)."""
+        import torch
+
+        return torch.nn.functional.softmax(output[0], dtype=torch.float, dim=-1)
 
 
 class Qwen3_5MoeAdapter(Qwen3_5MoeTextAdapter):
