@@ -30,9 +30,11 @@ SCORE_COLUMNS = ["experts", "score_experts", "scores"]
 
 FORMULAS = {
     "selection_margin": "m = s(last chosen) − s(first rejected) per token and MoE layer, s = the router's "
-    "selection score (DeepSeek-V3/R1: sigmoid + correction bias; softmax routers: the probability), from the "
-    "stored top-M; first rejected: among the kept groups (group-limited routers: the chosen experts' "
-    "groups); near-tie: m < 0.001; group override: a rejected expert outside the kept groups scores above "
+    "selection score (DeepSeek-V3/R1, GLM-4 MoE: sigmoid + correction bias; softmax routers: the probability; "
+    "GPT-OSS: the logits with the router bias; Llama 4: the raw logits), from the stored top-M; first "
+    "rejected: among the kept groups (group-limited routers: the chosen experts' groups); near-tie: m < 0.001 "
+    "in the score's own units (logits for GPT-OSS and Llama 4, so not comparable with probabilities); group "
+    "override: a rejected expert outside the kept groups scores above "
     "the last chosen",
     "confident_sense": "Δκ[l] over the sense pairs whose two targets both have m[l] above the median m[l] of "
     "all tokens, beside Δκ[l] over every pair with a defined margin; CIs: lemma-clustered bootstrap",
