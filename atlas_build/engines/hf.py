@@ -193,7 +193,10 @@ class HFEngine(Engine):
         )
         self.device = next(self._model.parameters()).device
         n_params = sum(p.numel() for p in self._model.parameters())
-        self.threads, self.threads_reason = choose_threads(threads, n_params, self.device.type)
+        # The driver of a distributed build (meta device) chooses as its workers on `device` will: the thread
+        # count is part of the shard key it computes for them.
+        compute_device = self.device.type if load_weights else device
+        self.threads, self.threads_reason = choose_threads(threads, n_params, compute_device)
         if load_weights:
             torch.set_num_threads(self.threads)
         self._routers = self.adapter.router_modules(self._model)
