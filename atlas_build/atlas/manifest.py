@@ -25,11 +25,11 @@ import contextlib
 import hashlib
 import json
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from atlas_build import code_version  # also imported from here by publishing, audit and validation
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.schema import SCHEMA_VERSION
 from atlas_build.atlas.writer import TEMP_SUFFIX, WrittenFile, write_text_atomic
@@ -126,24 +126,6 @@ def config_data_sha256(manifest: Manifest, config: str) -> str:
     for rel in manifest.config_files(config):
         digest.update(f"{rel}\0{manifest.files[rel].get('sha256')}\n".encode())
     return digest.hexdigest()
-
-
-def code_version() -> str:
-    """The package version, plus the git commit when running from a checkout."""
-    from atlas_build import __version__
-
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+g{sha}" if sha else __version__
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,41 @@ def decode(raw: bytes, path: Path) -> str:
         return raw.decode("utf-8-sig")  # a byte-order mark is no part of the first field
     except UnicodeDecodeError as error:
         raise CorpusInputError(f"{path}: not UTF-8 text ({error})") from None
+
+
+def json_objects(raw: bytes, path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line number, "FILE, line N", record) of each non-blank line of a JSON-lines file, parsed strictly.
+
+    A line that is not JSON, not an object, nested too deeply (json's recursion limit), holding a key twice
+    (JSON keeps the last one silently) or NaN/Infinity (not JSON) is a `CorpusInputError` naming the line.
+    """
+
+    def unique_keys(pairs):
+        record = {}
+        for key, value in pairs:
+            if key in record:
+                raise ValueError(f"key {key!r} appears twice in one record")
+            record[key] = value
+        return record
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not a JSON value")
+
+    for number, line in enumerate(decode(raw, path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line, object_pairs_hook=unique_keys, parse_constant=no_constant)
+        except json.JSONDecodeError as error:
+            raise CorpusInputError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise CorpusInputError(f"{where}: nested too deeply to be a record") from None
+        except ValueError as error:  # a key given twice, NaN/Infinity
+            raise CorpusInputError(f"{where}: {error}") from None
+        if not isinstance(record, dict):
+            raise CorpusInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield number, where, record
 
 
 def file_entry(path: Path, raw: bytes) -> dict[str, str]:

@@ -19,7 +19,6 @@ checked before anything is written; errors name the file, the line and the field
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ from atlas_build.corpora.custom import (
     CorpusInputError,
     CorpusTables,
     char_span,
-    decode,
     file_entry,
+    json_objects,
     read_bytes,
     table,
 )
@@ -79,16 +78,7 @@ def read(path: str | Path, **_options) -> CorpusTables:
     examples: dict[str, dict[str, Any]] = {}
     lines: dict[str, int] = {}
     wanted: list[tuple[int, str, str, bool | None]] = []  # (line, id, partner, same)
-    for number, line in enumerate(decode(raw, path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise CorpusInputError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(record, dict):
-            raise CorpusInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for number, where, record in json_objects(raw, path):
         unknown = sorted(set(record) - set(FIELDS))
         if unknown:
             raise CorpusInputError(

@@ -14,12 +14,18 @@ for JSONL); a `DatasetDict`'s ids are prefixed with the split (`<split>:<id>`). 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from atlas_build.atlas.schema import TEXTS
-from atlas_build.corpora.custom import CorpusInputError, CorpusTables, decode, file_entry, read_bytes, table
+from atlas_build.corpora.custom import (
+    CorpusInputError,
+    CorpusTables,
+    file_entry,
+    json_objects,
+    read_bytes,
+    table,
+)
 
 KIND = "text"
 DEFAULT_COLUMN = "text"
@@ -82,16 +88,7 @@ def _row_id(value: Any, where: str) -> str:
 def _from_jsonl(path: Path, column: str) -> tuple[list[tuple[dict, str]], tuple[dict[str, str], ...]]:
     raw = read_bytes(path, "--texts file")
     rows = []
-    for number, line in enumerate(decode(raw, path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise CorpusInputError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(record, dict):
-            raise CorpusInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for number, where, record in json_objects(raw, path):
         if column not in record:
             raise CorpusInputError(
                 f"{where}: missing field {column!r} (the --text-column); the line has {', '.join(map(repr, record))}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import threading
 from pathlib import Path, PurePosixPath
 
@@ -25,27 +24,15 @@ class IntegrityError(SourceError):
 
 
 def code_version() -> str:
-    """The metrics code's version: the bundled release's, else the package version (+ git commit)."""
+    """The metrics code's version: the bundled release's, else the atlas package's (+ git commit)."""
     try:
         from atlas_build.metrics._bundled import CODE_VERSION  # written into a release's scripts/
 
         return CODE_VERSION
     except ImportError:
-        pass
-    from atlas_build import __version__
+        from atlas_build import code_version as package_version
 
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+g{sha}" if sha else __version__
+        return package_version()
 
 
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:

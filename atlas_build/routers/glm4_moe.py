@@ -20,10 +20,12 @@ layers that releases append (`num_nextn_predict_layers`) are not built by transf
 
 from __future__ import annotations
 
-from atlas_build.routers.base import RouterAdapter, RoutingSpec, UnsupportedModelError
+from atlas_build.routers.deepseek_v3 import DeepseekV3Adapter
 
 
-class Glm4MoeAdapter(RouterAdapter):
+class Glm4MoeAdapter(DeepseekV3Adapter):
+    """DeepSeek-V3's spec and selection scores (the same rule), under GLM-4 MoE's own module classes."""
+
     name = "glm4_moe"
     model_types = ("glm4_moe",)
     router_class_names = ("Glm4MoeTopkRouter",)
@@ -36,31 +38,3 @@ class Glm4MoeAdapter(RouterAdapter):
         "the correction bias and the group limit change some choices",
         "atlas build + atlas validate on the tiny checkpoint, the atlas routing recomputed",
     )
-
-    def routing_spec(self, config) -> RoutingSpec:
-        first_dense = config.first_k_dense_replace or 0
-        moe_layers = tuple(range(first_dense, config.num_hidden_layers))
-        if not moe_layers:
-            raise UnsupportedModelError(
-                f"glm4_moe: first_k_dense_replace={first_dense} leaves no MoE layer "
-                f"among {config.num_hidden_layers}"
-            )
-        return RoutingSpec(
-            n_routed_experts=config.n_routed_experts,
-            top_k=config.num_experts_per_tok,
-            n_shared_experts=config.n_shared_experts or 0,
-            scoring_func="sigmoid",
-            topk_method="noaux_tc",
-            norm_topk_prob=bool(config.norm_topk_prob),
-            routed_scaling_factor=float(config.routed_scaling_factor),
-            moe_layers=moe_layers,
-            n_group=config.n_group,
-            topk_group=config.topk_group,
-        )
-
-    def selection_scores(self, router, inputs, output):
-        """Router forward -> float32 `[tokens, N]`: sigmoid of the router's float32 logits (`output[0]`) plus
-        e_score_correction_bias, the `scores_for_choice` Glm4MoeTopkRouter masks by group and takes its
-        top-k of (the `noaux_tc` rule of the spec applied to these gives back its choice)."""
-        logits = output[0]
-        return logits.float().sigmoid() + router.e_score_correction_bias.float()

@@ -107,6 +107,14 @@ CASES = {
         r"line 2: field 'pair_with': the two targets differ in lemma or pos",
     ),
     "empty": (("", " "), r"probe\.jsonl is empty"),
+    # Strict JSON (corpora.custom.json_objects): once a traceback (nesting) or silently the last key.
+    "deep-nesting": (
+        (GOOD, '{"id": "b", "text": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        r"line 2: nested too deeply",
+    ),
+    "duplicate-key": (('{"id": "a", "text": "x", "text": "y"}',), r"line 1: key 'text' appears twice"),
+    "nan": (('{"id": "a", "text": "x", "target_start": NaN}',), r"line 1: NaN is not a JSON value"),
+    "not-an-object": (("[1, 2]",), r"line 1: expected a JSON object, got list"),
 }
 
 

@@ -74,6 +74,12 @@ def test_bad_inputs_are_named(tmp_path, saved):
     bad.write_text('{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n')
     with pytest.raises(CorpusInputError, match=r"line 2: duplicate id '1'"):
         read(bad)
+    bad.write_text('{"id": 1, "text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(CorpusInputError, match=r"bad\.jsonl, line 1: nested too deeply"):
+        read(bad)
+    bad.write_text('{"id": 1, "text": "a", "text": "b"}\n')
+    with pytest.raises(CorpusInputError, match=r"bad\.jsonl, line 1: key 'text' appears twice"):
+        read(bad)
     empty_dir = tmp_path / "not-a-dataset"
     empty_dir.mkdir()
     with pytest.raises(CorpusInputError, match="not a dataset saved with `save_to_disk`"):
