@@ -101,20 +101,22 @@ def decode(raw: bytes, path: Path) -> str:
         raise CorpusInputError(f"{path}: not UTF-8 text ({error})") from None
 
 
+def unique_keys(pairs):
+    """`json.loads` object hook: a key given twice is an error (JSON keeps the last one silently)."""
+    record = {}
+    for key, value in pairs:
+        if key in record:
+            raise ValueError(f"key {key!r} appears twice in one record")
+        record[key] = value
+    return record
+
+
 def json_objects(raw: bytes, path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
     """(line number, "FILE, line N", record) of each non-blank line of a JSON-lines file, parsed strictly.
 
     A line that is not JSON, not an object, nested too deeply (json's recursion limit), holding a key twice
     (JSON keeps the last one silently) or NaN/Infinity (not JSON) is a `CorpusInputError` naming the line.
     """
-
-    def unique_keys(pairs):
-        record = {}
-        for key, value in pairs:
-            if key in record:
-                raise ValueError(f"key {key!r} appears twice in one record")
-            record[key] = value
-        return record
 
     def no_constant(name):
         raise ValueError(f"{name} is not a JSON value")

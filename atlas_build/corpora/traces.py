@@ -53,6 +53,7 @@ from typing import Any
 import pyarrow as pa
 
 from atlas_build.atlas.schema import TRACES, TRACES_SCHEMA
+from atlas_build.corpora.custom import unique_keys
 from atlas_build.corpora.markers import find_markers
 from atlas_build.errors import AtlasError
 
@@ -96,16 +97,6 @@ class FormattedTrace:
 
 
 # ---- reading ----------------------------------------------------------------------------------------
-def _unique_keys(pairs):
-    """`json.loads` object hook: a key given twice is an error (JSON keeps the last one silently)."""
-    record = {}
-    for key, value in pairs:
-        if key in record:
-            raise ValueError(f"key {key!r} appears twice in one record")
-        record[key] = value
-    return record
-
-
 def read_traces(path: str | Path) -> list[Trace]:
     """Read and check a whole traces file; raise `TracesInputError` naming the file and line on bad input."""
     path = Path(path)
@@ -124,12 +115,12 @@ def read_traces(path: str | Path) -> list[Trace]:
             continue
         where = f"{path}, line {number}"
         try:
-            record = json.loads(line, object_pairs_hook=_unique_keys)
+            record = json.loads(line, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as error:
             raise TracesInputError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
         except RecursionError:
             raise TracesInputError(f"{where}: nested too deeply to be a trace record") from None
-        except ValueError as error:  # a key given twice (_unique_keys)
+        except ValueError as error:  # a key given twice (unique_keys)
             raise TracesInputError(f"{where}: {error}") from None
         trace = _trace_from_record(record, number, where)
         if trace.id in first_line:

@@ -12,7 +12,7 @@ Layers below `first_k_dense_replace` are dense MLPs; the rest are MoE with share
 
 from __future__ import annotations
 
-from atlas_build.routers.base import RouterAdapter, RoutingSpec, UnsupportedModelError
+from atlas_build.routers.base import RouterAdapter, RoutingSpec
 
 
 class DeepseekV3Adapter(RouterAdapter):
@@ -31,12 +31,6 @@ class DeepseekV3Adapter(RouterAdapter):
 
     def routing_spec(self, config) -> RoutingSpec:
         first_dense = config.first_k_dense_replace or 0
-        moe_layers = tuple(range(first_dense, config.num_hidden_layers))
-        if not moe_layers:
-            raise UnsupportedModelError(
-                f"{self.name}: first_k_dense_replace={first_dense} leaves no MoE layer "
-                f"among {config.num_hidden_layers}"
-            )
         return RoutingSpec(
             n_routed_experts=config.n_routed_experts,
             top_k=config.num_experts_per_tok,
@@ -45,7 +39,7 @@ class DeepseekV3Adapter(RouterAdapter):
             topk_method="noaux_tc",
             norm_topk_prob=bool(config.norm_topk_prob),
             routed_scaling_factor=float(config.routed_scaling_factor),
-            moe_layers=moe_layers,
+            moe_layers=tuple(range(first_dense, config.num_hidden_layers)),
             n_group=config.n_group,
             topk_group=config.topk_group,
         )

@@ -176,7 +176,6 @@ def test_deepseek_v2_norm_topk_prob_is_reported_as_transformers_applies_it():
         ("deepseek_v2_greedy", {"first_k_dense_replace": 3}),
         ("qwen2_moe", {"mlp_only_layers": [1, 3]}),
         ("qwen3_moe", {"decoder_sparse_step": 4}),
-        ("glm4_moe", {"first_k_dense_replace": 3}),
         ("llama4_text", {"moe_layers": []}),
     ],
 )
@@ -186,6 +185,21 @@ def test_config_without_moe_layers_is_refused(name, overrides):
         setattr(config, key, value)
     with pytest.raises(UnsupportedModelError, match="no MoE layer"):
         adapter_for(config).routing_spec(config)
+
+
+@pytest.mark.parametrize("name", ["glm4_moe", "deepseek_v3"])
+def test_dense_only_deepseek_layout_is_refused_by_the_spec_check(name):
+    """DeepSeek-V3's rule (GLM-4 MoE shares its adapter) gives an empty layer list for first_k_dense_replace >=
+    num_hidden_layers; the engines' shared spec check refuses it before anything is written."""
+    from atlas_build.engines.base import ModelLoadError
+    from atlas_build.engines.checks import check_routing_spec
+
+    config = make_config(CASES[name])
+    config.first_k_dense_replace = config.num_hidden_layers
+    spec = adapter_for(config).routing_spec(config)
+    assert spec.moe_layers == ()
+    with pytest.raises(ModelLoadError, match="no decoder layer is a Mixture-of-Experts layer"):
+        check_routing_spec(spec, config.num_hidden_layers, "config.json")
 
 
 def test_moe_settings_in_text_config_are_not_called_dense():
