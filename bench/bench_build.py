@@ -168,7 +168,7 @@ def plain_forward(engine, base_model, texts: list[str], batch_size: int, device:
 
 def capture_and_write(engine, shards, schema, out: Path) -> int:
     from atlas_build.atlas.writer import write_parquet_atomic
-    from atlas_build.build import shard_table
+    from atlas_build.builder import shard_table
 
     tokens = 0
     for n, shard in enumerate(shards):
@@ -581,7 +581,7 @@ def main() -> None:
 
     print("3. bytes per routing entry at DeepSeek-R1's shape")
     from atlas_build.atlas.schema import routing_schema
-    from atlas_build.build import shard_table
+    from atlas_build.builder import shard_table
     from atlas_build.engines.hf import HFEngine
 
     engine = HFEngine("tiny-deepseek-v3")

@@ -198,13 +198,13 @@ def bench(
     root: Path, cache_dir: Path, n_bootstrap: int, n_permutations: int, with_paths: bool = True
 ) -> dict:
     from atlas_build.atlas.schema import SENSE_PAIRS, SENSES
-    from atlas_build.metrics import experts as ex
     from atlas_build.metrics.compute import sense_pair_metrics, uniform_baseline
-    from atlas_build.metrics.identity import target_identity
-    from atlas_build.metrics.overlap import select_targets, target_rows_table
-    from atlas_build.metrics.paths import PathMetricsJob
-    from atlas_build.metrics.senses import BootstrapOptions, load_sense_corpus, sense_pair_kappa
-    from atlas_build.metrics.source import AtlasSource
+    from atlas_build.metrics.estimators.identity import target_identity
+    from atlas_build.metrics.estimators.overlap import select_targets, target_rows_table
+    from atlas_build.metrics.estimators.senses import BootstrapOptions, load_sense_corpus, sense_pair_kappa
+    from atlas_build.metrics.experts import blocks as ex
+    from atlas_build.metrics.paths.compute import PathMetricsJob
+    from atlas_build.metrics.provenance.source import AtlasSource
 
     t0 = time.perf_counter()
     src = AtlasSource(root, cache_dir=cache_dir)

@@ -805,7 +805,7 @@ def measure_speed(model: str, texts: list[dict], run: Run, plan: Plan, eager_exp
 
     from atlas_build.atlas.schema import routing_schema
     from atlas_build.atlas.texts import TextItem
-    from atlas_build.build import shard_table
+    from atlas_build.builder import shard_table
     from atlas_build.engines.hf import HFEngine
 
     engine = HFEngine(model, device=run.device, dtype=run.dtype, batch_size=plan.batch_size)

@@ -414,7 +414,7 @@ def audit_lines(manifest: Manifest, slug: str, random_init: bool = False) -> lis
 def metrics_summary(metrics: dict[str, Any]) -> str:
     """The metrics package's markdown summary, or a minimal table from `metrics.json` if it is unavailable."""
     try:
-        from atlas_build.metrics.report import summarize
+        from atlas_build.metrics.report.markdown import summarize
     except ImportError:  # metrics package absent in this install: render the headline numbers ourselves
         summarize = None
     if summarize is not None:

@@ -66,7 +66,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_atlas(tmp_path_factory, requires_wordnet) -> Path:
     """A real atlas: WordNet corpora (SMALL_ATLAS_LEMMAS lemmas) routed by tiny-deepseek-v3. Read-only!"""
-    from atlas_build.build import BuildConfig, run_build
+    from atlas_build.builder import BuildConfig, run_build
 
     out = tmp_path_factory.mktemp("atlas") / "small"
     run_build(

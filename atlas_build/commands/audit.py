@@ -48,7 +48,7 @@ def command(
     the mismatch rate and the first mismatching rows, records the result in manifest.json and the card
     (`atlas publish --require-audit` asks for it), and exits 1 when agreement is below the threshold.
     """
-    from atlas_build.audit import DEFAULT_SAMPLE, DEFAULT_THRESHOLD, audit_atlas
+    from atlas_build.audit.reroute import DEFAULT_SAMPLE, DEFAULT_THRESHOLD, audit_atlas
 
     result = audit_atlas(
         directory,

@@ -117,7 +117,7 @@ from atlas_build.commands._options import model_loading_options
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def command(**options) -> None:
     """Route a corpus through MODEL and write (or resume) the atlas in OUT."""
-    from atlas_build.build import BuildConfig, run_build
+    from atlas_build.builder import BuildConfig, run_build
     from atlas_build.errors import BuildOptionsError
 
     progress = not options.pop("no_progress")

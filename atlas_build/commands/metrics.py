@@ -93,7 +93,7 @@ def compute(
     """
     # Heavy imports here: the CLI group imports every command module at start-up.
     from atlas_build.metrics import MetricsOptions, run_metrics, summarize
-    from atlas_build.metrics.source import SourceError
+    from atlas_build.metrics.provenance.source import SourceError
 
     options = MetricsOptions(
         target=target,
@@ -151,15 +151,15 @@ def calibrate(source, out, model, layers, strength, plants, n_bootstrap, n_permu
     OUT/calibration.md.
     """
     from atlas_build.metrics import MetricsOptions
-    from atlas_build.metrics.calibrate import (
+    from atlas_build.metrics.calibration.plants import (
         PLANTS,
         PlantOptions,
         render_calibration,
     )
-    from atlas_build.metrics.calibrate import (
+    from atlas_build.metrics.calibration.plants import (
         calibrate as run_calibration,
     )
-    from atlas_build.metrics.source import SourceError
+    from atlas_build.metrics.provenance.source import SourceError
 
     try:
         report = run_calibration(

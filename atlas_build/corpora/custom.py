@@ -7,7 +7,7 @@ counts, how the rows were made). A reader checks the whole input before it retur
 `CorpusInputError` naming the file, the line and the field of the first problem: nothing is written, and no model
 is loaded, before every row is known to be good.
 
-Readers never import the build; the build writes the tables (`atlas_build.build.custom`).
+Readers never import the build; the build writes the tables (`atlas_build.builder.user_corpora`).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ significant digits; NaN/undefined is null)::
                             "markers": {marker: {"n", "top_experts": [L][...]}},
                             "segments": {"names", "n_tokens": {name: n}, "load": {name: [L][N]},
                                          "js_divergence_think_answer": [L] | null}},
-          "paths": {                                   # metrics/paths.py (routing paths across layers)
+          "paths": {                                   # metrics/paths/compute.py (routing paths across layers)
             "basis": str, "target": "first|last",
             "transitions": null (ids-only engine) | {"basis": "top-1", "distances": {"1"|"2"|"4": {
                 "from_layers", "to_layers", "mi_bits", "mi_shuffled_bits", "max_lift",
@@ -105,7 +105,7 @@ significant digits; NaN/undefined is null)::
                                 "controls": {"token_identity"|"context_words"|"all"|"null_model":
                                              {"method", "delta": interval}},
                                 "survives": bool}}}},
-          "scores": null | {                           # metrics/scores.py (built with --scores M)
+          "scores": null | {                           # metrics/scores/compute.py (built with --scores M)
             "scores_top_m", "near_tie", "margin_defined_share": [L],
             "margin_quantiles": {"q10", "q50", "q90": [L]}, "near_tie_share": [L],
             "group_overridden_share": [L], "note": str | null,
@@ -127,7 +127,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from atlas_build.metrics.compute import MetricsOptions, MetricsResult, compute_metrics
-from atlas_build.metrics.report import render_report, summarize, write_outputs
+from atlas_build.metrics.report.markdown import render_report, summarize, write_outputs
 
 __all__ = [
     "MetricsOptions",

@@ -9,18 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, SENSE_PAIRS, SENSES, SUBSTITUTIONS, TRACES
-from atlas_build.metrics import experts as ex
-from atlas_build.metrics.controls import CONTROL_NAMES, NullModel, pair_controls
-from atlas_build.metrics.corpora import USER_CONFIGS, UserCorpus, load_user_corpora
-from atlas_build.metrics.expert_summary import expert_metrics, trace_metrics, uniform_baseline
-from atlas_build.metrics.formulas import FORMULAS  # the report reads it from here too
-from atlas_build.metrics.identity import TargetIdentity, target_identity
-from atlas_build.metrics.overlap import TARGET_MODES, select_targets, target_rows_table
-from atlas_build.metrics.paths import PathMetricsJob
-from atlas_build.metrics.probe import sense_probe
-from atlas_build.metrics.provenance import Provenance
-from atlas_build.metrics.scores import model_scores
-from atlas_build.metrics.senses import (
+from atlas_build.metrics.controls.regression import CONTROL_NAMES, NullModel, pair_controls
+from atlas_build.metrics.controls.verdict import peak, scale_rows, survival
+from atlas_build.metrics.estimators.identity import TargetIdentity, target_identity
+from atlas_build.metrics.estimators.overlap import TARGET_MODES, select_targets, target_rows_table
+from atlas_build.metrics.estimators.probe import sense_probe
+from atlas_build.metrics.estimators.senses import (
     BootstrapOptions,
     SenseCorpus,
     load_sense_corpus,
@@ -28,8 +22,14 @@ from atlas_build.metrics.senses import (
     sense_pair_overlap,
     substitution_overlap,
 )
-from atlas_build.metrics.source import AtlasSource, SourceError
-from atlas_build.metrics.verdict import peak, scale_rows, survival
+from atlas_build.metrics.estimators.user_corpora import USER_CONFIGS, UserCorpus, load_user_corpora
+from atlas_build.metrics.experts import blocks as ex
+from atlas_build.metrics.experts.summary import expert_metrics, trace_metrics, uniform_baseline
+from atlas_build.metrics.paths.compute import PathMetricsJob
+from atlas_build.metrics.provenance.source import AtlasSource, SourceError
+from atlas_build.metrics.provenance.verify import Provenance
+from atlas_build.metrics.report.formulas import FORMULAS  # the report reads it from here too
+from atlas_build.metrics.scores.compute import model_scores
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def compute_metrics(
                 seed=options.seed,
                 budget_bytes=options.budget_bytes,
             )
-            # Routing paths across layers (metrics/paths.py): a forked worker of its own on large atlases.
+            # Routing paths across layers (metrics/paths/compute.py): a forked worker of its own on large atlases.
             path_null = nulls[slug]
             path_job = PathMetricsJob(
                 routing,
@@ -304,7 +304,7 @@ def compute_metrics(
                     for uc in user_corpora
                 }
                 entry["paths"], path_arrays = path_job.result()
-                # Router scores beyond the top-k (metrics/scores.py): None unless built with --scores.
+                # Router scores beyond the top-k (metrics/scores/compute.py): None unless built with --scores.
                 entry["scores"] = model_scores(src, row, routing, corpus, options=boot, target=options.target)
                 simulated = uniform_baseline(
                     row, routing.num_rows, options.min_count, options.seeds()["uniform_routing_simulation"]

@@ -150,7 +150,7 @@ def check_metrics(source: Path, manifest: Manifest, log: Callable[[str], None]) 
 
 
 def bundle_paths() -> list[str]:
-    from atlas_build.metrics.bundle import bundle_files
+    from atlas_build.metrics.provenance.bundle import bundle_files
 
     return sorted(bundle_files(""))
 
@@ -180,7 +180,7 @@ def write_scripts(release: Path, version: Version, target: Target, metrics: dict
     )
     write_text_atomic(scripts / "README.md", render_template("scripts_README.md.jinja", **values))
     # The metric code the script runs, so a release needs only `pip install datasets scipy matplotlib`.
-    from atlas_build.metrics.bundle import write_bundle
+    from atlas_build.metrics.provenance.bundle import write_bundle
 
     write_bundle(scripts)
 

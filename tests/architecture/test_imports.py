@@ -20,7 +20,7 @@ PACKAGES = ("atlas_build", "validation", "dataset_cards")
 FLOORS: dict[str, int] = {
     "atlas_build.cli": 5,
     "atlas_build.commands": 5,
-    "atlas_build.build": 4,
+    "atlas_build.builder": 4,
     "atlas_build.audit": 4,
     "atlas_build.publish": 4,
     "atlas_build.explore": 4,
@@ -53,7 +53,7 @@ FORBIDDEN = {
         "atlas_build.corpora",
         "atlas_build.models",
         "atlas_build.routers",
-        "atlas_build.build",
+        "atlas_build.builder",
     ),
 }
 
@@ -184,8 +184,8 @@ def test_the_checks_catch_a_planted_upward_import_and_cycle(monkeypatch):
 
     def planted():
         graph = defaultdict(lambda: defaultdict(list), {k: defaultdict(list, v) for k, v in real.items()})
-        graph["atlas_build.atlas"]["atlas_build.build"].append("planted")
-        graph["atlas_build.build"]["atlas_build.atlas"].append("planted")
+        graph["atlas_build.atlas"]["atlas_build.builder"].append("planted")
+        graph["atlas_build.builder"]["atlas_build.atlas"].append("planted")
         return graph
 
     monkeypatch.setitem(globals(), "room_graph", planted)

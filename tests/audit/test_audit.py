@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.routing import nested_fixed_list, routing_array
 from atlas_build.atlas.writer import write_parquet_atomic
-from atlas_build.audit import AuditError, audit_atlas, clopper_pearson
+from atlas_build.audit.reroute import AuditError, audit_atlas, clopper_pearson
 from atlas_build.cli import main
 from dataset_cards.render import write_card
 
@@ -86,7 +86,7 @@ def test_the_demo_atlas_audits_to_identical_sets(atlas_copy):
 
 
 def test_the_sample_is_seeded(small_atlas):
-    from atlas_build.audit import sample_texts
+    from atlas_build.audit.reroute import sample_texts
 
     manifest = Manifest.load(small_atlas)
     a = sample_texts(small_atlas, manifest, CONFIG, 20, seed=1)
@@ -123,7 +123,7 @@ def swap_two_tokens(root):
 
 def another_models_routing(root, tiny_checkpoint):
     from atlas_build.atlas.schema import routing_schema
-    from atlas_build.build import shard_table, wordnet_texts
+    from atlas_build.builder import shard_table, wordnet_texts
     from atlas_build.engines.hf import HFEngine
 
     manifest = Manifest.load(root)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from atlas_build.build import BuildConfig, run_build
+from atlas_build.builder import BuildConfig, run_build
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MODEL = "tiny-deepseek-v3"
@@ -89,7 +89,7 @@ def no_model(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr("atlas_build.build.steps.make_engine", refuse)
+    monkeypatch.setattr("atlas_build.builder.steps.make_engine", refuse)
 
 
 def refused_cleanly(result, *fragments: str) -> str:

@@ -573,7 +573,7 @@ def test_reduced_check_runs_with_only_the_gpu_machines_packages(inputs, tmp_path
         names |= {node.module for node in top_level if isinstance(node, ast.ImportFrom) and node.module}
         assert not {n.partition(".")[0] for n in names} & set(NOT_AT_IMPORT_TIME), module
     assert (
-        "atlas_build.engines.hf" in imports["atlas_build"] and "atlas_build.build" in imports["atlas_build"]
+        "atlas_build.engines.hf" in imports["atlas_build"] and "atlas_build.builder" in imports["atlas_build"]
     )
 
     results = json.loads((out / "gpu-check.json").read_text())

@@ -150,7 +150,7 @@ def test_scores_are_refused_where_they_cannot_be_given():
         NoScores().require_selection_scores()
     with pytest.raises(ModelLoadError, match="between top_k = 8"):
         HFEngine(BUILTIN, scores_top_m=4, load_weights=False)
-    from atlas_build.build import BuildConfig
+    from atlas_build.builder import BuildConfig
     from atlas_build.errors import BuildOptionsError
 
     with pytest.raises(BuildOptionsError, match="--engine hf"):
@@ -171,7 +171,7 @@ def test_a_bad_scores_option_is_one_line_without_traceback(tmp_path):
 
 @pytest.fixture(scope="module")
 def scored_atlas(tmp_path_factory):
-    from atlas_build.build import BuildConfig, run_build
+    from atlas_build.builder import BuildConfig, run_build
 
     root = tmp_path_factory.mktemp("scores") / "atlas"
     run_build(
@@ -230,7 +230,7 @@ def test_validation_fails_an_atlas_whose_experts_disagree_with_its_scores(scored
 
 def test_metrics_margins_match_the_stored_scores(scored_atlas, tmp_path):
     from atlas_build.metrics import MetricsOptions, compute_metrics
-    from atlas_build.metrics.report import to_json
+    from atlas_build.metrics.report.markdown import to_json
 
     metrics = to_json(
         compute_metrics(

@@ -221,7 +221,7 @@ def test_model_row_matches_the_hf_engine_without_loading_weights(fake_vllm, hf_e
 
 def test_build_with_the_vllm_engine_stores_id_sets_and_null_weights(fake_vllm, small_atlas, tmp_path):
     """Same corpus, same tokens, same expert sets as the hf build; weights null; order ascending."""
-    from atlas_build.build import BuildConfig, run_build
+    from atlas_build.builder import BuildConfig, run_build
 
     out = tmp_path / "vllm-atlas"
     run_build(

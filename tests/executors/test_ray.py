@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from atlas_build.atlas.manifest import Manifest
-from atlas_build.build import BuildConfig, ShardWorker, run_build
+from atlas_build.builder import BuildConfig, ShardWorker, run_build
 from atlas_build.errors import AtlasError
 
 ray = pytest.importorskip(
@@ -101,7 +101,7 @@ def test_ray_build_with_a_retried_shard_has_the_local_builds_data_hashes(
     out = corpora_only(local_atlas, tmp_path / "atlas")
     flag = tmp_path / "failed-once"
     monkeypatch.setattr(FlakyShardWorker, "flag", flag)
-    monkeypatch.setattr("atlas_build.build.steps.ShardWorker", FlakyShardWorker)
+    monkeypatch.setattr("atlas_build.builder.steps.ShardWorker", FlakyShardWorker)
     stats = build(out, "ray", workers=2, max_retries=1)
     assert flag.exists(), "the injected failure never happened"
     assert stats.shards_written == len(Manifest.load(local_atlas).config_files(ROUTING))
@@ -117,7 +117,7 @@ def test_ray_build_with_a_retried_shard_has_the_local_builds_data_hashes(
 
 def test_a_shard_that_keeps_failing_is_named(ray_cluster, local_atlas, tmp_path, monkeypatch):
     out = corpora_only(local_atlas, tmp_path / "atlas")
-    monkeypatch.setattr("atlas_build.build.steps.ShardWorker", BrokenShardWorker)
+    monkeypatch.setattr("atlas_build.builder.steps.ShardWorker", BrokenShardWorker)
     with pytest.raises(
         ShardFailedError, match=rf"shard 0 of {ROUTING} .* after 2 attempts: RuntimeError: shard 0"
     ):

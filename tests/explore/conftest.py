@@ -17,7 +17,7 @@ from atlas_build.explore.browser import find_browser
 @pytest.fixture(scope="session")
 def twin_atlas(small_atlas, tmp_path_factory) -> Path:
     """small_atlas + a random-init twin (seed 1) + metrics/ (few resamples). Read-only!"""
-    from atlas_build.build import BuildConfig, run_build
+    from atlas_build.builder import BuildConfig, run_build
     from atlas_build.metrics import MetricsOptions, run_metrics
 
     root = tmp_path_factory.mktemp("explore") / "atlas"

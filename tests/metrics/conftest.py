@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from atlas_build.metrics import MetricsOptions, compute_metrics
-from atlas_build.metrics.report import to_json
+from atlas_build.metrics.report.markdown import to_json
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ DEMO_TWIN = "tiny-deepseek-v3-seed1"
 @pytest.fixture(scope="session")
 def demo_atlas(tmp_path_factory, requires_wordnet):
     """The demo atlas as `make demo` builds it (RANDOM-INIT model + its twin). Read-only!"""
-    from atlas_build.build import BuildConfig, run_build
+    from atlas_build.builder import BuildConfig, run_build
 
     out = tmp_path_factory.mktemp("demo") / "atlas-demo"
     for extra in ({}, {"random_init": True, "seed": 1, "slug": DEMO_TWIN}):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from atlas_build.commands.metrics import command
 from atlas_build.metrics import MetricsOptions
-from atlas_build.metrics.calibrate import PlantOptions, calibrate
+from atlas_build.metrics.calibration.plants import PlantOptions, calibrate
 
 pytestmark = pytest.mark.slow
 OPTIONS = {"n_bootstrap": 1000, "n_permutations": 199}

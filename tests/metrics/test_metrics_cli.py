@@ -47,8 +47,8 @@ MODEL_KEYS = {
     "experts",
     "token_specialisation",
     "traces",
-    "paths",  # metrics/paths.py
-    "scores",  # metrics/scores.py (null: built without --scores)
+    "paths",  # metrics/paths/compute.py
+    "scores",  # metrics/scores/compute.py (null: built without --scores)
 }
 SENSE_PAIR_KEYS = {
     "n_pairs",

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from atlas_build.metrics.compute import survival
-from atlas_build.metrics.controls import (
+from atlas_build.metrics.controls.regression import (
     Block,
     DesignError,
     jaccard_strata,
@@ -17,10 +17,10 @@ from atlas_build.metrics.controls import (
     select_columns,
     solve_normal_equations,
 )
-from atlas_build.metrics.identity import NO_LEFT, NO_RIGHT, target_identity
-from atlas_build.metrics.report import format_p
-from atlas_build.metrics.senses import BootstrapOptions, ContextWords, SenseCorpus
-from atlas_build.metrics.stats import monte_carlo_interval
+from atlas_build.metrics.estimators.identity import NO_LEFT, NO_RIGHT, target_identity
+from atlas_build.metrics.estimators.senses import BootstrapOptions, ContextWords, SenseCorpus
+from atlas_build.metrics.estimators.stats import monte_carlo_interval
+from atlas_build.metrics.report.markdown import format_p
 
 
 def corpus_of(pair_group, same, jaccard) -> SenseCorpus:

@@ -11,7 +11,7 @@ from metrics_synth import Tokens, model_row, random_fn, senses_table, write_atla
 
 from atlas_build.atlas.schema import SUBSTITUTIONS_SCHEMA
 from atlas_build.atlas.synthetic import random_routing
-from atlas_build.metrics.experts import npmi
+from atlas_build.metrics.experts.blocks import npmi
 
 
 def test_npmi_bounds_and_independence():

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from atlas_build.atlas.routing import nested_fixed_list
-from atlas_build.metrics import experts as ex
+from atlas_build.metrics.experts import blocks as ex
 from dataset_cards.synthetic import write_synthetic_atlas
 
 
@@ -137,7 +137,7 @@ def test_expert_metrics_through_an_atlas(tmp_path, compute):
 
 
 def test_forked_workers_match_the_serial_pass(tmp_path, hf_cache):
-    from atlas_build.metrics.source import AtlasSource
+    from atlas_build.metrics.provenance.source import AtlasSource
 
     root = write_synthetic_atlas(tmp_path / "atlas", n_lemmas=10, n_experts=16, n_layers=5, top_k=3)
     routing = AtlasSource(root, cache_dir=hf_cache).routing("synthetic-moe")

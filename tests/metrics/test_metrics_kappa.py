@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from atlas_build.atlas.routing import nested_fixed_list
-from atlas_build.metrics.overlap import chance_kappa, expert_bitsets, pair_overlap, select_targets
+from atlas_build.metrics.estimators.overlap import chance_kappa, expert_bitsets, pair_overlap, select_targets
 
 
 @pytest.mark.parametrize(("k", "n"), [(1, 2), (2, 8), (4, 32), (8, 256), (6, 64)])

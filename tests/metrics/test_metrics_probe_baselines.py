@@ -10,8 +10,8 @@ import pytest
 from metrics_synth import Tokens, model_row, senses_table, write_atlas
 
 from atlas_build.atlas.synthetic import random_routing
-from atlas_build.metrics import experts as ex
-from atlas_build.metrics.baselines import RouterConstraints, simulate_uniform
+from atlas_build.metrics.experts import blocks as ex
+from atlas_build.metrics.experts.baselines import RouterConstraints, simulate_uniform
 
 N, K = 16, 2
 

@@ -106,7 +106,7 @@ class _Sibling:
 def test_hub_source_is_checked_against_the_manifest_of_its_revision(atlas, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from atlas_build.metrics.provenance import IntegrityError, Provenance
+    from atlas_build.metrics.provenance.verify import IntegrityError, Provenance
 
     manifest = json.loads((atlas / "manifest.json").read_text())
     remote = {rel: meta["sha256"] for rel, meta in manifest["files"].items()}

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from atlas_build.metrics import MetricsOptions, run_metrics
-from atlas_build.metrics.bundle import BUNDLE_DIR, metric_modules, write_bundle
+from atlas_build.metrics.provenance.bundle import BUNDLE_DIR, metric_modules, write_bundle
 from dataset_cards.render import render_template
 from dataset_cards.synthetic import write_synthetic_atlas
 
@@ -25,7 +25,7 @@ def test_bundle_holds_only_the_metrics_and_the_ground_floor():
     modules = set(metric_modules())
     assert {
         "atlas_build.metrics.compute",
-        "atlas_build.metrics.controls",
+        "atlas_build.metrics.controls.regression",
         "atlas_build.atlas.schema",
     } <= modules
     allowed = ("atlas_build.metrics", "atlas_build.atlas")

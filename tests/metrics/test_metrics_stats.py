@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas_build.metrics.stats import (
+from atlas_build.metrics.estimators.stats import (
     BCA_MAX_CLUSTERS,
     ci_method,
     cluster_bootstrap,

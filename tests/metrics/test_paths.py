@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from atlas_build.atlas.schema import SENSES_SCHEMA
-from atlas_build.metrics import paths
-from atlas_build.metrics.senses import BootstrapOptions
+from atlas_build.metrics.estimators.senses import BootstrapOptions
+from atlas_build.metrics.paths import compute as paths
 from tests.metrics.metrics_synth import Tokens, model_row, write_atlas
 
 N, L, K = 16, 4, 2
@@ -323,8 +323,8 @@ def test_stratified_delta_matches_a_direct_cmh_computation():
 
 
 def test_id_only_engines_get_no_top1_paths(sense_atlas, compute):
-    from atlas_build.metrics.paths import path_metrics
-    from atlas_build.metrics.source import AtlasSource
+    from atlas_build.metrics.paths.compute import path_metrics
+    from atlas_build.metrics.provenance.source import AtlasSource
 
     src = AtlasSource(sense_atlas)
     row = dict(src.models()[0], weights_dtype=None)
@@ -335,10 +335,10 @@ def test_id_only_engines_get_no_top1_paths(sense_atlas, compute):
 
 
 def test_the_forked_path_job_gives_the_in_process_result(sense_atlas):
-    from atlas_build.metrics.paths import PathMetricsJob, path_metrics
-    from atlas_build.metrics.report import to_json
-    from atlas_build.metrics.senses import load_sense_corpus
-    from atlas_build.metrics.source import AtlasSource
+    from atlas_build.metrics.estimators.senses import load_sense_corpus
+    from atlas_build.metrics.paths.compute import PathMetricsJob, path_metrics
+    from atlas_build.metrics.provenance.source import AtlasSource
+    from atlas_build.metrics.report.markdown import to_json
 
     src = AtlasSource(sense_atlas)
     row = next(r for r in src.models() if r["model_slug"] == "planted")

@@ -71,7 +71,7 @@ def fake_reference(tmp_path_factory) -> Path:
 def corpus_seed(tmp_path_factory) -> Path:
     """An atlas holding only the fixed corpus, as a build leaves it after its corpus step (read-only)."""
     from atlas_build.atlas.manifest import Manifest
-    from atlas_build.build import BuildConfig, ensure_wordnet_corpora
+    from atlas_build.builder import BuildConfig, ensure_wordnet_corpora
     from dataset_cards.render import write_card
 
     out = tmp_path_factory.mktemp("corpus-seed") / "atlas"
@@ -137,7 +137,7 @@ def tiny_engine(tiny_checkpoint):
 @pytest.fixture(scope="session")
 def real_reference(tmp_path_factory, corpus_seed, tiny_checkpoint) -> Path:
     """The fixed corpus routed by the real tiny-deepseek-v3 checkpoint, uninterrupted (read-only)."""
-    from atlas_build.build import BuildConfig, run_build
+    from atlas_build.builder import BuildConfig, run_build
 
     out = copy_of(corpus_seed, tmp_path_factory.mktemp("real-reference") / "atlas")
     run_build(

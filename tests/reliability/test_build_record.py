@@ -104,7 +104,7 @@ def test_the_thread_count_is_part_of_the_shard_key():
     """A reduction's order (its rounding) can follow torch's CPU thread count: another count, another key."""
     import pyarrow as pa
 
-    from atlas_build.build.shards import run_fingerprint
+    from atlas_build.builder.shards import run_fingerprint
 
     row = {"model_id": "m", "engine": "hf", "dtype": "float32", "random_init": False, "seed": 0}
     schema = pa.schema([pa.field("x", pa.int32())])

@@ -132,7 +132,7 @@ def test_three_builds_into_one_new_folder_exactly_one_writes_and_nothing_is_lost
 ):
     """B creates DIR, A takes the lock, B is refused, then C starts: B's clean-up must not remove DIR (with
     A's lock inside), and C must be refused, not write a second corpus beside A (issue 12's race)."""
-    from atlas_build.build import BuildConfig, run_build
+    from atlas_build.builder import BuildConfig, run_build
     from atlas_build.engines import ENGINES
     from validation.integrity import verify_files
 
@@ -216,7 +216,7 @@ def test_files_and_folders_get_the_usual_modes_under_the_umask(tmp_path, fakes, 
 
 
 def test_input_paths_with_an_unexpanded_tilde_mean_the_home_folder(tmp_path, monkeypatch):
-    from atlas_build.build import BuildConfig
+    from atlas_build.builder import BuildConfig
 
     monkeypatch.setenv("HOME", str(tmp_path))
     config = BuildConfig(model="x", out=tmp_path / "a", corpus="traces", traces="~/t.jsonl")

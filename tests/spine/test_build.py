@@ -19,7 +19,7 @@ from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.routing import routing_array
 from atlas_build.atlas.schema import FIXED_SCHEMAS, MODELS, routing_schema
 from atlas_build.atlas.writer import sha256_file
-from atlas_build.build import BuildConfig, run_build
+from atlas_build.builder import BuildConfig, run_build
 
 ROUTING = "routing-tiny-deepseek-v3"
 

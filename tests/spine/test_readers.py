@@ -69,7 +69,7 @@ def atlas(small_atlas, tmp_path_factory):
     import shutil
     from pathlib import Path
 
-    from atlas_build.build import BuildConfig, run_build
+    from atlas_build.builder import BuildConfig, run_build
 
     root = tmp_path_factory.mktemp("readers") / "atlas"
     shutil.copytree(small_atlas, root)

@@ -55,7 +55,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def traces_atlas(tmp_path_factory, sample_jsonl) -> Path:
     """The sample traces routed by the tiny model (`atlas build --corpus traces`). Read-only!"""
-    from atlas_build.build import BuildConfig, run_build
+    from atlas_build.builder import BuildConfig, run_build
 
     out = tmp_path_factory.mktemp("traces-atlas") / "atlas"
     with torch_threads(1):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from atlas_build.atlas.manifest import Manifest
-from atlas_build.build import BuildConfig, run_build
+from atlas_build.builder import BuildConfig, run_build
 from atlas_build.corpora.traces import TracesInputError, read_traces
 from atlas_build.errors import AtlasError
 
@@ -70,7 +70,7 @@ def test_build_writes_nothing(tmp_path, case):
 def test_too_long_trace_is_refused_with_its_id_and_count(tmp_path, tiny_tokenizer):
     from types import SimpleNamespace
 
-    from atlas_build.build import BuildConfig
+    from atlas_build.builder import BuildConfig
     from atlas_build.corpora.traces import ensure_traces
 
     long = {**GOOD, "id": "long-1", "reasoning": "wait " * 5000}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from atlas_build.atlas.manifest import Manifest
-from atlas_build.build import BuildConfig, run_build
+from atlas_build.builder import BuildConfig, run_build
 from atlas_build.corpora.markers import find_markers
 from atlas_build.corpora.traces import read_traces
 

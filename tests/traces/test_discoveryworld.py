@@ -116,7 +116,7 @@ def test_tiny_model_run_is_routed(tmp_path, monkeypatch, one_thread):
     import datasets
     from click.testing import CliRunner
 
-    from atlas_build.build import BuildConfig, run_build
+    from atlas_build.builder import BuildConfig, run_build
     from atlas_build.cli import main
 
     monkeypatch.chdir(tmp_path)

@@ -197,7 +197,7 @@ def test_validation_imports_no_engine_code(clean_atlas_template):
         f"assert run_validation(Path({str(clean_atlas_template)!r}), tokenizers=False).passed; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'vllm', 'ray') "
         "or m.startswith(('atlas_build.engines', 'atlas_build.routers', 'atlas_build.models', "
-        "'atlas_build.corpora', 'atlas_build.build'))); "
+        "'atlas_build.corpora', 'atlas_build.builder'))); "
         "assert not bad, bad"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from atlas_build.atlas.routing import routing_array
-from atlas_build.metrics.overlap import chance_kappa
-from atlas_build.metrics.stats import cluster_bootstrap, cluster_sums
+from atlas_build.metrics.estimators.overlap import chance_kappa
+from atlas_build.metrics.estimators.stats import cluster_bootstrap, cluster_sums
 
 NEAR_TIE = 1e-3
 QUANTILES = (0.1, 0.5, 0.9)
@@ -187,7 +187,7 @@ def model_scores(src, row: dict, routing: pa.Table, corpus=None, *, options=None
     if not row.get("scores_top_m"):
         return None
     from atlas_build.atlas.schema import ROUTING_PREFIX, SENSES
-    from atlas_build.metrics.paths import target_rows
+    from atlas_build.metrics.paths.compute import target_rows
 
     table = src.table(ROUTING_PREFIX + row["model_slug"], columns=SCORE_COLUMNS)
     rows = target_rows(routing, SENSES, corpus.example_ids, target) if corpus is not None else None

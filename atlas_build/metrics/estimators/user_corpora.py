@@ -27,7 +27,7 @@ from atlas_build.atlas.schema import (
     WIC_EXAMPLES,
     WIC_PAIRS,
 )
-from atlas_build.metrics.senses import SenseCorpus, load_sense_corpus
+from atlas_build.metrics.estimators.senses import SenseCorpus, load_sense_corpus
 
 # kind -> (examples config, pairs config | None, substitutions config | None)
 CORPORA: dict[str, tuple[str, str | None, str | None]] = {

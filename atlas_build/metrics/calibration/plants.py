@@ -35,10 +35,10 @@ import pyarrow.parquet as pq
 
 from atlas_build.atlas.routing import nested_fixed_list, routing_array
 from atlas_build.atlas.schema import ROUTING_PREFIX, SENSES
-from atlas_build.metrics.controls import CONTROL_NAMES
-from atlas_build.metrics.identity import TargetIdentity, target_identity
-from atlas_build.metrics.senses import SenseCorpus, load_sense_corpus
-from atlas_build.metrics.source import SourceError
+from atlas_build.metrics.controls.regression import CONTROL_NAMES
+from atlas_build.metrics.estimators.identity import TargetIdentity, target_identity
+from atlas_build.metrics.estimators.senses import SenseCorpus, load_sense_corpus
+from atlas_build.metrics.provenance.source import SourceError
 
 PLANTS = ("sense", "token_identity", "context_words", "noise")
 # The control meant to remove each sense-blind plant.
@@ -272,8 +272,8 @@ def calibrate(
 ) -> dict:
     """Write the planted copies of the local atlas `source` into `out`, and what each control recovers."""
     from atlas_build.metrics.compute import MetricsOptions, compute_metrics
-    from atlas_build.metrics.report import to_json
-    from atlas_build.metrics.source import AtlasSource
+    from atlas_build.metrics.provenance.source import AtlasSource
+    from atlas_build.metrics.report.markdown import to_json
 
     source, out = Path(source), Path(out)
     if not (source / "manifest.json").is_file():
@@ -341,7 +341,7 @@ def calibrate(
 
 def render_calibration(report: dict) -> str:
     """`calibration.md`: per plant, the layer-mean Δκ of raw and every control, and the checks."""
-    from atlas_build.metrics.report import format_interval
+    from atlas_build.metrics.report.markdown import format_interval
 
     names = ["raw", *CONTROL_NAMES]
     lines = [

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from atlas_build.metrics.compute import FORMULAS, MetricsResult
-from atlas_build.metrics.controls import CONTROL_NAMES
-from atlas_build.metrics.paths_report import path_figures, path_section
-from atlas_build.metrics.scores_report import score_figures, score_section
+from atlas_build.metrics.controls.regression import CONTROL_NAMES
+from atlas_build.metrics.paths.report import path_figures, path_section
+from atlas_build.metrics.scores.report import score_figures, score_section
 
 METRICS_JSON = "metrics.json"
 REPORT_MD = "report.md"
@@ -608,8 +608,8 @@ def render_report(metrics: dict) -> str:
             )
             + f" | {_ci(best[1]['difference']) + ' (' + best[0] + ')' if best else '–'} |"
         )
-    lines += path_section(metrics)  # routing paths across layers (metrics/paths_report.py)
-    lines += score_section(metrics)  # router scores beyond the top-k (metrics/scores_report.py)
+    lines += path_section(metrics)  # routing paths across layers (metrics/paths/report.py)
+    lines += score_section(metrics)  # router scores beyond the top-k (metrics/scores/report.py)
     if metrics.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in metrics["notes"]]
     return "\n".join(lines) + "\n"
@@ -717,8 +717,8 @@ def write_outputs(result: MetricsResult, out_dir: Path) -> dict:
             entry = clean["models"][slug]
             plot_coactivation(slug, entry, arrays["coactivation_counts"], entry["n_tokens"], out_dir / name)
             figures[f"coactivation-{slug}"] = name
-    figures.update(path_figures(clean, result.arrays, out_dir))  # routing paths (metrics/paths_report.py)
-    figures.update(score_figures(clean, out_dir))  # router scores (metrics/scores_report.py)
+    figures.update(path_figures(clean, result.arrays, out_dir))  # routing paths (metrics/paths/report.py)
+    figures.update(score_figures(clean, out_dir))  # router scores (metrics/scores/report.py)
     clean["figures"] = figures
     metrics["figures"] = figures
     (out_dir / METRICS_JSON).write_text(

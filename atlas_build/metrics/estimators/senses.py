@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from atlas_build.metrics.overlap import Targets, chance_kappa, pair_overlap
-from atlas_build.metrics.stats import (
+from atlas_build.metrics.estimators.overlap import Targets, chance_kappa, pair_overlap
+from atlas_build.metrics.estimators.stats import (
     bh_adjust,
     cluster_bootstrap,
     cluster_sums,

@@ -1,4 +1,4 @@
-"""The report's section and figure for router scores beyond the top-k (`models[slug].scores`, metrics/scores.py)."""
+"""The report's section and figure for router scores beyond the top-k (`models[slug].scores`, metrics/scores/compute.py)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ BUNDLE_DIR = "routing_atlas_metrics"
 ENTRY_MODULES = ("atlas_build.metrics",)
 # What the bundle may need besides the standard library (the release's README says so).
 REQUIREMENTS = ("datasets", "scipy", "matplotlib")
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding `atlas_build/`
+_PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder holding `atlas_build/`
 
 
 def _module_file(module: str) -> Path | None:
@@ -78,7 +78,7 @@ def bundle_files(code_version: str) -> dict[str, str]:
 
 def write_bundle(scripts_dir: Path, code_version: str | None = None) -> list[str]:
     """Write the bundle into `scripts_dir`; returns the written paths relative to it."""
-    from atlas_build.metrics.provenance import code_version as current_version
+    from atlas_build.metrics.provenance.verify import code_version as current_version
 
     files = bundle_files(code_version or current_version())
     for rel, text in files.items():

@@ -33,14 +33,14 @@ import pyarrow.compute as pc
 
 from atlas_build.atlas.routing import routing_array
 from atlas_build.atlas.schema import SENSES
-from atlas_build.metrics.experts import token_ranks
-from atlas_build.metrics.identity import target_identity
-from atlas_build.metrics.stats import (
+from atlas_build.metrics.estimators.identity import target_identity
+from atlas_build.metrics.estimators.stats import (
     cluster_bootstrap,
     cluster_sums,
     label_permutation_test,
     within_group_permutations,
 )
+from atlas_build.metrics.experts.blocks import token_ranks
 
 DISTANCES = (1, 2, 4)
 WINDOWS = (1, 2, 4, "all")

@@ -1,4 +1,4 @@
-"""The report's section and figures for routing paths across layers (`models[slug].paths`, metrics/paths.py).
+"""The report's section and figures for routing paths across layers (`models[slug].paths`, metrics/paths/compute.py).
 
 Every figure comes with one sentence that says what it shows; `report.py` calls `path_figures` and
 `path_section` and knows nothing else of the paths.

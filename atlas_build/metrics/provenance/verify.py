@@ -13,7 +13,7 @@ import json
 import threading
 from pathlib import Path, PurePosixPath
 
-from atlas_build.metrics.source import SourceError
+from atlas_build.metrics.provenance.source import SourceError
 
 MANIFEST = "manifest.json"
 SKIP_FLAG = "--no-verify"

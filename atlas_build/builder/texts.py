@@ -17,7 +17,7 @@ from atlas_build.atlas.texts import TextItem
 from atlas_build.atlas.writer import (
     crash_point,
 )
-from atlas_build.build.options import BuildConfig
+from atlas_build.builder.options import BuildConfig
 from atlas_build.errors import BuildOptionsError
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from atlas_build.metrics.identity import TargetIdentity
-from atlas_build.metrics.overlap import Targets, pair_overlap
-from atlas_build.metrics.senses import BootstrapOptions, SenseCorpus, _split
-from atlas_build.metrics.stats import (
+from atlas_build.metrics.estimators.identity import TargetIdentity
+from atlas_build.metrics.estimators.overlap import Targets, pair_overlap
+from atlas_build.metrics.estimators.senses import BootstrapOptions, SenseCorpus, _split
+from atlas_build.metrics.estimators.stats import (
     cluster_bootstrap,
     cluster_sums,
     monte_carlo_interval,

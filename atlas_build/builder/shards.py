@@ -28,7 +28,7 @@ from atlas_build.atlas.writer import (
     crash_point,
     write_parquet_atomic,
 )
-from atlas_build.build.options import BuildConfig
+from atlas_build.builder.options import BuildConfig
 from atlas_build.errors import BuildOptionsError
 from atlas_build.executors.base import ShardTask
 

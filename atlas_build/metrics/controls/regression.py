@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from atlas_build.metrics.identity import TargetIdentity
-from atlas_build.metrics.senses import BootstrapOptions, SenseCorpus, interval
-from atlas_build.metrics.stats import ClusterIndex, cluster_bootstrap
+from atlas_build.metrics.estimators.identity import TargetIdentity
+from atlas_build.metrics.estimators.senses import BootstrapOptions, SenseCorpus, interval
+from atlas_build.metrics.estimators.stats import ClusterIndex, cluster_bootstrap
 
 # Up to this many distinct Jaccard values, each value is its own stratum; beyond, decile bins.
 MAX_EXACT_STRATA = 10

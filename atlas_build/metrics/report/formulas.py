@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from atlas_build.metrics.paths import FORMULAS as PATH_FORMULAS
-from atlas_build.metrics.scores import FORMULAS as SCORE_FORMULAS
+from atlas_build.metrics.paths.compute import FORMULAS as PATH_FORMULAS
+from atlas_build.metrics.scores.compute import FORMULAS as SCORE_FORMULAS
 
 FORMULAS = {
     "kappa": "κ = (o − k²/N) / (k − k²/N), o = |E_a ∩ E_b| of the two top-k sets (1: identical, 0: chance, "
@@ -66,5 +66,5 @@ FORMULAS = {
     "matching token-identity features, and by their sum",
 }
 
-FORMULAS.update(PATH_FORMULAS)  # routing paths across layers (metrics/paths.py)
-FORMULAS.update(SCORE_FORMULAS)  # router scores beyond the top-k (metrics/scores.py)
+FORMULAS.update(PATH_FORMULAS)  # routing paths across layers (metrics/paths/compute.py)
+FORMULAS.update(SCORE_FORMULAS)  # router scores beyond the top-k (metrics/scores/compute.py)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from atlas_build.metrics import experts as ex
-from atlas_build.metrics.baselines import RouterConstraints, simulate_uniform
+from atlas_build.metrics.experts import blocks as ex
+from atlas_build.metrics.experts.baselines import RouterConstraints, simulate_uniform
 
 TOP_EXPERTS = 5
 

@@ -14,7 +14,7 @@ from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.schema import CUSTOM_CORPUS_CONFIGS, FIXED_SCHEMAS, TEXT_ID_COLUMN
 from atlas_build.atlas.store import read_config, write_config
 from atlas_build.atlas.texts import TextItem
-from atlas_build.build.options import BuildConfig
+from atlas_build.builder.options import BuildConfig
 from atlas_build.errors import BuildOptionsError
 
 # manifest.corpus_counts key of the user's corpora: kind -> `CorpusTables.card_entry()`.

@@ -30,9 +30,9 @@ from atlas_build.atlas.writer import (
     crash_point,
     remove_temp_files,
 )
-from atlas_build.build.options import CUSTOM_CORPUS_INPUTS, BuildConfig, BuildStats
-from atlas_build.build.outdir import check_out_dir
-from atlas_build.build.shards import (
+from atlas_build.builder.options import CUSTOM_CORPUS_INPUTS, BuildConfig, BuildStats
+from atlas_build.builder.outdir import check_out_dir
+from atlas_build.builder.shards import (
     ShardWorker,
     check_slug_free,
     check_text_lengths,
@@ -41,7 +41,7 @@ from atlas_build.build.shards import (
     model_slug,
     run_fingerprint,
 )
-from atlas_build.build.texts import ensure_wordnet_corpora, wordnet_corpora_present, wordnet_texts
+from atlas_build.builder.texts import ensure_wordnet_corpora, wordnet_corpora_present, wordnet_texts
 from atlas_build.errors import BuildOptionsError
 from atlas_build.executors import EXECUTORS
 from atlas_build.executors.base import ShardTask
@@ -162,7 +162,7 @@ def check_corpus_inputs(run: BuildRun) -> None:
 
         read_traces(config.traces)
     elif config.corpus in CUSTOM_CORPUS_INPUTS:
-        from atlas_build.build.custom import read_custom_corpus
+        from atlas_build.builder.user_corpora import read_custom_corpus
 
         run.custom = read_custom_corpus(config)
 
@@ -183,7 +183,7 @@ def corpora(run: BuildRun) -> None:
             write_card(root)
         run.items = wordnet_texts(root, run.manifest)
     elif config.corpus in CUSTOM_CORPUS_INPUTS:
-        from atlas_build.build.custom import custom_texts, ensure_custom_corpus
+        from atlas_build.builder.user_corpora import custom_texts, ensure_custom_corpus
 
         if ensure_custom_corpus(config, run.manifest, run.custom):
             crash_point("corpus-written")

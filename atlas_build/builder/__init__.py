@@ -18,10 +18,10 @@ Modules: `options` (BuildConfig, BuildStats), `texts` (the WordNet corpora and t
 from __future__ import annotations
 
 from atlas_build.atlas.texts import TextItem
-from atlas_build.build.options import CORPORA, WEIGHT_STORAGE, BuildConfig, BuildStats
-from atlas_build.build.shards import ShardWorker, make_engine, run_fingerprint, shard_table, span_labels
-from atlas_build.build.steps import BuildRun, run_build
-from atlas_build.build.texts import ensure_wordnet_corpora, wordnet_corpora_present, wordnet_texts
+from atlas_build.builder.options import CORPORA, WEIGHT_STORAGE, BuildConfig, BuildStats
+from atlas_build.builder.shards import ShardWorker, make_engine, run_fingerprint, shard_table, span_labels
+from atlas_build.builder.steps import BuildRun, run_build
+from atlas_build.builder.texts import ensure_wordnet_corpora, wordnet_corpora_present, wordnet_texts
 
 __all__ = [
     "CORPORA",
