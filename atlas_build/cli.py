@@ -13,19 +13,11 @@ import sys
 import click
 
 from atlas_build import __version__
+from atlas_build.commands._errors import ErrorPathGroup, one_line
 
 
-class AtlasGroup(click.Group):
-    """Turns user-facing errors (`errors.AtlasError`) into a message and exit code 2, no traceback."""
-
-    def invoke(self, ctx):
-        from atlas_build.errors import AtlasError
-
-        try:
-            return super().invoke(ctx)
-        except AtlasError as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(2)
+class AtlasGroup(ErrorPathGroup):
+    """The `atlas` group: every command's errors take the one path of `commands/_errors.py`."""
 
 
 @click.group(cls=AtlasGroup)
@@ -46,5 +38,25 @@ def _discover() -> None:
 
 _discover()
 
+
+def run() -> None:
+    """The `atlas` console script: `main`, with an unexpected exception (a bug) as one line and exit 70."""
+    import os
+
+    from atlas_build.errors import EXIT_INTERNAL
+
+    try:
+        main()
+    except Exception as error:  # click handles its own exceptions and SystemExit inside main()
+        if os.environ.get("ATLAS_TRACEBACK"):
+            raise
+        click.echo(
+            f"internal error (a bug in routing-atlas {__version__}; please report it): "
+            f"{type(error).__name__}: {one_line(error)}. Run with ATLAS_TRACEBACK=1 for the traceback.",
+            err=True,
+        )
+        sys.exit(EXIT_INTERNAL)
+
+
 if __name__ == "__main__":
-    main()
+    run()

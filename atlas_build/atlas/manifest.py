@@ -33,7 +33,7 @@ from atlas_build import code_version  # also imported from here by publishing, a
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.schema import SCHEMA_VERSION
 from atlas_build.atlas.writer import TEMP_SUFFIX, WrittenFile, write_text_atomic
-from atlas_build.errors import AtlasError
+from atlas_build.errors import DamagedAtlasError, RefusedError
 
 FORMAT = "routing-atlas"
 # A published release holds this file (written last by `atlas publish`); nothing may write into it after.
@@ -41,7 +41,7 @@ RELEASE_MARKER = "release.json"
 RELEASE_FORMAT = "routing-atlas-release"
 
 
-class ManifestError(AtlasError):
+class ManifestError(DamagedAtlasError):
     """The manifest is missing, unreadable, or of an incompatible schema version."""
 
 
@@ -49,7 +49,7 @@ class UnsafeAtlasError(ManifestError):
     """The atlas folder holds a symbolic link or a hidden file where only plain data files belong."""
 
 
-class PublishedReleaseError(AtlasError):
+class PublishedReleaseError(RefusedError):
     """A command was about to write into a published release, which never changes."""
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-EXIT_BELOW_THRESHOLD = 1
+from atlas_build.errors import EXIT_CHECKS_FAILED
+
+EXIT_BELOW_THRESHOLD = EXIT_CHECKS_FAILED
 
 
 @click.command("audit")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from atlas_build.commands._errors import ErrorPathGroup
+
 _BOOTSTRAP = click.option(
     "--bootstrap",
     "n_bootstrap",
@@ -29,7 +31,16 @@ _CACHE = click.option(
 )
 
 
-class _MetricsGroup(click.Group):
+def source_error(error: Exception) -> Exception:
+    """The metrics' reading errors on the CLI's one error path: altered files are a damaged atlas (exit 3)."""
+    from atlas_build.errors import AtlasError, DamagedAtlasError
+    from atlas_build.metrics.provenance.verify import IntegrityError
+
+    kind = DamagedAtlasError if isinstance(error, IntegrityError) else AtlasError
+    return kind(str(error))
+
+
+class _MetricsGroup(ErrorPathGroup):
     """`atlas metrics SOURCE ...` runs the metrics; `atlas metrics calibrate ...` the calibration."""
 
     def parse_args(self, ctx, args):
@@ -108,7 +119,7 @@ def compute(
             source, out, models=list(models) or None, revision=revision, options=options, cache_dir=cache_dir
         )
     except SourceError as error:
-        raise click.ClickException(str(error)) from error
+        raise source_error(error) from error
     click.echo(summarize(metrics))
     if no_verify:
         click.echo("warning: the data files were NOT checked against manifest.json (--no-verify)")
@@ -171,7 +182,7 @@ def calibrate(source, out, model, layers, strength, plants, n_bootstrap, n_permu
             cache_dir=cache_dir,
         )
     except SourceError as error:
-        raise click.ClickException(str(error)) from error
+        raise source_error(error) from error
     click.echo(render_calibration(report))
     click.echo(
         f"wrote {out}/calibration.json, {out}/calibration.md and {len(report['plants'])} planted atlas(es)"

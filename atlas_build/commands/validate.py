@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
-EXIT_FAILED = 1  # the atlas has defects
-EXIT_NOT_AN_ATLAS = 2  # nothing to validate (missing directory, no manifest)
+from atlas_build.errors import EXIT_BAD_INPUT, EXIT_CHECKS_FAILED
+
+EXIT_FAILED = EXIT_CHECKS_FAILED  # the atlas has defects
+EXIT_NOT_AN_ATLAS = EXIT_BAD_INPUT  # nothing to validate (missing directory, no manifest)
 
 
 @click.command("validate")

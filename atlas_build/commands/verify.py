@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
-# Exit status when files disagree with the manifest (2 stays "the command could not run": AtlasError).
-EXIT_PROBLEMS = 1
+from atlas_build.errors import EXIT_CHECKS_FAILED
+
+# Exit status when files disagree with the manifest (atlas_build/errors.py: the check found problems).
+EXIT_PROBLEMS = EXIT_CHECKS_FAILED
 # Order of the table, worst first. stale: a card or release record that no longer describes the files.
 STATUSES = ("missing", "truncated", "altered", "unexpected", "stale")
 

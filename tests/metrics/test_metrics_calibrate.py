@@ -100,6 +100,6 @@ def test_calibrate_cli_refuses_a_non_empty_out(demo_atlas, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
     result = CliRunner().invoke(command, ["calibrate", str(demo_atlas), "--out", str(tmp_path / "busy")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "exists and is not empty" in result.output
     assert "Traceback" not in result.output

@@ -134,7 +134,7 @@ def test_summarize_is_short_markdown(atlas, compute):
 def test_cli_rejects_unknown_model_and_target(atlas, tmp_path, hf_cache):
     base = [str(atlas), "--out", str(tmp_path / "r"), "--cache-dir", str(hf_cache)]
     result = CliRunner().invoke(command, [*base, "--model", "no-such-model"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input (atlas_build/errors.py)
     assert "unknown model slug" in result.output and "synthetic-moe" in result.output
     result = CliRunner().invoke(command, [*base, "--target", "middle"])
     assert result.exit_code == 2

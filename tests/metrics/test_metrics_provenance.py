@@ -59,7 +59,7 @@ def _alter_senses(atlas):
 def test_altered_file_is_refused_in_one_line(atlas, tmp_path, hf_cache):
     rel = _alter_senses(atlas)
     result = run(atlas, tmp_path / "r", hf_cache)
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # a damaged atlas (atlas_build/errors.py)
     message = result.output.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in message
     assert f"{rel} (sha256 differs)" in message and "--no-verify" in message
@@ -70,7 +70,7 @@ def test_extra_data_file_is_refused(atlas, tmp_path, hf_cache):
     shard = next((atlas / "routing-synthetic-moe").glob("*.parquet"))
     (shard.parent / "routing-synthetic-moe-99999.parquet").write_bytes(shard.read_bytes())
     result = run(atlas, tmp_path / "r", hf_cache)
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # a damaged atlas (atlas_build/errors.py)
     assert "routing-synthetic-moe-99999.parquet (not in the manifest)" in result.output
 
 
@@ -82,7 +82,7 @@ def test_a_symlinked_data_file_is_refused_even_with_the_same_bytes(atlas, tmp_pa
     path.unlink()
     path.symlink_to(outside)
     result = run(atlas, tmp_path / "r", hf_cache)
-    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.exit_code == 3 and "Traceback" not in result.output  # a damaged atlas
     assert f"{path.relative_to(atlas).as_posix()} (a symbolic link)" in result.output
     assert not (tmp_path / "r").exists()
 
