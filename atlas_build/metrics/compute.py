@@ -10,7 +10,7 @@ import numpy as np
 
 from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, SENSE_PAIRS, SENSES, SUBSTITUTIONS, TRACES
 from atlas_build.metrics.controls.regression import CONTROL_NAMES, NullModel, pair_controls
-from atlas_build.metrics.controls.verdict import peak, scale_rows, survival
+from atlas_build.metrics.controls.verdict import explained, peak, scale_rows, survival
 from atlas_build.metrics.estimators.identity import TargetIdentity, target_identity
 from atlas_build.metrics.estimators.overlap import TARGET_MODES, select_targets, target_rows_table
 from atlas_build.metrics.estimators.probe import sense_probe
@@ -158,6 +158,7 @@ def sense_pair_metrics(
         }
     sp["peak"] = peak(sp, row["moe_layers"])
     sp["survives"] = survival(sp, row["moe_layers"], bool(row["random_init"]))
+    sp["explained"] = explained(sp)
     return sp
 
 

@@ -94,6 +94,8 @@ def _round_up(x: float) -> str:
 CONTROL_LABELS = {
     "context_words": "context words",
     "token_identity": "token identity",
+    "position": "position",
+    "neighbours": "neighbours",
     "null_model": "over null model",
     "all": "all controls",
 }
@@ -350,7 +352,8 @@ def render_report(metrics: dict) -> str:
         "",
         "An effect survives when its 95% CI excludes 0 with the same sign raw and under every applicable "
         "control: the context-word overlap of the two sentences (`context_words`), the identity of the target "
-        "tokens and their neighbours (`token_identity`), a random-init null model of the same architecture "
+        "tokens and their neighbours (`token_identity`), the targets' positions in their texts (`position`), "
+        "their left and right neighbour tokens together (`neighbours`), a random-init null model of the same architecture "
         "(`null_model`, when the atlas has one) and all of them at once (`all`). Same-sense examples share "
         "more context words and more often the same target tokens and neighbours than different-sense ones, "
         "and a random-init model already shows a positive raw Δκ: without these controls the raw number "
@@ -358,6 +361,7 @@ def render_report(metrics: dict) -> str:
         "",
     ]
     lines += [_statement(slug, entry) for slug, entry in metrics["models"].items()]
+    lines += explained_lines(metrics)
     lines += _provenance_lines(metrics)
     lines += ["", "## Formulas", ""] + [
         f"- **{k}**: {v}" for k, v in metrics.get("formulas", FORMULAS).items()
@@ -615,6 +619,45 @@ def render_report(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _share(x) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{100 * x:.0f}%"
+
+
+def explained_lines(metrics: dict) -> list[str]:
+    """How much of the raw Δκ each control explains (`sense_pairs.explained`): a table per model."""
+    rows = [
+        (slug, e) for slug, e in metrics["models"].items() if (e.get("sense_pairs") or {}).get("explained")
+    ]
+    if not rows:
+        return []
+    names = [
+        n for n in CONTROL_NAMES if any(n in e["sense_pairs"]["explained"]["share_removed"] for _, e in rows)
+    ]
+    lines = [
+        "",
+        "### How much of the raw effect each control explains",
+        "",
+        "Share of the raw Δκ a control removes, (raw − control) / raw: of the layer-mean Δκ, and in brackets "
+        "the mean of the per-layer shares over the layers whose raw CI excludes 0 (100%: all of it; above "
+        "100%: the sign reverses; negative: the control's Δκ is larger). Point estimates: read them with "
+        "the controls' CIs above; a share of a raw Δκ whose CI contains 0 means little.",
+        "",
+        "| model | raw Δκ | " + " | ".join(CONTROL_LABELS[n] for n in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for slug, entry in rows:
+        ex = entry["sense_pairs"]["explained"]
+        raw = _ci(entry["sense_pairs"]["layer_mean"]["delta"]) + (
+            "" if ex["raw_ci_excludes_0"] else " (CI ∋ 0)"
+        )
+        cells = [
+            f"{_share(ex['share_removed'].get(n))} ({_share(ex['share_removed_per_layer_mean'].get(n))})"
+            for n in names
+        ]
+        lines.append(f"| {_label(slug, entry)} | {raw} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _control_cell(control: dict | None) -> str:
     if not control:
         return "–"
@@ -659,8 +702,8 @@ def summarize(metrics: dict) -> str:
     lines += [
         f"Overlap of the top-k experts at the target token ({o['target']} sub-token), chance-corrected "
         "κ = (o − k²/N) / (k − k²/N); Δκ = same-sense − different-sense pairs, averaged over MoE layers, with 95% "
-        "cluster-bootstrap CIs over lemmas, raw and under each control (context words, token identity, a "
-        "random-init null model, all at once).",
+        "cluster-bootstrap CIs over lemmas, raw and under each control (context words, token identity, target "
+        "position, left and right neighbours, a random-init null model, all at once).",
         "",
         "| model | Δκ raw | " + " | ".join(CONTROL_LABELS[n] for n in names) + " | survives | probe / MFS / "
         "best lexical NN |",
