@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atlas_build.metrics.calibration.report import calibration_card_lines, calibration_lines
 from atlas_build.metrics.compute import FORMULAS, MetricsResult
 from atlas_build.metrics.controls.regression import CONTROL_NAMES
 from atlas_build.metrics.paths.report import path_figures, path_section
@@ -362,6 +363,7 @@ def render_report(metrics: dict) -> str:
     ]
     lines += [_statement(slug, entry) for slug, entry in metrics["models"].items()]
     lines += explained_lines(metrics)
+    lines += calibration_lines(metrics.get("calibration"), "###")
     lines += _provenance_lines(metrics)
     lines += ["", "## Formulas", ""] + [
         f"- **{k}**: {v}" for k, v in metrics.get("formulas", FORMULAS).items()
@@ -725,6 +727,7 @@ def summarize(metrics: dict) -> str:
             + " | ".join(_control_cell(controls.get(n)) for n in names)
             + f" | {_survives(entry)} | {probe} |"
         )
+    lines += calibration_card_lines(metrics.get("calibration"))
     prov = metrics.get("provenance")
     if prov and not prov.get("verified"):
         lines += ["", f"**{prov['verification']}**"]
