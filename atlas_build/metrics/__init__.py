@@ -32,6 +32,21 @@ significant digits; NaN/undefined is null)::
       "corpus": {"senses": n, "sense_pairs": n, "substitutions": n | null, "traces": n | null},
       "corpora": {kind: {config: rows}},      # the user's corpora with something to measure (wic, swords, jsonl)
       "formulas": {name: formula},
+      "calibration": null | {                  # --calibrate: metrics/calibration/matrix.py calibration_summary()
+          "method", "manifest_sha256", "model", "n_pairs", "n_lemmas", "options",
+          "matrix": {"sense_layers", "sense_strength", "confound_strength", "phrasing", "truth": [L],
+                     "sense_only": {name: {"keeps", "layer_mean"}},
+                     "confounds": {confound: {"follows", "removed_by", "raw_layer_mean", "raw_ci_above_0",
+                                              "raw_strength_in_half_widths", "passed",
+                                              "cells": {name: {"removes", "keeps", "under_corrects_at",
+                                                               "under_corrects_layer_mean", "over_corrects_at",
+                                                               "left_of_confound", "sense_residual"}}}}},
+          "false_positive_rate": {"nominal", "n_replicates", "layers",
+                                  "controls": {name: {"per_layer": [L], "layer_mean", "p_above_nominal": [L],
+                                                      "above_nominal_at": [layer]}}},
+          "power": {"strengths", "delta_kappa": [S][L], "layers",
+                    "controls": {name: {"min_strength": [L], "min_delta_kappa": [L]}}},
+          "passed": {"matrix": bool, "false_positive_rate": bool}},
       "models": {
         slug: {
           "model": {model_id, revision, architecture, model_type, n_routed_experts, top_k, n_shared_experts,
