@@ -306,3 +306,29 @@ def test_position_and_neighbours_controls_remove_their_confound_and_keep_the_sen
     # The other control leaves most of the confound (the features are independent here).
     got = pair_controls(by_position, corpus, identity, options)
     assert got["neighbours"]["delta"]["ci_low"][0] > 0.1
+
+
+def test_explained_share_is_what_each_control_removes_of_the_raw_effect():
+    from atlas_build.metrics.controls.verdict import explained
+
+    sp = {
+        "delta": _iv([(0.10, 0.05, 0.15), (0.02, -0.03, 0.07), (0.08, 0.01, 0.15)]),
+        "layer_mean": _mean(0.0667, 0.03, 0.1),
+        "controls": {
+            "token_identity": {
+                "delta": _iv([(0.01, -0.02, 0.04), (0.0, -0.1, 0.1), (0.02, -0.01, 0.05)]),
+                "layer_mean": _mean(0.01, -0.01, 0.03),
+            },
+            "null_model": {"delta": None, "layer_mean": _mean(0.08, 0.02, 0.12)},
+            "position": {"method": "m", "delta": None, "layer_mean": None, "error": "refused"},
+        },
+    }
+    got = explained(sp)
+    assert got["raw_ci_excludes_0"] is True
+    assert got["share_removed"]["token_identity"] == pytest.approx((0.0667 - 0.01) / 0.0667)
+    assert got["share_removed"]["null_model"] == pytest.approx((0.0667 - 0.08) / 0.0667)  # negative: larger
+    assert got["share_removed"]["position"] is None
+    # Per layer: the mean over the layers whose raw CI excludes 0 (layers 0 and 2, not 1).
+    by_hand = np.mean([(0.10 - 0.01) / 0.10, (0.08 - 0.02) / 0.08])
+    assert got["share_removed_per_layer_mean"]["token_identity"] == pytest.approx(by_hand)
+    assert got["share_removed_per_layer_mean"]["null_model"] is None
