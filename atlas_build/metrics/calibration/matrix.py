@@ -105,9 +105,19 @@ class CalibrationOptions:
         }
 
 
+# Random keys drawn at once by `random_sets` (a chunk of rows x N experts): bounded memory at R1's size.
+_KEYS_PER_CHUNK = 1 << 22
+
+
 def random_sets(n_sets: int, n_experts: int, top_k: int, rng: np.random.Generator) -> np.ndarray:
-    """`[n_sets, k]` uniformly random k-subsets of N experts."""
-    return np.argsort(rng.random((n_sets, n_experts)), axis=1)[:, :top_k]
+    """`[n_sets, k]` uniformly random k-subsets of N experts (the k smallest of N random keys)."""
+    out = np.empty((n_sets, top_k), dtype=np.int64)
+    rows = max(1, _KEYS_PER_CHUNK // max(n_experts, 1))
+    for lo in range(0, n_sets, rows):
+        keys = rng.random((min(rows, n_sets - lo), n_experts))
+        part = np.argpartition(keys, top_k - 1, axis=1) if top_k < n_experts else np.argsort(keys, axis=1)
+        out[lo : lo + len(keys)] = part[:, :top_k]
+    return out
 
 
 def _dense(*columns: np.ndarray) -> np.ndarray:
@@ -247,8 +257,12 @@ class Planter:
 
     def kappa(self, sets: np.ndarray) -> np.ndarray:
         """κ `[P, L]` of the sense pairs (NaN where a target is not routed, as in the atlas)."""
-        a, b = sets[self.corpus.pair_a], sets[self.corpus.pair_b]
-        overlap = (a[..., :, None] == b[..., None, :]).sum(axis=(-1, -2)).astype(np.float64)
+        pa_, pb = self.corpus.pair_a, self.corpus.pair_b
+        overlap = np.empty((len(pa_), self.n_layers), dtype=np.float64)
+        step = max(1, _KEYS_PER_CHUNK // max(self.n_layers * self.top_k * self.top_k, 1))
+        for lo in range(0, len(pa_), step):
+            a, b = sets[pa_[lo : lo + step]], sets[pb[lo : lo + step]]
+            overlap[lo : lo + step] = (a[..., :, None] == b[..., None, :]).sum(axis=(-1, -2))
         kappa = chance_kappa(overlap, self.top_k, self.n_experts)
         routed = self.identity.n_ids > 0
         kappa[~(routed[self.corpus.pair_a] & routed[self.corpus.pair_b])] = np.nan
