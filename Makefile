@@ -39,7 +39,7 @@ demo: venv wordnet
 	$(OFFLINE) $(BIN)/atlas build --model tiny-deepseek-v3 --out $(DEMO_DIR) --max-lemmas $(DEMO_MAX_LEMMAS) \
 	  --random-init --seed 1 --slug tiny-deepseek-v3-seed1
 	$(OFFLINE) $(BIN)/atlas validate $(DEMO_DIR)
-	$(OFFLINE) $(BIN)/atlas metrics $(DEMO_DIR) --out $(DEMO_DIR)/metrics
+	$(OFFLINE) $(BIN)/atlas metrics $(DEMO_DIR) --out $(DEMO_DIR)/metrics --calibrate
 	$(OFFLINE) $(BIN)/atlas card $(DEMO_DIR)
 	$(OFFLINE) $(BIN)/atlas explore $(DEMO_DIR) --out $(DEMO_DIR)-explorer
 	@echo

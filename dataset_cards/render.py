@@ -381,6 +381,10 @@ def metrics_mismatch(metrics: dict[str, Any], manifest: Manifest) -> list[str]:
         rows = configs.get(config, {}).get("rows", 0)
         if counted is not None and counted != rows:
             problems.append(f"metrics counted {counted} {config} rows, the atlas has {rows}")
+    calibration = metrics.get("calibration") or {}
+    computed_on = (metrics.get("provenance") or {}).get("manifest_sha256")
+    if calibration and calibration.get("manifest_sha256") != computed_on:
+        problems.append("the calibration in metrics.json ran on another manifest than its metrics")
     return problems
 
 

@@ -90,8 +90,41 @@ def command():
     is_flag=True,
     help="Do not check the data files against manifest.json (the report then says they were not checked).",
 )
+@click.option(
+    "--calibrate",
+    is_flag=True,
+    help="Also calibrate the controls on planted truth over this atlas's own sense pairs (first model): "
+    "plant x control matrix, per-layer false-positive rates, power; recorded in metrics.json 'calibration'.",
+)
+@click.option(
+    "--calibration-seeds",
+    default=10,
+    show_default=True,
+    type=click.IntRange(2),
+    help="Noise replicates of the calibration's false-positive rates.",
+)
+@click.option(
+    "--calibration-resamples",
+    default=200,
+    show_default=True,
+    type=click.IntRange(50),
+    help="Bootstrap resamples of every calibration fit.",
+)
 def compute(
-    source, models, revision, target, out, min_count, n_bootstrap, n_permutations, seed, cache_dir, no_verify
+    source,
+    models,
+    revision,
+    target,
+    out,
+    min_count,
+    n_bootstrap,
+    n_permutations,
+    seed,
+    cache_dir,
+    no_verify,
+    calibrate,
+    calibration_seeds,
+    calibration_resamples,
 ):
     """Compute the routing metrics of the atlas SOURCE (an atlas directory or a hub dataset id).
 
@@ -113,6 +146,9 @@ def compute(
         n_permutations=n_permutations,
         seed=seed,
         verify=not no_verify,
+        calibrate=calibrate,
+        calibration_seeds=calibration_seeds,
+        calibration_resamples=calibration_resamples,
     )
     try:
         metrics = run_metrics(
@@ -154,14 +190,43 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 @_PERMUTATIONS
 @click.option("--seed", default=0, show_default=True, type=int)
 @_CACHE
-def calibrate(source, out, model, layers, strength, plants, n_bootstrap, n_permutations, seed, cache_dir):
+@click.option(
+    "--calibration-seeds",
+    default=10,
+    show_default=True,
+    type=click.IntRange(2),
+    help="Noise replicates of the in-memory false-positive rates.",
+)
+@click.option(
+    "--calibration-resamples",
+    default=200,
+    show_default=True,
+    type=click.IntRange(50),
+    help="Bootstrap resamples of every in-memory calibration fit.",
+)
+def calibrate(
+    source,
+    out,
+    model,
+    layers,
+    strength,
+    plants,
+    n_bootstrap,
+    n_permutations,
+    seed,
+    cache_dir,
+    calibration_seeds,
+    calibration_resamples,
+):
     """Plant known routing into copies of the local atlas SOURCE and report what each control recovers.
 
     Plants: a sense effect at chosen layers; sense-blind routing by token identity; sense-blind routing by
     context words; pure noise. Writes OUT/plant-<name>/ (complete atlases), OUT/calibration.json and
-    OUT/calibration.md.
+    OUT/calibration.md, with the in-memory calibration (plant x control matrix with confounds that are not
+    the controls' keys, per-layer false-positive rates, power) as calibration.json "summary".
     """
     from atlas_build.metrics import MetricsOptions
+    from atlas_build.metrics.calibration.matrix import CalibrationOptions
     from atlas_build.metrics.calibration.plants import (
         PLANTS,
         PlantOptions,
@@ -180,6 +245,9 @@ def calibrate(source, out, model, layers, strength, plants, n_bootstrap, n_permu
             plant_options=PlantOptions(model=model, layers=_layers(layers), strength=strength, seed=seed),
             metrics_options=MetricsOptions(n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed),
             cache_dir=cache_dir,
+            calibration_options=CalibrationOptions(
+                seeds=calibration_seeds, n_resamples=calibration_resamples, seed=seed
+            ),
         )
     except SourceError as error:
         raise source_error(error) from error

@@ -26,12 +26,27 @@ significant digits; NaN/undefined is null)::
       "options": {"target": "first|last|all", "min_count", "n_bootstrap", "n_permutations", "confidence", "seed"},
       "provenance": {"manifest_sha256", "manifest_code_version", "data_files": {path: sha256}, "verified": bool,
                      "verification": str, "code_version", "options", "seeds": {name: int}},
-      "controls": ["context_words", "token_identity", "null_model", "all"],
+      "controls": ["context_words", "token_identity", "position", "neighbours", "null_model", "all"],
       "synthetic": bool,                       # a synthetic model or synthetic corpus rows are present
       "random_init_models": [slug, ...],
       "corpus": {"senses": n, "sense_pairs": n, "substitutions": n | null, "traces": n | null},
       "corpora": {kind: {config: rows}},      # the user's corpora with something to measure (wic, swords, jsonl)
       "formulas": {name: formula},
+      "calibration": null | {                  # --calibrate: metrics/calibration/matrix.py calibration_summary()
+          "method", "manifest_sha256", "model", "n_pairs", "n_lemmas", "options",
+          "matrix": {"sense_layers", "sense_strength", "confound_strength", "phrasing", "truth": [L],
+                     "sense_only": {name: {"keeps", "layer_mean"}},
+                     "confounds": {confound: {"follows", "removed_by", "raw_layer_mean", "raw_ci_above_0",
+                                              "raw_strength_in_half_widths", "passed",
+                                              "cells": {name: {"removes", "keeps", "under_corrects_at",
+                                                               "under_corrects_layer_mean", "over_corrects_at",
+                                                               "left_of_confound", "sense_residual"}}}}},
+          "false_positive_rate": {"nominal", "n_replicates", "layers",
+                                  "controls": {name: {"per_layer": [L], "layer_mean", "p_above_nominal": [L],
+                                                      "above_nominal_at": [layer]}}},
+          "power": {"strengths", "delta_kappa": [S][L], "layers",
+                    "controls": {name: {"min_strength": [L], "min_delta_kappa": [L]}}},
+          "passed": {"matrix": bool, "false_positive_rate": bool}},
       "models": {
         slug: {
           "model": {model_id, revision, architecture, model_type, n_routed_experts, top_k, n_shared_experts,
@@ -52,7 +67,10 @@ significant digits; NaN/undefined is null)::
             "survives": {"raw", "controls": {name: "positive|negative|none|untested"},
                          "per_layer": {"raw" | name: [L]}, "removed_by": [name],
                          "context_adjusted", "over_null", "layer_mean_survives": bool, "null_tested": bool,
-                         "layers": [decoder layer], "random_init": bool}
+                         "layers": [decoder layer], "random_init": bool},
+            "explained": {"basis", "raw_layer_mean", "raw_ci_excludes_0",   # controls/verdict.py explained()
+                          "share_removed": {name: float | null},
+                          "share_removed_per_layer_mean": {name: float | null}}
           },
           "substitutions": null | {"n": {relation: n}, "kappa": {relation: interval[L]},
                                    "delta": interval[L] | null,   # synonym − other-sense
@@ -92,7 +110,8 @@ significant digits; NaN/undefined is null)::
             "transitions": null (ids-only engine) | {"basis": "top-1", "distances": {"1"|"2"|"4": {
                 "from_layers", "to_layers", "mi_bits", "mi_shuffled_bits", "max_lift",
                 "top": [[{"from", "to", "p", "lift", "count"}]]}}},
-            "diversity": {"min_count", "n_token_ids", "n_occurrences", "windows": {"1"|"2"|"4"|"all": {
+            "diversity": {"min_count", "population", "n_token_ids", "n_occurrences", "n_token_ids_seen",
+                "windows": {"1"|"2"|"4"|"all": {
                 "width", "top1"|"topk": {"layers_start", "distinct_share", "distinct_share_shuffled",
                 "h_path_given_token_bits", "h_path_given_shuffled_token_bits"} | null}}},
             "sense_entropy": null | {"n_targets", "n_token_ids", "n_permutations", "windows": {w: {

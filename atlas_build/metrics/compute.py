@@ -10,7 +10,7 @@ import numpy as np
 
 from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, SENSE_PAIRS, SENSES, SUBSTITUTIONS, TRACES
 from atlas_build.metrics.controls.regression import CONTROL_NAMES, NullModel, pair_controls
-from atlas_build.metrics.controls.verdict import peak, scale_rows, survival
+from atlas_build.metrics.controls.verdict import explained, peak, scale_rows, survival
 from atlas_build.metrics.estimators.identity import TargetIdentity, target_identity
 from atlas_build.metrics.estimators.overlap import TARGET_MODES, select_targets, target_rows_table
 from atlas_build.metrics.estimators.probe import sense_probe
@@ -48,6 +48,11 @@ class MetricsOptions:
     budget_bytes: int = 1 << 30
     # Check the data files against manifest.json (sha256) and refuse altered ones; off: the report says so.
     verify: bool = True
+    # The in-memory calibration of the controls (metrics/calibration/matrix.py) on the first selected
+    # model: metrics.json["calibration"]; its own options (replicates, resamples) are recorded there.
+    calibrate: bool = False
+    calibration_seeds: int = 10
+    calibration_resamples: int = 200
 
     def bootstrap(self) -> BootstrapOptions:
         return BootstrapOptions(self.n_bootstrap, self.n_permutations, self.confidence, self.seed)
@@ -158,6 +163,7 @@ def sense_pair_metrics(
         }
     sp["peak"] = peak(sp, row["moe_layers"])
     sp["survives"] = survival(sp, row["moe_layers"], bool(row["random_init"]))
+    sp["explained"] = explained(sp)
     return sp
 
 
@@ -239,6 +245,7 @@ def compute_metrics(
 
         out_models: dict[str, dict] = {}
         arrays: dict[str, dict[str, np.ndarray]] = {}
+        planter = None
         for slug in selected:
             row = by_slug[slug]
             log.info("metrics for %s", slug)
@@ -287,6 +294,9 @@ def compute_metrics(
                         kappa_of(slug, targets), corpus, identity_of(slug, routing), row, boot, null
                     )
                     entry["probe"] = sense_probe(targets, corpus, boot, identity_of(slug))
+                    if options.calibrate and planter is None:
+                        planter = calibration_planter(corpus, identity_of(slug), routing, row, options.seed)
+                        planter_row = row
                     if substitutions is not None and substitutions.num_rows:
                         sub_targets = select_targets(
                             target_rows_table(routing, SUBSTITUTIONS),
@@ -323,13 +333,32 @@ def compute_metrics(
         provenance.finish()
         raise
     provenance.finish()
+    record = provenance.record(options.seeds(), options.public())
+    calibration = None
+    if planter is not None:
+        from atlas_build.metrics.calibration.matrix import CalibrationOptions, calibration_summary
+
+        calibration = calibration_summary(
+            planter,
+            CalibrationOptions(
+                seeds=options.calibration_seeds,
+                n_resamples=options.calibration_resamples,
+                confidence=options.confidence,
+                seed=options.seed,
+            ),
+            list(planter_row["moe_layers"]),
+            model=planter_row["model_slug"],
+            manifest_sha256=record.get("manifest_sha256"),
+        )
+    elif options.calibrate:
+        notes.append("--calibrate: no selected model has sense pairs, nothing to calibrate")
     metrics = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "source": str(source),
         "revision": revision,
         "options": options.public(),
-        "provenance": provenance.record(options.seeds(), options.public()),
+        "provenance": record,
         "synthetic": any(is_synthetic(by_slug[s]) for s in selected) or _synthetic_corpus(senses),
         "random_init_models": [s for s in selected if by_slug[s]["random_init"]],
         "corpus": {
@@ -343,9 +372,26 @@ def compute_metrics(
         "formulas": FORMULAS,
         "models": out_models,
         "scale": scale_rows(out_models),
+        "calibration": calibration,
         "notes": notes,
     }
     return MetricsResult(metrics, arrays)
+
+
+def calibration_planter(corpus: SenseCorpus, identity: TargetIdentity, routing, row: dict, seed: int):
+    """The in-memory calibration's view of one model: its sense pairs, target identity and token counts."""
+    from atlas_build.metrics.calibration.matrix import Planter
+
+    ids, counts = np.unique(routing.column("token_id").to_numpy(), return_counts=True)
+    return Planter(
+        corpus,
+        identity,
+        dict(zip(ids.tolist(), counts.tolist(), strict=True)),
+        row["n_routed_experts"],
+        row["top_k"],
+        len(row["moe_layers"]),
+        seed=seed,
+    )
 
 
 def user_corpus_metrics(

@@ -32,6 +32,7 @@ TOP_KEYS = {
     "formulas",
     "models",
     "scale",
+    "calibration",  # null unless --calibrate (metrics/calibration/matrix.py)
     "figures",
     "notes",
 }
@@ -63,6 +64,7 @@ SENSE_PAIR_KEYS = {
     "over_null",
     "peak",
     "survives",
+    "explained",  # the share of the raw Δκ each control removes (controls/verdict.py)
 }
 
 

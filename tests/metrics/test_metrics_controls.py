@@ -10,6 +10,7 @@ from scipy import stats
 
 from atlas_build.metrics.compute import survival
 from atlas_build.metrics.controls.regression import (
+    CONTROL_NAMES,
     Block,
     DesignError,
     jaccard_strata,
@@ -17,7 +18,7 @@ from atlas_build.metrics.controls.regression import (
     select_columns,
     solve_normal_equations,
 )
-from atlas_build.metrics.estimators.identity import NO_LEFT, NO_RIGHT, target_identity
+from atlas_build.metrics.estimators.identity import NO_LEFT, NO_RIGHT, TargetIdentity, target_identity
 from atlas_build.metrics.estimators.senses import BootstrapOptions, ContextWords, SenseCorpus
 from atlas_build.metrics.estimators.stats import monte_carlo_interval
 from atlas_build.metrics.report.markdown import format_p
@@ -171,6 +172,11 @@ def test_token_identity_by_hand():
         [False, False, False, False],
     ]
     assert ident.pair_cells(np.array([0]), np.array([1])).tolist() == [0b1110]
+    # The position of the first target token, and the neighbours two tokens away.
+    assert ident.position.tolist() == [2, 2, 0]
+    assert ident.left2.tolist() == [1, 1, NO_LEFT]
+    assert ident.right2.tolist() == [NO_RIGHT, NO_RIGHT, NO_RIGHT]
+    assert ident.neighbour_cells(np.array([0, 0]), np.array([1, 2])).tolist() == [0b10, 0b01]
 
 
 def _iv(values):
@@ -217,3 +223,112 @@ def test_monte_carlo_interval_is_the_exact_binomial_one():
     assert format_p(0.019, [low, high]) == "0.02"  # 0.0190 would claim digits the run does not have
     assert format_p(0.001, monte_carlo_interval(0.001, 999)) == "< 0.004"
     assert format_p(0.5, monte_carlo_interval(0.5, 999)) == "0.50"
+
+
+def _bucket_by_hand(p: int) -> int:
+    """Position buckets written out: 0..7 each, then [8, 12), [12, 16), [16, 24), [24, 32), [32, 48), ..."""
+    if p < 8:
+        return p
+    edges = [8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+    return 8 + max(i for i, e in enumerate(edges) if p >= e)
+
+
+def _lstsq_beta(kappa, same, factor):
+    """β_same of κ ~ 1 + same + one dummy per level of `factor` but the first (numpy lstsq, float64)."""
+    levels = np.unique(factor)
+    x = np.column_stack([np.ones(len(same)), same.astype(float), *((factor == v) for v in levels[1:])])
+    coef, *_ = np.linalg.lstsq(x.astype(np.float64), kappa, rcond=None)
+    return coef[1]
+
+
+@pytest.fixture(scope="module")
+def planted_lexical_confounds():
+    """Pairs whose κ at layer 0 follows a sense-blind lexical feature that same-sense pairs share more often
+    (position bucket for one set of κ, both neighbours for another), with a true sense effect of +0.06 at
+    layer 1 only."""
+    rng = np.random.default_rng(21)
+    n_lemmas, per = 300, 10
+    group = np.repeat(np.arange(n_lemmas), per)
+    n = len(group)
+    same = rng.random(n) < 0.45
+    jaccard = np.zeros(n)
+    pos_a = rng.integers(0, 60, n)
+    share = rng.random(n) < np.where(same, 0.7, 0.2)
+    pos_b = np.where(share, pos_a, rng.integers(0, 60, n))
+    left_a, right_a = rng.integers(0, 6, n), rng.integers(0, 6, n)
+    both = rng.random(n) < np.where(same, 0.6, 0.15)
+    left_b = np.where(both, left_a, rng.integers(0, 6, n))
+    right_b = np.where(both, right_a, rng.integers(0, 6, n))
+    identity = TargetIdentity(
+        ids=np.zeros((2 * n, 1), np.int64),
+        n_ids=np.ones(2 * n, np.int64),
+        form=np.zeros(2 * n, np.int64),
+        left=np.ravel(np.column_stack([left_a, left_b])),
+        right=np.ravel(np.column_stack([right_a, right_b])),
+        position=np.ravel(np.column_stack([pos_a, pos_b])),
+    )
+    bucket_a = np.array([_bucket_by_hand(p) for p in pos_a])
+    bucket_b = np.array([_bucket_by_hand(p) for p in pos_b])
+    noise = rng.normal(0, 0.2, (n, 2))
+    sense = np.c_[np.zeros(n), 0.06 * same]
+    by_position = 0.5 * (bucket_a == bucket_b)[:, None] + sense + noise
+    neighbours = (left_a == left_b) & (right_a == right_b)
+    by_neighbours = 0.5 * neighbours[:, None] + sense + noise
+    position_pair = np.minimum(bucket_a, bucket_b) * 100 + np.maximum(bucket_a, bucket_b)
+    cells = 2 * (left_a == left_b) + (right_a == right_b)
+    corpus = corpus_of(group, same, jaccard)
+    return corpus, identity, same, by_position, position_pair, by_neighbours, cells
+
+
+def test_position_and_neighbours_controls_remove_their_confound_and_keep_the_sense_effect(
+    planted_lexical_confounds,
+):
+    corpus, identity, same, by_position, position_pair, by_neighbours, cells = planted_lexical_confounds
+    assert CONTROL_NAMES == ("context_words", "token_identity", "position", "neighbours", "null_model", "all")
+    options = BootstrapOptions(n_resamples=400, seed=1)
+    for kappa, name, factor in (
+        (by_position, "position", position_pair),
+        (by_neighbours, "neighbours", cells),
+    ):
+        got = pair_controls(kappa, corpus, identity, options)
+        assert set(got) == {"context_words", "token_identity", "position", "neighbours", "all"}
+        control = got[name]["delta"]
+        # The same estimator as an independent float64 least squares on the control's strata.
+        np.testing.assert_allclose(control["estimate"], _lstsq_beta(kappa, same, factor), atol=1e-10)
+        raw = _lstsq_beta(kappa, same, np.zeros(len(same)))
+        assert raw[0] > 0.1  # the sense-blind confound, as a raw effect
+        assert control["ci_low"][0] <= 0 <= control["ci_high"][0], name  # removed at layer 0
+        assert control["ci_low"][1] > 0 and control["estimate"][1] == pytest.approx(0.06, abs=0.03), name
+        # Folded into `all`: removed there too, the sense effect kept.
+        everything = got["all"]["delta"]
+        assert everything["ci_low"][0] <= 0 <= everything["ci_high"][0], name
+        assert everything["ci_low"][1] > 0, name
+    # The other control leaves most of the confound (the features are independent here).
+    got = pair_controls(by_position, corpus, identity, options)
+    assert got["neighbours"]["delta"]["ci_low"][0] > 0.1
+
+
+def test_explained_share_is_what_each_control_removes_of_the_raw_effect():
+    from atlas_build.metrics.controls.verdict import explained
+
+    sp = {
+        "delta": _iv([(0.10, 0.05, 0.15), (0.02, -0.03, 0.07), (0.08, 0.01, 0.15)]),
+        "layer_mean": _mean(0.0667, 0.03, 0.1),
+        "controls": {
+            "token_identity": {
+                "delta": _iv([(0.01, -0.02, 0.04), (0.0, -0.1, 0.1), (0.02, -0.01, 0.05)]),
+                "layer_mean": _mean(0.01, -0.01, 0.03),
+            },
+            "null_model": {"delta": None, "layer_mean": _mean(0.08, 0.02, 0.12)},
+            "position": {"method": "m", "delta": None, "layer_mean": None, "error": "refused"},
+        },
+    }
+    got = explained(sp)
+    assert got["raw_ci_excludes_0"] is True
+    assert got["share_removed"]["token_identity"] == pytest.approx((0.0667 - 0.01) / 0.0667)
+    assert got["share_removed"]["null_model"] == pytest.approx((0.0667 - 0.08) / 0.0667)  # negative: larger
+    assert got["share_removed"]["position"] is None
+    # Per layer: the mean over the layers whose raw CI excludes 0 (layers 0 and 2, not 1).
+    by_hand = np.mean([(0.10 - 0.01) / 0.10, (0.08 - 0.02) / 0.08])
+    assert got["share_removed_per_layer_mean"]["token_identity"] == pytest.approx(by_hand)
+    assert got["share_removed_per_layer_mean"]["null_model"] is None

@@ -13,7 +13,7 @@ import pytest
 
 from atlas_build.atlas.schema import SENSES_SCHEMA
 from atlas_build.metrics.estimators.senses import BootstrapOptions
-from atlas_build.metrics.paths import compute as paths
+from atlas_build.metrics.paths import agreement, arrays, diversity, transitions
 from tests.metrics.metrics_synth import Tokens, model_row, write_atlas
 
 N, L, K = 16, 4, 2
@@ -41,7 +41,9 @@ def test_planted_transitions_are_recovered_with_lift_against_the_shuffle():
     follow = rng.random((n, L)) < 0.9  # 90%: the next layer's expert is e' + 1
     for layer in range(1, L):
         top1[:, layer] = np.where(follow[:, layer], (top1[:, layer - 1] + 1) % N, rng.integers(0, N, n))
-    out, adjacent = paths.transitions(np.ascontiguousarray(top1.T), N, [3, 4, 5, 6], min_count=5, seed=0)
+    out, adjacent = transitions.transitions(
+        np.ascontiguousarray(top1.T), N, [3, 4, 5, 6], min_count=5, seed=0
+    )
     d1 = out["distances"]["1"]
     assert d1["from_layers"] == [3, 4, 5] and d1["to_layers"] == [4, 5, 6]
     for lo in range(L - 1):
@@ -67,8 +69,10 @@ def test_planted_transitions_are_recovered_with_lift_against_the_shuffle():
 def test_independent_layers_have_lift_one_and_mi_at_the_shuffle_level():
     rng = np.random.default_rng(1)
     top1 = rng.integers(0, N, (50_000, L)).astype(np.uint8)
-    out, adjacent = paths.transitions(np.ascontiguousarray(top1.T), N, list(range(L)), min_count=5, seed=0)
-    ratio = paths.lift(adjacent[0])
+    out, adjacent = transitions.transitions(
+        np.ascontiguousarray(top1.T), N, list(range(L)), min_count=5, seed=0
+    )
+    ratio = transitions.lift(adjacent[0])
     assert np.nanmax(np.abs(ratio - 1)) < 0.25
     d1 = out["distances"]["1"]
     for mi, shuffled in zip(d1["mi_bits"], d1["mi_shuffled_bits"], strict=True):
@@ -78,10 +82,31 @@ def test_independent_layers_have_lift_one_and_mi_at_the_shuffle_level():
 # ---- diversity -------------------------------------------------------------------------------------
 
 
+def _diversity_by_counting(token_ids, top1, starts, width, min_count, token_of_row=None):
+    """Independent: over the occurrences of ids seen ≥ min_count times, mean over ids of distinct paths /
+    occurrences and H(path | token), by counting (token_of_row: a relabelling of the rows' ids)."""
+    counts = Counter(token_ids.tolist())
+    keep = [i for i, t in enumerate(token_ids.tolist()) if counts[t] >= min_count]
+    labels = token_ids if token_of_row is None else token_of_row
+    shares, entropies = [], []
+    for s in starts:
+        by_token, pairs = defaultdict(set), []
+        for i in keep:
+            path = tuple(top1[i, s : s + width].tolist())
+            by_token[int(labels[i])].add(path)
+            pairs.append((int(labels[i]), path))
+        occ = Counter(t for t, _ in pairs)
+        shares.append(np.mean([len(by_token[t]) / occ[t] for t in sorted(by_token)], dtype=np.float64))
+        entropies.append(_conditional_entropy(pairs))
+    return float(np.mean(shares)), float(np.mean(entropies))
+
+
 def test_diversity_matches_counting_and_finds_token_determined_paths():
     rng = np.random.default_rng(2)
     n = 6000
-    token_ids = rng.integers(0, 40, n)
+    # Frequent ids 0..39 and a tail of singletons (ids 1000+): the population is the frequent ids only.
+    token_ids = np.r_[rng.integers(0, 40, n - 500), 1000 + np.arange(500)]
+    rng.shuffle(token_ids)
     # Layers 0-1: the path is a function of the token id; layers 2-3: random.
     top1 = np.empty((n, L), dtype=np.uint8)
     top1[:, 0] = token_ids % N
@@ -90,25 +115,17 @@ def test_diversity_matches_counting_and_finds_token_determined_paths():
     experts = np.stack([top1, (top1 + 1) % N], axis=-1)  # top-2: (e, e + 1)
     column = _experts_column(experts)
     set_layers = list(range(L))
-    sets = paths.layer_set_codes(column, set_layers, N, seed=0)
-    out = paths.diversity(np.ascontiguousarray(top1.T), sets, set_layers, token_ids, N, min_count=5, seed=0)
+    sets = arrays.layer_set_codes(column, set_layers, N, seed=0)
+    out = diversity.diversity(
+        np.ascontiguousarray(top1.T), sets, set_layers, token_ids, N, min_count=5, seed=0
+    )
+    assert out["n_token_ids"] == 40 and out["n_token_ids_seen"] == 540 and out["n_occurrences"] == n - 500
     w1, w2 = out["windows"]["1"], out["windows"]["2"]
-    # Independent: per window, mean over token ids of distinct paths / occurrences, and H(path | token).
     for name, width in (("1", 1), ("2", 2), ("all", L)):
-        starts = out["windows"][name]["top1"]["layers_start"]
-        shares, entropies = [], []
-        for s in starts:
-            by_token = defaultdict(set)
-            pairs = []
-            for t, row in zip(token_ids.tolist(), top1[:, s : s + width].tolist(), strict=True):
-                by_token[t].add(tuple(row))
-                pairs.append((t, tuple(row)))
-            occurrences = Counter(token_ids.tolist())
-            shares.append(np.mean([len(by_token[t]) / occurrences[t] for t in sorted(by_token)]))
-            entropies.append(_conditional_entropy(pairs))
         block = out["windows"][name]["top1"]
-        assert block["distinct_share"] == pytest.approx(np.mean(shares), abs=1e-12)
-        assert block["h_path_given_token_bits"] == pytest.approx(np.mean(entropies), abs=1e-9)
+        share, entropy = _diversity_by_counting(token_ids, top1, block["layers_start"], width, 5)
+        assert block["distinct_share"] == pytest.approx(share, abs=1e-12)
+        assert block["h_path_given_token_bits"] == pytest.approx(entropy, abs=1e-9)
     # The planted determinism: layers 0 and 1 carry no entropy given the token; the shuffle does.
     assert w2["top1"]["layers_start"][0] == 0
     assert w1["top1"]["h_path_given_shuffled_token_bits"] > 3
@@ -116,12 +133,49 @@ def test_diversity_matches_counting_and_finds_token_determined_paths():
     assert w1["topk"]["distinct_share"] == pytest.approx(w1["top1"]["distinct_share"], abs=1e-12)
 
 
+def test_shuffled_diversity_is_over_the_same_population_and_reads_the_right_way():
+    """Routing a function of the token id: real paths far less diverse than shuffled; routing random per
+    occurrence: real = shuffled (up to sampling). A long singleton tail (as in real text) must not move
+    either side: the old estimator counted singletons only on the observed side."""
+    rng = np.random.default_rng(5)
+    n_frequent, n_singletons = 8000, 4000
+    token_ids = np.r_[rng.integers(0, 60, n_frequent), 10_000 + np.arange(n_singletons)]
+    rng.shuffle(token_ids)
+    n = len(token_ids)
+    determined = np.stack([(token_ids * (3 + 2 * j)) % N for j in range(L)], axis=1).astype(np.uint8)
+    random = rng.integers(0, N, (n, L)).astype(np.uint8)
+    for top1, direction in ((determined, "less"), (random, "equal")):
+        out = diversity.diversity(np.ascontiguousarray(top1.T), None, [], token_ids, N, min_count=5, seed=3)
+        block = out["windows"]["2"]["top1"]
+        # The shuffled side, independently: the same permutation of the ids over the population's rows.
+        counts = Counter(token_ids.tolist())
+        rows = np.flatnonzero([counts[t] >= 5 for t in token_ids.tolist()])
+        perm = np.random.default_rng(3 + 11).permutation(len(rows))
+        relabelled = token_ids.copy()
+        relabelled[rows] = token_ids[rows][perm]
+        share, entropy = _diversity_by_counting(
+            token_ids, top1, block["layers_start"], 2, 5, token_of_row=relabelled
+        )
+        assert block["distinct_share_shuffled"] == pytest.approx(share, abs=1e-12)
+        assert block["h_path_given_shuffled_token_bits"] == pytest.approx(entropy, abs=1e-9)
+        real, shuffled = block["distinct_share"], block["distinct_share_shuffled"]
+        if direction == "less":
+            assert real < 0.5 * shuffled
+            assert block["h_path_given_token_bits"] == pytest.approx(0.0, abs=1e-12)
+            assert block["h_path_given_shuffled_token_bits"] > 3.5  # 16 paths: ≤ 4 bits
+        else:
+            assert real == pytest.approx(shuffled, rel=0.03)
+            assert block["h_path_given_token_bits"] == pytest.approx(
+                block["h_path_given_shuffled_token_bits"], rel=0.01
+            )
+
+
 def test_path_codes_are_exact_or_hashed_without_collisions():
     rng = np.random.default_rng(3)
     ids = rng.integers(0, 256, (20_000, 12)).astype(np.uint8)
-    exact_codes, exact = paths.window_codes(np.ascontiguousarray(ids.T), 0, 8, 256)
+    exact_codes, exact = arrays.window_codes(np.ascontiguousarray(ids.T), 0, 8, 256)
     assert exact
-    hashed, exact_long = paths.window_codes(np.ascontiguousarray(ids.T), 0, 12, 256)
+    hashed, exact_long = arrays.window_codes(np.ascontiguousarray(ids.T), 0, 12, 256)
     assert not exact_long
     distinct_rows = len({tuple(r) for r in ids.tolist()})
     assert len(np.unique(hashed)) == distinct_rows
@@ -145,7 +199,7 @@ def _sense_setup(sense_drives_path: bool, seed: int):
 
 def test_sense_entropy_gain_matches_counting_and_its_null():
     top1, token, sense = _sense_setup(True, 4)
-    out = paths.sense_entropy(top1, token, sense, N, n_permutations=99, seed=0)
+    out = diversity.sense_entropy(top1, token, sense, N, n_permutations=99, seed=0)
     w1 = out["windows"]["1"]
     gains = []
     for s in range(L):
@@ -159,7 +213,7 @@ def test_sense_entropy_gain_matches_counting_and_its_null():
     assert w1["gain_bits"] > 0.8  # the path reveals the sense (1 bit of sense within each token id)
     assert w1["p_value"] == pytest.approx(1 / 100)
     top1, token, sense = _sense_setup(False, 5)
-    null = paths.sense_entropy(top1, token, sense, N, n_permutations=99, seed=0)["windows"]["1"]
+    null = diversity.sense_entropy(top1, token, sense, N, n_permutations=99, seed=0)["windows"]["1"]
     assert null["p_value"] > 0.05
     assert null["gain_bits"] == pytest.approx(null["null_mean_bits"], abs=0.1)
 
@@ -312,7 +366,9 @@ def test_stratified_delta_matches_a_direct_cmh_computation():
     same = rng.random(n) < 0.5
     strata = rng.integers(0, 3, n)
     cluster = np.arange(n) // 4
-    est, low, high = paths.stratified_delta(values, same, strata, cluster, n // 4, BootstrapOptions(200, 0))
+    est, low, high = agreement.stratified_delta(
+        values, same, strata, cluster, n // 4, BootstrapOptions(200, 0)
+    )
     num = den = 0.0
     for s in range(3):
         a, b = values[(strata == s) & same], values[(strata == s) & ~same]

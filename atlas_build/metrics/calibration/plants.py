@@ -19,6 +19,11 @@ the original and of each copy, and writes `OUT/calibration.json` and `OUT/calibr
 
 Confound plants apply to every model (a random-init twin has the same token- and context-driven routing),
 each with its own seed. The copies are calibration data: their routing is planted, not a model's.
+
+Beside these end-to-end copies, `calibration.json["summary"]` holds the in-memory calibration
+(metrics/calibration/matrix.py: plant × control matrix with confounds that are not the controls' keys,
+per-layer false-positive rates over several noise replicates, power), the block `atlas metrics --calibrate`
+records in metrics.json, tied to the atlas by its manifest sha256.
 """
 
 from __future__ import annotations
@@ -269,8 +274,13 @@ def calibrate(
     plant_options: PlantOptions | None = None,
     metrics_options=None,
     cache_dir=None,
+    calibration_options=None,
 ) -> dict:
-    """Write the planted copies of the local atlas `source` into `out`, and what each control recovers."""
+    """Write the planted copies of the local atlas `source` into `out`, and what each control recovers; and
+    the in-memory calibration summary (`calibration_options`: a `CalibrationOptions`)."""
+    import hashlib
+
+    from atlas_build.metrics.calibration.matrix import CalibrationOptions, calibration_summary
     from atlas_build.metrics.compute import MetricsOptions, compute_metrics
     from atlas_build.metrics.provenance.source import AtlasSource
     from atlas_build.metrics.report.markdown import to_json
@@ -324,6 +334,21 @@ def calibrate(
         "original": original,
         "plants": {},
     }
+    from atlas_build.metrics.compute import calibration_planter
+
+    routing = src.routing(options.model)
+    planter = calibration_planter(
+        corpus, target_identity(routing, corpus.example_ids, corpus.form), routing, row, options.seed
+    )
+    report["summary"] = to_json(
+        calibration_summary(
+            planter,
+            calibration_options or CalibrationOptions(seed=options.seed),
+            moe_layers,
+            model=options.model,
+            manifest_sha256=hashlib.sha256((source / "manifest.json").read_bytes()).hexdigest(),
+        )
+    )
     for plant in plants:
         root = write_planted(source, out / f"plant-{plant}", plant, corpus, options, models)
         planted = measure(root)
@@ -341,6 +366,7 @@ def calibrate(
 
 def render_calibration(report: dict) -> str:
     """`calibration.md`: per plant, the layer-mean Δκ of raw and every control, and the checks."""
+    from atlas_build.metrics.calibration.report import calibration_lines
     from atlas_build.metrics.report.markdown import format_interval
 
     names = ["raw", *CONTROL_NAMES]
@@ -367,4 +393,5 @@ def render_calibration(report: dict) -> str:
             f"- {'pass' if ok else 'FAIL' if ok is False else 'n/a'}: {check}"
             for check, ok in block["checks"].items()
         ]
+    lines += calibration_lines(report.get("summary"))
     return "\n".join(lines) + "\n"

@@ -14,14 +14,23 @@ equations X'X and X'κ (float64); a replicate in which a level is absent solves 
                      + linear J)
     token_identity   factor: the cell of four indicators (same target token-id sequence, same target
                      surface form, same left neighbour token, same right neighbour token)
+    position         factor: the unordered pair of the two targets' position buckets (the token_index of
+                     the first target token: each of 0..7, then half-octaves [8, 12), [12, 16), [16, 24), ...)
+    neighbours       factor: the cell of (same left neighbour token id, same right neighbour token id), the
+                     two neighbours together (the token co-occurrence around the target)
     null_model       Δκ(model) − Δκ(null) (a regression on `same` alone is the difference of means), on the
                      pairs both routed; null = a random-init twin (for a random-init model: its twin of
                      another seed, where this control must come out near 0)
-    all              context_words + token_identity at once, and over the null model when there is one
+    all              context_words + token_identity + position + neighbours at once, and over the null model
+                     when there is one
+
+The factor controls read the targets' token identity (`FACTOR_CONTROLS`, one row each: a name, its method
+text and its strata per pair); a new one is a row there, and `all` includes it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +41,63 @@ from atlas_build.metrics.estimators.stats import ClusterIndex, cluster_bootstrap
 
 # Up to this many distinct Jaccard values, each value is its own stratum; beyond, decile bins.
 MAX_EXACT_STRATA = 10
-CONTROL_NAMES = ("context_words", "token_identity", "null_model", "all")
+# Position buckets: each position below this is its own bucket, then half-octaves.
+EXACT_POSITIONS = 8
+
+
+def position_buckets(position: np.ndarray) -> np.ndarray:
+    """Bucket of each token position: p itself below `EXACT_POSITIONS`, then half-octaves [8, 12), [12, 16),
+    [16, 24), ...; −1 for an unknown position."""
+    p = np.asarray(position, dtype=np.int64)
+    octave = np.floor(np.log2(np.maximum(p, 1))).astype(np.int64)
+    half = (p >= 3 * (1 << octave) // 2).astype(np.int64)  # the upper half of the octave
+    base = int(np.log2(EXACT_POSITIONS))
+    bucket = np.where(p < EXACT_POSITIONS, p, EXACT_POSITIONS + 2 * (octave - base) + half)
+    return np.where(p < 0, -1, bucket)
+
+
+def position_pair_strata(identity: TargetIdentity, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+    """`[P]` the unordered pair (lower bucket, higher bucket) of the two targets' position buckets."""
+    a, b = position_buckets(identity.position[ia]), position_buckets(identity.position[ib])
+    lo, hi = np.minimum(a, b) + 1, np.maximum(a, b) + 1
+    return lo * (int(hi.max(initial=0)) + 1) + hi
+
+
+@dataclass(frozen=True)
+class FactorControl:
+    """A control whose covariate is one categorical factor of the pair, from the targets' token identity."""
+
+    name: str
+    method: str  # the `method` text of its result
+    strata: Callable[[TargetIdentity, np.ndarray, np.ndarray], np.ndarray]  # (identity, ia, ib) -> [P] codes
+    needs: str | None = None  # a TargetIdentity field it reads that may be absent (then not applicable)
+
+    def applies(self, identity: TargetIdentity | None) -> bool:
+        return identity is not None and (self.needs is None or getattr(identity, self.needs) is not None)
+
+
+FACTOR_CONTROLS: list[FactorControl] = [
+    FactorControl(
+        "token_identity",
+        "least squares of kappa on same_sense + one stratum per cell of (same target token-id sequence, same "
+        "target surface form, same left neighbour token, same right neighbour token)",
+        lambda identity, ia, ib: identity.pair_cells(ia, ib),
+    ),
+    FactorControl(
+        "position",
+        "least squares of kappa on same_sense + one stratum per unordered pair of the targets' position "
+        f"buckets (token_index of the first target token: 0..{EXACT_POSITIONS - 1} each, then half-octaves)",
+        position_pair_strata,
+        needs="position",
+    ),
+    FactorControl(
+        "neighbours",
+        "least squares of kappa on same_sense + one stratum per cell of (same left neighbour token id, same "
+        "right neighbour token id), both neighbours together",
+        lambda identity, ia, ib: identity.neighbour_cells(ia, ib),
+    ),
+]
+CONTROL_NAMES = ("context_words", *(c.name for c in FACTOR_CONTROLS), "null_model", "all")
 
 
 class DesignError(ValueError):
@@ -277,7 +342,8 @@ def pair_controls(
 
     A result is `{"method", "delta": interval[L] | None, "layer_mean": {"delta": interval}, "n_pairs",
     "n_columns", ...}`, or `{"method", "delta": None, "layer_mean": None, "error": str}` when its design is
-    refused. `null_model` is absent without a null model; `token_identity` without routing rows.
+    refused. `null_model` is absent without a null model; the `FACTOR_CONTROLS` (token_identity, position,
+    neighbours) without routing rows.
     """
     valid = np.flatnonzero(np.isfinite(kappa).all(axis=1))
     both = valid
@@ -287,12 +353,16 @@ def pair_controls(
     keys: dict[tuple, int] = {}
     linear_terms = {}
 
+    def factor_controls(ident: TargetIdentity | None) -> list[FactorControl]:
+        return [c for c in FACTOR_CONTROLS if c.applies(ident)]
+
     def block_of(rows: np.ndarray, ident: TargetIdentity | None) -> int:
-        """The block of these pairs with this token identity (shared when rows and cells coincide)."""
+        """The block of these pairs with this token identity (shared when rows and cells coincide): factor
+        0 the Jaccard strata, then one factor per applicable `FACTOR_CONTROLS` row, in order."""
         strata, linear = jaccard_strata(corpus.jaccard[rows])
         factors = [strata]
-        if ident is not None:
-            factors.append(ident.pair_cells(corpus.pair_a[rows], corpus.pair_b[rows]))
+        for control in factor_controls(ident):
+            factors.append(control.strata(ident, corpus.pair_a[rows], corpus.pair_b[rows]))
         key = (rows.tobytes(), *(f.tobytes() for f in factors))
         if key not in keys:
             lin = [corpus.jaccard[rows]] if linear else []
@@ -319,19 +389,12 @@ def pair_controls(
             {"n_strata": blocks[main].sizes[0] + 1},
         )
     ]
-    if identity is not None:
-        requests.append(
-            (
-                "token_identity",
-                "least squares of kappa on same_sense + one stratum per cell of (same target token-id "
-                "sequence, same target surface form, same left neighbour token, same right neighbour token)",
-                [(main, "model", False, [1])],
-                {},
-            )
-        )
-    all_factors = [0, 1] if identity is not None else [0]
-    method = f"least squares of kappa on same_sense + {jaccard_method}" + (
-        " + token-identity cells" if identity is not None else ""
+    controls = factor_controls(identity)
+    for f, control in enumerate(controls, start=1):
+        requests.append((control.name, control.method, [(main, "model", False, [f])], {}))
+    all_factors = list(range(1 + len(controls)))
+    method = f"least squares of kappa on same_sense + {jaccard_method}" + "".join(
+        f" + {c.name} strata" for c in controls
     )
     if null is None:
         requests.append(("all", method, [(main, "model", True, all_factors)], {}))
@@ -348,7 +411,7 @@ def pair_controls(
                 {"null_model": null.slug},
             )
         )
-        null_factors = [0, 1] if null.identity is not None else [0]
+        null_factors = list(range(1 + len(factor_controls(null.identity))))
         requests.append(
             (
                 "all",

@@ -67,6 +67,38 @@ def survival(sp: dict, moe_layers: list[int], random_init: bool) -> dict:
     }
 
 
+def explained(sp: dict) -> dict:
+    """How much of the raw effect each control explains: share removed = (Δκ_raw − Δκ_control) / Δκ_raw of
+    the layer-mean Δκ (1: the control removes it all, 0: nothing, < 0: the control's Δκ is larger, > 1: it
+    reverses the sign); per layer the same share, and its mean over the layers where the raw per-layer CI
+    excludes 0. Point estimates; read them with the controls' CIs. None where undefined (raw Δκ = 0)."""
+    raw = sp["layer_mean"]["delta"]["estimate"]
+    raw_layers = np.asarray(sp["delta"]["estimate"], dtype=np.float64)
+    significant = np.array([s not in (0, None) for s in _layer_signs(sp["delta"], len(raw_layers))], bool)
+    out: dict = {
+        "basis": "share of the raw layer-mean Δκ removed: (raw − control) / raw",
+        "raw_layer_mean": raw,
+        "raw_ci_excludes_0": _sign(sp["layer_mean"]["delta"]) not in (0, None),
+        "share_removed": {},
+        "share_removed_per_layer_mean": {},
+    }
+    for name, control in (sp.get("controls") or {}).items():
+        mean = (control.get("layer_mean") or {}).get("delta")
+        share = None
+        if mean is not None and raw and math.isfinite(raw) and mean.get("estimate") is not None:
+            share = (raw - mean["estimate"]) / raw
+        out["share_removed"][name] = share
+        per_layer = None
+        delta = control.get("delta")
+        if delta is not None and significant.any():
+            est = np.asarray(delta["estimate"], dtype=np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                shares = (raw_layers - est) / raw_layers
+            per_layer = float(np.mean(shares[significant]))
+        out["share_removed_per_layer_mean"][name] = per_layer
+    return out
+
+
 def peak(sp: dict, moe_layers: list[int]) -> dict | None:
     delta = np.asarray(sp["delta"]["estimate"], dtype=np.float64)
     if not len(delta) or not np.isfinite(delta).any():

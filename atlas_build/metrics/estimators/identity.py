@@ -17,6 +17,8 @@ from atlas_build.atlas.schema import SENSES
 
 # Neighbour ids where the target starts or ends the routed text: a missing neighbour equals only itself.
 NO_LEFT, NO_RIGHT = -1, -2
+# Unknown position (an example without routed target).
+NO_POSITION = -1
 IDENTITY_FEATURES = ("same_target_ids", "same_target_form", "same_left_token", "same_right_token")
 
 
@@ -29,6 +31,10 @@ class TargetIdentity:
     form: np.ndarray  # [E] surface-form code (from the senses text)
     left: np.ndarray  # [E] token id before the first target token, or NO_LEFT
     right: np.ndarray  # [E] token id after the last target token, or NO_RIGHT
+    # [E] token_index of the first target token in its text (NO_POSITION without routed target)
+    position: np.ndarray | None = None
+    left2: np.ndarray | None = None  # [E] token id two positions before the first target token, or NO_LEFT
+    right2: np.ndarray | None = None  # [E] token id two positions after the last target token, or NO_RIGHT
 
     def pair_features(self, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
         """`[P, 4]` bool: same target id sequence, same surface form, same left and same right neighbour."""
@@ -46,6 +52,10 @@ class TargetIdentity:
         """`[P]` cell code 0..15 of the four indicators (bit 3: same ids, ..., bit 0: same right token)."""
         features = self.pair_features(ia, ib).astype(np.int64)
         return features @ (1 << np.arange(features.shape[1])[::-1])
+
+    def neighbour_cells(self, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+        """`[P]` cell code 0..3 of (same left neighbour token id, same right neighbour token id) together."""
+        return 2 * (self.left[ia] == self.left[ib]) + (self.right[ia] == self.right[ib]).astype(np.int64)
 
 
 def target_identity(
@@ -79,6 +89,8 @@ def target_identity(
     ids = np.full((n, width), -1, dtype=np.int64)
     left = np.full(n, NO_LEFT, dtype=np.int64)
     right = np.full(n, NO_RIGHT, dtype=np.int64)
+    left2, right2 = left.copy(), right.copy()
+    position_of = np.full(n, NO_POSITION, dtype=np.int64)
     if len(at):
         first = np.r_[True, example[at][1:] != example[at][:-1]]
         start = np.flatnonzero(first)
@@ -86,12 +98,25 @@ def target_identity(
         ids[example[at], rank] = token[at]
         first_row, last_row = at[start], at[np.r_[start[1:], len(at)] - 1]
         owners = example[first_row]
-        # The neighbour is the adjacent row only when it belongs to the same text and is the adjacent token.
-        prev = first_row - 1
-        ok = (prev >= 0) & (example[prev.clip(0)] == owners) & (index[prev.clip(0)] == index[first_row] - 1)
-        left[owners[ok]] = token[prev[ok]]
-        nxt = last_row + 1
-        nxt_c = nxt.clip(max=len(example) - 1)
-        ok = (nxt < len(example)) & (example[nxt_c] == owners) & (index[nxt_c] == index[last_row] + 1)
-        right[owners[ok]] = token[nxt[ok]]
-    return TargetIdentity(ids=ids, n_ids=n_ids, form=np.asarray(form, dtype=np.int64), left=left, right=right)
+        position_of[owners] = index[first_row]
+        # A neighbour is the row `step` away only when it belongs to the same text and is that token.
+        for step, out in ((1, left), (2, left2)):
+            prev = first_row - step
+            c = prev.clip(0)
+            ok = (prev >= 0) & (example[c] == owners) & (index[c] == index[first_row] - step)
+            out[owners[ok]] = token[prev[ok]]
+        for step, out in ((1, right), (2, right2)):
+            nxt = last_row + step
+            c = nxt.clip(max=len(example) - 1)
+            ok = (nxt < len(example)) & (example[c] == owners) & (index[c] == index[last_row] + step)
+            out[owners[ok]] = token[nxt[ok]]
+    return TargetIdentity(
+        ids=ids,
+        n_ids=n_ids,
+        form=np.asarray(form, dtype=np.int64),
+        left=left,
+        right=right,
+        position=position_of,
+        left2=left2,
+        right2=right2,
+    )

@@ -207,9 +207,10 @@ def path_section(metrics: dict, number: int = 8) -> list[str]:
     """The report's markdown section on routing paths."""
     lines = ["", f"## {number}. Routing paths across layers", ""]
     lines.append(
-        "A token's top-1 path is its first expert in each of w consecutive MoE layers. Transitions are between "
-        "top-1 experts; lift and information are measured against a shuffle of the tokens that keeps every "
-        "expert's load. Models whose engine stores expert ids without weights have no top-1 and only top-k "
+        "A token's top-1 path is its first (highest gate weight) expert in each of w consecutive MoE layers. "
+        "Transitions are between top-1 experts; lift and information are measured against a shuffle of the "
+        "tokens that keeps every expert's load. Path diversity is over the token ids seen at least m times "
+        "(m = --min-count), observed and shuffled alike. Models whose engine stores expert ids without weights have no top-1 and only top-k "
         "path sets."
     )
     figures = metrics.get("figures", {})

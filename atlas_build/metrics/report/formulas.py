@@ -32,8 +32,14 @@ FORMULAS = {
     "null_model": "Δκ(model) − Δκ(null) on the pairs both routed, null = a random-init model of the same "
     "model_type, scoring function and top-k method (for a random-init model: another seed of it, where the "
     "control must give ≈ 0); joint cluster bootstrap",
-    "all": "context_words + token_identity strata in one fit; minus the same fit on the null model when "
-    "there is one",
+    "position": "strata: the unordered pair of the two targets' position buckets, position = token_index of "
+    "the first target token in its text (0..7 each, then half-octaves [8, 12), [12, 16), [16, 24), ...)",
+    "neighbours": "strata: the 4 cells of (same left neighbour token id, same right neighbour token id), both "
+    "neighbours together (a missing neighbour equals only a missing one), from each model's own routing rows",
+    "all": "context_words + token_identity + position + neighbours strata in one fit; minus the same fit on "
+    "the null model when there is one",
+    "explained": "share of the raw effect a control explains = (Δκ_raw − Δκ_control) / Δκ_raw of the layer "
+    "mean; also the mean of the per-layer shares over the layers whose raw CI excludes 0 (point estimates)",
     "survives": "an effect survives when the CI of raw Δκ excludes 0 and the CI of every applicable control "
     "excludes 0 with the same sign; per layer and for the layer mean",
     "context_adjusted": "= controls.context_words (kept for older readers)",
