@@ -10,115 +10,98 @@ from __future__ import annotations
 
 import great_expectations.expectations as gxe
 
-
-def _holds(name: str, column: str, description: str, doc: str) -> type:
-    """A rule whose derived boolean column must be True on every row: one line per rule instead of one
-    class body each (GX names the expectation after the class: `ExpectTargetSpanInsideText` ->
-    `expect_target_span_inside_text`)."""
-    namespace = {
-        "__doc__": doc,
-        "__module__": __name__,
-        "__qualname__": name,
-        "__annotations__": {"column": str, "value_set": list, "description": str},
-        "column": column,
-        "value_set": [True],
-        "description": description,
-    }
-    return type(name, (gxe.ExpectColumnValuesToBeInSet,), namespace)
-
-
 # ---- corpora ---------------------------------------------------------------------------------------
 
 
-ExpectTargetSpanInsideText = _holds(
-    "ExpectTargetSpanInsideText",
-    "span_inside",
-    "the target span is a non-empty span inside the text",
-    "0 <= target_start < target_end <= len(text).",
-)
+class ExpectTargetSpanInsideText(gxe.ExpectColumnValuesToBeInSet):
+    """0 <= target_start < target_end <= len(text)."""
+
+    column: str = "span_inside"
+    value_set: list = [True]
+    description: str = "the target span is a non-empty span inside the text"
 
 
-ExpectTargetFormAtSpan = _holds(
-    "ExpectTargetFormAtSpan",
-    "form_at_span",
-    "text[target_start:target_end] equals target_form",
-    "text[target_start:target_end] == target_form.",
-)
+class ExpectTargetFormAtSpan(gxe.ExpectColumnValuesToBeInSet):
+    """text[target_start:target_end] == target_form."""
+
+    column: str = "form_at_span"
+    value_set: list = [True]
+    description: str = "text[target_start:target_end] equals target_form"
 
 
-ExpectTargetSpanWordAligned = _holds(
-    "ExpectTargetSpanWordAligned",
-    "span_word_aligned",
-    "the target span starts and ends at word boundaries",
-    "No letter or digit immediately before or after the target span.",
-)
+class ExpectTargetSpanWordAligned(gxe.ExpectColumnValuesToBeInSet):
+    """No letter or digit immediately before or after the target span."""
+
+    column: str = "span_word_aligned"
+    value_set: list = [True]
+    description: str = "the target span starts and ends at word boundaries"
 
 
-ExpectTargetFormOfLemma = _holds(
-    "ExpectTargetFormOfLemma",
-    "form_of_lemma",
-    "the target span holds a form of the lemma",
-    "The form in the span can be an inflection of the lemma (`validation.rules.is_form_of`).",
-)
+class ExpectTargetFormOfLemma(gxe.ExpectColumnValuesToBeInSet):
+    """The form in the span can be an inflection of the lemma (`validation.rules.is_form_of`)."""
+
+    column: str = "form_of_lemma"
+    value_set: list = [True]
+    description: str = "the target span holds a form of the lemma"
 
 
-ExpectReferencedExampleExists = _holds(
-    "ExpectReferencedExampleExists",
-    "example_exists",
-    "the referenced senses example exists",
-    "A senses.example_id referenced by another config exists.",
-)
+class ExpectReferencedExampleExists(gxe.ExpectColumnValuesToBeInSet):
+    """A senses.example_id referenced by another config exists."""
+
+    column: str = "example_exists"
+    value_set: list = [True]
+    description: str = "the referenced senses example exists"
 
 
-ExpectReferencedExampleOfLemma = _holds(
-    "ExpectReferencedExampleOfLemma",
-    "example_of_lemma",
-    "the referenced example has the same lemma and pos",
-    "A referenced example has the referencing row's lemma and pos.",
-)
+class ExpectReferencedExampleOfLemma(gxe.ExpectColumnValuesToBeInSet):
+    """A referenced example has the referencing row's lemma and pos."""
+
+    column: str = "example_of_lemma"
+    value_set: list = [True]
+    description: str = "the referenced example has the same lemma and pos"
 
 
-ExpectReferencedSynsetsMatch = _holds(
-    "ExpectReferencedSynsetsMatch",
-    "synsets_match",
-    "the row's synsets are its examples' synsets",
-    "The synsets copied into a row equal the referenced examples' synsets.",
-)
+class ExpectReferencedSynsetsMatch(gxe.ExpectColumnValuesToBeInSet):
+    """The synsets copied into a row equal the referenced examples' synsets."""
+
+    column: str = "synsets_match"
+    value_set: list = [True]
+    description: str = "the row's synsets are its examples' synsets"
 
 
-ExpectTraceSegmentsValid = _holds(
-    "ExpectTraceSegmentsValid",
-    "segments_ok",
-    "segment spans are ordered, disjoint, inside the text and named",
-    "Trace segments lie inside the text, in order, without overlap, with known names.",
-)
+class ExpectTraceSegmentsValid(gxe.ExpectColumnValuesToBeInSet):
+    """Trace segments lie inside the text, in order, without overlap, with known names."""
+
+    column: str = "segments_ok"
+    value_set: list = [True]
+    description: str = "segment spans are ordered, disjoint, inside the text and named"
 
 
-ExpectJsonObjectOrNull = _holds(
-    "ExpectJsonObjectOrNull",
-    "meta_ok",
-    "meta parses as a JSON object",
-    "traces.meta is a JSON object or null.",
-)
+class ExpectJsonObjectOrNull(gxe.ExpectColumnValuesToBeInSet):
+    """traces.meta is a JSON object or null."""
+
+    column: str = "meta_ok"
+    value_set: list = [True]
+    description: str = "meta parses as a JSON object"
 
 
-ExpectMoeLayersValid = _holds(
-    "ExpectMoeLayersValid",
-    "moe_layers_ok",
-    "moe_layers are strictly increasing decoder layer indices",
-    "models.moe_layers is non-empty, strictly increasing and inside [0, num_hidden_layers).",
-)
+class ExpectMoeLayersValid(gxe.ExpectColumnValuesToBeInSet):
+    """models.moe_layers is non-empty, strictly increasing and inside [0, num_hidden_layers)."""
+
+    column: str = "moe_layers_ok"
+    value_set: list = [True]
+    description: str = "moe_layers are strictly increasing decoder layer indices"
 
 
 # ---- routing: per token ----------------------------------------------------------------------------
 
 
-ExpectRoutingSourceToExist = _holds(
-    "ExpectRoutingSourceToExist",
-    "source_found",
-    "source_id exists in the config named by corpus",
-    "The (corpus, source_id) of a routing row names an existing text.",
-)
+class ExpectRoutingSourceToExist(gxe.ExpectColumnValuesToBeInSet):
+    """The (corpus, source_id) of a routing row names an existing text."""
+
+    column: str = "source_found"
+    value_set: list = [True]
+    description: str = "source_id exists in the config named by corpus"
 
 
 class ExpectMoeLayerCount(gxe.ExpectColumnValuesToBeBetween):
@@ -157,28 +140,84 @@ class ExpectExpertIdsNonNegative(gxe.ExpectColumnValuesToBeBetween):
     description: str = "expert ids >= 0"
 
 
-ExpectWeightsNullity = _holds(
-    "ExpectWeightsNullity",
-    "char_inside",
-    "character offsets lie inside the text",
-    'weights is null exactly when models.weights_dtype is null (value_set set to that)."""      column: str = "weights_null"     description: str = "weights null iff the engine gives expert ids only"   class ExpectWeightsFinite(gxe.ExpectColumnValuesToBeBetween):     """No layer of the token holds a NaN or infinite weight (counts such layers)."""      column: str = "weights_nonfinite"     max_value: int = 0     description: str = "weights are finite"   class ExpectWeightsNonNegative(gxe.ExpectColumnValuesToBeBetween):     """No layer of the token holds a negative weight (counts such layers)."""      column: str = "weights_negative"     max_value: int = 0     description: str = "weights are >= 0"   class ExpectWeightsSortedDescending(gxe.ExpectColumnValuesToBeBetween):     """No layer of the token whose weights increase from one k to the next."""      column: str = "weights_unsorted_layers"     max_value: int = 0     description: str = "weights ordered highest first"   class ExpectWeightSumsConsistent(gxe.ExpectColumnValuesToBeBetween):     """The largest relative deviation of a layer\'s weight sum from the model\'s normalisation is within the     tolerance (max_value set to it)."""      column: str = "weights_sum_error"     description: str = "weight sums agree with norm_topk_prob and routed_scaling_factor"   class ExpectCharOffsetsInsideText(gxe.ExpectColumnValuesToBeInSet):     """(-1, -1) for special tokens, else 0 <= char_start <= char_end <= len(text).',
-)
+class ExpectWeightsNullity(gxe.ExpectColumnValuesToBeInSet):
+    """weights is null exactly when models.weights_dtype is null (value_set set to that)."""
+
+    column: str = "weights_null"
+    description: str = "weights null iff the engine gives expert ids only"
 
 
-ExpectCharOffsetsForward = _holds(
-    "ExpectCharOffsetsForward",
-    "segment_ok",
-    "segment labels only on trace tokens, with known names",
-    'Neither offset of a token is before the previous non-special token\'s of the same text."""      column: str = "char_backwards"     value_set: list = [False]     description: str = "character offsets never go backwards"   class ExpectTokensCoverText(gxe.ExpectColumnValuesToBeBetween):     """No non-whitespace character of the text lies outside every token span (counted at the token     after the gap, or at the last token for the text\'s tail)."""      column: str = "uncovered_chars"     max_value: int = 0     description: str = "token spans cover every non-whitespace character"   class ExpectSegmentLabels(gxe.ExpectColumnValuesToBeInSet):     """segment/marker are null outside traces; trace segment names are known.',
-)
+class ExpectWeightsFinite(gxe.ExpectColumnValuesToBeBetween):
+    """No layer of the token holds a NaN or infinite weight (counts such layers)."""
+
+    column: str = "weights_nonfinite"
+    max_value: int = 0
+    description: str = "weights are finite"
 
 
-ExpectTokenStringsMatchIds = _holds(
-    "ExpectTokenStringsMatchIds",
-    "token_matches",
-    "token strings agree with token ids",
-    "token == tokenizer.convert_ids_to_tokens(token_id).",
-)
+class ExpectWeightsNonNegative(gxe.ExpectColumnValuesToBeBetween):
+    """No layer of the token holds a negative weight (counts such layers)."""
+
+    column: str = "weights_negative"
+    max_value: int = 0
+    description: str = "weights are >= 0"
+
+
+class ExpectWeightsSortedDescending(gxe.ExpectColumnValuesToBeBetween):
+    """No layer of the token whose weights increase from one k to the next."""
+
+    column: str = "weights_unsorted_layers"
+    max_value: int = 0
+    description: str = "weights ordered highest first"
+
+
+class ExpectWeightSumsConsistent(gxe.ExpectColumnValuesToBeBetween):
+    """The largest relative deviation of a layer's weight sum from the model's normalisation is within the
+    tolerance (max_value set to it)."""
+
+    column: str = "weights_sum_error"
+    description: str = "weight sums agree with norm_topk_prob and routed_scaling_factor"
+
+
+class ExpectCharOffsetsInsideText(gxe.ExpectColumnValuesToBeInSet):
+    """(-1, -1) for special tokens, else 0 <= char_start <= char_end <= len(text)."""
+
+    column: str = "char_inside"
+    value_set: list = [True]
+    description: str = "character offsets lie inside the text"
+
+
+class ExpectCharOffsetsForward(gxe.ExpectColumnValuesToBeInSet):
+    """Neither offset of a token is before the previous non-special token's of the same text."""
+
+    column: str = "char_backwards"
+    value_set: list = [False]
+    description: str = "character offsets never go backwards"
+
+
+class ExpectTokensCoverText(gxe.ExpectColumnValuesToBeBetween):
+    """No non-whitespace character of the text lies outside every token span (counted at the token
+    after the gap, or at the last token for the text's tail)."""
+
+    column: str = "uncovered_chars"
+    max_value: int = 0
+    description: str = "token spans cover every non-whitespace character"
+
+
+class ExpectSegmentLabels(gxe.ExpectColumnValuesToBeInSet):
+    """segment/marker are null outside traces; trace segment names are known."""
+
+    column: str = "segment_ok"
+    value_set: list = [True]
+    description: str = "segment labels only on trace tokens, with known names"
+
+
+class ExpectTokenStringsMatchIds(gxe.ExpectColumnValuesToBeInSet):
+    """token == tokenizer.convert_ids_to_tokens(token_id)."""
+
+    column: str = "token_matches"
+    value_set: list = [True]
+    description: str = "token strings agree with token ids"
 
 
 # ---- routing: per text and per layer ----------------------------------------------------------------

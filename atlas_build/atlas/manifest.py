@@ -33,7 +33,7 @@ from atlas_build import code_version  # also imported from here by publishing, a
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.schema import SCHEMA_VERSION
 from atlas_build.atlas.writer import TEMP_SUFFIX, WrittenFile, write_text_atomic
-from atlas_build.errors import DamagedAtlasError, RefusedError
+from atlas_build.errors import EXIT_BAD_INPUT, DamagedAtlasError, RefusedError
 
 FORMAT = "routing-atlas"
 # A published release holds this file (written last by `atlas publish`); nothing may write into it after.
@@ -43,6 +43,12 @@ RELEASE_FORMAT = "routing-atlas-release"
 
 class ManifestError(DamagedAtlasError):
     """The manifest is missing, unreadable, or of an incompatible schema version."""
+
+
+class NotAnAtlasError(ManifestError):
+    """The folder has no manifest.json: it is not an atlas (a wrong path is bad input, not damage)."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class UnsafeAtlasError(ManifestError):
@@ -152,7 +158,7 @@ class Manifest:
                 f"{root}: manifest.json is a symbolic link; an atlas holds only plain files"
             )
         if not path.exists():
-            raise ManifestError(
+            raise NotAnAtlasError(
                 f"{path} does not exist: is {root} an atlas directory built by `atlas build`?"
             )
         try:

@@ -80,8 +80,9 @@ def command(
             checkpoint_marker=checkpoint_marker,
         )
     except AtlasNotFoundError as error:
-        click.echo(f"atlas validate: {error}", err=True)
-        sys.exit(EXIT_NOT_AN_ATLAS)
+        click.echo(f"error: {error}", err=True)
+        # A damaged or unsafe manifest keeps its own code (atlas_build/errors.py); a wrong path is bad input.
+        sys.exit(getattr(error.__cause__, "exit_code", EXIT_NOT_AN_ATLAS))
     click.echo(report.render_table(max_examples=examples, only_problems=problems_only))
     if report_path is None:
         click.echo(f"report not written: {directory} is a published release (pass --json PATH to keep it)")

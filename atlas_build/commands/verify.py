@@ -187,7 +187,7 @@ def command(directory: Path) -> None:
     (2 when DIRECTORY is not a readable atlas).
     """
     from atlas_build.atlas.manifest import Manifest, ManifestError
-    from atlas_build.errors import AtlasError
+    from atlas_build.errors import AtlasError, DamagedAtlasError
     from validation.integrity import verify_files
 
     if not directory.is_dir():
@@ -199,7 +199,7 @@ def command(directory: Path) -> None:
         if unfinished:  # killed before its first manifest, or while writing it: nothing is damaged
             raise AtlasError(f"{directory} is not finished, not damaged: {unfinished}") from error
         if isinstance(error.__cause__, (OSError, ValueError)):
-            raise AtlasError(
+            raise DamagedAtlasError(
                 f"{directory}/manifest.json is damaged ({error.__cause__}): the atlas cannot be verified. "
                 "Restore manifest.json, or rebuild into a new directory"
             ) from error

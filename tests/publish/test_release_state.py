@@ -42,12 +42,12 @@ def release(releases, tmp_path):
 def test_no_command_writes_into_a_published_release(release):
     before = _snapshot(release)
     card = cli(["card", str(release)])
-    assert card.exit_code == 2 and f"{release} is a published release (v0.1.0)" in card.output
+    assert card.exit_code == 4 and f"{release} is a published release (v0.1.0)" in card.output
     assert "rewriting its card is refused" in card.output and "Traceback" not in card.output
     build = cli(["build", "--model", "tiny-deepseek-v3", "--out", str(release), "--no-progress"])
-    assert build.exit_code == 2 and "building into it is refused" in build.output
+    assert build.exit_code == 4 and "building into it is refused" in build.output
     inside = cli(["validate", str(release), "--json", str(release / "report.json")])
-    assert inside.exit_code == 2 and "is a published release" in inside.output
+    assert inside.exit_code == 4 and "is a published release" in inside.output
     validate = cli(["validate", str(release)])
     assert validate.exit_code == 0, validate.output
     assert "report not written" in validate.output

@@ -239,7 +239,11 @@ def test_atlas_of_an_incompatible_schema_version(atlas, fakes):
     manifest["schema_version"] = 0
     (atlas / "manifest.json").write_text(json.dumps(manifest, indent=2))
     refused(
-        ["build", "--out", str(atlas), *FAKE_ARGS], atlas, "schema version 0", "build into a new directory"
+        ["build", "--out", str(atlas), *FAKE_ARGS],
+        atlas,
+        "schema version 0",
+        "build into a new directory",
+        code=3,
     )
 
 

@@ -43,7 +43,7 @@ def test_a_second_build_is_refused_while_one_runs_then_recovers_when_it_is_kille
     out, proc = holder
     before = snapshot(out)
     refused = cli(["build", "--out", str(out), *FAKE_ARGS])
-    assert refused.exit_code == 2
+    assert refused.exit_code == 4  # refused (atlas_build/errors.py)
     assert f"is being written by another build (pid {proc.pid}" in refused.output
     assert "wait for it to finish" in refused.output
     assert snapshot(out) == before

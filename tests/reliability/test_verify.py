@@ -86,9 +86,9 @@ def test_several_damages_in_one_table_worst_first(atlas):
 def test_a_damaged_or_missing_manifest_is_an_error_not_a_table(atlas, tmp_path):
     (atlas / "manifest.json").write_text('{"format": "routing-atlas", ')
     result = cli(["verify", str(atlas)])
-    assert result.exit_code == 2 and "manifest.json is damaged" in result.output
+    assert result.exit_code == 3 and "manifest.json is damaged" in result.output
     (atlas / "manifest.json").unlink()
-    assert cli(["verify", str(atlas)]).exit_code == 2
+    assert cli(["verify", str(atlas)]).exit_code == 2  # no manifest: not an atlas (bad input)
     assert "is not a directory" in cli(["verify", str(tmp_path / "nowhere")]).output
 
 
@@ -97,7 +97,7 @@ def test_an_other_schema_version_is_refused(atlas):
     manifest["schema_version"] = 999
     (atlas / "manifest.json").write_text(json.dumps(manifest))
     result = cli(["verify", str(atlas)])
-    assert result.exit_code == 2 and "schema version 999" in result.output
+    assert result.exit_code == 3 and "schema version 999" in result.output
 
 
 def test_validate_reports_the_damaged_file(atlas):
@@ -201,9 +201,9 @@ def test_symlinks_and_hidden_files_are_refused_in_one_line(atlas, tmp_path):
     os.symlink("/etc/passwd", atlas / "senses" / "senses-00009.parquet")
     for command in (["verify", str(atlas)], ["validate", str(atlas), "--no-tokenizer"]):
         result = cli(command)
-        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert result.exit_code == 3 and "Traceback" not in result.output
         assert "senses/senses-00009.parquet is a symbolic link (to /etc/passwd)" in result.output
     (atlas / "senses" / "senses-00009.parquet").unlink()
     (atlas / "models" / ".models-00001.parquet").write_bytes(b"PAR1")
     result = cli(["verify", str(atlas)])
-    assert result.exit_code == 2 and "models/.models-00001.parquet is a hidden file" in result.output
+    assert result.exit_code == 3 and "models/.models-00001.parquet is a hidden file" in result.output

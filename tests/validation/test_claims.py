@@ -243,7 +243,7 @@ def test_symlinks_and_hidden_files_are_refused_by_every_reader(atlas_editor, tmp
         Manifest.load(root)
     for args in (["verify", str(root)], ["validate", str(root)], ["card", str(root)], ["audit", str(root)]):
         result = CliRunner().invoke(main, args)
-        assert result.exit_code == 2, (args, result.output)
+        assert result.exit_code == 3, (args, result.output)  # a damaged atlas, for every reader
         assert said in result.output and "Traceback" not in result.output
         assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
 
