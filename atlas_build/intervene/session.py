@@ -163,7 +163,7 @@ def intervene_atlas(
         "plan_name": plan.name,
         "plan_sha256": plan.sha256,
         "model_slug": row["model_slug"],
-        "model_id": model_name,
+        "model_id": fresh["model_id"],
         "checkpoint_sha256": fresh.get("checkpoint_sha256"),
         "random_init": bool(row.get("random_init")),
         "seed": plan.seed,
