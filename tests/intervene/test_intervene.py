@@ -255,3 +255,36 @@ def test_plan_proposes_from_the_atlas_and_refuses_to_overwrite(planted, tmp_path
     selective = next(h for h in proposed["hypotheses"] if h["id"] == "selective-L1")
     assert selective["experts"] and all(0 <= e < 8 for e in selective["experts"])
     _refused(["intervene", "plan", str(atlas), "--out", str(out)], atlas, "never overwritten")
+
+
+def test_the_record_validates_and_is_on_the_card(recorded, tmp_path):
+    import pyarrow.parquet as pq
+
+    from validation import run_validation
+
+    def statuses(report, config):
+        return {r.check: r.status for r in report.results if r.config == config}
+
+    atlas, _, _ = recorded
+    report = run_validation(atlas)
+    failed = [(r.config, r.check) for r in report.results if r.status == "failed"]
+    # The planted model's frequent expert is chosen at every token of layer 1, on purpose.
+    assert failed == [("routing-planted-mixtral", "routing-not-degenerate")], failed
+    assert statuses(report, "interventions")["interventions-records"] == "passed"
+    card = (atlas / "README.md").read_text(encoding="utf-8")
+    assert (
+        "Interventions (`atlas intervene`, plan `planted`" in card
+        and "1 of 2 hypotheses survive (`planted`)" in card
+    )
+
+    bad = tmp_path / "bad"
+    shutil.copytree(atlas, bad)
+    (path,) = sorted((bad / "interventions").glob("*.parquet"))
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    for row in rows:
+        if row["hypothesis_id"] == "frequent" and row["primary"]:
+            row["survives"] = True  # its CI and p say otherwise
+    pq.write_table(table.from_pylist(rows, schema=table.schema), path)
+    report = run_validation(bad, hashes=False, tokenizers=False)
+    assert statuses(report, "interventions")["interventions-records"] == "failed"
