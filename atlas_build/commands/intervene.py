@@ -89,7 +89,14 @@ def run(
 @click.option("--name", default=None, help="The plan's name [default: the file's stem].")
 @click.option("--slug", default=None, help="The routing config, when the atlas has several models.")
 @click.option("--per-layer", type=int, default=1, show_default=True, help="Experts per hypothesis.")
-def plan(atlas: Path, out: Path, name, slug, per_layer: int) -> None:
+@click.option(
+    "--layers", default=None, help="Comma-separated decoder layers to propose for [default: every MoE layer]."
+)
+@click.option("--draws", type=int, default=None, help="Random baseline draws per intervention [default: 39].")
+@click.option(
+    "--max-texts", type=int, default=None, help="A seeded sample of at most N texts per hypothesis."
+)
+def plan(atlas: Path, out: Path, name, slug, per_layer: int, layers, draws, max_texts) -> None:
     """Propose a plan from ATLAS's own routing: per MoE layer, the most sense-selective expert(s) and those
     whose co-routing best separates same- from different-sense pairs. Edit it before running it, never after."""
     from atlas_build.intervene.examples import InterveneError
@@ -97,9 +104,22 @@ def plan(atlas: Path, out: Path, name, slug, per_layer: int) -> None:
 
     if out.exists():
         raise InterveneError(f"{out} exists: a plan is never overwritten (choose another --out)")
-    if per_layer < 1:
-        raise InterveneError(f"--per-layer must be at least 1, got {per_layer}")
-    proposed = propose_plan(atlas, name=name or out.stem, slug=slug, per_layer=per_layer)
+    try:
+        wanted = None if layers is None else [int(x) for x in layers.split(",") if x.strip()]
+    except ValueError:
+        raise InterveneError(f"--layers must be comma-separated integers, got {layers!r}") from None
+    settings = {
+        key: value
+        for key, value in (("baseline_draws", draws), ("max_texts", max_texts))
+        if value is not None
+    }
+    proposed = propose_plan(
+        atlas, name=name or out.stem, slug=slug, per_layer=per_layer, layers=wanted, settings=settings
+    )
+    # What was proposed is checked as any plan is, before it is written.
+    from atlas_build.intervene.plan import parse_plan
+
+    parse_plan(proposed, "", "the proposed plan")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(proposed, indent=2) + "\n", encoding="utf-8")
     click.echo(

@@ -9,6 +9,7 @@ A plan is one JSON object::
       "bootstrap": 1000,                        # cluster bootstrap resamples
       "alpha": 0.05,                            # family-wise: each hypothesis is judged at alpha / hypotheses
       "ablation": "reroute",                    # or "zero_weight"
+      "max_texts": null,                        # a seeded sample of at most this many texts per hypothesis
       "hypotheses": [
         {"id": "h1",
          "claim": "expert 5 at layer 1 carries the river sense of bank",
@@ -42,7 +43,17 @@ from atlas_build.intervene.examples import Example, InterveneError
 OUTCOMES = ("next_token_logprob", "target_logprob", "downstream_identical", "sense_probe")
 INTERVENTIONS = ("ablate", "transplant")
 ABLATIONS = ("reroute", "zero_weight")
-PLAN_KEYS = {"name", "description", "seed", "baseline_draws", "bootstrap", "alpha", "ablation", "hypotheses"}
+PLAN_KEYS = {
+    "name",
+    "description",
+    "seed",
+    "baseline_draws",
+    "bootstrap",
+    "alpha",
+    "ablation",
+    "max_texts",
+    "hypotheses",
+}
 HYPOTHESIS_KEYS = {
     "id",
     "claim",
@@ -54,7 +65,14 @@ HYPOTHESIS_KEYS = {
     "donor_sense",
     "primary_outcome",
 }
-DEFAULTS = {"seed": 0, "baseline_draws": 39, "bootstrap": 1000, "alpha": 0.05, "ablation": "reroute"}
+DEFAULTS = {
+    "seed": 0,
+    "baseline_draws": 39,
+    "bootstrap": 1000,
+    "alpha": 0.05,
+    "ablation": "reroute",
+    "max_texts": None,
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,7 @@ class Plan:
     bootstrap: int = 1000
     alpha: float = 0.05
     ablation: str = "reroute"
+    max_texts: int | None = None
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -121,6 +140,9 @@ def parse_plan(data: Any, sha256: str, where: str = "plan") -> Plan:
         raise _fail(where, f"`alpha` must lie in (0, 1), got {alpha!r}")
     if values["ablation"] not in ABLATIONS:
         raise _fail(where, f"`ablation` must be one of {', '.join(ABLATIONS)}, got {values['ablation']!r}")
+    max_texts = values["max_texts"]
+    if max_texts is not None:
+        max_texts = _int(max_texts, where, "max_texts", 2)
     items = data.get("hypotheses")
     if not isinstance(items, list) or not items:
         raise _fail(where, "`hypotheses` must be a non-empty list")
@@ -140,6 +162,7 @@ def parse_plan(data: Any, sha256: str, where: str = "plan") -> Plan:
         bootstrap=bootstrap,
         alpha=float(alpha),
         ablation=values["ablation"],
+        max_texts=max_texts,
         description=str(data.get("description") or ""),
         raw=data,
     )
@@ -295,16 +318,27 @@ def propose(
     targets: dict,
     pairs: list[tuple],
     per_layer: int = 1,
-    max_layers: int | None = None,
+    layers: list[int] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A plan (as a JSON object) from the atlas's own routing: per MoE layer, the most sense-selective expert
     and the expert whose co-routing best separates same- from different-sense pairs."""
-    layers = list(row["moe_layers"])
+    moe_layers = list(row["moe_layers"])
+    wanted = moe_layers if layers is None else layers
+    bad = [layer for layer in wanted if layer not in moe_layers]
+    if bad:
+        raise InterveneError(
+            f"--layers {bad}: not MoE layers of {row['model_id']} (its MoE layers: {moe_layers})"
+        )
     n = int(row["n_routed_experts"])
-    selective = sense_selectivity(examples, targets, len(layers), n)
-    separating = pair_separation(examples, targets, pairs, len(layers), n)
+    if not 1 <= per_layer <= n - int(row["top_k"]):
+        raise InterveneError(f"--per-layer must lie in [1, {n - int(row['top_k'])}], got {per_layer}")
+    selective = sense_selectivity(examples, targets, len(moe_layers), n)
+    separating = pair_separation(examples, targets, pairs, len(moe_layers), n)
     hypotheses = []
-    for slot, layer in list(enumerate(layers))[: max_layers or len(layers)]:
+    for slot, layer in enumerate(moe_layers):
+        if layer not in wanted:
+            continue
         chosen = [int(e) for e in np.argsort(-selective[slot], kind="stable")[:per_layer]]
         hypotheses.append(
             {
@@ -330,4 +364,4 @@ def propose(
                     "primary_outcome": "sense_probe",
                 }
             )
-    return {"name": name, **DEFAULTS, "hypotheses": hypotheses}
+    return {"name": name, **DEFAULTS, **(settings or {}), "hypotheses": hypotheses}

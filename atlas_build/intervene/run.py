@@ -5,8 +5,9 @@ random load-matched baseline draw. Conditions are per batch row, so the texts of
 batches (`batch_size` rows each, longest first): the cost is one forward per text per intervention and per
 baseline draw, and the clean forward once per text.
 
-Per row the runner returns the log-probability of every next token `[S - 1]`, the final hidden state of the
-target's last token `[H]` and the expert set of every token at every MoE layer `[S, L, k]` (sorted ids).
+Per row the runner returns the log-probability of the next tokens from the target's first token to the one
+after it (`[S - 1]`, NaN elsewhere: the LM head runs only there), the final hidden state (after the final
+norm) of the target's last token `[H]` and the expert set of every token at every MoE layer `[S, L, k]`.
 
 The hook on each router is prepended to any other (so whoever else reads the router sees the intervened
 choice) and is the only code that changes routing; what it changes is decided by `routers.selection` with
@@ -47,7 +48,7 @@ class Encoded:
 
 @dataclass
 class RowResult:
-    logprobs: np.ndarray  # float64 [S - 1]: log p(x_{t+1} | x_<=t)
+    logprobs: np.ndarray  # float64 [S - 1]: log p(x_{t+1} | x_<=t) around the target, NaN elsewhere
     hidden: np.ndarray  # float64 [H]: final hidden state at the target's last token
     experts: np.ndarray  # int16 [S, L, k]: sorted expert ids per token and MoE layer
 
@@ -66,6 +67,8 @@ class Intervener:
         self.model, self.adapter, self.spec, self.encode = model, adapter, spec, encode
         self.device, self.pad_id, self.batch_size = device, pad_id, batch_size
         self.routers = adapter.router_modules(model)
+        self._decoder = adapter.decoder_model(model)
+        self._head = model.get_output_embeddings()
         self.slot_of = {layer: slot for slot, (layer, _) in enumerate(self.routers)}
         self._actions: dict[int, dict] = {}
         self._captured: list = [None] * len(self.routers)
@@ -145,18 +148,14 @@ class Intervener:
                 self._actions = self._batch_actions([items[i] for i in batch], width, n_experts, k)
                 self._rows = len(batch)
                 try:
-                    out = self.model(
-                        input_ids=ids.to(self.device),
-                        attention_mask=mask.to(self.device),
-                        output_hidden_states=True,
-                        use_cache=False,
-                    )
+                    # The decoder stack, then the LM head only where a log-probability is read: from the
+                    # token before the target to its last token (the vocabulary can be 100k+ wide).
+                    hidden = self._decoder(
+                        input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
+                    ).last_hidden_state
                 finally:
                     self._actions = {}
                 self.forwards += len(batch)
-                logprobs = torch.log_softmax(out.logits.double(), dim=-1)
-                nxt = logprobs[:, :-1].gather(2, ids[:, 1:].to(self.device)[..., None])[..., 0].cpu().numpy()
-                hidden = out.hidden_states[-1].double().cpu().numpy()
                 experts = torch.stack(
                     [c.reshape(len(batch), width, k).to(self.device) for c in self._captured], dim=2
                 )
@@ -165,7 +164,18 @@ class Intervener:
                     enc = items[i][0]
                     n = len(enc.ids)
                     last = int(enc.targets[-1]) if len(enc.targets) else n - 1
-                    results[i] = RowResult(nxt[row, : n - 1], hidden[row, last], experts[row, :n])
+                    first = max(int(enc.targets[0]) - 1, 0) if len(enc.targets) else 0
+                    stop = min(last + 1, n - 1)  # positions first..stop-1 predict tokens first+1..stop
+                    logprobs = np.full(n - 1, np.nan)
+                    if stop > first:
+                        logits = self._head(hidden[row, first:stop]).double()
+                        picked = torch.log_softmax(logits, dim=-1).gather(
+                            1, ids[row, first + 1 : stop + 1].to(self.device)[:, None]
+                        )
+                        logprobs[first:stop] = picked[:, 0].cpu().numpy()
+                    results[i] = RowResult(
+                        logprobs, hidden[row, last].double().cpu().numpy(), experts[row, :n]
+                    )
         return results  # type: ignore[return-value]
 
     def _batch_actions(self, rows: list[tuple[Encoded, Condition]], width: int, n_experts: int, k: int):

@@ -183,6 +183,7 @@ def intervene_atlas(
 
 def _run(plan: Plan, intervener: Intervener, examples, recorded, load, log) -> list[dict[str, Any]]:
     lemmas = {e.lemma for h in plan.hypotheses for e in h.population(examples)}
+    # Every text of the lemmas tested: the sense probe's centroids are the clean states of all of them.
     base_texts = [e for e in examples if e.lemma in lemmas]
     encoded = intervener.prepare(base_texts)
     log(f"clean forward of {len(base_texts)} texts")
@@ -198,6 +199,12 @@ def _run(plan: Plan, intervener: Intervener, examples, recorded, load, log) -> l
     rows = []
     for hi, h in enumerate(plan.hypotheses):
         population = [e for e in h.population(examples) if len(encoded[e.key].targets)]
+        if plan.max_texts is not None and len(population) > plan.max_texts:
+            # A seeded sample, fixed by the plan (its seed and max_texts), in the atlas's order.
+            keep = np.random.default_rng([plan.seed, hi]).choice(
+                len(population), plan.max_texts, replace=False
+            )
+            population = [population[i] for i in sorted(keep)]
         slot = intervener.slot_of[h.layer]
         for ii, kind in enumerate(h.interventions):
             rng = np.random.default_rng([plan.seed, hi, ii])
@@ -340,7 +347,15 @@ def _record(root: Path, result: InterventionResult) -> None:
             write_card(root, context=recorded_context(card.read_text(encoding="utf-8")))
 
 
-def propose_plan(root: Path, *, name: str, slug: str | None = None, per_layer: int = 1) -> dict[str, Any]:
+def propose_plan(
+    root: Path,
+    *,
+    name: str,
+    slug: str | None = None,
+    per_layer: int = 1,
+    layers: list[int] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A plan from the atlas's own routing (see `plan.propose`); nothing is loaded but the atlas."""
     root = Path(root)
     manifest = Manifest.load(root)
@@ -356,4 +371,4 @@ def propose_plan(root: Path, *, name: str, slug: str | None = None, per_layer: i
         for pair_config, corpus in PAIR_CONFIGS
         for r in read_config(root, manifest, pair_config).to_pylist()
     ]
-    return propose(name, row, examples, targets, pairs, per_layer=per_layer)
+    return propose(name, row, examples, targets, pairs, per_layer=per_layer, layers=layers, settings=settings)
