@@ -81,15 +81,23 @@ def _engine(row: dict, manifest: Manifest, model: str | None, device: str, batch
     twin = bool(((builds[-1] if builds else {}).get("engine") or {}).get("random_init")) or bool(
         row.get("random_init")
     )
-    engine = engine_cls(
-        row["model_id"],
-        revision=row.get("revision"),
-        dtype=dtype,
-        device=device,
-        batch_size=batch_size,
-        random_init=twin,
-        seed=int(row.get("seed") or 0),
-    )
+    from atlas_build.engines.base import ModelLoadError
+
+    try:
+        engine = engine_cls(
+            row["model_id"],
+            revision=row.get("revision"),
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            random_init=twin,
+            seed=int(row.get("seed") or 0),
+        )
+    except ModelLoadError as error:
+        raise InterveneError(
+            f"the atlas's model {row['model_id']!r} cannot be loaded ({error}); pass --model with the checkpoint "
+            "that built it"
+        ) from None
     return engine, row["model_id"]
 
 

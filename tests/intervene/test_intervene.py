@@ -215,7 +215,7 @@ def test_an_atlas_without_its_model_is_refused(planted, tmp_path):
     _, atlas = planted
     path = write_plan(tmp_path / "plan.json", plan_of())
     # The atlas records `planted-mixtral`, a folder name, not a checkpoint one can load.
-    _refused(["intervene", str(atlas), "--plan", str(path)], atlas, "planted-mixtral")
+    _refused(["intervene", str(atlas), "--plan", str(path)], atlas, "pass --model with the checkpoint")
     empty = tmp_path / "empty"
     shutil.copytree(atlas, empty)
     manifest = Manifest.load(empty)
