@@ -34,3 +34,15 @@ def test_no_proposed_hypothesis_survives_on_the_random_init_model(small_atlas, t
     assert len(primary) == 2 and all(1 / (r["baseline_draws"] + 1) <= r["alpha"] for r in primary)
     assert all(0 < r["n_texts"] <= 20 for r in primary)  # the sampled texts that have the outcome
     assert "random-init: a null model, where none should survive" in (atlas / "README.md").read_text()
+
+    # The explorer's model page carries the same rows (what its "Causal tests" table shows).
+    site = tmp_path / "site"
+    result = CliRunner().invoke(main, ["explore", str(atlas), "--out", str(site)])
+    assert result.exit_code == 0, result.output
+    text = (site / "data" / "models" / "tiny-deepseek-v3.js").read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    rest = text.partition("(")[2]
+    _, end = decoder.raw_decode(rest)
+    page, _ = decoder.raw_decode(rest, end + 1)
+    shown = {(r["hypothesis_id"], r["outcome"]): r["effect"] for r in page["interventions"]}
+    assert shown == {(r["hypothesis_id"], r["outcome"]): r["effect"] for r in rows}
