@@ -38,6 +38,11 @@ demo: venv wordnet
 	@# Its random-init twin of another seed: the null_model control of a random-init model checks itself (≈ 0).
 	$(OFFLINE) $(BIN)/atlas build --model tiny-deepseek-v3 --out $(DEMO_DIR) --max-lemmas $(DEMO_MAX_LEMMAS) \
 	  --random-init --seed 1 --slug tiny-deepseek-v3-seed1
+	@# One small pre-registered plan, proposed from the atlas's own routing, run against random experts.
+	rm -f $(DEMO_DIR)-plan.json
+	$(OFFLINE) $(BIN)/atlas intervene plan $(DEMO_DIR) --slug tiny-deepseek-v3 --out $(DEMO_DIR)-plan.json \
+	  --layers 3 --draws 49 --max-texts 40
+	$(OFFLINE) $(BIN)/atlas intervene $(DEMO_DIR) --slug tiny-deepseek-v3 --plan $(DEMO_DIR)-plan.json
 	$(OFFLINE) $(BIN)/atlas validate $(DEMO_DIR)
 	$(OFFLINE) $(BIN)/atlas metrics $(DEMO_DIR) --out $(DEMO_DIR)/metrics --calibrate
 	$(OFFLINE) $(BIN)/atlas card $(DEMO_DIR)

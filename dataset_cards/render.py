@@ -28,6 +28,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.manifest import Manifest, config_data_sha256, refuse_published_release
 from atlas_build.atlas.schema import (
+    INTERVENTIONS,
     JSONL_EXAMPLES,
     JSONL_PAIRS,
     MODELS,
@@ -43,6 +44,8 @@ from atlas_build.atlas.schema import (
     WIC_PAIRS,
 )
 from atlas_build.atlas.writer import sha256_file, write_text_atomic
+from dataset_cards.interventions import DESCRIPTION as INTERVENTIONS_DESCRIPTION
+from dataset_cards.interventions import intervention_lines
 
 TEMPLATE = Path(__file__).with_name("template.md")
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -85,6 +88,7 @@ CONFIG_DESCRIPTIONS = {
     JSONL_EXAMPLES: "a text of a JSONL probe set, with its target span and label when given",
     JSONL_PAIRS: "two examples of a JSONL probe set, same sense or not",
     TEXTS: "an unlabelled text, routed for corpus-wide statistics only",
+    INTERVENTIONS: INTERVENTIONS_DESCRIPTION,
 }
 ROUTING_DESCRIPTION = "a token of a routed text: top-k experts and gate weights for every MoE layer"
 
@@ -616,6 +620,7 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
         # What the build recorded about the model (e.g. what was verified of a built-in tokenizer).
         model["notes"] = list(dict.fromkeys(n for b in model["builds"] for n in b.get("model_notes") or []))
         model["notes"] += audit_lines(manifest, model["model_slug"], model["random_init"])
+        model["notes"] += intervention_lines(root, manifest, model["model_slug"], model["random_init"])
     builds = []
     for build in manifest.builds:
         summary = build.get("summary") or build.get("kind", "")

@@ -82,6 +82,10 @@ CHECKS: dict[str, str] = {
     "(model, engine, dtype, weights dtype) equal what its file list and the data imply",
     "audit-records": "every `atlas audit` record names a routing config of the atlas and its counts give its "
     "verdict (a record of routing files that changed since is noted as stale)",
+    "interventions-records": "interventions (`atlas intervene`): known interventions and outcomes, layers and "
+    "experts of the row's model, p in [1/(draws+1), 1], survives == (ci_high < 0 and p <= alpha), one plan hash "
+    "per plan, one row per hypothesis x intervention x outcome, a hypothesis survives exactly when one of its "
+    "primary rows does",
 }
 
 

@@ -27,6 +27,9 @@ from validation import claims, corpora, custom_corpora, tokens
 from validation.corpora import SenseIndex, TextRegistry
 from validation.gxrun import GXRunner
 from validation.integrity import verify_files
+from validation.interventions import CHECK as INTERVENTIONS_CHECK
+from validation.interventions import CONFIG as INTERVENTIONS_CONFIG
+from validation.interventions import check_interventions
 from validation.ledger import Ledger
 from validation.reading import AtlasFiles, discover, read_table
 from validation.report import ValidationReport
@@ -154,6 +157,9 @@ def run_validation(
         claims.check_manifest_derived(root, manifest, models, ledger)
     with _guard(ledger, ATLAS, ("audit-records",)):
         claims.check_audits(manifest, ledger)
+    if INTERVENTIONS_CONFIG in files.configs:  # `atlas intervene` (validation/interventions.py)
+        with _guard(ledger, INTERVENTIONS_CONFIG, (INTERVENTIONS_CHECK,)):
+            check_interventions(files.configs[INTERVENTIONS_CONFIG], models, ledger)
 
     return ValidationReport(
         root=str(root),

@@ -23,6 +23,10 @@ Configs of corpora brought by the user (`atlas build --corpus wic|swords|jsonl|t
     jsonl-examples         a JSONL probe set: texts, optional target spans and labels
     jsonl-pairs            its pairs (`pair_with` / `same`)
     texts                  unlabelled texts (JSONL or a saved `datasets` dataset), for corpus-wide statistics
+
+Written by `atlas intervene` (causal tests of routing hypotheses)::
+
+    interventions          one row per hypothesis x intervention x outcome of a recorded plan
 """
 
 from __future__ import annotations
@@ -228,6 +232,54 @@ TEXTS_SCHEMA = pa.schema(
     ]
 )
 
+# interventions: `atlas intervene` results, one row per hypothesis x intervention x outcome.
+INTERVENTIONS = "interventions"
+INTERVENTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("plan_name", pa.string(), nullable=False),
+        pa.field("plan_sha256", pa.string(), nullable=False),  # sha256 of the plan file's bytes
+        pa.field("hypothesis_id", pa.string(), nullable=False),
+        pa.field("claim", pa.string(), nullable=False),
+        pa.field("lemma", pa.string()),  # null: every lemma
+        pa.field("sense", pa.string()),  # null: every sense
+        pa.field("layer", pa.int32(), nullable=False),  # decoder layer index
+        pa.field("experts", pa.list_(pa.int32()), nullable=False),
+        pa.field("intervention", pa.string(), nullable=False),  # ablate | transplant
+        pa.field("ablation", pa.string()),  # reroute (the family's own rule) | zero_weight; null: transplant
+        pa.field("donor_sense", pa.string()),  # transplant: whose recorded routing
+        pa.field("forced_experts", pa.list_(pa.int32())),  # transplant: the set the target tokens got
+        pa.field("outcome", pa.string(), nullable=False),
+        pa.field("primary", pa.bool_(), nullable=False),  # the plan's pre-registered outcome
+        pa.field("n_texts", pa.int32(), nullable=False),
+        pa.field("n_clusters", pa.int32(), nullable=False),
+        pa.field("cluster_unit", pa.string(), nullable=False),  # lemma | text
+        pa.field("effect", pa.float64(), nullable=False),  # mean change, intervened minus clean
+        pa.field("ci_low", pa.float64(), nullable=False),  # 95% cluster bootstrap
+        pa.field("ci_high", pa.float64(), nullable=False),
+        pa.field("baseline_draws", pa.int32(), nullable=False),
+        pa.field("baseline_mean", pa.float64(), nullable=False),
+        pa.field("baseline_sd", pa.float64(), nullable=False),
+        pa.field(
+            "hypothesis_load", pa.float64(), nullable=False
+        ),  # mean share of tokens choosing the experts
+        pa.field("baseline_load", pa.float64(), nullable=False),  # ... the random draws'
+        pa.field("p_value", pa.float64(), nullable=False),  # one-sided, against the baseline draws
+        pa.field("alpha", pa.float64(), nullable=False),  # the plan's alpha / hypothesis x intervention count
+        pa.field("survives", pa.bool_(), nullable=False),  # this row: CI below 0 and p <= alpha
+        pa.field("hypothesis_survives", pa.bool_(), nullable=False),  # the verdict of the hypothesis
+        pa.field("model_slug", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("checkpoint_sha256", pa.string()),
+        pa.field("random_init", pa.bool_(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("engine", pa.string(), nullable=False),
+        pa.field("device", pa.string(), nullable=False),
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("code_version", pa.string(), nullable=False),
+        pa.field("recorded", pa.string(), nullable=False),  # ISO time
+    ]
+)
+
 FIXED_SCHEMAS: dict[str, pa.Schema] = {
     SENSES: SENSES_SCHEMA,
     SENSE_PAIRS: SENSE_PAIRS_SCHEMA,
@@ -241,6 +293,7 @@ FIXED_SCHEMAS: dict[str, pa.Schema] = {
     JSONL_EXAMPLES: CORPUS_EXAMPLES_SCHEMA,
     JSONL_PAIRS: CORPUS_PAIRS_SCHEMA,
     TEXTS: TEXTS_SCHEMA,
+    INTERVENTIONS: INTERVENTIONS_SCHEMA,
 }
 
 # Primary key column of each text config (what routing rows' source_id points at).

@@ -521,6 +521,19 @@ class HFEngine(Engine):
         weights = torch.stack(weight_layers, dim=2).cpu().numpy()
         return index, weights
 
+    def detach_model(self):
+        """The loaded transformers model, without this engine's router hooks, for a caller that runs the whole
+        model and hooks the routers itself (`atlas intervene`); the engine cannot route afterwards."""
+        if self.weightless:
+            raise RuntimeError(
+                "this engine was built without weights (load_weights=False): no model to detach"
+            )
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        model, self._model = self._model, None
+        return model
+
     def close(self) -> None:
         for hook in self._hooks:
             hook.remove()

@@ -26,11 +26,38 @@ import pyarrow.dataset as pads
 
 from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.routing import routing_array
-from atlas_build.atlas.schema import MODELS, SENSE_PAIRS, SENSES, routing_config_name
+from atlas_build.atlas.schema import INTERVENTIONS, MODELS, SENSE_PAIRS, SENSES, routing_config_name
 from atlas_build.errors import AtlasError
 
 METRICS_JSON = "metrics/metrics.json"
 TARGET_COLUMNS = ["source_id", "token_index", "token", "char_start", "char_end", "experts", "weights"]
+
+
+# What the model page shows of each `interventions` row.
+INTERVENTION_COLUMNS = (
+    "model_slug",
+    "plan_name",
+    "plan_sha256",
+    "hypothesis_id",
+    "claim",
+    "layer",
+    "experts",
+    "intervention",
+    "ablation",
+    "outcome",
+    "primary",
+    "n_texts",
+    "cluster_unit",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "baseline_mean",
+    "baseline_draws",
+    "p_value",
+    "alpha",
+    "survives",
+    "hypothesis_survives",
+)
 
 
 class ExploreError(AtlasError):
@@ -101,6 +128,8 @@ class AtlasContent:
     routing: dict[str, TargetRouting]
     metrics: dict[str, Any] | None
     metrics_dir: Path | None
+    # `atlas intervene` rows (the `interventions` config), per model slug: what the model page lists.
+    interventions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def read_config(root: Path, manifest: Manifest, config: str, columns=None, filter=None) -> pa.Table | None:
@@ -138,7 +167,11 @@ def read_atlas(root: Path, metrics_path: Path | None = None) -> AtlasContent:
         if manifest.config_files(config):
             routing[row["model_slug"]] = _target_routing(root, manifest, config, example_ids, lemmas)
     metrics, metrics_dir = _metrics(root, metrics_path)
-    return AtlasContent(root, manifest, lemmas, models, routing, metrics, metrics_dir)
+    interventions: dict[str, list[dict[str, Any]]] = {}
+    table = read_config(root, manifest, INTERVENTIONS, columns=list(INTERVENTION_COLUMNS))
+    for row in table.to_pylist() if table is not None else []:
+        interventions.setdefault(row["model_slug"], []).append(row)
+    return AtlasContent(root, manifest, lemmas, models, routing, metrics, metrics_dir, interventions)
 
 
 def _lemmas(senses: pa.Table) -> tuple[list[Lemma], dict[str, tuple[int, int]]]:

@@ -293,6 +293,7 @@ def _write_model(writer: _Writer, content: AtlasContent, row: dict) -> int:
         "formulas": metrics.get("formulas"),
         "options": metrics.get("options"),
         "coactivation_layers": coact_layers,
+        "interventions": content.interventions.get(slug, []),
     }
     # The co-activation files count themselves into report.model_bytes; this is the page's own file.
     return writer.write(f"data/models/{slug}.js", js_call(MODEL_CALLBACK, slug, data))

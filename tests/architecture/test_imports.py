@@ -22,6 +22,7 @@ FLOORS: dict[str, int] = {
     "atlas_build.commands": 5,
     "atlas_build.builder": 4,
     "atlas_build.audit": 4,
+    "atlas_build.intervene": 4,
     "atlas_build.publish": 4,
     "atlas_build.explore": 4,
     "atlas_build.corpora": 3,

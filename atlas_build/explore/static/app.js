@@ -510,6 +510,7 @@
       m.twins.length ? h('p', {}, 'Twin(s): ', m.twins.map((t) => h('a', { href: '#/model/' + encodeURIComponent(t), class: 'twin-link' }, t + ' '))) : null,
       h('table', { class: 'facts' }, h('tbody', {}, facts.map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', {}, fmt(v)))))),
     ];
+    parts.push(interventionsSection(m, data.interventions || []));
     if (!data.metrics_present) {
       parts.push(h('p', { class: 'muted', id: 'no-metrics' }, 'No metrics/metrics.json in this atlas: run `atlas metrics DIR --out DIR/metrics` and `atlas explore` again to see the metrics here.'));
     } else if (!M) {
@@ -522,6 +523,24 @@
       }
     }
     put(view, ...parts.filter(Boolean));
+  }
+
+  /** `atlas intervene` results: one row per hypothesis x intervention x outcome, primary outcomes first. */
+  function interventionsSection(m, rows) {
+    if (!rows.length) return null;
+    const sorted = rows.slice().sort((a, b) => (a.plan_name + a.hypothesis_id).localeCompare(b.plan_name + b.hypothesis_id) || (b.primary - a.primary));
+    const head = ['plan', 'hypothesis', 'layer / experts', 'intervention', 'outcome', 'effect [95% CI]', 'random', 'p (alpha)', 'verdict'];
+    const body = sorted.map((r) => h('tr', { class: r.primary ? 'primary' : '' },
+      h('td', { class: 'mono' }, r.plan_name), h('td', { title: r.claim }, r.hypothesis_id),
+      h('td', { class: 'mono' }, r.layer + ' / ' + r.experts.join(', ')),
+      h('td', {}, r.intervention + (r.ablation ? ' (' + r.ablation + ')' : '')),
+      h('td', {}, r.outcome + (r.primary ? ' (primary)' : '')),
+      h('td', { class: 'mono' }, fmt(r.effect) + ' [' + fmt(r.ci_low) + ', ' + fmt(r.ci_high) + '] over ' + r.n_texts + ' texts (' + r.cluster_unit + ' clusters)'),
+      h('td', { class: 'mono' }, fmt(r.baseline_mean) + ' (' + r.baseline_draws + ' draws)'),
+      h('td', { class: 'mono' }, fmt(r.p_value) + ' (' + fmt(r.alpha) + ')'),
+      h('td', {}, r.primary ? (r.hypothesis_survives ? 'hypothesis survives' : 'does not survive') : (r.survives ? 'row survives' : ''))));
+    return h('section', { id: 'interventions' }, h('h2', {}, 'Causal tests (atlas intervene)'), randomInitBanner(m),
+      h('table', { id: 'interventions-table' }, h('thead', {}, h('tr', {}, head.map((x) => h('th', {}, x)))), h('tbody', {}, body)));
   }
 
   function headline(m, M) {

@@ -1,0 +1,195 @@
+"""Ablation by each family's own rule (`routers.selection`, as `atlas intervene` runs it) against an independent
+float64 recomputation of the gate with the removed experts deleted from the router, for every family.
+
+The recomputation reads the router's input (captured on a separately loaded clean copy: the intervened layer's
+input does not depend on the intervention) and the router's weights, deletes the removed experts' rows, applies
+the architecture's published rule to what is left, and maps the choice back to expert ids. Neither the router
+module, the adapter nor `routers.selection` is called in it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_build.engines.hf import HFEngine
+from atlas_build.intervene.run import REROUTE, ZERO_WEIGHT, Condition, Intervener
+
+from .conftest import TEXTS
+from .test_gate_recompute import ALL, MOE_BLOCKS, TOLERANCE, Reference, by_expert, checkpoint_path
+
+REMOVED = 2  # experts removed: the two chosen most often on TEXTS at the first MoE layer
+
+
+def _topk(values: torch.Tensor, k: int) -> torch.Tensor:
+    return values.topk(k, dim=-1).indices
+
+
+def recompute(model_type: str, x: torch.Tensor, router: dict, config, removed: list[int]):
+    """`(index [T, k], weights [T, k])` of the published rule with `removed` deleted, float64."""
+    k = config.num_experts_per_tok
+    weight = router["weight"]
+    n = weight.shape[0]
+    keep = [e for e in range(n) if e not in removed]
+    ids = torch.tensor(keep)
+    logits = x @ weight[keep].T
+    if model_type in ("deepseek_v3", "glm4_moe"):
+        scores = torch.sigmoid(logits)
+        choice = scores + router["e_score_correction_bias"][keep]
+        per_group = n // config.n_group
+        groups = torch.stack(
+            [
+                torch.stack(
+                    [
+                        (
+                            lambda v: (
+                                v.topk(2).values.sum()
+                                if len(v) >= 2
+                                else torch.tensor(-np.inf, dtype=v.dtype)
+                            )
+                        )(choice[t][(ids // per_group) == g])
+                        for g in range(config.n_group)
+                    ]
+                )
+                for t in range(len(x))
+            ]
+        )
+        best = _topk(groups, config.topk_group)
+        allowed = ((ids // per_group)[None, :, None] == best[:, None, :]).any(-1)
+        index = _topk(choice.where(allowed, -np.inf), k)
+        weights = scores.gather(1, index)
+        if config.norm_topk_prob:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return ids[index], weights * config.routed_scaling_factor
+    if model_type == "deepseek_v2":
+        probs = torch.softmax(logits, dim=-1)
+        choice = probs
+        if config.topk_method == "group_limited_greedy":
+            per_group = n // config.n_group
+            group_of = ids // per_group
+            groups = torch.full((len(x), config.n_group), -np.inf, dtype=probs.dtype)
+            for g in range(config.n_group):
+                if (group_of == g).any():
+                    groups[:, g] = probs[:, group_of == g].amax(-1)
+            best = _topk(groups, config.topk_group)
+            allowed = (group_of[None, :, None] == best[:, None, :]).any(-1)
+            choice = probs.where(allowed, -1.0)
+        index = _topk(choice, k)
+        return ids[index], probs.gather(1, index) * config.routed_scaling_factor
+    if model_type == "gpt_oss":
+        logits = logits + router["bias"][keep]
+        top, index = logits.topk(k, dim=-1)
+        return ids[index], torch.softmax(top, dim=-1)
+    if model_type == "llama4_text":
+        top, index = logits.topk(k, dim=-1)
+        return ids[index], torch.sigmoid(top)
+    probs = torch.softmax(logits, dim=-1)
+    top, index = probs.topk(k, dim=-1)
+    renormalise = model_type in ("mixtral", "qwen3_5_moe_text") or bool(
+        getattr(config, "norm_topk_prob", False)
+    )
+    if renormalise:
+        top = top / top.sum(-1, keepdim=True)
+    return ids[index], top
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            path = checkpoint_path(name, tiny_checkpoint)
+            engine = HFEngine(str(path))
+            tokenizer = engine.tokenizer
+            intervener = Intervener(
+                engine.detach_model(),
+                engine.adapter,
+                engine.spec,
+                engine.encode,
+                engine.device,
+                tokenizer.pad_token_id or 0,
+                batch_size=4,
+            )
+            cache[name] = (intervener, Reference(path, *MOE_BLOCKS[name]))
+        return cache[name]
+
+    yield get
+    for intervener, _ in cache.values():
+        intervener.close()
+
+
+def _routing_after(intervener, slot: int, text: str, condition: Condition):
+    """The intervened router's output at `slot`, read by the adapter from a hook after the intervention's."""
+    seen = []
+    router = intervener.routers[slot][1]
+    hook = router.register_forward_hook(
+        lambda module, args, output: seen.append(
+            tuple(t.detach().double() for t in intervener.adapter.read_router_output(output, module))
+        )
+    )
+    try:
+        encoded = intervener.encode([text])[0]
+        from atlas_build.intervene.run import Encoded
+
+        intervener.run([(Encoded(np.asarray(encoded["ids"]), np.array([0])), condition)])
+    finally:
+        hook.remove()
+    index, weights = seen[0]
+    return index.long().numpy(), weights.numpy()
+
+
+def _most_chosen(reference: Reference, slot: int) -> list[int]:
+    counts = np.zeros(reference.router_tensors[slot]["weight"].shape[0], int)
+    for text in TEXTS:
+        _, experts, _ = reference.gate(text)
+        np.add.at(counts, experts[:, slot].reshape(-1), 1)
+    return [int(e) for e in np.argsort(-counts, kind="stable")[:REMOVED]]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_ablation_equals_recomputation_with_experts_removed(name, loaded):
+    intervener, reference = loaded(name)
+    slot = 0
+    removed = _most_chosen(reference, slot)
+    changed = 0
+    for text in TEXTS:
+        _, inputs = reference.router_inputs(text)
+        expect_index, expect_weights = recompute(
+            reference.config.model_type,
+            inputs[slot],
+            reference.router_tensors[slot],
+            reference.config,
+            removed,
+        )
+        index, weights = _routing_after(
+            intervener, slot, text, Condition(excluded={slot: tuple(removed)}, mode=REROUTE)
+        )
+        got_e, got_w = by_expert(index, weights)
+        want_e, want_w = by_expert(expect_index.numpy(), expect_weights.numpy())
+        assert not np.isin(index, removed).any(), f"{name}: a removed expert was chosen"
+        mismatched = int((got_e != want_e).any(-1).sum())
+        assert mismatched == 0, (
+            f"{name}: {mismatched} of {len(got_e)} expert sets differ from the recomputation"
+        )
+        assert float(np.abs(got_w - want_w).max()) <= TOLERANCE, f"{name}: weights differ"
+        _, clean, _ = reference.gate(text)
+        changed += int(np.isin(clean[:, slot], removed).any(-1).sum())
+    assert changed > 0, f"{name}: the removed experts were never chosen: the test would prove nothing"
+
+
+@pytest.mark.parametrize("name", ["mixtral", "deepseek_v3", "llama4_text"])
+def test_zero_weight_keeps_the_choice_and_zeroes_the_removed(name, loaded):
+    intervener, reference = loaded(name)
+    removed = _most_chosen(reference, 0)
+    text = TEXTS[3]
+    _, clean, clean_weights = reference.gate(text)
+    index, weights = _routing_after(
+        intervener, 0, text, Condition(excluded={0: tuple(removed)}, mode=ZERO_WEIGHT)
+    )
+    got_e, got_w = by_expert(index, weights)
+    want_e, want_w = by_expert(clean[:, 0], clean_weights[:, 0])
+    assert (got_e == want_e).all()
+    want_w = np.where(np.isin(want_e, removed), 0.0, want_w)
+    assert np.isin(want_e, removed).any() and float(np.abs(got_w - want_w).max()) <= TOLERANCE
