@@ -45,7 +45,8 @@ def text_outcomes(clean, hit, targets: np.ndarray, slot: int) -> dict[str, float
     )
     later = clean.experts[:, slot + 1 :]
     if later.shape[1]:
-        same = (hit.experts[:, slot + 1 :] == later).all(axis=-1)
+        # Sets, not orders: a changed weight can reorder the same experts.
+        same = (np.sort(hit.experts[:, slot + 1 :], axis=-1) == np.sort(later, axis=-1)).all(axis=-1)
         out["downstream_identical"] = float(same.mean() - 1.0)
     else:
         out["downstream_identical"] = np.nan
