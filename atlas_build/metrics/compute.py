@@ -179,8 +179,11 @@ def compute_metrics(
     if options.target not in TARGET_MODES:
         raise ValueError(f"target must be one of {TARGET_MODES}, got {options.target!r}")
     boot = options.bootstrap()
-    src = AtlasSource(source, revision=revision, cache_dir=cache_dir)
     provenance = Provenance(source, revision, verify=options.verify)
+    # The rows computed on are proven to be the verified files' (a cache keyed by them, rows checked).
+    src = AtlasSource(
+        source, revision=revision, cache_dir=cache_dir, manifest=provenance.manifest, verify=options.verify
+    )
     rows = src.models()
     by_slug = {r["model_slug"]: r for r in rows}
     if models:
@@ -329,7 +332,7 @@ def compute_metrics(
         "source": str(source),
         "revision": revision,
         "options": options.public(),
-        "provenance": provenance.record(options.seeds(), options.public()),
+        "provenance": provenance.record(options.seeds(), options.public(), rows=src.checks),
         "synthetic": any(is_synthetic(by_slug[s]) for s in selected) or _synthetic_corpus(senses),
         "random_init_models": [s for s in selected if by_slug[s]["random_init"]],
         "corpus": {
