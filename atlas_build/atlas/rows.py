@@ -230,3 +230,72 @@ def check_rows(
     if reread:
         return f"rows compared with the verified Parquet files re-read by pyarrow ({METHOD}; older atlas)"
     return f"rows checked against manifest.json's fingerprints ({METHOD})"
+
+
+def _files_of(files: Mapping[str, Mapping], config: str) -> dict[str, Mapping]:
+    return {rel: meta for rel, meta in sorted(files.items()) if meta.get("config") == config}
+
+
+def read_verified(
+    root: Path, files: Mapping[str, Mapping], config: str, columns: list[str] | None = None, filter=None
+) -> pa.Table | None:
+    """The rows of `config` parsed from the very bytes whose sha256 was checked against the manifest.
+
+    For the readers that open the Parquet files themselves (explore, the card): no cache stands between the
+    files and the rows, so the sha256 of the bytes parsed proves the rows. `files` is the manifest's `files`
+    section (path -> entry); `filter` a pyarrow expression applied while reading.
+
+    Returns:
+        The rows (files in path order), or None when the manifest lists no file of `config`.
+
+    Raises:
+        RowsMismatchError: a file is missing or differs from its manifest entry (one line, with the way out).
+    """
+    import pyarrow.parquet as pq
+
+    entries = _files_of(files, config)
+    tables = []
+    for rel, meta in entries.items():
+        path = Path(root) / rel
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise RowsMismatchError(
+                f"config {config!r}: cannot read {rel} ({error.strerror or error}); run `atlas verify {root}`, "
+                "then rebuild or restore the atlas"
+            ) from error
+        if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            raise RowsMismatchError(
+                f"config {config!r}: {rel} is not the file manifest.json lists (sha256 differs): these rows were "
+                f"not verified; run `atlas verify {root}`, then rebuild or restore the atlas"
+            )
+        tables.append(pq.read_table(pa.BufferReader(data), columns=columns, filters=filter))
+    if not tables:
+        return None
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def refuse_unverified(root: Path, files: Mapping[str, Mapping], configs: set[str]) -> None:
+    """Check the sha256 of every file of `configs` before a reader that opens them by path reads them.
+
+    Raises:
+        RowsMismatchError: the first file that is missing or differs (one line, with the way out).
+    """
+    for config in sorted(configs):
+        for rel, meta in _files_of(files, config).items():
+            path = Path(root) / rel
+            digest = hashlib.sha256()
+            try:
+                with open(path, "rb") as handle:
+                    while block := handle.read(1 << 22):
+                        digest.update(block)
+            except OSError as error:
+                raise RowsMismatchError(
+                    f"config {config!r}: cannot read {rel} ({error.strerror or error}); run `atlas verify "
+                    f"{root}`, then rebuild or restore the atlas"
+                ) from error
+            if digest.hexdigest() != meta.get("sha256"):
+                raise RowsMismatchError(
+                    f"config {config!r}: {rel} is not the file manifest.json lists (sha256 differs); run "
+                    f"`atlas verify {root}`, then rebuild or restore the atlas"
+                )
