@@ -26,8 +26,7 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from atlas_build.atlas.layout import AtlasLayout
-from atlas_build.atlas.manifest import Manifest, ManifestError, config_data_sha256, refuse_published_release
-from atlas_build.atlas.rows import RowsMismatchError, read_verified
+from atlas_build.atlas.manifest import Manifest, config_data_sha256, refuse_published_release
 from atlas_build.atlas.schema import (
     JSONL_EXAMPLES,
     JSONL_PAIRS,
@@ -202,22 +201,11 @@ class CardContext:
 # ---- reading the atlas ------------------------------------------------------------------------------------
 
 
-def verified_rows(root: Path, manifest: Manifest, config: str, columns: list[str] | None = None):
-    """The rows of `config` the card states, parsed from the bytes checked against the manifest (None if absent).
-
-    Raises:
-        ManifestError: a file differs from its manifest entry (one line: the card never describes other data).
-    """
-    try:
-        return read_verified(root, manifest.files, config, columns=columns)
-    except RowsMismatchError as error:
-        raise ManifestError(str(error)) from error
-
-
 def models_rows(root: Path, manifest: Manifest) -> list[dict[str, Any]]:
     """The `models` rows, sorted by slug, with `n_moe_layers` added."""
-    table = verified_rows(root, manifest, MODELS)
-    rows: list[dict[str, Any]] = table.to_pylist() if table is not None else []
+    rows: list[dict[str, Any]] = []
+    for rel in manifest.config_files(MODELS):
+        rows.extend(pq.read_table(Path(root) / rel).to_pylist())
     for row in rows:
         row["n_moe_layers"] = len(row["moe_layers"] or [])
     return sorted(rows, key=lambda r: r["model_slug"])
@@ -284,9 +272,9 @@ def corpus_sources(root: Path, manifest: Manifest) -> list[str]:
     """Distinct `source` values of the corpus configs (e.g. `wordnet-3.0:example`): what the texts are."""
     values: set[str] = set()
     for config in (SENSES, SUBSTITUTIONS):
-        table = verified_rows(root, manifest, config, columns=["source"])
-        if table is not None:
-            values.update(v for v in table.column("source").unique().to_pylist() if v)
+        for rel in manifest.config_files(config):
+            column = pq.read_table(Path(root) / rel, columns=["source"]).column("source")
+            values.update(v for v in column.unique().to_pylist() if v)
     return sorted(values)
 
 
