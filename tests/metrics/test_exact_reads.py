@@ -227,3 +227,28 @@ def test_fingerprints_ignore_chunking_and_encoding_but_not_values(tmp_path):
     changed = column_fingerprints(flipped)
     assert changed["is_target"] != manifest["files"][routing][FIELD]["columns"]["is_target"]
     assert changed["experts"] == manifest["files"][routing][FIELD]["columns"]["experts"]
+
+
+def test_calibrations_of_two_atlases_measure_their_own_planted_copies(runs, tmp_path):
+    """`atlas metrics calibrate` writes its planted copies to `OUT/plant-<name>` with the source's card: two
+    calibrations make folders of one name and one card. Each reports the numbers of its own copy (computed
+    again here through a cache of its own)."""
+    from atlas_build.metrics.calibration.plants import PlantOptions, calibrate
+
+    cache = tmp_path / "cache"
+    for n, root in enumerate(runs):
+        out = tmp_path / f"calibration-{n}"
+        report = calibrate(
+            root,
+            out,
+            plants=("sense",),
+            plant_options=PlantOptions(seed=n),
+            metrics_options=MetricsOptions(**SMALL),
+            cache_dir=cache,
+        )
+        planted = out / "plant-sense"
+        alone = compute_metrics(
+            str(planted), options=MetricsOptions(**SMALL), cache_dir=tmp_path / f"alone-{n}"
+        )
+        delta = to_json(alone.metrics)["models"][SLUG]["sense_pairs"]["delta"]
+        assert report["plants"]["sense"]["raw"]["delta"] == delta
