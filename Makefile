@@ -54,9 +54,13 @@ demo: venv wordnet
 	@echo "Check the controls on planted truth: $(BIN)/atlas metrics calibrate $(DEMO_DIR) --out $(DEMO_DIR)-calibration"
 	@echo "Load it with (paste into Python as it is):"
 	@echo
+	@echo "import hashlib, pathlib"
 	@echo "from datasets import load_dataset"
-	@echo "routing = load_dataset(\"$(abspath $(DEMO_DIR))\", \"routing-tiny-deepseek-v3\", split=\"train\")"
-	@echo "senses = load_dataset(\"$(abspath $(DEMO_DIR))\", \"senses\", split=\"train\")"
+	@echo "atlas = pathlib.Path(\"$(abspath $(DEMO_DIR))\")"
+	@echo "# a cache keyed by manifest.json: never the rows of another folder called $(notdir $(DEMO_DIR)), or of this one before a rebuild"
+	@echo "cache = str(pathlib.Path.home() / \".cache/routing-atlas\" / hashlib.sha256((atlas / \"manifest.json\").read_bytes()).hexdigest()[:16])"
+	@echo "routing = load_dataset(str(atlas), \"routing-tiny-deepseek-v3\", split=\"train\", cache_dir=cache)"
+	@echo "senses = load_dataset(str(atlas), \"senses\", split=\"train\", cache_dir=cache)"
 
 test: venv wordnet
 	$(OFFLINE) $(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -12,6 +12,9 @@ import pyarrow.parquet as pq
 
 from atlas_build.atlas.layout import STATE_DIR, AtlasLayout
 from atlas_build.atlas.manifest import Manifest
+from atlas_build.atlas.rows import FIELD as ROWS_FIELD
+from atlas_build.atlas.rows import METHOD as ROWS_METHOD
+from atlas_build.atlas.rows import file_fingerprints
 from atlas_build.atlas.writer import sha256_file
 
 MISSING = "missing"  # listed in the manifest, not on disk
@@ -20,6 +23,7 @@ SHA256 = "sha256"
 BYTES = "bytes"
 ROWS = "rows"
 UNREADABLE = "unreadable"  # not a readable Parquet file
+ROWS_FINGERPRINT = "rows-fingerprint"  # the rows differ from the manifest's `rows_fingerprint`
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class FileProblem:
 
     path: str  # relative to the atlas root, POSIX separators
     config: str  # the manifest's config for the file, or its folder name for unexpected files
-    kind: str  # missing | unexpected | sha256 | bytes | rows | unreadable
+    kind: str  # missing | unexpected | sha256 | bytes | rows | unreadable | rows-fingerprint
     expected: str | int | None = None
     actual: str | int | None = None
 
@@ -52,7 +56,8 @@ def verify_files(root: Path, manifest: Manifest | None = None, hashes: bool = Tr
     Args:
         root: the atlas directory.
         manifest: the loaded manifest (loaded from `root` when None).
-        hashes: whether to recompute sha256 (reads every byte); row counts come from Parquet footers.
+        hashes: whether to recompute sha256 (reads every byte) and the rows' fingerprints (decodes every
+            file); row counts come from Parquet footers.
 
     Returns:
         The problems found, in path order; empty when the files are exactly the manifest's.
@@ -83,12 +88,32 @@ def verify_files(root: Path, manifest: Manifest | None = None, hashes: bool = Tr
             continue
         if rows != entry.get("rows"):
             problems.append(FileProblem(rel, config, ROWS, entry.get("rows"), rows))
+        elif hashes and (problem := _rows_fingerprint_problem(path, rel, config, entry)):
+            problems.append(problem)
     listed = set(manifest.files)
     for path in data_files_on_disk(root):
         rel = AtlasLayout(root).relative(path)
         if rel not in listed:
             problems.append(FileProblem(rel, rel.split("/")[0] if "/" in rel else "atlas", UNEXPECTED))
     return sorted(problems, key=lambda p: (p.path, p.kind))
+
+
+def _rows_fingerprint_problem(path: Path, rel: str, config: str, entry: dict) -> FileProblem | None:
+    """The file's rows against the manifest's `rows_fingerprint` (what `atlas metrics` checks the rows it
+    loads through datasets against): a manifest whose fingerprint is not its files' is not trustworthy.
+    Atlases written before fingerprints have none: nothing to compare."""
+    record = entry.get(ROWS_FIELD) or {}
+    if record.get("method") != ROWS_METHOD:
+        return None
+    got = file_fingerprints(path)
+    differ = sorted(
+        c for c in set(got) | set(record.get("columns") or {}) if got.get(c) != record["columns"].get(c)
+    )
+    if not differ:
+        return None
+    return FileProblem(
+        rel, config, ROWS_FINGERPRINT, "manifest.json's", f"columns {', '.join(differ[:3])} differ"
+    )
 
 
 def data_files_on_disk(root: Path) -> list[Path]:

@@ -6,7 +6,8 @@ Shape::
       "format": "routing-atlas",
       "schema_version": 1,
       "code_version": "0.1.0+g1a2b3c4",
-      "files": {"senses/senses-00000.parquet": {"config": "senses", "sha256": "...", "rows": 123, "bytes": 4567}},
+      "files": {"senses/senses-00000.parquet": {"config": "senses", "sha256": "...", "rows": 123, "bytes": 4567,
+                "rows_fingerprint": {"method": "arrow-columns-v1", "columns": {"example_id": "...", ...}}}},
       "configs": {"senses": {"files": ["senses/senses-00000.parquet"], "rows": 123}},
       "builds": [{"kind": "wordnet" | "routing" | ..., "options": {...}, "stats": {...}, "code_version": "..."}],
       "corpus_counts": {...},
@@ -15,6 +16,9 @@ Shape::
 
 `configs` is derived from `files` on every save (and checked against them by validation); `audits` are the
 results of `atlas audit`, each tied to the routing files it re-routed by `data_sha256` (`config_data_sha256`).
+
+`rows_fingerprint` (`atlas.rows`) proves that rows a reader loaded (through a datasets cache, say) are those
+of the file; atlases written before it have none and are checked by re-reading their files.
 
 `data_hashes()` (path -> sha256) is what "two builds of the same inputs are identical" compares.
 """
@@ -31,6 +35,9 @@ from typing import Any
 
 from atlas_build import code_version  # also imported from here by publishing, audit and validation
 from atlas_build.atlas.layout import AtlasLayout
+from atlas_build.atlas.rows import FIELD as ROWS_FIELD
+from atlas_build.atlas.rows import METHOD as ROWS_METHOD
+from atlas_build.atlas.rows import file_fingerprints
 from atlas_build.atlas.schema import SCHEMA_VERSION
 from atlas_build.atlas.writer import TEMP_SUFFIX, WrittenFile, write_text_atomic
 from atlas_build.errors import EXIT_BAD_INPUT, DamagedAtlasError, RefusedError
@@ -231,11 +238,17 @@ class Manifest:
 
     # ---- content -------------------------------------------------------------------------------
     def record(self, root: Path, config: str, written: WrittenFile) -> None:
+        # The rows' fingerprint lets every reader prove it computes on these files' rows (`atlas.rows`).
+        fingerprint = written.rows_fingerprint or {
+            "method": ROWS_METHOD,
+            "columns": file_fingerprints(written.path),
+        }
         self.files[AtlasLayout(root).relative(written.path)] = {
             "config": config,
             "sha256": written.sha256,
             "rows": written.rows,
             "bytes": written.bytes,
+            ROWS_FIELD: fingerprint,
         }
 
     def drop_config(self, config: str) -> None:

@@ -45,7 +45,10 @@ def done_shard(
     rows = done.get("rows")
     if done.get("sha256") != digest or not isinstance(rows, int):
         return None
-    return WrittenFile(path, digest, rows, path.stat().st_size)
+    fingerprint = done.get("rows_fingerprint")
+    return WrittenFile(
+        path, digest, rows, path.stat().st_size, fingerprint if isinstance(fingerprint, dict) else None
+    )
 
 
 def mark_shard_done(
@@ -56,5 +59,6 @@ def mark_shard_done(
         "rows": written.rows,
         "bytes": written.bytes,
         "inputs_sha256": inputs_sha256,
+        **({"rows_fingerprint": written.rows_fingerprint} if written.rows_fingerprint else {}),
     }
     write_text_atomic(layout.marker_path(config, shard, part), json.dumps(payload) + "\n")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from atlas_build.atlas.rows import fingerprint_record
 from atlas_build.errors import AtlasError
 
 COMPRESSION = "zstd"
@@ -41,6 +42,8 @@ class WrittenFile:
     sha256: str
     rows: int
     bytes: int
+    # `atlas.rows.fingerprint_record` of the rows written (None: computed from the file when recorded).
+    rows_fingerprint: dict | None = None
 
 
 def crash_point(event: str) -> None:
@@ -182,7 +185,13 @@ def write_parquet_atomic(table: pa.Table, path: Path, schema: pa.Schema) -> Writ
         raise
     _sync_dir(path.parent)
     crash_point("parquet-renamed")
-    return WrittenFile(path=path, sha256=sha256_file(path), rows=table.num_rows, bytes=path.stat().st_size)
+    return WrittenFile(
+        path=path,
+        sha256=sha256_file(path),
+        rows=table.num_rows,
+        bytes=path.stat().st_size,
+        rows_fingerprint=fingerprint_record(table),
+    )
 
 
 def write_text_atomic(path: Path, text: str) -> None:

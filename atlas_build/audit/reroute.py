@@ -34,6 +34,7 @@ from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.lock import AtlasLock
 from atlas_build.atlas.manifest import Manifest, code_version, config_data_sha256, published_release
 from atlas_build.atlas.routing import routing_array
+from atlas_build.atlas.rows import RowsMismatchError, refuse_unverified
 from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, TEXT_CONFIGS, TEXT_ID_COLUMN, TRACES
 from atlas_build.atlas.store import read_config
 from atlas_build.errors import AtlasError
@@ -332,6 +333,10 @@ def audit_atlas(
     manifest = Manifest.load(root)
     config = choose_config(root, manifest, slug)
     model_slug = config[len(ROUTING_PREFIX) :]
+    try:  # the audit compares the model with these files' rows: they must be the manifest's
+        refuse_unverified(root, manifest.files, {config, MODELS, *AUDITED_CORPORA})
+    except RowsMismatchError as error:
+        raise AuditError(str(error)) from error
     rows = [r for r in read_config(root, manifest, MODELS).to_pylist() if r["model_slug"] == model_slug]
     if len(rows) != 1:
         raise AuditError(

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.routing import routing_array
+from atlas_build.atlas.rows import RowsMismatchError, read_verified
 from atlas_build.atlas.schema import INTERVENTIONS, MODELS, SENSE_PAIRS, SENSES, routing_config_name
 from atlas_build.errors import AtlasError
 
@@ -134,11 +134,11 @@ class AtlasContent:
 
 def read_config(root: Path, manifest: Manifest, config: str, columns=None, filter=None) -> pa.Table | None:
     """The config's rows from the files its manifest lists (None when the atlas has no such config)."""
-    files = [str(root / rel) for rel in manifest.config_files(config)]
-    if not files:
-        return None
     try:
-        return pads.dataset(files, format="parquet").to_table(columns=columns, filter=filter)
+        # Parsed from the very bytes checked against the manifest (`atlas.rows`): the site shows these files.
+        return read_verified(root, manifest.files, config, columns=columns, filter=filter)
+    except RowsMismatchError as error:
+        raise ExploreError(str(error)) from error
     except (OSError, pa.ArrowInvalid) as error:
         raise ExploreError(
             f"cannot read the {config} config of {root} ({error}); run `atlas verify {root}`"

@@ -185,8 +185,11 @@ def compute_metrics(
     if options.target not in TARGET_MODES:
         raise ValueError(f"target must be one of {TARGET_MODES}, got {options.target!r}")
     boot = options.bootstrap()
-    src = AtlasSource(source, revision=revision, cache_dir=cache_dir)
     provenance = Provenance(source, revision, verify=options.verify)
+    # The rows computed on are proven to be the verified files' (a cache keyed by them, rows checked).
+    src = AtlasSource(
+        source, revision=revision, cache_dir=cache_dir, manifest=provenance.manifest, verify=options.verify
+    )
     rows = src.models()
     by_slug = {r["model_slug"]: r for r in rows}
     if models:
@@ -333,7 +336,7 @@ def compute_metrics(
         provenance.finish()
         raise
     provenance.finish()
-    record = provenance.record(options.seeds(), options.public())
+    record = provenance.record(options.seeds(), options.public(), rows=src.checks)
     calibration = None
     if planter is not None:
         from atlas_build.metrics.calibration.matrix import CalibrationOptions, calibration_summary

@@ -82,6 +82,20 @@ def test_verify_files(atlas_editor):
     assert all(p.message for p in verify_files(root, hashes=False))
 
 
+def test_verify_files_compares_the_rows_with_their_fingerprints(atlas_editor):
+    """A manifest whose rows fingerprint is not its file's is flagged: `atlas metrics` checks the rows it loads
+    through datasets against that fingerprint, so it must be the file's own."""
+    root, rel = atlas_editor.root, f"{ROUTING}/{ROUTING}-00000.parquet"
+    assert verify_files(root) == []
+    atlas_editor.edit_manifest(
+        lambda m: m["files"][rel]["rows_fingerprint"]["columns"].update(experts="0" * 64)
+    )
+    [problem] = verify_files(root)
+    assert (problem.path, problem.kind) == (rel, "rows-fingerprint") and "experts" in problem.message
+    atlas_editor.edit_manifest(lambda m: m["files"][rel].pop("rows_fingerprint"))  # an older atlas
+    assert verify_files(root) == []
+
+
 def test_texts_straddling_shards_and_batches(atlas_editor):
     """Routing in 7-row shards read in 4-row batches: texts (5 tokens) cross both boundaries."""
     root = atlas_editor.root

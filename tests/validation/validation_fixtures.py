@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 
 from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.routing import nested_fixed_list, routing_array, routing_table
+from atlas_build.atlas.rows import METHOD as ROWS_METHOD
+from atlas_build.atlas.rows import file_fingerprints
 from atlas_build.atlas.schema import (
     MODELS,
     MODELS_SCHEMA,
@@ -155,7 +157,10 @@ class AtlasEditor:
             rel = f"{config}/{path.name}"
             self.edit_manifest(
                 lambda m: m["files"][rel].update(
-                    sha256=sha256_file(path), rows=table.num_rows, bytes=path.stat().st_size
+                    sha256=sha256_file(path),
+                    rows=table.num_rows,
+                    bytes=path.stat().st_size,
+                    rows_fingerprint={"method": ROWS_METHOD, "columns": file_fingerprints(path)},
                 )
             )
 

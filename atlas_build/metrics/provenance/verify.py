@@ -164,8 +164,9 @@ class Provenance:
                 f"(`atlas validate` checks it), or pass {SKIP_FLAG} to compute on these files anyway"
             )
 
-    def record(self, seeds: dict[str, int], options: dict) -> dict:
-        """The `provenance` block of metrics.json."""
+    def record(self, seeds: dict[str, int], options: dict, rows: dict[str, str] | None = None) -> dict:
+        """The `provenance` block of metrics.json; `rows`: config -> how its loaded rows were checked
+        against the manifest (`AtlasSource.checks`)."""
         manifest = self.manifest or {}
         return {
             "manifest_sha256": hashlib.sha256(self.manifest_bytes).hexdigest()
@@ -176,9 +177,15 @@ class Provenance:
             "verified": bool(self.verify and self.manifest is not None),
             "verification": (
                 f"{len(self._files)} data files checked against {MANIFEST} (sha256)"
+                + (
+                    f"; the rows read from {len(rows)} configs proven to be theirs (rows_checked)"
+                    if rows
+                    else ""
+                )
                 if self.verify
                 else f"NOT CHECKED ({SKIP_FLAG}): the hashes are those {MANIFEST} lists, the files may differ"
             ),
+            "rows_checked": dict(sorted((rows or {}).items())),
             "code_version": code_version(),
             "options": options,
             "seeds": seeds,
