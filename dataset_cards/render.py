@@ -60,6 +60,8 @@ WORDNET_LICENSE_URL = "https://wordnet.princeton.edu/license-and-commercial-use"
 CODE_LICENSE = "Apache-2.0"
 RANDOM_INIT = "random-init"
 # The card ends with the context it was rendered with, so `atlas validate` can render it again and compare.
+LOCAL_REPO_REF = "."
+PYPI_PAGE = "https://pypi.org/project/routing-atlas/"
 CONTEXT_COMMENT = "routing-atlas-card-context"
 # What may differ between the card and a fresh rendering of it: the date and the validation results (the
 # report is written after the card, by `atlas validate`).
@@ -219,6 +221,19 @@ def config_schemas(root: Path, manifest: Manifest) -> dict[str, Any]:
         if files:
             out[config] = pq.read_schema(Path(root) / files[0])
     return out
+
+
+def code_repository() -> str:
+    """The project's repository: the installed package's `Repository` (or `Source`) project URL, else its PyPI
+    page (the card never names a place the metadata does not)."""
+    from importlib import metadata
+
+    try:
+        entries = metadata.metadata("routing-atlas").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        entries = []
+    urls = {label.strip().lower(): url.strip() for label, _, url in (e.partition(",") for e in entries)}
+    return urls.get("repository") or urls.get("source") or PYPI_PAGE
 
 
 def is_hub_id(model_id: str) -> bool:
@@ -477,6 +492,34 @@ def dataset_infos(root: Path, manifest: Manifest, schemas: dict[str, Any]):
     return DatasetInfosDict(infos)
 
 
+def default_config(configs: list[str]) -> str | None:
+    """The config `load_dataset(repo)` opens without a config name, and the Hub's viewer first: `senses` (what
+    every routing row points at), else the first routing config, else the first config that is not `models`."""
+    if SENSES in configs:
+        return SENSES
+    routing = [name for name in configs if name.startswith(ROUTING_PREFIX)]
+    others = [name for name in configs if name != MODELS]
+    return (routing or others or configs or [None])[0]
+
+
+def source_datasets(manifest: Manifest) -> list[str]:
+    """The Hub's `source_datasets`: the texts extend WordNet (and WiC, SWORDS when the build used them); the
+    routing rows are this dataset's own (`original`)."""
+    configs = manifest.configs()
+    kinds = set(custom_corpora_kinds(manifest))
+    out = []
+    if any(name in configs for name in (SENSES, SENSE_PAIRS, SUBSTITUTIONS)):
+        out.append("extended|wordnet")
+    out += [f"extended|{kind}" for kind in ("wic", "swords") if kind in kinds]
+    if any(name.startswith(ROUTING_PREFIX) for name in configs):
+        out.append("original")
+    return out
+
+
+def custom_corpora_kinds(manifest: Manifest) -> list[str]:
+    return sorted((manifest.corpus_counts.get("corpora") or {}).keys())
+
+
 def card_data(
     root: Path, manifest: Manifest, models: list[dict[str, Any]], schemas: dict[str, Any]
 ) -> DatasetCardData:
@@ -484,25 +527,43 @@ def card_data(
     layout = AtlasLayout(root)
     configs = manifest.configs()
     largest = max((c["rows"] for c in configs.values()), default=0)
-    tags = ["mixture-of-experts", "moe", "routing", "interpretability", "wordnet", "word-sense"]
+    tags = [
+        "mixture-of-experts",
+        "moe",
+        "routing",
+        "interpretability",
+        "wordnet",
+        "word-sense",
+        "word-sense-disambiguation",
+    ]
     if any(m["random_init"] for m in models):
         tags.append(RANDOM_INIT)
     if any(is_synthetic(m) for m in models) or manifest.corpus_counts.get("synthetic"):
         tags.append("synthetic")
+    default = default_config(list(configs))
     data = DatasetCardData(
         language=["en"],
         license="other",
         license_name="wordnet-3.0-and-model-licenses",
         license_link=LICENSE_FILE,
-        annotations_creators=["expert-generated", "machine-generated"],
+        # WordNet's lexicographers (senses), the routers (routing), SWORDS' crowd when it is in.
+        annotations_creators=["expert-generated", "machine-generated"]
+        + (["crowdsourced"] if "swords" in custom_corpora_kinds(manifest) else []),
         language_creators=["expert-generated"],
         multilinguality=["monolingual"],
         pretty_name=PRETTY_NAME,
         size_categories=[size_category(largest)],
+        source_datasets=source_datasets(manifest),
         task_categories=["text-classification", "token-classification"],
+        # sense-pairs (and WiC's pairs): same sense or not, the Hub's sub-task for WiC-like pairs.
+        task_ids=["semantic-similarity-classification"],
         tags=tags,
         configs=[
-            {"config_name": name, "data_files": [{"split": "train", "path": layout.data_glob(name)}]}
+            {
+                "config_name": name,
+                "data_files": [{"split": "train", "path": layout.data_glob(name)}],
+                **({"default": True} if name == default else {}),
+            }
             for name in configs
         ],
     )
@@ -645,7 +706,8 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
             "report": (root / METRICS_DIR / METRICS_REPORT).exists(),
             "options": metrics.get("options") or {},
         }
-    repo_ref = context.repo_ref or str(root.resolve())
+    # A local atlas's card names its own folder, relative ("."): the build machine's paths mean nothing elsewhere.
+    repo_ref = context.repo_ref or LOCAL_REPO_REF
     return {
         "pretty_name": PRETTY_NAME,
         "summary": SUMMARY,
@@ -654,6 +716,9 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
         "released": context.released,
         "hub_id": context.hub_id,
         "repo_ref": repo_ref,
+        "local": repo_ref == LOCAL_REPO_REF,
+        "default_config": default_config([c["name"] for c in configs]),
+        "repository": code_repository(),
         "load_kwargs": f', revision="{context.revision}"' if context.revision and context.hub_id else "",
         "random_init_models": [m for m in models if m["random_init"]],
         "synthetic": synthetic,
