@@ -307,34 +307,29 @@ def column_bytes(path: Path) -> dict[str, int]:
 
 WEIGHTS_LEAF = "weights.list.element.list.element"
 EXPERTS_LEAF = "experts.list.element.list.element"
-STRING_COLUMNS = ["source_id", "corpus", "token", "segment", "marker"]
-WRITER_VARIANTS = {
-    # Exactly what atlas/writer.py writes (its routing_encodings): dictionaries everywhere, weights included.
-    "all dictionaries (writer.py)": {"writer": True},
-    # Smaller weights, but DuckDB cannot read BYTE_STREAM_SPLIT float16 (bench/bench_encoding.py).
-    # (BYTE_STREAM_SPLIT alone changes nothing: a column with a dictionary never uses it.)
-    "bss weights (DuckDB cannot read)": {
-        "use_dictionary": [*STRING_COLUMNS, EXPERTS_LEAF],
-        "use_byte_stream_split": [WEIGHTS_LEAF],
-    },
-    "no dictionary for ids": {"use_dictionary": STRING_COLUMNS},
-}
+WRITER = "writer.py"
+BSS_WEIGHTS = "bss weights (DuckDB cannot read)"
+# What atlas/writer.py writes (`parquet_options`, one encoding per value type), and one choice changed each.
+WRITER_VARIANTS = (WRITER, BSS_WEIGHTS, "no dictionary for ids")
 
 
-def write_variant(table: pa.Table, path: Path, extra: dict) -> None:
-    from atlas_build.atlas.writer import COMPRESSION, ROW_GROUP_ROWS, routing_encodings
+def variant_options(schema: pa.Schema, variant: str) -> dict:
+    from atlas_build.atlas.writer import parquet_options
 
-    if extra.get("writer"):
-        extra = routing_encodings(table.schema)
-    pq.write_table(
-        table,
-        path,
-        compression=COMPRESSION,
-        row_group_size=ROW_GROUP_ROWS,
-        write_statistics=True,
-        store_schema=True,
-        **extra,
-    )
+    options = parquet_options(schema)
+    dictionary, split = options["use_dictionary"], options["use_byte_stream_split"]
+    if variant == BSS_WEIGHTS:  # smaller float16 weights, but DuckDB refuses them (bench/bench_encoding.py)
+        options.update(
+            use_dictionary=[p for p in dictionary if p != WEIGHTS_LEAF],
+            use_byte_stream_split=[*split, WEIGHTS_LEAF],
+        )
+    elif variant == "no dictionary for ids":
+        options.update(use_dictionary=[p for p in dictionary if p != EXPERTS_LEAF])
+    return options
+
+
+def write_variant(table: pa.Table, path: Path, variant: str) -> None:
+    pq.write_table(table, path, **variant_options(table.schema, variant))
 
 
 def round_significant_bits(values: np.ndarray, bits: int = 8) -> np.ndarray:
@@ -372,15 +367,15 @@ def bytes_per_entry(shard_table_real: pa.Table, n_tokens: int) -> dict:
             weight_col = nested_fixed_list(case_weights, pa.float16())
         experts = nested_fixed_list(case_ids.astype(np.uint8), pa.uint8())
         table = conform(base.append_column("experts", experts).append_column("weights", weight_col), schema)
-        for variant, extra in WRITER_VARIANTS.items():
-            if case_weights is None and "use_byte_stream_split" in extra:
+        for variant in WRITER_VARIANTS:
+            if case_weights is None and variant == BSS_WEIGHTS:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 path, again = Path(tmp) / "a.parquet", Path(tmp) / "b.parquet"
                 started = time.process_time()
-                write_variant(table, path, extra)
+                write_variant(table, path, variant)
                 write_s = time.process_time() - started
-                write_variant(table, again, extra)
+                write_variant(table, again, variant)
                 deterministic = path.read_bytes() == again.read_bytes()
                 cols = column_bytes(path)
                 total = path.stat().st_size
@@ -482,10 +477,10 @@ def real_shard_bytes(table: pa.Table, spec) -> dict:
     """Bytes per entry of a real routing shard of the tiny model (its own shape: 5 layers x top-8 of 32)."""
     entries = table.num_rows * len(spec.moe_layers) * spec.top_k
     out = {}
-    for variant in ("all dictionaries (writer.py)", "bss weights (DuckDB cannot read)"):
+    for variant in (WRITER, BSS_WEIGHTS):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "real.parquet"
-            write_variant(table, path, WRITER_VARIANTS[variant])
+            write_variant(table, path, variant)
             cols = column_bytes(path)
         out[variant] = {
             "ids_B_per_entry": round(cols["experts"] / entries, 3),
@@ -528,10 +523,10 @@ def atlas_size(tokens: dict, per_entry: dict) -> dict:
     entries = total_tokens * R1_MOE_LAYERS * R1_TOP_K
     out: dict = {"tokens": total_tokens, "entries": entries, "MB": {}}
     for key in (
-        "float16 weights | all dictionaries (writer.py)",
-        "float16 weights | bss weights (DuckDB cannot read)",
-        "ids only, weight order | all dictionaries (writer.py)",
-        "ids only, ascending (vllm) | all dictionaries (writer.py)",
+        f"float16 weights | {WRITER}",
+        f"float16 weights | {BSS_WEIGHTS}",
+        f"ids only, weight order | {WRITER}",
+        f"ids only, ascending (vllm) | {WRITER}",
     ):
         r = per_entry[key]
         size = entries * r["routing_B_per_entry"] + total_tokens * r["other_columns_B_per_token"]

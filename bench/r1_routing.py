@@ -159,31 +159,30 @@ def capture(n_tokens: int) -> R1Routing:
         engine.close()
     if total < n_tokens:
         raise SystemExit(f"r1_routing: the WordNet texts give {total} tokens, fewer than {n_tokens}")
-    counts = np.concatenate([b.token_counts for b in parts])
-    cut = np.cumsum(counts)
-    keep = int(np.searchsorted(cut, n_tokens)) + 1
-    counts = counts[:keep].copy()
-    counts[-1] -= int(cut[keep - 1] - n_tokens)
 
     def joined(name: str, dtype) -> np.ndarray:
-        return np.concatenate([getattr(b, name) for b in parts])[:n_tokens].astype(dtype)
+        return np.concatenate([getattr(b, name) for b in parts]).astype(dtype)
 
-    return R1Routing(
+    routed = R1Routing(
         experts=joined("experts", np.uint8),
         weights=joined("weights", np.float32),
         score_experts=joined("score_experts", np.uint8),
         scores=joined("scores", np.float32),
-        token_counts=counts,
-        source_ids=np.array(source_ids[:keep]),
+        token_counts=joined("token_counts", np.int64),
+        source_ids=np.array(source_ids[:start]),
         token_ids=joined("token_ids", np.int32),
         char_spans=joined("char_spans", np.int32),
     )
+    return first_tokens(routed, n_tokens)
 
 
 def r1_routing(n_tokens: int) -> R1Routing:
-    """The captured routing of `n_tokens` tokens (from the cache when it was captured before)."""
+    """The captured routing of `n_tokens` tokens (from the cache when it was captured before): the first
+    `n_tokens` of the shared `DEFAULT_TOKENS` capture when that many are enough."""
     from atlas_build.models import cache_root
 
+    if n_tokens < DEFAULT_TOKENS:
+        return first_tokens(r1_routing(DEFAULT_TOKENS), n_tokens)
     path = cache_root() / "bench" / f"r1-routing-g{GENERATOR_VERSION}-{n_tokens}.npz"
     if path.exists():
         with np.load(path) as data:
@@ -195,6 +194,19 @@ def r1_routing(n_tokens: int) -> R1Routing:
     np.savez_compressed(tmp, **{name: getattr(routing, name) for name in R1Routing.__dataclass_fields__})
     tmp.replace(path)
     return routing
+
+
+def first_tokens(routing: R1Routing, n_tokens: int) -> R1Routing:
+    """The first `n_tokens` tokens of a capture (its last text cut to fit)."""
+    cut = np.cumsum(routing.token_counts)
+    keep = int(np.searchsorted(cut, n_tokens)) + 1
+    counts = routing.token_counts[:keep].copy()
+    counts[-1] -= int(cut[keep - 1] - n_tokens)
+    per_token = {
+        name: getattr(routing, name)[:n_tokens]
+        for name in ("experts", "weights", "score_experts", "scores", "token_ids", "char_spans")
+    }
+    return R1Routing(**per_token, token_counts=counts, source_ids=routing.source_ids[:keep])
 
 
 def load_entropy_bits(experts: np.ndarray) -> float:
