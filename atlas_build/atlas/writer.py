@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 from atlas_build.errors import AtlasError
 
 COMPRESSION = "zstd"
-# Measured at R1's shape on captured routing (bench/bench_encoding.py): zstd 9 with 8 MiB pages makes ids
-# and weights 2-3% smaller than zstd 3 with 1 MiB pages, at no measurable write cost; zstd 19 saves ~1% more
-# for 5-10x the write time. A reader decompresses a page at a time: 8 MiB stays small against a row group.
+# Measured at R1's shape on captured routing (bench/bench_encoding.py): zstd 9 with 8 MiB pages makes ids,
+# weights and scores 2-6% smaller than zstd 3 with 1 MiB pages for ~1.2x its write CPU time; zstd 19 saves
+# ~1% more for ~11x. A reader decompresses a page at a time: 8 MiB stays small against a row group.
 COMPRESSION_LEVEL = 9
 DATA_PAGE_SIZE = 8 << 20
 # Row groups are the unit validation and metrics stream over; ~64k rows keeps them well under memory.
@@ -167,11 +167,11 @@ def column_encodings(schema: pa.Schema) -> dict:
 
     - float32 (`scores`, and `weights` stored as float32): BYTE_STREAM_SPLIT, no dictionary. A dictionary
       of router scores is as large as the values (nearly all distinct) and its indices compress worse:
-      ~2.8 B per score against ~1.9 B split by byte (raw: 4 B). DuckDB, polars, pandas and `datasets` read it.
-    - everything else, float16 `weights` included: a dictionary. Expert ids so stored come within ~6% of
-      `xz -9` of the same bytes; float16 weights could split by byte too (~4% smaller), but DuckDB (and so
-      the Hub's SQL console and viewer search) refuses BYTE_STREAM_SPLIT on float16 ("only supported for
-      FLOAT, DOUBLE, INT32 or INT64").
+      2.67 B per score against 1.89 B split by byte (raw: 4 B). DuckDB, polars, pandas and `datasets` read it.
+    - everything else, float16 `weights` included: a dictionary. Expert ids so stored come within 4% of
+      `xz -9` of the same bytes (split by byte: no smaller); float16 weights would be 10% smaller split by
+      byte, but DuckDB (and so the Hub's SQL console and viewer search) refuses BYTE_STREAM_SPLIT on float16
+      ("only supported for FLOAT, DOUBLE, INT32 or INT64").
     """
     leaves = leaf_columns(schema)
     split = [path for path, kind in leaves if kind == pa.float32()]
