@@ -23,8 +23,8 @@ from atlas_build.errors import AtlasError
 
 COMPRESSION = "zstd"
 # Measured at R1's shape on captured routing (bench/bench_encoding.py): zstd 9 with 8 MiB pages makes ids,
-# weights and scores 2-6% smaller than zstd 3 with 1 MiB pages for ~1.2x its write CPU time; zstd 19 saves
-# ~1% more for ~11x. A reader decompresses a page at a time: 8 MiB stays small against a row group.
+# weights and scores 2-6% smaller than zstd 3 with 1 MiB pages for 1.2-2.5x its write CPU time (noisy); zstd
+# 19 saves ~1% more for ~13x. A reader decompresses a page at a time: 8 MiB stays small against a row group.
 COMPRESSION_LEVEL = 9
 DATA_PAGE_SIZE = 8 << 20
 # Row groups are the unit validation and metrics stream over; ~64k rows keeps them well under memory.
