@@ -29,7 +29,7 @@ from huggingface_hub import DatasetCard
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.manifest import Manifest, refuse_published_release
-from atlas_build.atlas.schema import ROUTING_PREFIX
+from atlas_build.atlas.schema import ROUTING_PREFIX, SENSE_PAIRS, SENSES, SUBSTITUTIONS
 from atlas_build.atlas.writer import write_text_atomic
 
 # The card's parts, re-exported: what other rooms and tests import from here keeps working.
@@ -272,6 +272,7 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
         "repo_ref": repo_ref,
         "local": repo_ref == LOCAL_REPO_REF,
         "default_config": default_config([c["name"] for c in configs]),
+        "wordnet_texts": any(c["name"] in (SENSES, SENSE_PAIRS, SUBSTITUTIONS) for c in configs),
         "repository": code_repository(),
         "load_kwargs": f', revision="{context.revision}"' if context.revision and context.hub_id else "",
         "random_init_models": [m for m in models if m["random_init"]],
