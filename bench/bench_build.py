@@ -19,9 +19,9 @@ Everything is measured in this one run:
 2. bfloat16 vs float32 expert-set agreement of the same engine on the same texts (both checkpoints).
 3. At R1's shape (58 MoE layers x top-8 of 256): the CPU cost per token of what follows the forward
    pass (vLLM's arrays -> atlas ids; routing rows + Parquet write), and the bytes per routing entry
-   (token x MoE layer x k) of a synthetic routing table with UNIFORMLY RANDOM distinct ids per (token,
-   layer) in random order (the worst case for compression: real routing is skewed and token-correlated)
-   and gate weights drawn from the tiny model's real weights (renormalised to sum 2.5, highest first).
+   (token x MoE layer x k) of routing captured from a RANDOM-INIT DeepSeek-V3 at R1's routing shape over
+   WordNet texts, its expert load balanced as DeepSeek-V3 trains it (bench/r1_routing.py), with its own
+   gate weights.
    Bytes come from the Parquet column chunks, written with the project's writer settings and with
    candidate encodings (targets: <= 2.0 B with float16 weights, <= 1.0 B ids only); each variant is
    written twice to check that its bytes are deterministic.
@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 R1_MOE_LAYERS, R1_TOP_K, R1_EXPERTS = 58, 8, 256
 OVERHEAD_TARGET = 1.05
@@ -282,16 +283,14 @@ def dtype_agreement(label: str, model: str, texts: list[str], device: str) -> di
 
 
 # ---- 3. bytes per entry -----------------------------------------------------------------------------------
-def r1_shaped_routing(n_tokens: int, weight_values: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Ids `[T, 58, 8]`: uniformly random distinct experts per (token, layer), in random order. Weights
-    `[T, 58, 8]`: 8 values drawn from the tiny model's real gate weights, renormalised to R1's sum (2.5,
-    `norm_topk_prob` x `routed_scaling_factor`) and sorted highest first: fresh float32 values per row, as
-    a real run's are, so no row repeats that a compressor could exploit."""
-    keys = rng.random((n_tokens, R1_MOE_LAYERS, R1_EXPERTS), dtype=np.float32)
-    ids = np.argpartition(keys, R1_TOP_K, axis=-1)[..., :R1_TOP_K].astype(np.int16)
-    weights = rng.choice(weight_values, size=(n_tokens, R1_MOE_LAYERS, R1_TOP_K)).astype(np.float32)
-    weights *= 2.5 / weights.sum(axis=-1, keepdims=True)
-    return ids, -np.sort(-weights, axis=-1)
+def r1_shaped_routing(n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids int16 and gate weights float32 `[T, 58, 8]`, highest weight first, captured from a RANDOM-INIT
+    DeepSeek-V3 at R1's routing shape over WordNet texts (bench/r1_routing.py): routing as skewed and
+    token-correlated as a model makes it, with the model's own weights (summing to 2.5)."""
+    from r1_routing import r1_routing
+
+    routing = r1_routing(n_tokens)
+    return routing.experts.astype(np.int16), routing.weights
 
 
 def column_bytes(path: Path) -> dict[str, int]:
@@ -308,34 +307,29 @@ def column_bytes(path: Path) -> dict[str, int]:
 
 WEIGHTS_LEAF = "weights.list.element.list.element"
 EXPERTS_LEAF = "experts.list.element.list.element"
-STRING_COLUMNS = ["source_id", "corpus", "token", "segment", "marker"]
-WRITER_VARIANTS = {
-    # Exactly what atlas/writer.py writes (its routing_encodings): dictionaries everywhere, weights included.
-    "all dictionaries (writer.py)": {"writer": True},
-    # Smaller weights, but DuckDB cannot read BYTE_STREAM_SPLIT float16 (bench/bench_encoding.py).
-    # (BYTE_STREAM_SPLIT alone changes nothing: a column with a dictionary never uses it.)
-    "bss weights (DuckDB cannot read)": {
-        "use_dictionary": [*STRING_COLUMNS, EXPERTS_LEAF],
-        "use_byte_stream_split": [WEIGHTS_LEAF],
-    },
-    "no dictionary for ids": {"use_dictionary": STRING_COLUMNS},
-}
+WRITER = "writer.py"
+BSS_WEIGHTS = "bss weights (DuckDB cannot read)"
+# What atlas/writer.py writes (`parquet_options`, one encoding per value type), and one choice changed each.
+WRITER_VARIANTS = (WRITER, BSS_WEIGHTS, "no dictionary for ids")
 
 
-def write_variant(table: pa.Table, path: Path, extra: dict) -> None:
-    from atlas_build.atlas.writer import COMPRESSION, ROW_GROUP_ROWS, routing_encodings
+def variant_options(schema: pa.Schema, variant: str) -> dict:
+    from atlas_build.atlas.writer import parquet_options
 
-    if extra.get("writer"):
-        extra = routing_encodings(table.schema)
-    pq.write_table(
-        table,
-        path,
-        compression=COMPRESSION,
-        row_group_size=ROW_GROUP_ROWS,
-        write_statistics=True,
-        store_schema=True,
-        **extra,
-    )
+    options = parquet_options(schema)
+    dictionary, split = options["use_dictionary"], options["use_byte_stream_split"]
+    if variant == BSS_WEIGHTS:  # smaller float16 weights, but DuckDB refuses them (bench/bench_encoding.py)
+        options.update(
+            use_dictionary=[p for p in dictionary if p != WEIGHTS_LEAF],
+            use_byte_stream_split=[*split, WEIGHTS_LEAF],
+        )
+    elif variant == "no dictionary for ids":
+        options.update(use_dictionary=[p for p in dictionary if p != EXPERTS_LEAF])
+    return options
+
+
+def write_variant(table: pa.Table, path: Path, variant: str) -> None:
+    pq.write_table(table, path, **variant_options(table.schema, variant))
 
 
 def round_significant_bits(values: np.ndarray, bits: int = 8) -> np.ndarray:
@@ -346,13 +340,12 @@ def round_significant_bits(values: np.ndarray, bits: int = 8) -> np.ndarray:
     return raw.astype(np.uint16).view(np.float16)
 
 
-def bytes_per_entry(shard_table_real: pa.Table, weight_values: np.ndarray, n_tokens: int) -> dict:
+def bytes_per_entry(shard_table_real: pa.Table, n_tokens: int) -> dict:
     from atlas_build.atlas.routing import nested_fixed_list
     from atlas_build.atlas.schema import routing_schema
     from atlas_build.atlas.writer import conform
 
-    rng = np.random.default_rng(0)
-    ids, weights = r1_shaped_routing(n_tokens, weight_values, rng)
+    ids, weights = r1_shaped_routing(n_tokens)
     # Per-token columns from a real shard (repeated to n_tokens): strings, spans, flags as they are.
     base = shard_table_real.drop_columns(["experts", "weights"])
     base = pa.concat_tables([base] * (n_tokens // base.num_rows + 1)).slice(0, n_tokens)
@@ -374,15 +367,15 @@ def bytes_per_entry(shard_table_real: pa.Table, weight_values: np.ndarray, n_tok
             weight_col = nested_fixed_list(case_weights, pa.float16())
         experts = nested_fixed_list(case_ids.astype(np.uint8), pa.uint8())
         table = conform(base.append_column("experts", experts).append_column("weights", weight_col), schema)
-        for variant, extra in WRITER_VARIANTS.items():
-            if case_weights is None and "use_byte_stream_split" in extra:
+        for variant in WRITER_VARIANTS:
+            if case_weights is None and variant == BSS_WEIGHTS:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 path, again = Path(tmp) / "a.parquet", Path(tmp) / "b.parquet"
                 started = time.process_time()
-                write_variant(table, path, extra)
+                write_variant(table, path, variant)
                 write_s = time.process_time() - started
-                write_variant(table, again, extra)
+                write_variant(table, again, variant)
                 deterministic = path.read_bytes() == again.read_bytes()
                 cols = column_bytes(path)
                 total = path.stat().st_size
@@ -397,8 +390,8 @@ def bytes_per_entry(shard_table_real: pa.Table, weight_values: np.ndarray, n_tok
                 "deterministic": deterministic,
             }
     print(
-        f"  R1 shape, {n_tokens} tokens x {R1_MOE_LAYERS} layers x top-{R1_TOP_K} of {R1_EXPERTS}, uniformly "
-        "random ids (worst case), weights from the tiny model's real values; B per (token, layer, k):"
+        f"  R1 shape, {n_tokens} tokens x {R1_MOE_LAYERS} layers x top-{R1_TOP_K} of {R1_EXPERTS}, routing "
+        "captured from a RANDOM-INIT model (bench/r1_routing.py); B per (token, layer, k):"
     )
     for key, r in results.items():
         goal = BYTES_TARGET_IDS if key.startswith("ids only") else BYTES_TARGET_WEIGHTS
@@ -412,7 +405,7 @@ def bytes_per_entry(shard_table_real: pa.Table, weight_values: np.ndarray, n_tok
     return results
 
 
-def r1_capture_side_cost(shard_table_real: pa.Table, weight_values: np.ndarray, n_tokens: int) -> dict:
+def r1_capture_side_cost(shard_table_real: pa.Table, n_tokens: int) -> dict:
     """CPU cost per token, at R1's shape, of what a build does after the forward pass: vLLM's array ->
     atlas ids (`routing_batch_from_vllm`, prompts of 8 tokens), the routing rows (`routing_table`) and the atomic
     Parquet write. The hf engine's own capture (hooks, sort by weight) runs on the model's device."""
@@ -421,8 +414,7 @@ def r1_capture_side_cost(shard_table_real: pa.Table, weight_values: np.ndarray, 
     from atlas_build.atlas.writer import write_parquet_atomic
     from atlas_build.engines.vllm import routing_batch_from_vllm
 
-    rng = np.random.default_rng(1)
-    ids, weights = r1_shaped_routing(n_tokens, weight_values, rng)
+    ids, weights = r1_shaped_routing(n_tokens)
     n_layers = R1_MOE_LAYERS + 3  # R1: 3 dense layers, then 58 MoE
     full = np.zeros((n_tokens, n_layers, R1_TOP_K), np.int32)
     full[:, 3:] = ids
@@ -485,10 +477,10 @@ def real_shard_bytes(table: pa.Table, spec) -> dict:
     """Bytes per entry of a real routing shard of the tiny model (its own shape: 5 layers x top-8 of 32)."""
     entries = table.num_rows * len(spec.moe_layers) * spec.top_k
     out = {}
-    for variant in ("all dictionaries (writer.py)", "bss weights (DuckDB cannot read)"):
+    for variant in (WRITER, BSS_WEIGHTS):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "real.parquet"
-            write_variant(table, path, WRITER_VARIANTS[variant])
+            write_variant(table, path, variant)
             cols = column_bytes(path)
         out[variant] = {
             "ids_B_per_entry": round(cols["experts"] / entries, 3),
@@ -531,10 +523,10 @@ def atlas_size(tokens: dict, per_entry: dict) -> dict:
     entries = total_tokens * R1_MOE_LAYERS * R1_TOP_K
     out: dict = {"tokens": total_tokens, "entries": entries, "MB": {}}
     for key in (
-        "float16 weights | all dictionaries (writer.py)",
-        "float16 weights | bss weights (DuckDB cannot read)",
-        "ids only, weight order | all dictionaries (writer.py)",
-        "ids only, ascending (vllm) | all dictionaries (writer.py)",
+        f"float16 weights | {WRITER}",
+        f"float16 weights | {BSS_WEIGHTS}",
+        f"ids only, weight order | {WRITER}",
+        f"ids only, ascending (vllm) | {WRITER}",
     ):
         r = per_entry[key]
         size = entries * r["routing_B_per_entry"] + total_tokens * r["other_columns_B_per_token"]
@@ -592,13 +584,10 @@ def main() -> None:
         routing_schema(spec.n_routed_experts, len(spec.moe_layers), spec.top_k, "float16"),
         True,
     )
-    weight_values = engine.route([item.text for item in items[:512]]).weights.reshape(-1)
     engine.close()
     results["tiny_real_shard"] = real_shard_bytes(real, spec)
-    results["r1_capture_side_cost"] = r1_capture_side_cost(
-        real, weight_values.astype(np.float32), args.entry_tokens
-    )
-    results["bytes_per_entry"] = bytes_per_entry(real, weight_values.astype(np.float32), args.entry_tokens)
+    results["r1_capture_side_cost"] = r1_capture_side_cost(real, args.entry_tokens)
+    results["bytes_per_entry"] = bytes_per_entry(real, args.entry_tokens)
 
     print("4. expected atlas size, full WordNet corpora, DeepSeek-R1 (58 MoE layers x top-8)")
     tokens = (

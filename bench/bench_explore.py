@@ -6,7 +6,8 @@ WordNet atlas, and how long the index takes to open from local disk in headless 
 1. Real atlas (`--atlas`, default `atlas-demo` when it exists, e.g. after `make demo`; tiny-deepseek-v3 is
    RANDOM-INIT, which changes no byte count): `atlas explore` into a temporary folder; total size, bytes per
    lemma file split into text (senses, glosses, examples, pairs) and routing, target sub-tokens per example.
-2. SYNTHETIC atlas at R1's routing shape (58 MoE layers x top-8 of 256 experts, float16 weights): the
+2. SYNTHETIC atlas at R1's routing shape (58 MoE layers x top-8 of 256 experts, float16 weights; its routing
+   captured from a RANDOM-INIT model, bench/r1_routing.py): the
    measured bytes of one target sub-token's routing in a lemma file, and of one co-activation layer file.
 3. The full WordNet senses corpus (from WordNet, when installed): every lemma file's text part is written
    exactly as `atlas explore` would (no routing), and the real index of all its lemmas. The projection for
@@ -33,6 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 R1_LEMMAS = 12_475
 R1_LAYERS, R1_EXPERTS, R1_TOP_K = 58, 256, 8
@@ -91,13 +93,21 @@ def measure_real(atlas: Path, work: Path) -> dict | None:
 
 def measure_r1_shape(work: Path) -> dict:
     """Routing bytes per target sub-token and per co-activation layer file at R1's shape (SYNTHETIC)."""
+    from r1_routing import replayed_routing
+
     from atlas_build.atlas.synthetic import write_synthetic_data
     from atlas_build.explore import build_site
     from atlas_build.explore.encode import b64, js_call
     from atlas_build.explore.site import COACT_CALLBACK
 
+    # Routing captured at R1's shape (RANDOM-INIT model, bench/r1_routing.py), not the synthetic formula's.
     atlas = write_synthetic_data(
-        work / "r1-shape", n_lemmas=60, n_experts=R1_EXPERTS, n_layers=R1_LAYERS, top_k=R1_TOP_K
+        work / "r1-shape",
+        n_lemmas=60,
+        n_experts=R1_EXPERTS,
+        n_layers=R1_LAYERS,
+        top_k=R1_TOP_K,
+        routing_fn=replayed_routing,
     )
     site = work / "r1-site"
     build_site(atlas, site)

@@ -23,6 +23,11 @@ from atlas_build.atlas.rows import fingerprint_record
 from atlas_build.errors import AtlasError
 
 COMPRESSION = "zstd"
+# Measured at R1's shape on captured routing (bench/bench_encoding.py): zstd 9 with 8 MiB pages makes ids,
+# weights and scores 2-6% smaller than zstd 3 with 1 MiB pages for 1.2-2.5x its write CPU time (noisy); zstd
+# 19 saves ~1% more for ~13x. A reader decompresses a page at a time: 8 MiB stays small against a row group.
+COMPRESSION_LEVEL = 9
+DATA_PAGE_SIZE = 8 << 20
 # Row groups are the unit validation and metrics stream over; ~64k rows keeps them well under memory.
 ROW_GROUP_ROWS = 65536
 # Temporary files are `.<name>.<random>.tmp` next to their target: hidden, so no data glob matches them.
@@ -145,16 +150,52 @@ def _sync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def routing_encodings(schema: pa.Schema) -> dict:
-    """Parquet encodings for routing configs: dictionaries on every column, the float16 `weights` included.
+def leaf_columns(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
+    """Every Parquet leaf column of `schema` as (path, Arrow type): `experts.list.element.list.element`, ..."""
 
-    Every reader researchers use must read every config: DuckDB (and so the Hub's SQL console and viewer
-    search) refuses BYTE_STREAM_SPLIT on float16 ("only supported for FLOAT, DOUBLE, INT32 or INT64"), which
-    the weights were written with before. Of the encodings all readers take, a dictionary is the smallest
-    (gate weights in [0, 2.5] take few distinct float16 values): `make bench` (bench/bench_encoding.py)
-    reports the bytes per entry of each, and what readability costs against BYTE_STREAM_SPLIT.
+    def leaves(path: str, kind: pa.DataType) -> list[tuple[str, pa.DataType]]:
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            return leaves(f"{path}.list.element", kind.value_type)
+        if pa.types.is_struct(kind):
+            return [leaf for child in kind for leaf in leaves(f"{path}.{child.name}", child.type)]
+        return [(path, kind)]
+
+    return [leaf for field in schema for leaf in leaves(field.name, field.type)]
+
+
+def column_encodings(schema: pa.Schema) -> dict:
+    """The Parquet encoding of every column of every config, chosen per value type by measurement: the one
+    place it is decided (`make bench`: bench/bench_encoding.py measures each choice at DeepSeek-R1's shape
+    on captured routing, and what it costs each reader).
+
+    - float32 (`scores`, and `weights` stored as float32): BYTE_STREAM_SPLIT, no dictionary. A dictionary
+      of router scores is as large as the values (nearly all distinct) and its indices compress worse:
+      2.67 B per score against 1.89 B split by byte (raw: 4 B). DuckDB, polars, pandas and `datasets` read it.
+    - everything else, float16 `weights` included: a dictionary. Expert ids so stored come within 4% of
+      `xz -9` of the same bytes (split by byte: no smaller); float16 weights would be 10% smaller split by
+      byte, but DuckDB (and so the Hub's SQL console and viewer search) refuses BYTE_STREAM_SPLIT on float16
+      ("only supported for FLOAT, DOUBLE, INT32 or INT64").
     """
-    return {"use_dictionary": True}
+    leaves = leaf_columns(schema)
+    split = [path for path, kind in leaves if kind == pa.float32()]
+    return {
+        "use_dictionary": [path for path, _ in leaves if path not in split],
+        "use_byte_stream_split": split,
+    }
+
+
+def parquet_options(schema: pa.Schema) -> dict:
+    """Every `pq.write_table` option the writer uses for a table of `schema` (the benches write with these)."""
+    return {
+        "compression": COMPRESSION,
+        "compression_level": COMPRESSION_LEVEL,
+        "row_group_size": ROW_GROUP_ROWS,
+        "data_page_size": DATA_PAGE_SIZE,
+        # Deterministic bytes: same table, same library versions -> same file hash.
+        "write_statistics": True,
+        "store_schema": True,
+        **column_encodings(schema),
+    }
 
 
 def write_parquet_atomic(table: pa.Table, path: Path, schema: pa.Schema) -> WrittenFile:
@@ -163,16 +204,7 @@ def write_parquet_atomic(table: pa.Table, path: Path, schema: pa.Schema) -> Writ
     path = Path(path)
     tmp = _temp_file(path)
     try:
-        pq.write_table(
-            table,
-            tmp,
-            compression=COMPRESSION,
-            row_group_size=ROW_GROUP_ROWS,
-            # Deterministic bytes: same table, same library versions -> same file hash.
-            write_statistics=True,
-            store_schema=True,
-            **routing_encodings(table.schema),
-        )
+        pq.write_table(table, tmp, **parquet_options(table.schema))
         crash_point("parquet-temp-written")
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())

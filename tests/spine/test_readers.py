@@ -3,7 +3,8 @@ pandas, polars and DuckDB, each with the same values as pyarrow's.
 
 DuckDB matters twice: it is what people run quick queries with, and what the Hub's SQL console and viewer
 search run on. Before issue 12 it refused every routing config (float16 weights written BYTE_STREAM_SPLIT).
-The atlas routing comes from tiny-deepseek-v3, RANDOM-INIT: this checks files, not findings.
+Issue 28 split the float32 `scores` by byte (BYTE_STREAM_SPLIT), so a `--scores` routing config is read here
+too. The atlas routing comes from tiny-deepseek-v3, RANDOM-INIT: this checks files, not findings.
 """
 
 from __future__ import annotations
@@ -78,6 +79,17 @@ def atlas(small_atlas, tmp_path_factory):
         model="tiny-deepseek-v3", out=root, corpus="traces", traces=str(sample), progress=False
     )
     run_build(config, log=lambda *_: None)
+    # A second model slug with `--scores 16`: the float32 score columns, written BYTE_STREAM_SPLIT.
+    scored = BuildConfig(
+        model="tiny-deepseek-v3",
+        out=root,
+        corpus="traces",
+        traces=str(sample),
+        scores=16,
+        slug="tiny-deepseek-v3-scores",
+        progress=False,
+    )
+    run_build(scored, log=lambda *_: None)
     return root
 
 
@@ -87,6 +99,12 @@ def configs(atlas) -> dict[str, tuple[list[str], pa.Table]]:
     manifest = Manifest.load(atlas)
     names = card_configs(atlas)
     assert set(names) == set(manifest.configs()) and "traces" in names
+    # Every encoding the writer chooses is among what the readers are held to.
+    scored = pq.ParquetFile(atlas / manifest.config_files("routing-tiny-deepseek-v3-scores")[0]).metadata
+    encodings = {scored.row_group(0).column(i).path_in_schema: scored.row_group(0).column(i).encodings
+                 for i in range(scored.num_columns)}  # fmt: skip
+    assert "BYTE_STREAM_SPLIT" in encodings["scores.list.element.list.element"]
+    assert "RLE_DICTIONARY" in encodings["experts.list.element.list.element"]
     out = {}
     for name in names:
         files = [str(atlas / rel) for rel in manifest.config_files(name)]
