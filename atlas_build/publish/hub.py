@@ -124,7 +124,7 @@ def publish_hub(
         raise PublishError(f"--repo-id {repo_id!r} is not a Hub id ORG/NAME")
     manifest = check_source(source)
     if require_audit:
-        require_audits(source, manifest)
+        require_audits(source, manifest, log)
     api = api if api is not None else HfApi()
     with hub_reachable(repo_id, dry_run):
         existing = hub_versions(api, repo_id)

@@ -168,7 +168,7 @@ def publish_local(
     if _inside(path, source):
         raise PublishError(f"--to {path} is inside the atlas {source}: publish to a folder outside it")
     if require_audit:
-        require_audits(source, manifest)
+        require_audits(source, manifest, log)
     # Writes nothing, so it takes no lock: a dry run, or an existing version refused with a true index.
     if dry_run or ((path / parsed.tag).exists() and not index_is_stale(path)):
         return _publish_local(source, parsed, path, dry_run, validate, log, released)
