@@ -23,7 +23,7 @@ from atlas_build.atlas.schema import (
     expert_id_type,
     schema_for,
 )
-from validation import claims, corpora, custom_corpora, tokens
+from validation import claims, corpora, coverage, custom_corpora, tokens
 from validation.corpora import SenseIndex, TextRegistry
 from validation.gxrun import GXRunner
 from validation.integrity import verify_files
@@ -143,6 +143,8 @@ def run_validation(
                 check_scores(config, files.configs[config], model, ledger, batch_rows)
         with _guard(ledger, config, (tokens.CHECK,)):
             tokens.check_tokenization(config, files.configs[config], texts, tokenizer, problem, ledger)
+        with _guard(ledger, config, (coverage.CHECK,)):
+            coverage.check_coverage(config, files.configs[config], manifest, files.configs, tokenizer, ledger)
 
     card, meta = None, None
     with _guard(ledger, ATLAS, ("card-configs", "card-current")):
