@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.lock import AtlasLock
-from atlas_build.atlas.manifest import Manifest, refuse_published_release
+from atlas_build.atlas.manifest import Manifest, refuse_inside_release, refuse_published_release
 from atlas_build.atlas.schema import (
     MODELS,
     MODELS_SCHEMA,
@@ -113,6 +113,7 @@ def prepare(config: BuildConfig, log: Callable[[str], None]) -> Iterator[BuildRu
     """
     config.out = root = check_out_dir(config.out)
     refuse_published_release(root, "building into it")
+    refuse_inside_release(root, f"building an atlas at {root}")
     check_engine_and_executor(config)
     created = not root.exists()
     try:

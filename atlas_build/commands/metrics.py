@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 _BOOTSTRAP = click.option(
@@ -92,9 +94,11 @@ def compute(
     or WordNet is needed.
     """
     # Heavy imports here: the CLI group imports every command module at start-up.
+    from atlas_build.atlas.manifest import refuse_inside_release
     from atlas_build.metrics import MetricsOptions, run_metrics, summarize
     from atlas_build.metrics.provenance.source import SourceError
 
+    refuse_inside_release(Path(out), f"writing the metrics report {out}")
     options = MetricsOptions(
         target=target,
         min_count=min_count,
@@ -150,6 +154,7 @@ def calibrate(source, out, model, layers, strength, plants, n_bootstrap, n_permu
     context words; pure noise. Writes OUT/plant-<name>/ (complete atlases), OUT/calibration.json and
     OUT/calibration.md.
     """
+    from atlas_build.atlas.manifest import refuse_inside_release
     from atlas_build.metrics import MetricsOptions
     from atlas_build.metrics.calibration.plants import (
         PLANTS,
@@ -161,6 +166,7 @@ def calibrate(source, out, model, layers, strength, plants, n_bootstrap, n_permu
     )
     from atlas_build.metrics.provenance.source import SourceError
 
+    refuse_inside_release(Path(out), f"writing the calibration copies {out}")
     try:
         report = run_calibration(
             source,

@@ -132,6 +132,12 @@ def publish_hub(
         raise VersionError(
             f"tag {parsed.tag} already exists in {repo_id}: a published version never changes; publish a new version"
         )
+    latest = max(existing, default=None)
+    if latest is not None and parsed < latest:
+        raise VersionError(
+            f"{parsed.tag} is lower than the latest release {latest.tag} of {repo_id}: the changelog runs in "
+            f"version order, so a new release must be above {latest}; publish it as a higher version"
+        )
     prev = previous_version(existing, parsed)
     released = released or today()
     target = Target(repo_id=repo_id)

@@ -261,6 +261,13 @@ def stage_release(
         },
         "models": list(snapshot.models.values()),
         "changes": diff.to_dict(),
+        # Every other file of the release and its sha256 (the data files are the manifest's): `atlas verify`
+        # reports any file that neither lists, e.g. metrics written into the release after it was published.
+        "release_files": {
+            rel: sha256_file(staging / rel)
+            for rel in release_files(staging)
+            if rel not in manifest.files and rel != RELEASE_JSON
+        },
     }
     write_text_atomic(staging / RELEASE_JSON, json.dumps(release, indent=2, ensure_ascii=False) + "\n")
     return snapshot, diff, entry
