@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from atlas_build import code_version  # also imported from here by publishing, audit and validation
-from atlas_build.atlas.layout import AtlasLayout
+from atlas_build.atlas.layout import STATE_DIR, AtlasLayout
 from atlas_build.atlas.schema import SCHEMA_VERSION
 from atlas_build.atlas.writer import TEMP_SUFFIX, WrittenFile, write_text_atomic
 from atlas_build.errors import AtlasError
@@ -118,7 +118,8 @@ def refuse_inside_release(path: Path, action: str) -> None:
 
 
 def unsafe_entries(root: Path, data_folders: set[str] | None = None) -> list[str]:
-    """Symbolic links anywhere in the atlas (outside its hidden top-level entries: build state, a user's .git),
+    """Symbolic links anywhere in the atlas (its build state `.atlas/` included; outside its other hidden
+    top-level entries, e.g. a user's .git),
     and hidden files or folders inside its data folders (writers' temporary files excepted: an unfinished
     write, not a foreign file). Data folders: `data_folders` (the manifest's) and every folder holding a
     Parquet file; other folders (an explorer site, metrics) may hold hidden files of their own.
@@ -134,6 +135,17 @@ def unsafe_entries(root: Path, data_folders: set[str] | None = None) -> list[str
     for top in sorted(root.iterdir(), key=lambda p: p.name):
         if top.is_symlink():
             problems.append(f"{top.name} is a symbolic link (to {os.readlink(top)})")
+            continue
+        if top.name == STATE_DIR and top.is_dir():
+            # Build state: a link in it would let a resumed build write outside the atlas.
+            for folder, dirs, files in os.walk(top):
+                for name in sorted(dirs + files):
+                    path = Path(folder) / name
+                    if path.is_symlink():
+                        rel = path.relative_to(root).as_posix()
+                        problems.append(
+                            f"{rel} is a symbolic link (to {os.readlink(path)}) in the build state"
+                        )
             continue
         if top.name.startswith(".") or not top.is_dir():
             continue
