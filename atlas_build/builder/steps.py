@@ -360,7 +360,8 @@ def _stats(run: BuildRun) -> dict[str, Any]:
     earlier = set((run.runs[0] if run.runs else {}).get("kept_from_earlier_builds") or [])
     tokens = sum(w.rows for task, w in zip(run.tasks, run.written, strict=True) if task.index not in earlier)
     resumes = [
-        {key: r.get(key) for key in ("started", "pid", "host", "shards_kept", "shards_to_route")}
+        # No pid or host name: the record is published (they stay in the build state, never published).
+        {key: r.get(key) for key in ("started", "shards_kept", "shards_to_route")}
         for r in run.runs[1:]
     ]
     return {
