@@ -110,6 +110,9 @@ def refuse_inside_release(path: Path, action: str) -> None:
     release = release_around(path)
     if release is None:
         return
+    with contextlib.suppress(OSError):
+        if Path(path).resolve() == release.resolve():
+            refuse_published_release(release, action)  # the release itself: its own message, its version
     raise PublishedReleaseError(
         f"{path} lies inside the published release {release}: a published version never changes, so {action} "
         "is refused. Write it outside the release (e.g. next to it), or copy the release and publish a new "
