@@ -108,6 +108,8 @@ def release_rows(root: Path) -> list[tuple[str, str, str]]:
     elif validation.get("manifest_sha256") != release.get("manifest_sha256"):
         rows.append(("stale", "validation.json", "validated another manifest.json than release.json names"))
     manifest = Manifest.load(root)
+    from atlas_build.publish.staging import release_file_rows
+
     rows += release_file_rows(root, manifest, release)
     configs = manifest.configs()
     recorded = release.get("configs") or {}
@@ -124,39 +126,6 @@ def release_rows(root: Path) -> list[tuple[str, str, str]]:
                     ),
                 )
             )
-    return rows
-
-
-def release_file_rows(root: Path, manifest, release: dict) -> list[tuple[str, str, str]]:
-    """Files of a release that neither manifest.json nor release.json's `release_files` lists (written into
-    it after it was published), and listed release files that are missing or altered."""
-    from atlas_build.atlas.manifest import RELEASE_MARKER
-    from atlas_build.atlas.writer import sha256_file
-
-    listed = release.get("release_files")
-    present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink())
-    if not isinstance(listed, dict):
-        extra = [rel for rel in present if rel not in manifest.files and rel.endswith(".parquet")]
-        return [("unexpected", rel, "not listed in manifest.json") for rel in extra]
-    rows = []
-    for rel in present:
-        if rel == RELEASE_MARKER or rel in manifest.files:
-            continue
-        if rel not in listed:
-            rows.append(
-                (
-                    "unexpected",
-                    rel,
-                    "listed by neither manifest.json nor release.json: added after publishing",
-                )
-            )
-        elif sha256_file(root / rel) != listed[rel]:
-            rows.append(("altered", rel, f"sha256 differs from release.json's {_short(listed[rel])}"))
-    rows += [
-        ("missing", rel, "listed in release.json, not on disk")
-        for rel in sorted(listed)
-        if not (root / rel).is_file()
-    ]
     return rows
 
 

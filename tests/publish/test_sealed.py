@@ -113,3 +113,11 @@ def test_odd_manifest_paths_are_one_line(atlas_v1, tmp_path, bad):
         assert result.exit_code == 2, result.output
         assert "not a plain relative path" in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_republishing_a_release_does_not_carry_added_files(release, tmp_path):
+    (release / "metrics" / "extra.json").write_text("{}")
+    out = tmp_path / "again"
+    result = _run("publish", release, "--version", "0.3.0", "--to", out)
+    assert result.exit_code != 0 and "metrics/extra.json" in result.output
+    assert "added after publishing" in result.output and not (out / "v0.3.0").exists()
