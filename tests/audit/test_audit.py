@@ -265,7 +265,8 @@ def weights_of_the_neighbouring_token(root):
     return {"weights"}
 
 
-def weights_halved_scaling_doubled(root):
+def weights_halved_scaling_halved(root):
+    """Halved weights with the models row's scaling factor halved to match: weights-sum still holds."""
     from atlas_build.atlas.schema import MODELS, MODELS_SCHEMA
     from atlas_build.atlas.store import write_config
 
@@ -273,7 +274,7 @@ def weights_halved_scaling_doubled(root):
     manifest = Manifest.load(root)
     models = pq.read_table(root / manifest.config_files(MODELS)[0]).to_pylist()
     for row in models:
-        row["routed_scaling_factor"] = row["routed_scaling_factor"] * 2
+        row["routed_scaling_factor"] = row["routed_scaling_factor"] / 2
     write_config(root, manifest, MODELS, pa.Table.from_pylist(models, MODELS_SCHEMA), MODELS_SCHEMA)
     manifest.save(root)
     write_card(root)
@@ -286,11 +287,13 @@ def weights_halved_scaling_doubled(root):
         experts_sorted_by_id_weights_kept,
         top_two_swapped,
         weights_of_the_neighbouring_token,
-        weights_halved_scaling_doubled,
+        weights_halved_scaling_halved,
     ],
 )
 def test_order_and_weights_tampering_fails_the_named_part(atlas_copy, tamper):
     failing = tamper(atlas_copy)
+    if tamper in (weights_of_the_neighbouring_token, weights_halved_scaling_halved):
+        _validate_passes(atlas_copy)  # consistent files, valid weights: only the audit can tell
     result = CliRunner().invoke(main, ["audit", str(atlas_copy), "--sample", "40"])
     assert result.exit_code == 1, result.output
     audit = Manifest.load(atlas_copy).audits[-1]
