@@ -186,6 +186,20 @@ class AtlasView:
         return cls(root, manifest, models_rows(root, manifest), config_schemas(root, manifest))
 
 
+def card_stats(stats: Any) -> Any:
+    """A build record's stats as the card lists them: a resumed build's runs in one phrase."""
+    if not isinstance(stats, dict):
+        return stats
+    shown = {
+        k: v for k, v in stats.items() if k not in ("resumes", "runs", "started", "tokens_routed_last_run")
+    }
+    resumes = stats.get("resumes")
+    if isinstance(resumes, list) and resumes:
+        times = ", ".join(str(r.get("started")) for r in resumes if isinstance(r, dict))
+        shown["runs"] = f"{stats.get('runs')} (tokens summed over all; resumed {times})"
+    return shown
+
+
 def card_context(view: AtlasView, context: CardContext | None = None) -> dict[str, Any]:
     """Everything the templates need, read from the atlas."""
     root, manifest, models, schemas = view.root, view.manifest, view.models, view.schemas
@@ -252,7 +266,7 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
                 "summary": summary,
                 "random_init": slug in random_slugs and RANDOM_INIT not in summary,
                 "code_version": build.get("code_version"),
-                "stats": build.get("stats"),
+                "stats": card_stats(build.get("stats")),
                 "provenance": engine_provenance((build.get("engine") or {}).get("provenance")),
             }
         )

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from atlas_build.atlas.audits import PART_NAMES, PARTS, failed_parts
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.manifest import Manifest, config_data_sha256
 from atlas_build.atlas.schema import ROUTING_PREFIX, SENSE_PAIRS, SENSES
@@ -120,15 +121,41 @@ def audit_lines(manifest: Manifest, slug: str, random_init: bool = False) -> lis
     audit = records[-1]
     try:
         share = 100.0 * audit["identical_sets"] / audit["token_layers"] if audit["token_layers"] else 0.0
-        line = (
-            f"Routing audited on {audit['tokens']} tokens ({audit['texts']} texts, seed {audit['seed']}) against "
-            f"`{audit['model']}` with the hf engine: {share:.2f}% identical expert sets "
-            f"({audit['identical_sets']} of {audit['token_layers']} token-layers; 95% upper bound on the "
-            f"mismatch rate {100.0 * audit['mismatch_upper']:.2f}%), "
-            + ("passed" if audit.get("passed") else "**FAILED**")
-            + f" (threshold {100.0 * audit['threshold']:.2f}%)."
-        )
-    except (KeyError, TypeError, ZeroDivisionError):
+        parts = audit.get("parts")
+        if isinstance(parts, dict):
+            shown = []
+            for name in PARTS:
+                part = parts[name]
+                if not part.get("checked", True):
+                    shown.append(f"{PART_NAMES[name]}: not checked (ids only)")
+                    continue
+                shown.append(
+                    f"{100.0 * part['share']:.2f}% {PART_NAMES[name]} ({part['agree']} of {part['trials']}; "
+                    f"95% upper bound on the mismatch rate {100.0 * part['mismatch_upper']:.2f}%, threshold "
+                    f"{100.0 * part['threshold']:.2f}%, "
+                    + ("passed" if part["passed"] else "**FAILED**")
+                    + ")"
+                )
+            verdict = (
+                "passed"
+                if audit.get("passed")
+                else f"**FAILED** ({', '.join(failed_parts(audit)) or 'record'})"
+            )
+            line = (
+                f"Routing audited on {audit['tokens']} tokens ({audit['texts']} texts, seed {audit['seed']}) "
+                f"against `{audit['model']}` with the hf engine: " + "; ".join(shown) + f"; {verdict}."
+            )
+        else:
+            line = (
+                f"Routing audited on {audit['tokens']} tokens ({audit['texts']} texts, seed {audit['seed']}) "
+                f"against `{audit['model']}` with the hf engine: {share:.2f}% identical expert sets "
+                f"({audit['identical_sets']} of {audit['token_layers']} token-layers; 95% upper bound on the "
+                f"mismatch rate {100.0 * audit['mismatch_upper']:.2f}%), "
+                + ("passed" if audit.get("passed") else "**FAILED**")
+                + f" (threshold {100.0 * audit['threshold']:.2f}%; order and weights were not checked by this "
+                "older audit)."
+            )
+    except (KeyError, TypeError, ZeroDivisionError, AttributeError):
         return [f"An audit record of `{config}` in manifest.json is malformed: rerun `atlas audit`."]
     if random_init:
         line += " The audited model is random-init: agreement proves the plumbing, not a finding."

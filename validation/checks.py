@@ -71,6 +71,9 @@ CHECKS: dict[str, str] = {
     "tokenization": "every corpus but traces: every routed text's token ids, token strings and character offsets "
     "equal a fresh tokenization of its text with the recorded tokenizer (loaded without remote code; "
     "skipped when it cannot be loaded)",
+    "text-coverage": "every text of every corpus the model routed (its build records in manifest.json, and "
+    "every corpus its rows name) has routing rows, as many as a fresh tokenization of its text gives when "
+    "the tokenizer is loaded (traces: presence only)",
     # ---- what the atlas claims about itself ---------------------------------------------------
     "card-configs": "the card's YAML parses; its `configs:` name exactly the manifest's configs, each "
     "data_files glob matching exactly that config's files, and dataset_info's split sizes are the rows",

@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from atlas_build.atlas.audits import record_problems
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.manifest import Manifest, config_data_sha256
 from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, SENSE_PAIRS, SENSES, SUBSTITUTIONS
@@ -378,7 +379,10 @@ def audit_problems(manifest: Manifest) -> tuple[list[str], list[str]]:
         except (KeyError, TypeError, ValueError) as error:
             problems.append(f"audits[{i}] ({config}): malformed ({type(error).__name__}: {error})")
             continue
-        if not sound:
+        if "parts" in audit:
+            # The per-part verdict (sets, order, weights) and the record's hash: record_problems says it all.
+            problems.extend(f"audits[{i}] ({config}): {problem}" for problem in record_problems(audit))
+        elif not sound:
             problems.append(
                 f"audits[{i}] ({config}): {same} identical of {layers} token-layers does not give "
                 f"passed={audit['passed']} at threshold {audit['threshold']}"

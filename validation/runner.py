@@ -23,7 +23,7 @@ from atlas_build.atlas.schema import (
     expert_id_type,
     schema_for,
 )
-from validation import claims, corpora, custom_corpora, tokens
+from validation import claims, corpora, coverage, custom_corpora, tokens
 from validation.corpora import SenseIndex, TextRegistry
 from validation.gxrun import GXRunner
 from validation.integrity import verify_files
@@ -64,14 +64,18 @@ def run_validation(
     max_examples: int = MAX_EXAMPLES,
     tokenizer_loader: Callable[[str], Any] | None = None,
     checkpoint_marker: Callable[[dict], dict | None] | None = None,
+    tokenizer_dirs: dict[str | None, Path] | None = None,
 ) -> ValidationReport:
     """Validate the atlas at `root` against its contract; nothing is written.
 
     Args:
         root: the atlas directory.
         hashes: recompute every data file's sha256 for the `manifest-files` check.
-        tokenizers: load each model's tokenizer for the `token-strings` check (skipped when it cannot be
-            loaded, e.g. offline).
+        tokenizers: load each model's tokenizer for the `token-strings` and `tokenization` checks; False
+            skips them (said so in the report). A tokenizer the models row names that cannot be loaded
+            (offline, unknown id, none named) FAILS them, asking for a local copy (`tokenizer_dirs`): a
+            claim that cannot be checked never passes. Only a synthetic atlas (manifest.json says so; its
+            tokens are whitespace words) skips them.
         batch_rows: rows per Parquet batch read.
         max_examples: failing examples kept per check.
         tokenizer_loader: turns a models row's `tokenizer` into a tokenizer (default
@@ -80,6 +84,8 @@ def run_validation(
             is ever run: a loader must not trust remote code.
         checkpoint_marker: a models row -> its checkpoint's `routing_atlas` marker (config.json), for the
             `random-init-labels` check (default: read from a local checkpoint directory only).
+        tokenizer_dirs: model slug (None: every model) -> a local tokenizer directory to load instead of the
+            one the models row names (`atlas validate --tokenizer [SLUG=]DIR`); never runs its code.
 
     Returns:
         The report; `report.passed` is the gate.
@@ -133,9 +139,13 @@ def run_validation(
         slug = config[len(ROUTING_PREFIX) :]
         candidates = models.get(slug, [])
         model = candidates[0] if len(candidates) == 1 else None
-        tokenizer, problem = (
-            (None, "tokenizer check disabled") if not tokenizers else _load_tokenizer(model, tokenizer_loader)
-        )
+        local = (tokenizer_dirs or {}).get(slug, (tokenizer_dirs or {}).get(None))
+        if not tokenizers:
+            tokenizer, problem = None, "tokenizer checks disabled (--no-tokenizer)"
+        elif local is not None:
+            tokenizer, problem = _load_local_tokenizer(Path(local))
+        else:
+            tokenizer, problem = _load_tokenizer(model, tokenizer_loader)
         with _guard(ledger, config, ROUTING_CHECKS):
             validator = RoutingValidator(
                 config, files.configs[config], model, registry, gx, ledger, tokenizer, problem, batch_rows
@@ -146,6 +156,20 @@ def run_validation(
                 check_scores(config, files.configs[config], model, ledger, batch_rows)
         with _guard(ledger, config, (tokens.CHECK,)):
             tokens.check_tokenization(config, files.configs[config], texts, tokenizer, problem, ledger)
+        if tokenizers and tokenizer is None and model is not None and not _synthetic(manifest):
+            # The tokenizer the atlas names cannot be loaded here: its token claims are unchecked, not true.
+            for check in ("token-strings", tokens.CHECK):
+                ledger.fail(
+                    config,
+                    check,
+                    [
+                        f"{problem}: the token claims of {config} cannot be checked here. Pass a local copy "
+                        f"of the tokenizer with `atlas validate --tokenizer {slug}=DIR`, or skip these checks "
+                        "knowingly with --no-tokenizer"
+                    ],
+                )
+        with _guard(ledger, config, (coverage.CHECK,)):
+            coverage.check_coverage(config, files.configs[config], manifest, files.configs, tokenizer, ledger)
 
     card, meta = None, None
     with _guard(ledger, ATLAS, ("card-configs", "card-current")):
@@ -345,6 +369,24 @@ def _check_models_consistency(files: AtlasFiles, models: dict[str, list[dict]], 
                 )
             ledger.count(config, "models-consistency", "file agrees with models row", 1, 1 if problems else 0)
             ledger.add_examples(config, "models-consistency", (f"{path.name}: {p}" for p in problems))
+
+
+def _synthetic(manifest: Manifest) -> bool:
+    """A synthetic atlas (`atlas_build.atlas.synthetic`): whitespace tokens, no tokenizer to load, and said."""
+    kinds = {b.get("kind") for b in manifest.builds if isinstance(b, dict)}
+    return kinds == {"synthetic"} and bool(manifest.corpus_counts.get("synthetic"))
+
+
+def _load_local_tokenizer(path: Path) -> tuple[Any, str | None]:
+    """A tokenizer from a local directory the user gave, without its code and without the network."""
+    if not path.is_dir():
+        return None, f"tokenizer not available: --tokenizer {path} is not a directory"
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True), None
+    except Exception as error:  # noqa: BLE001 - missing or broken files: not available
+        return None, f"tokenizer not available: --tokenizer {path} ({type(error).__name__}: {error})"
 
 
 def _load_tokenizer(model: dict | None, loader: Callable[[str], Any] | None = None) -> tuple[Any, str | None]:

@@ -8,15 +8,21 @@ DIR/.atlas/                               build state: shard markers, lock (not 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from atlas_build.atlas.schema import ROUTING_PREFIX, check_slug
+from atlas_build.errors import AtlasError
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
 STATE_DIR = ".atlas"
+
+
+class UnsafeStateError(AtlasError):
+    """A path of the atlas's build state (`.atlas/...`) is a symbolic link: it is refused, never followed."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,25 @@ class AtlasLayout:
 
     def marker_path(self, config: str, shard: int, part: str = "") -> Path:
         self.config_dir(config)
-        return self.state_dir / "shards" / config / f"{_part_prefix(part)}{shard:05d}.json"
+        return self.state_path("shards", config, f"{_part_prefix(part)}{shard:05d}.json")
+
+    def state_path(self, *parts: str) -> Path:
+        """`.atlas/<parts...>`, refused when the state folder or any folder or file on the way is a symbolic
+        link: a resumed build would otherwise write its markers wherever the link points, outside the atlas.
+
+        Raises:
+            UnsafeStateError: naming the link and the way out.
+        """
+        path = self.state_dir
+        for part in ("", *parts):
+            path = path / part if part else path
+            if path.is_symlink():
+                raise UnsafeStateError(
+                    f"{path.relative_to(self.root).as_posix()} is a symbolic link (to {os.readlink(path)}): the "
+                    "build state of an atlas stays inside it, so it is refused and never followed. Remove the "
+                    "link and rerun"
+                )
+        return path
 
     def shard_name_pattern(self, config: str, part: str = "") -> re.Pattern:
         """Matches the file names of one part's shards, and no other part's."""

@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from atlas_build import code_version  # also imported from here by publishing, audit and validation
-from atlas_build.atlas.layout import AtlasLayout
+from atlas_build.atlas.layout import STATE_DIR, AtlasLayout
 from atlas_build.atlas.rows import FIELD as ROWS_FIELD
 from atlas_build.atlas.rows import METHOD as ROWS_METHOD
 from atlas_build.atlas.rows import file_fingerprints
@@ -99,8 +99,43 @@ def refuse_published_release(root: Path, action: str) -> None:
     )
 
 
+def release_around(path: Path) -> Path | None:
+    """The published release `path` lies in (`path` itself or a folder above it), else None. Both the path
+    as given and as resolved are looked at: a symbolic link into a release is inside it."""
+    given = Path(os.path.abspath(path))
+    candidates = [given, *given.parents]
+    with contextlib.suppress(OSError, RuntimeError):
+        resolved = Path(path).resolve()
+        candidates += [resolved, *resolved.parents]
+    for folder in candidates:
+        if published_release(folder) is not None:
+            return folder
+    return None
+
+
+def refuse_inside_release(path: Path, action: str) -> None:
+    """Raise `PublishedReleaseError` when `path` lies inside a published release (every command that writes
+    calls this on what it writes: `atlas metrics --out REL/metrics` would otherwise add files to a release).
+
+    Raises:
+        PublishedReleaseError: naming the release and the way out (write elsewhere).
+    """
+    release = release_around(path)
+    if release is None:
+        return
+    with contextlib.suppress(OSError):
+        if Path(path).resolve() == release.resolve():
+            refuse_published_release(release, action)  # the release itself: its own message, its version
+    raise PublishedReleaseError(
+        f"{path} lies inside the published release {release}: a published version never changes, so {action} "
+        "is refused. Write it outside the release (e.g. next to it), or copy the release and publish a new "
+        "version"
+    )
+
+
 def unsafe_entries(root: Path, data_folders: set[str] | None = None) -> list[str]:
-    """Symbolic links anywhere in the atlas (outside its hidden top-level entries: build state, a user's .git),
+    """Symbolic links anywhere in the atlas (its build state `.atlas/` included; outside its other hidden
+    top-level entries, e.g. a user's .git),
     and hidden files or folders inside its data folders (writers' temporary files excepted: an unfinished
     write, not a foreign file). Data folders: `data_folders` (the manifest's) and every folder holding a
     Parquet file; other folders (an explorer site, metrics) may hold hidden files of their own.
@@ -116,6 +151,17 @@ def unsafe_entries(root: Path, data_folders: set[str] | None = None) -> list[str
     for top in sorted(root.iterdir(), key=lambda p: p.name):
         if top.is_symlink():
             problems.append(f"{top.name} is a symbolic link (to {os.readlink(top)})")
+            continue
+        if top.name == STATE_DIR and top.is_dir():
+            # Build state: a link in it would let a resumed build write outside the atlas.
+            for folder, dirs, files in os.walk(top):
+                for name in sorted(dirs + files):
+                    path = Path(folder) / name
+                    if path.is_symlink():
+                        rel = path.relative_to(root).as_posix()
+                        problems.append(
+                            f"{rel} is a symbolic link (to {os.readlink(path)}) in the build state"
+                        )
             continue
         if top.name.startswith(".") or not top.is_dir():
             continue
@@ -188,12 +234,9 @@ class Manifest:
                 f"{SCHEMA_VERSION}: build into a new directory (or use the routing-atlas release that made it)"
             )
         files = data.get("files", {})
-        unsafe = unsafe_entries(Path(root), {PurePosixPath(str(rel)).parts[0] for rel in files if str(rel)})
-        if unsafe:
-            more = f" (and {len(unsafe) - 1} more)" if len(unsafe) > 1 else ""
-            raise UnsafeAtlasError(
-                f"{root}: {unsafe[0]}{more}; an atlas holds only plain files, so it is refused. Remove it, "
-                "or rebuild into a new directory"
+        if not isinstance(files, dict):
+            raise ManifestError(
+                f"{path}: its `files` is a JSON {type(files).__name__}, not an object: rebuild it"
             )
         for rel in files:
             parts = PurePosixPath(rel).parts
@@ -202,6 +245,21 @@ class Manifest:
                 raise ManifestError(
                     f"{path} lists {rel!r}, a path outside the atlas directory: it is not trustworthy"
                 )
+            # One spelling per file: a NUL cannot name a file, and `./x` or `a//b` would be a second name.
+            if "\0" in rel or "\\" in rel or PurePosixPath(rel).as_posix() != rel or rel.startswith("./"):
+                raise ManifestError(
+                    f"{path} lists {rel!r}, not a plain relative path (a NUL, a backslash, `./` or `//`): it is "
+                    "not trustworthy; restore manifest.json or rebuild the atlas"
+                )
+            if not isinstance(files[rel], dict):
+                raise ManifestError(f"{path}: the entry of {rel!r} is not an object: it is not trustworthy")
+        unsafe = unsafe_entries(Path(root), {PurePosixPath(str(rel)).parts[0] for rel in files if str(rel)})
+        if unsafe:
+            more = f" (and {len(unsafe) - 1} more)" if len(unsafe) > 1 else ""
+            raise UnsafeAtlasError(
+                f"{root}: {unsafe[0]}{more}; an atlas holds only plain files, so it is refused. Remove it, "
+                "or rebuild into a new directory"
+            )
         return cls(
             files=files,
             builds=data.get("builds", []),

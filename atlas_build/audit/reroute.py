@@ -1,18 +1,22 @@
 """`atlas audit`: re-route a seeded sample of an atlas's texts with the model and compare with the rows.
 
 Structural checks cannot see routing replaced by other valid routing (ids rotated, two tokens swapped, a
-shard routed by another model) nor an engine that misaligns rows with valid ids. The audit can: it routes a
-sample of the atlas's plain texts (senses, substitutions, the user's corpora) again with the recorded model (or a checkpoint given), always
-with the `hf` engine as the reference, and compares per token and MoE layer:
+shard routed by another model, experts re-sorted, weights moved or rescaled) nor an engine that misaligns
+rows with valid ids. The audit can: it routes a sample of the texts of the corpus configs the model routed
+(senses, substitutions, the user's corpora; a text without routing rows is a mismatch, so deleting a text's
+rows cannot hide) again with the recorded model (or a checkpoint given), always with the `hf` engine as the
+reference, and compares per token and MoE layer three parts (atlas/audits.py):
 
-    identical set     the same top-k expert ids (the headline: "P% identical")
-    identical order   ... in the same order (highest weight first)
-    weights close     ... and weights within the tolerance of the storage and compute dtypes
+    sets      the same top-k expert ids (the headline: "P% identical")
+    order     ... in the same order (highest weight first; a tie within the compute dtype's tolerance may
+              come in either order)
+    weights   each expert's weight within the tolerance of the storage and compute dtypes
 
-A text whose tokens differ counts every one of its token-layers as mismatched. The mismatch rate gets an exact
-(Clopper-Pearson) 95% confidence interval; the audit passes when the share of identical sets reaches the
-threshold. The result is appended to manifest.json's `audits` (tied to the routing files by `data_sha256`)
-and shown on the card. Traces are not sampled: generated tokens were routed one at a time through the KV cache.
+A text whose tokens differ counts every one of its token-layers as mismatched in every part. Each part has
+its own threshold and an exact (Clopper-Pearson) 95% confidence interval on its mismatch rate; the audit
+passes when every part passes. The result is appended to manifest.json's `audits` (tied to the routing files
+by `data_sha256`, hashed by `record_sha256`) and shown on the card. Traces are not sampled: generated tokens
+were routed one at a time through the KV cache.
 
 Stands above the engines (floor 4, beside build and publish); nothing below imports it.
 """
@@ -30,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from atlas_build.atlas.audits import PART_NAMES, PARTS, record_sha256
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.lock import AtlasLock
 from atlas_build.atlas.manifest import Manifest, code_version, config_data_sha256, published_release
@@ -37,10 +42,14 @@ from atlas_build.atlas.routing import routing_array
 from atlas_build.atlas.rows import RowsMismatchError, refuse_unverified
 from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, TEXT_CONFIGS, TEXT_ID_COLUMN, TRACES
 from atlas_build.atlas.store import read_config
+from atlas_build.atlas.texts import routed_text_configs
 from atlas_build.errors import AtlasError
 
 DEFAULT_SAMPLE = 200
 DEFAULT_THRESHOLD = 1.0  # same model, same engine, same hardware: every set identical
+# Order and weights: the same (ties and dtype rounding are already tolerated in the comparison itself).
+DEFAULT_ORDER_THRESHOLD = 1.0
+DEFAULT_WEIGHTS_THRESHOLD = 1.0
 CONFIDENCE = 0.95
 # Plain texts, routed in one prefill (senses, substitutions, the user's corpora); not traces.
 AUDITED_CORPORA = tuple(config for config in TEXT_CONFIGS if config != TRACES)
@@ -85,27 +94,39 @@ class AuditResult:
     engine: str = "hf"
     audited: str = ""
     code_version: str = ""
+    order_threshold: float = DEFAULT_ORDER_THRESHOLD
+    weights_threshold: float = DEFAULT_WEIGHTS_THRESHOLD
+    # part -> {checked, agree, trials, share, mismatch_low, mismatch_upper, threshold, passed} (atlas/audits.py)
+    parts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failed_parts: list[str] = field(default_factory=list)
+    record_sha256: str = ""
 
     @property
     def identical_share(self) -> float:
         return self.identical_sets / self.token_layers if self.token_layers else 0.0
 
     def to_record(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        record["record_sha256"] = record_sha256(record)
+        return record
 
     def summary(self) -> str:
+        lines = []
+        for name in PARTS:
+            part = self.parts.get(name) or {}
+            if not part.get("checked", True):
+                lines.append(f"{PART_NAMES[name]}: not checked (the atlas stores expert ids only)")
+                continue
+            lines.append(
+                f"{100 * part['share']:.2f}% {PART_NAMES[name]}"
+                + (f" (rtol {self.weight_rtol:g})" if name == "weights" else "")
+                + f", mismatch rate 95% exact CI {100 * part['mismatch_low']:.3f}%-"
+                f"{100 * part['mismatch_upper']:.3f}%, threshold {100 * part['threshold']:.2f}%: "
+                + ("passed" if part["passed"] else "FAILED")
+            )
         return (
             f"routing audited on {self.tokens} tokens ({self.texts} texts, {self.token_layers} token-layers) "
-            f"against {self.model}: {100 * self.identical_share:.2f}% identical expert sets, "
-            f"{100 * self.identical_order / max(self.token_layers, 1):.2f}% identical order"
-            + (
-                f", {100 * self.weights_close / max(self.token_layers, 1):.2f}% weights within rtol "
-                f"{self.weight_rtol:g}"
-                if self.weights_close is not None
-                else ""
-            )
-            + f"; mismatch rate {100 * self.mismatch_rate:.3f}% (95% exact CI "
-            f"{100 * self.mismatch_low:.3f}%-{100 * self.mismatch_upper:.3f}%)"
+            f"against {self.model}: " + "; ".join(lines)
         )
 
 
@@ -135,27 +156,78 @@ def choose_config(root: Path, manifest: Manifest, slug: str | None) -> str:
     return routed[0]
 
 
+def audited_corpora(manifest: Manifest, config: str) -> list[str]:
+    """The plain-text corpus configs the model of `config` routed (its `builds[]` records), traces left out;
+    every plain-text config of the atlas when no build of that model is recorded."""
+    slug = config[len(ROUTING_PREFIX) :]
+    routed = [c for c in routed_text_configs(manifest.builds, slug) if c in AUDITED_CORPORA]
+    if routed or any(b.get("model_slug") == slug for b in manifest.builds if isinstance(b, dict)):
+        return routed
+    return [c for c in AUDITED_CORPORA if c in manifest.configs()]
+
+
 def sample_texts(
     root: Path, manifest: Manifest, config: str, n: int, seed: int
 ) -> list[tuple[str, str, str]]:
-    """A seeded sample of `n` routed plain texts: (corpus, source_id, text), in id order."""
-    keys = set()
-    for rel in manifest.config_files(config):
-        table = pq.read_table(Path(root) / rel, columns=["corpus", "source_id"])
-        keys.update(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
+    """A seeded sample of `n` texts of the corpus configs the model routed: (corpus, source_id, text), in id
+    order. Drawn from the corpus configs, not from the routing rows: a text whose rows were deleted is drawn
+    as often as any other, and fails the audit."""
     texts: dict[tuple[str, str], str] = {}
-    for corpus in AUDITED_CORPORA:
+    for corpus in audited_corpora(manifest, config):
+        if corpus not in manifest.configs():
+            continue
         table = read_config(root, manifest, corpus)
         ids = table.column(TEXT_ID_COLUMN[corpus]).to_pylist()
         texts.update(((corpus, i), t) for i, t in zip(ids, table.column("text").to_pylist(), strict=True))
-    candidates = sorted(key for key in keys if key in texts)
+    candidates = sorted(texts)
     if not candidates:
         raise AuditError(
-            f"{config} routes no senses or substitutions text that the atlas holds: nothing to audit"
+            f"{config} routes no senses, substitutions or user corpus text that the atlas holds: nothing to audit"
         )
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(candidates), size=min(n, len(candidates)), replace=False))
     return [(*candidates[i], texts[candidates[i]]) for i in chosen]
+
+
+def check_files(root: Path, manifest: Manifest, configs: list[str]) -> None:
+    """One line, not a traceback, when a file the audit reads is missing, empty, truncated or unreadable, or
+    when a config folder holds a Parquet file the manifest does not list (a phantom shard).
+
+    Raises:
+        AuditError: naming the file and the way out (`atlas verify`).
+    """
+    root = Path(root)
+    way_out = f"run `atlas verify {root}` and rebuild or restore it; nothing was audited"
+    for config in configs:
+        listed = set(manifest.config_files(config))
+        for rel in sorted(listed):
+            path = root / rel
+            entry = manifest.files[rel]
+            if not path.is_file():
+                raise AuditError(f"{rel} is listed in manifest.json but missing from {root}: {way_out}")
+            size = path.stat().st_size
+            if size == 0:
+                raise AuditError(
+                    f"{rel} is empty (0 bytes, manifest.json says {entry.get('bytes')}): {way_out}"
+                )
+            if entry.get("bytes") is not None and size != entry.get("bytes"):
+                raise AuditError(
+                    f"{rel} has {size} bytes, manifest.json says {entry.get('bytes')} (truncated or replaced): "
+                    f"{way_out}"
+                )
+            try:
+                pq.read_metadata(path)
+            except (OSError, pa.ArrowException) as error:
+                raise AuditError(f"{rel} is not a readable Parquet file ({error}): {way_out}") from error
+        folders = {Path(rel).parent for rel in listed}
+        for folder in sorted(folders):
+            for path in sorted((root / folder).glob("*.parquet")):
+                rel = path.relative_to(root).as_posix()
+                if rel not in listed:
+                    raise AuditError(
+                        f"{rel} lies in {folder.as_posix()}/ but manifest.json does not list it (a phantom file): "
+                        f"{way_out}"
+                    )
 
 
 def atlas_rows(root: Path, manifest: Manifest, config: str, keys: list[tuple[str, str]]) -> dict:
@@ -243,22 +315,32 @@ def compare_text(
         return
     a, b = atlas["experts"].astype(np.int64), fresh["experts"].astype(np.int64)
     same_set = (np.sort(a, axis=2) == np.sort(b, axis=2)).all(axis=2)  # [n, L]
-    same_order = (a == b).all(axis=2)
+    same_order = same_set & (a == b).all(axis=2)
     tally.token_layers += same_set.size
     tally.identical_sets += int(same_set.sum())
+    close = None
+    fw = fresh["weights"]
+    if fw is not None:
+        fw = np.asarray(fw, dtype=np.float32)
+        # The model's weight of each expert the atlas put at position j (meaningful where the sets agree).
+        rank_a = np.argsort(np.argsort(a, axis=2, kind="stable"), axis=2, kind="stable")
+        fw_by_id = np.take_along_axis(fw, np.argsort(b, axis=2, kind="stable"), axis=2)
+        fw_in_a_order = np.take_along_axis(fw_by_id, rank_a, axis=2)
+        # A swap of two experts whose weights tie (within the compute dtype's tolerance) is no difference.
+        tie_order = np.isclose(fw_in_a_order, fw, rtol=rtol, atol=rtol * scale).all(axis=2)
+        same_order = same_order | (same_set & tie_order)
+        if atlas["weights"] is not None:
+            stored = np.asarray(atlas["weights"])
+            close = same_set & np.isclose(
+                stored.astype(np.float32),
+                fw_in_a_order.astype(stored.dtype).astype(np.float32),
+                rtol=rtol,
+                atol=rtol * scale,
+            ).all(axis=2)
+            tally.weights_close += int(close.sum())
     tally.identical_order += int(same_order.sum())
-    close = same_order
-    if atlas["weights"] is not None and fresh["weights"] is not None:
-        stored_dtype = atlas["weights"].dtype
-        close = same_order & np.isclose(
-            atlas["weights"],
-            fresh["weights"].astype(stored_dtype).astype(np.float32),
-            rtol=rtol,
-            atol=rtol * scale,
-        ).all(axis=2)
-        tally.weights_close += int(close.sum())
-    bad = np.argwhere(~same_set) if not same_set.all() else np.argwhere(~close)
-    for token, layer in bad[: MAX_MISMATCHES_SHOWN - len(tally.mismatches)]:
+    ok = same_order if close is None else same_order & close
+    for token, layer in np.argwhere(~ok)[: max(MAX_MISMATCHES_SHOWN - len(tally.mismatches), 0)]:
         what = (
             "expert set"
             if not same_set[token, layer]
@@ -267,13 +349,30 @@ def compare_text(
         detail = f"atlas {a[token, layer].tolist()}, model {b[token, layer].tolist()}"
         if what == "weights":
             detail = (
-                f"atlas weights {np.round(atlas['weights'][token, layer], 4).tolist()}, "
-                f"model {np.round(fresh['weights'][token, layer], 4).tolist()}"
+                f"atlas weights {np.round(atlas['weights'][token, layer].astype(np.float64), 4).tolist()}, "
+                f"model {np.round(fw_in_a_order[token, layer].astype(np.float64), 4).tolist()}"
             )
         tally.note(
             f"{where} token {token} {fresh['token'][token]!r} decoder layer {layers[layer]}: {what} differs "
             f"({detail})"
         )
+
+
+def part_verdict(agree: int, trials: int, threshold: float, checked: bool = True) -> dict[str, Any]:
+    """One part's record: its counts, share, exact 95% interval on its mismatch rate and verdict."""
+    if not checked:
+        return {"checked": False, "agree": None, "trials": trials, "threshold": threshold, "passed": True}
+    low, high = clopper_pearson(trials - agree, trials)
+    return {
+        "checked": True,
+        "agree": agree,
+        "trials": trials,
+        "share": agree / trials if trials else 0.0,
+        "mismatch_low": low,
+        "mismatch_upper": high,
+        "threshold": threshold,
+        "passed": trials > 0 and agree / trials >= threshold,
+    }
 
 
 def _engine_for(row: dict, builds: list[dict], model: str | None, device: str, batch_size: int):
@@ -306,6 +405,8 @@ def audit_atlas(
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
     threshold: float = DEFAULT_THRESHOLD,
+    order_threshold: float = DEFAULT_ORDER_THRESHOLD,
+    weights_threshold: float = DEFAULT_WEIGHTS_THRESHOLD,
     device: str = "cpu",
     batch_size: int = 8,
     record: bool = True,
@@ -320,6 +421,8 @@ def audit_atlas(
         sample: texts to re-route (all of them when the atlas has fewer).
         seed: seed of the sample.
         threshold: least share of identical expert sets that passes.
+        order_threshold: least share of token-layers in identical order (ties tolerated) that passes.
+        weights_threshold: least share of token-layers whose weights agree within tolerance that passes.
         record: append the result to manifest.json and render the card again (never in a published release).
 
     Raises:
@@ -328,13 +431,20 @@ def audit_atlas(
     root = Path(root)
     if sample < 1:
         raise AuditError(f"--sample must be at least 1, got {sample}")
-    if not 0.0 <= threshold <= 1.0:
-        raise AuditError(f"--threshold must lie in [0, 1], got {threshold}")
+    for option, value in (
+        ("--threshold", threshold),
+        ("--order-threshold", order_threshold),
+        ("--weights-threshold", weights_threshold),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise AuditError(f"{option} must lie in [0, 1], got {value}")
     manifest = Manifest.load(root)
     config = choose_config(root, manifest, slug)
     model_slug = config[len(ROUTING_PREFIX) :]
+    audited = [MODELS, config, *(c for c in audited_corpora(manifest, config))]
+    check_files(root, manifest, audited)
     try:  # the audit compares the model with these files' rows: they must be the manifest's
-        refuse_unverified(root, manifest.files, {config, MODELS, *AUDITED_CORPORA})
+        refuse_unverified(root, manifest.files, set(audited))
     except RowsMismatchError as error:
         raise AuditError(str(error)) from error
     rows = [r for r in read_config(root, manifest, MODELS).to_pylist() if r["model_slug"] == model_slug]
@@ -363,6 +473,12 @@ def audit_atlas(
             WEIGHT_RTOL.get(row.get("dtype"), DEFAULT_WEIGHT_RTOL),
         )
         tally = _Tally()
+        scale = float(fresh_row.get("routed_scaling_factor") or row["routed_scaling_factor"])
+        if fresh_row.get("routed_scaling_factor") not in (None, row["routed_scaling_factor"]):
+            tally.note(
+                f"the models row says routed_scaling_factor {row['routed_scaling_factor']}, {audited_model} "
+                f"has {fresh_row['routed_scaling_factor']}: the stored weights are not the model's"
+            )
         for start in range(0, len(chosen), ROUTE_CHUNK):
             part = chosen[start : start + ROUTE_CHUNK]
             batch = engine.route([text for _, _, text in part])
@@ -382,7 +498,7 @@ def audit_atlas(
                     fresh,
                     layers,
                     rtol,
-                    float(row["routed_scaling_factor"]),
+                    scale,
                 )
     finally:
         engine.close()
@@ -391,6 +507,12 @@ def audit_atlas(
     mismatched = tally.token_layers - tally.identical_sets
     low, high = clopper_pearson(mismatched, tally.token_layers)
     weights_stored = row.get("weights_dtype") is not None
+    parts = {
+        "sets": part_verdict(tally.identical_sets, tally.token_layers, threshold),
+        "order": part_verdict(tally.identical_order, tally.token_layers, order_threshold),
+        "weights": part_verdict(tally.weights_close, tally.token_layers, weights_threshold, weights_stored),
+    }
+    failed = [name for name in PARTS if not parts[name]["passed"]]
     result = AuditResult(
         config=config,
         model=audited_model,
@@ -412,11 +534,15 @@ def audit_atlas(
         mismatch_upper=high,
         threshold=threshold,
         weight_rtol=rtol,
-        passed=tally.token_layers > 0 and tally.identical_sets / tally.token_layers >= threshold,
+        passed=not failed,
         first_mismatches=tally.mismatches,
         data_sha256=config_data_sha256(manifest, config),
         audited=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         code_version=code_version(),
+        order_threshold=order_threshold,
+        weights_threshold=weights_threshold,
+        parts=parts,
+        failed_parts=failed,
     )
     if record:
         _record(root, result, log)

@@ -25,7 +25,7 @@ WAY_OUT = "pass --out with a new or empty folder, or an atlas this command built
 
 # What a build keeps in its state folder (`atlas.lock`, `atlas.shards`): a `.atlas` folder holding anything
 # else belongs to some other program, and does not make its parent an atlas.
-STATE_ENTRIES = {"lock", "shards"}
+STATE_ENTRIES = {"lock", "shards", "runs"}
 
 
 def _is_atlas(folder: Path) -> bool:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,7 @@ import pyarrow as pa
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.lock import AtlasLock
-from atlas_build.atlas.manifest import Manifest, refuse_published_release
+from atlas_build.atlas.manifest import Manifest, refuse_inside_release, refuse_published_release
 from atlas_build.atlas.schema import (
     MODELS,
     MODELS_SCHEMA,
@@ -29,6 +33,7 @@ from atlas_build.atlas.writer import (
     WrittenFile,
     crash_point,
     remove_temp_files,
+    write_text_atomic,
 )
 from atlas_build.builder.options import CUSTOM_CORPUS_INPUTS, BuildConfig, BuildStats
 from atlas_build.builder.outdir import check_out_dir
@@ -65,6 +70,8 @@ class BuildRun:
     finished: dict[int, WrittenFile] = field(default_factory=dict)
     written: list[WrittenFile] = field(default_factory=list)
     stats: BuildStats = field(default_factory=BuildStats)
+    # The runs of this build so far (the first and every resume of it), from `.atlas/runs/` (`runs_path`).
+    runs: list[dict[str, Any]] = field(default_factory=list)
     # A user's corpus (--corpus wic|swords|jsonl|text), read and checked whole before the model loads.
     custom: Any = None
 
@@ -79,6 +86,14 @@ class BuildRun:
     @property
     def routing_name(self) -> str:
         return routing_config_name(self.row["model_slug"])
+
+    @property
+    def runs_path(self) -> Path:
+        """`.atlas/runs/<routing config>[-<part>].json`: the runs of a build not finished yet (removed when
+        it is), so that its record sums every run's work and names the resumes."""
+        return self.layout.state_path(
+            "runs", f"{self.routing_name}{'-' + self.part if self.part else ''}.json"
+        )
 
     @property
     def part(self) -> str:
@@ -113,6 +128,7 @@ def prepare(config: BuildConfig, log: Callable[[str], None]) -> Iterator[BuildRu
     """
     config.out = root = check_out_dir(config.out)
     refuse_published_release(root, "building into it")
+    refuse_inside_release(root, f"building an atlas at {root}")
     check_engine_and_executor(config)
     created = not root.exists()
     try:
@@ -247,6 +263,7 @@ def route(run: BuildRun) -> None:
     executor = EXECUTORS.get(config.executor)(**config.executor_options)
     local = config.executor == "local"
     worker = ShardWorker(config, run.schema, run.engine.returns_weights, engine=run.engine if local else None)
+    start_run(run, todo)
     routing_started = time.perf_counter()
     fresh = executor.run(todo, lambda: worker, progress=lambda task: bar.update(task.n_texts))
     run.stats.routing_seconds = time.perf_counter() - routing_started
@@ -280,18 +297,89 @@ def finish(run: BuildRun) -> None:
 
     stats = run.stats
     stats.seconds = time.perf_counter() - run.started
-    run.manifest.builds.append(build_record(run))
+    new = build_record(run)
+    chain = new["stats"]["started"]
+    same = [
+        i for i, b in enumerate(run.manifest.builds) if isinstance(b, dict) and _same_build(b, new, chain)
+    ]
+    if same and stats.shards_written == 0:
+        pass  # killed after its record was saved: this run routed nothing, the record stands as it is
+    elif same:
+        run.manifest.builds[same[-1]] = new  # a resume after the record was saved: the sum replaces it
+    elif stats.shards_written or not run.runs[0].get("shards_kept"):
+        run.manifest.builds.append(new)
+    # else: a rerun of a finished build that routed nothing adds no record (the atlas is unchanged).
     run.manifest.save(run.root)
     crash_point("manifest-saved")
     write_card(run.root)
     crash_point("build-done")
+    with contextlib.suppress(OSError):
+        run.runs_path.unlink(missing_ok=True)
+        run.runs_path.parent.rmdir()  # only when empty: another model's unfinished build keeps its runs
     stats.files = len(run.manifest.files)
     stats.bytes = sum(entry["bytes"] for entry in run.manifest.files.values())
 
 
+def start_run(run: BuildRun, todo: list[ShardTask]) -> None:
+    """Add this run to the build's runs (`BuildRun.runs_path`); the first run also notes the shards that were
+    kept from earlier builds, which are not this build's work."""
+    try:
+        runs = json.loads(run.runs_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        runs = []
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        runs = []
+    kept = sorted(run.finished)
+    runs.append(
+        {
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "shards_kept": len(kept),
+            "shards_to_route": len(todo),
+            **({} if runs else {"kept_from_earlier_builds": kept}),
+        }
+    )
+    run.runs = runs
+    write_text_atomic(run.runs_path, json.dumps(runs, indent=1) + "\n")
+
+
+def _same_build(old: dict[str, Any], new: dict[str, Any], started: str) -> bool:
+    """`old` is the record of this very build (saved by a run of it that was killed after saving it)."""
+    return (
+        old.get("kind") == "routing"
+        and old.get("model_slug") == new["model_slug"]
+        and old.get("corpus") == new["corpus"]
+        and (old.get("stats") or {}).get("started") == started
+    )
+
+
+def _stats(run: BuildRun) -> dict[str, Any]:
+    """The record's `stats`: every run's work summed (the shards kept from earlier builds left out)."""
+    stats = run.stats
+    earlier = set((run.runs[0] if run.runs else {}).get("kept_from_earlier_builds") or [])
+    tokens = sum(w.rows for task, w in zip(run.tasks, run.written, strict=True) if task.index not in earlier)
+    resumes = [
+        # No pid or host name: the record is published (they stay in the build state, never published).
+        {key: r.get(key) for key in ("started", "shards_kept", "shards_to_route")}
+        for r in run.runs[1:]
+    ]
+    return {
+        "texts": stats.texts,
+        "tokens_routed": tokens,  # by every run of this build: the first and each resume
+        "seconds": round(stats.seconds, 2),  # of the last run
+        "started": run.runs[0]["started"] if run.runs else None,
+        "runs": max(len(run.runs), 1),
+        "resumes": resumes,
+        "tokens_routed_last_run": stats.tokens,
+        "shards": len(run.tasks),
+        "shards_kept_from_earlier_builds": len(earlier),
+    }
+
+
 def build_record(run: BuildRun) -> dict[str, Any]:
     """The `manifest.json` `builds[]` entry of this build: what was routed, how, and the command."""
-    config, stats = run.config, run.stats
+    config = run.config
     traces = config.corpus == "traces"
     custom = config.corpus in CUSTOM_CORPUS_INPUTS
     corpus = config.corpus_options()
@@ -312,7 +400,7 @@ def build_record(run: BuildRun) -> dict[str, Any]:
         "engine": {**config.engine_options(), "provenance": run.provenance},
         "model_notes": run.engine.model_notes(),
         "code_version": run.manifest.code_version,
-        "stats": {"texts": stats.texts, "tokens_routed": stats.tokens, "seconds": round(stats.seconds, 2)},
+        "stats": _stats(run),
         "summary": (
             f"atlas build --model {model} --corpus {config.corpus} --engine {config.engine} "
             f"--dtype {config.dtype} --seed {config.seed}"

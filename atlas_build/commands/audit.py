@@ -28,6 +28,18 @@ EXIT_BELOW_THRESHOLD = EXIT_CHECKS_FAILED
     default=None,
     help="Least share of token-layers with identical expert sets that passes [default: 1.0].",
 )
+@click.option(
+    "--order-threshold",
+    type=float,
+    default=None,
+    help="Least share of token-layers with experts in identical order (ties tolerated) [default: 1.0].",
+)
+@click.option(
+    "--weights-threshold",
+    type=float,
+    default=None,
+    help="Least share of token-layers whose weights agree within the dtypes' tolerance [default: 1.0].",
+)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--no-record", is_flag=True, help="Report only: leave manifest.json and the card as they are.")
@@ -38,6 +50,8 @@ def command(
     sample: int | None,
     seed: int | None,
     threshold: float | None,
+    order_threshold: float | None,
+    weights_threshold: float | None,
     device: str,
     batch_size: int,
     no_record: bool,
@@ -46,11 +60,18 @@ def command(
 
     Always with the hf engine as the reference, whatever engine built the atlas, and without running any
     code of the checkpoint. Per token and MoE layer it compares the expert sets, their order and the
-    weights (within the dtype's tolerance), prints the agreement with an exact 95% confidence interval on
-    the mismatch rate and the first mismatching rows, records the result in manifest.json and the card
-    (`atlas publish --require-audit` asks for it), and exits 1 when agreement is below the threshold.
+    weights (within the dtypes' tolerance), each with its own threshold and an exact 95% confidence
+    interval on its mismatch rate, prints the first mismatching rows, records the result in manifest.json
+    and the card (`atlas publish --require-audit` asks for it), and exits 1 when any part is below its
+    threshold, naming it.
     """
-    from atlas_build.audit.reroute import DEFAULT_SAMPLE, DEFAULT_THRESHOLD, audit_atlas
+    from atlas_build.audit.reroute import (
+        DEFAULT_ORDER_THRESHOLD,
+        DEFAULT_SAMPLE,
+        DEFAULT_THRESHOLD,
+        DEFAULT_WEIGHTS_THRESHOLD,
+        audit_atlas,
+    )
 
     result = audit_atlas(
         directory,
@@ -59,6 +80,8 @@ def command(
         sample=DEFAULT_SAMPLE if sample is None else sample,
         seed=0 if seed is None else seed,
         threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+        order_threshold=DEFAULT_ORDER_THRESHOLD if order_threshold is None else order_threshold,
+        weights_threshold=DEFAULT_WEIGHTS_THRESHOLD if weights_threshold is None else weights_threshold,
         device=device,
         batch_size=batch_size,
         record=not no_record,
@@ -71,9 +94,11 @@ def command(
         )
     for line in result.first_mismatches:
         click.echo(f"  mismatch: {line}")
-    verdict = "PASSED" if result.passed else "FAILED"
-    click.echo(
-        f"{verdict}: {100 * result.identical_share:.2f}% identical expert sets, threshold "
-        f"{100 * result.threshold:.2f}%" + ("" if no_record else "; recorded in manifest.json")
+    verdict = "PASSED" if result.passed else f"FAILED ({', '.join(result.failed_parts)})"
+    shares = ", ".join(
+        f"{name} {100 * part['share']:.2f}% (threshold {100 * part['threshold']:.2f}%)"
+        for name, part in result.parts.items()
+        if part.get("checked", True)
     )
+    click.echo(f"{verdict}: {shares}" + ("" if no_record else "; recorded in manifest.json"))
     sys.exit(0 if result.passed else EXIT_BELOW_THRESHOLD)

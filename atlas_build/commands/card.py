@@ -22,7 +22,10 @@ def command(directory: Path, repo_id: str | None, revision: str | None) -> None:
     models rows, DIRECTORY/validation.json (`atlas validate DIRECTORY`) and, when present,
     DIRECTORY/metrics/metrics.json (`atlas metrics DIRECTORY --out DIRECTORY/metrics`).
     """
+    from atlas_build.atlas.manifest import refuse_inside_release
     from dataset_cards.render import LICENSE_FILE, CardContext, write_card
+
+    refuse_inside_release(directory, "rewriting its card")
 
     context = CardContext(repo_ref=repo_id, revision=revision if repo_id else None, hub_id=repo_id)
     path = write_card(directory, context=context)

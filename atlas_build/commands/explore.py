@@ -30,7 +30,10 @@ def command(directory: Path, out: Path, metrics_path: Path | None) -> None:
     overlap per layer, a trained model beside its random-init twin; per model the metrics and controls of
     metrics.json, expert load and co-activation. Read from the atlas alone; works from file:// offline.
     """
+    from atlas_build.atlas.manifest import refuse_inside_release
     from atlas_build.explore import build_site
+
+    refuse_inside_release(out, f"writing the explorer site {out}")
 
     report = build_site(directory, out, metrics_path=metrics_path)
     click.echo(f"wrote the explorer site {out}: {report.summary()}")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from atlas_build.commands._errors import ErrorPathGroup
@@ -136,9 +138,11 @@ def compute(
     or WordNet is needed.
     """
     # Heavy imports here: the CLI group imports every command module at start-up.
+    from atlas_build.atlas.manifest import refuse_inside_release
     from atlas_build.metrics import MetricsOptions, run_metrics, summarize
     from atlas_build.metrics.provenance.source import SourceError
 
+    refuse_inside_release(Path(out), f"writing the metrics report {out}")
     options = MetricsOptions(
         target=target,
         min_count=min_count,
@@ -225,6 +229,7 @@ def calibrate(
     OUT/calibration.md, with the in-memory calibration (plant x control matrix with confounds that are not
     the controls' keys, per-layer false-positive rates, power) as calibration.json "summary".
     """
+    from atlas_build.atlas.manifest import refuse_inside_release
     from atlas_build.metrics import MetricsOptions
     from atlas_build.metrics.calibration.matrix import CalibrationOptions
     from atlas_build.metrics.calibration.plants import (
@@ -237,6 +242,7 @@ def calibrate(
     )
     from atlas_build.metrics.provenance.source import SourceError
 
+    refuse_inside_release(Path(out), f"writing the calibration copies {out}")
     try:
         report = run_calibration(
             source,

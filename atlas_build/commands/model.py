@@ -37,6 +37,9 @@ def materialize(name: str, out_dir: Path, seed: int | None, overwrite: bool) -> 
                 where = "is a file" if parent == out_dir.absolute() else f"is below the file {parent}"
                 raise AtlasError(f"{out_dir} {where}; pass a directory")
             break
+    from atlas_build.atlas.manifest import refuse_inside_release
+
+    refuse_inside_release(out_dir, f"writing a checkpoint at {out_dir}")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise AtlasError(f"{out_dir} is not empty: pass --overwrite or choose another directory")
     if seed is not None and not 0 <= seed < 2**32:

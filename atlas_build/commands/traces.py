@@ -88,6 +88,7 @@ def discoveryworld(**options) -> None:
     import os
     import tempfile
 
+    from atlas_build.atlas.manifest import refuse_inside_release
     from atlas_build.corpora.discoveryworld import (
         EngineAgent,
         RunOptions,
@@ -98,6 +99,8 @@ def discoveryworld(**options) -> None:
     )
     from atlas_build.corpora.traces import TraceFormatter
     from atlas_build.engines.hf import HFEngine
+
+    refuse_inside_release(options["out"], f"writing traces to {options['out']}")
     from atlas_build.errors import AtlasError
 
     out: Path = options["out"]

@@ -27,7 +27,19 @@ EXIT_NOT_AN_ATLAS = EXIT_BAD_INPUT  # nothing to validate (missing directory, no
 @click.option(
     "--no-hashes", is_flag=True, help="Skip recomputing sha256 of the data files (row counts still checked)."
 )
-@click.option("--no-tokenizer", is_flag=True, help="Skip the token-strings check (no tokenizer is loaded).")
+@click.option(
+    "--no-tokenizer",
+    is_flag=True,
+    help="Skip the token-strings and tokenization checks (no tokenizer is loaded; the report says so).",
+)
+@click.option(
+    "--tokenizer",
+    "tokenizers",
+    multiple=True,
+    metavar="[SLUG=]DIR",
+    help="A local tokenizer directory for the token checks, for every model or for routing-SLUG (repeatable): "
+    "where the tokenizer the atlas names cannot be loaded here (offline), those checks fail without one.",
+)
 def command(
     directory: Path,
     json_path: Path | None,
@@ -35,6 +47,7 @@ def command(
     problems_only: bool,
     no_hashes: bool,
     no_tokenizer: bool,
+    tokenizers: tuple[str, ...],
 ) -> None:
     """Validate the atlas in DIRECTORY: schema, keys, references, routing rules, manifest checksums.
 
@@ -50,6 +63,17 @@ def command(
     from validation import AtlasNotFoundError, run_validation, verify_files
     from validation.runner import REPORT_NAME
 
+    tokenizer_dirs: dict[str | None, Path] = {}
+    for given in tokenizers:
+        slug, _, folder = given.partition("=") if "=" in given else (None, "", given)
+        path = Path(folder)
+        if not path.is_dir():
+            raise click.BadParameter(
+                f"{folder} is not a directory holding a tokenizer", param_hint="--tokenizer"
+            )
+        tokenizer_dirs[slug or None] = path
+    if tokenizer_dirs and no_tokenizer:
+        raise click.UsageError("--tokenizer and --no-tokenizer contradict each other: pass one")
     report_path = json_path or directory / REPORT_NAME
     release = published_release(directory) if directory.is_dir() else None
     if release is not None and json_path is None:
@@ -78,6 +102,7 @@ def command(
             tokenizers=not no_tokenizer,
             tokenizer_loader=load_tokenizer,
             checkpoint_marker=checkpoint_marker,
+            tokenizer_dirs=tokenizer_dirs,
         )
     except AtlasNotFoundError as error:
         click.echo(f"error: {error}", err=True)

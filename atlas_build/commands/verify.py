@@ -109,7 +109,11 @@ def release_rows(root: Path) -> list[tuple[str, str, str]]:
         rows.append(("missing", "validation.json", "a release holds the report of its validation"))
     elif validation.get("manifest_sha256") != release.get("manifest_sha256"):
         rows.append(("stale", "validation.json", "validated another manifest.json than release.json names"))
-    configs = Manifest.load(root).configs()
+    manifest = Manifest.load(root)
+    from atlas_build.publish.staging import release_file_rows
+
+    rows += release_file_rows(root, manifest, release)
+    configs = manifest.configs()
     recorded = release.get("configs") or {}
     for name in sorted(set(configs) | set(recorded)):
         have, said = configs.get(name), recorded.get(name) or {}

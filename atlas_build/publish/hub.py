@@ -124,13 +124,19 @@ def publish_hub(
         raise PublishError(f"--repo-id {repo_id!r} is not a Hub id ORG/NAME")
     manifest = check_source(source)
     if require_audit:
-        require_audits(source, manifest)
+        require_audits(source, manifest, log)
     api = api if api is not None else HfApi()
     with hub_reachable(repo_id, dry_run):
         existing = hub_versions(api, repo_id)
     if parsed in existing:
         raise VersionError(
             f"tag {parsed.tag} already exists in {repo_id}: a published version never changes; publish a new version"
+        )
+    latest = max(existing, default=None)
+    if latest is not None and parsed < latest:
+        raise VersionError(
+            f"{parsed.tag} is lower than the latest release {latest.tag} of {repo_id}: the changelog runs in "
+            f"version order, so a new release must be above {latest}; publish it as a higher version"
         )
     prev = previous_version(existing, parsed)
     released = released or today()

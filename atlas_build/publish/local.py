@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from atlas_build.atlas.writer import write_text_atomic
+from atlas_build.atlas.manifest import refuse_inside_release
+from atlas_build.atlas.writer import TEMP_SUFFIX, write_text_atomic
 from atlas_build.publish.audits import require_audits
 from atlas_build.publish.base import (
     INDEX_FORMAT,
@@ -40,6 +41,8 @@ from atlas_build.publish.staging import (
     today,
 )
 from atlas_build.publish.versions import Version, previous_version
+
+INDEX_README = "README.md"  # the folder of releases' own README (beside releases.json)
 
 
 def local_versions(path: Path) -> list[Version]:
@@ -99,8 +102,14 @@ def releases_lock(
 
 
 def clean_staging(path: Path, log: Callable[[str], None] = print) -> list[Path]:
-    """Remove the staging folders that killed publishes left in `path` (only while holding its lock)."""
+    """Remove the staging folders and the temporary files of the index (`.releases.json.*.tmp`,
+    `.README.md.*.tmp`) that killed publishes left in `path` (only while holding its lock)."""
     removed = []
+    for name in (RELEASES_INDEX, INDEX_README):
+        for leftover in sorted(Path(path).glob(f".{name}.*{TEMP_SUFFIX}")):
+            if leftover.is_file() and not leftover.is_symlink():
+                leftover.unlink()
+                removed.append(leftover)
     for leftover in sorted(Path(path).glob(f"{STAGING_PREFIX}*")):
         if leftover.is_dir() and not leftover.is_symlink():
             for folder, _, _ in os.walk(leftover):  # sealed copies are read-only folders' files
@@ -108,7 +117,9 @@ def clean_staging(path: Path, log: Callable[[str], None] = print) -> list[Path]:
             shutil.rmtree(leftover, ignore_errors=True)
             removed.append(leftover)
     if removed:
-        log(f"removed {len(removed)} staging folder(s) left by an interrupted publish in {path}")
+        log(
+            f"removed {len(removed)} staging folder(s) or temporary file(s) left by an interrupted publish in {path}"
+        )
     return removed
 
 
@@ -165,10 +176,11 @@ def publish_local(
     below_file = next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None)
     if below_file is not None:
         raise PublishError(f"--to {path} lies below {below_file}, which is a file: pass a folder of releases")
+    refuse_inside_release(path, f"publishing into {path}")
     if _inside(path, source):
         raise PublishError(f"--to {path} is inside the atlas {source}: publish to a folder outside it")
     if require_audit:
-        require_audits(source, manifest)
+        require_audits(source, manifest, log)
     # Writes nothing, so it takes no lock: a dry run, or an existing version refused with a true index.
     if dry_run or ((path / parsed.tag).exists() and not index_is_stale(path)):
         return _publish_local(source, parsed, path, dry_run, validate, log, released)
@@ -186,6 +198,12 @@ def _publish_local(source, parsed, path, dry_run, validate, log, released, repai
         raise VersionError(
             f"{parsed.tag} already exists at {final}: a published version never changes; publish a new version"
             + (" (releases.json did not list it: it is repaired)" if repaired else "")
+        )
+    latest = max(existing, default=None)
+    if latest is not None and parsed < latest:
+        raise VersionError(
+            f"{parsed.tag} is lower than the latest release {latest.tag} in {path}: the changelog runs in version "
+            f"order, so a new release must be above {latest}; publish it as a higher version"
         )
     prev = previous_version(existing, parsed)
     previous = snapshot_of_atlas(path / prev.tag, str(prev), released=True) if prev else None
@@ -269,4 +287,4 @@ def write_index(path: Path) -> None:
             f"| [{r['tag']}]({r['tag']}/README.md) | {r['released']} | {len(r['configs'])} | {models} "
             f"| [CHANGELOG]({r['tag']}/CHANGELOG.md) |"
         )
-    write_text_atomic(path / "README.md", "\n".join(lines) + "\n")
+    write_text_atomic(path / INDEX_README, "\n".join(lines) + "\n")

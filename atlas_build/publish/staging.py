@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas_build.atlas.layout import MANIFEST, AtlasLayout
-from atlas_build.atlas.manifest import Manifest, code_version
+from atlas_build.atlas.manifest import RELEASE_MARKER, Manifest, code_version, published_release
 from atlas_build.atlas.writer import sha256_file, write_text_atomic
 from atlas_build.errors import AtlasError
 from atlas_build.publish.base import (
@@ -261,6 +261,13 @@ def stage_release(
         },
         "models": list(snapshot.models.values()),
         "changes": diff.to_dict(),
+        # Every other file of the release and its sha256 (the data files are the manifest's): `atlas verify`
+        # reports any file that neither lists, e.g. metrics written into the release after it was published.
+        "release_files": {
+            rel: sha256_file(staging / rel)
+            for rel in release_files(staging)
+            if rel not in manifest.files and rel != RELEASE_JSON
+        },
     }
     write_text_atomic(staging / RELEASE_JSON, json.dumps(release, indent=2, ensure_ascii=False) + "\n")
     return snapshot, diff, entry
@@ -277,7 +284,49 @@ def check_source(source: Path) -> Manifest:
     source = Path(source)
     if not source.is_dir():
         raise PublishError(f"{source} is not a directory: pass an atlas directory built by `atlas build`")
-    return Manifest.load(source)
+    manifest = Manifest.load(source)
+    marker = published_release(source)
+    if marker is not None:
+        # Republishing a release must not carry along files written into it after it was published.
+        release = read_json(marker)
+        rows = release_file_rows(source, manifest, release) if isinstance(release, dict) else []
+        if rows:
+            more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
+            raise PublishError(
+                f"{source} is a published release holding {rows[0][1]}: {rows[0][2]}{more}; `atlas verify "
+                f"{source}` lists them. Restore the release (or publish from its source atlas); nothing was published"
+            )
+    return manifest
+
+
+def release_file_rows(root: Path, manifest, release: dict) -> list[tuple[str, str, str]]:
+    """Files of a release that neither manifest.json nor release.json's `release_files` lists (written into
+    it after it was published), and listed release files that are missing or altered."""
+    listed = release.get("release_files")
+    present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink())
+    if not isinstance(listed, dict):
+        extra = [rel for rel in present if rel not in manifest.files and rel.endswith(".parquet")]
+        return [("unexpected", rel, "not listed in manifest.json") for rel in extra]
+    rows = []
+    for rel in present:
+        if rel == RELEASE_MARKER or rel in manifest.files:
+            continue
+        if rel not in listed:
+            rows.append(
+                (
+                    "unexpected",
+                    rel,
+                    "listed by neither manifest.json nor release.json: added after publishing",
+                )
+            )
+        elif sha256_file(root / rel) != listed[rel]:
+            rows.append(("altered", rel, f"sha256 differs from release.json's {str(listed[rel])[:12]}"))
+    rows += [
+        ("missing", rel, "listed in release.json, not on disk")
+        for rel in sorted(listed)
+        if not (root / rel).is_file()
+    ]
+    return rows
 
 
 def dry_run_result(source, parsed, target, previous, validate, released, log) -> PublishResult:

@@ -224,3 +224,168 @@ def test_bad_requests_are_one_line(atlas_copy):
         audit_atlas(atlas_copy, slug="nope", **QUIET)
     result = CliRunner().invoke(main, ["audit", str(atlas_copy), "--sample", "0"])
     assert result.exit_code == 2 and "--sample must be at least 1" in result.output
+
+
+# ---- order and weights: the sets agree, so only their own parts can tell (issue 31) ------------------------
+
+
+def _every_shard(root, change) -> None:
+    """Apply `change(table, experts, weights) -> (experts, weights)` to every routing shard."""
+    for rel in Manifest.load(root).config_files(CONFIG):
+        path = root / rel
+        table = pq.read_table(path)
+        experts = routing_array(table.column("experts")).astype(np.int64)
+        weights = routing_array(table.column("weights"), np.float32)
+        new_experts, new_weights = change(table, experts.copy(), weights.copy())
+        schema = pq.read_schema(path)
+        manifest = Manifest.load(root)
+        manifest.record(
+            root, CONFIG, write_parquet_atomic(_with_experts(table, new_experts, new_weights), path, schema)
+        )
+        manifest.save(root)
+    write_card(root)
+
+
+def experts_sorted_by_id_weights_kept(root):
+    _every_shard(root, lambda t, e, w: (np.sort(e, axis=2), w))
+    return {"order", "weights"}
+
+
+def top_two_swapped(root):
+    def swap(t, e, w):
+        e[..., [0, 1]] = e[..., [1, 0]]
+        return e, w
+
+    _every_shard(root, swap)
+    return {"order", "weights"}
+
+
+def weights_of_the_neighbouring_token(root):
+    _every_shard(root, lambda t, e, w: (e, np.roll(w, 1, axis=0)))
+    return {"weights"}
+
+
+def weights_halved_scaling_halved(root):
+    """Halved weights with the models row's scaling factor halved to match: weights-sum still holds."""
+    from atlas_build.atlas.schema import MODELS, MODELS_SCHEMA
+    from atlas_build.atlas.store import write_config
+
+    _every_shard(root, lambda t, e, w: (e, w / 2))
+    manifest = Manifest.load(root)
+    models = pq.read_table(root / manifest.config_files(MODELS)[0]).to_pylist()
+    for row in models:
+        row["routed_scaling_factor"] = row["routed_scaling_factor"] / 2
+    write_config(root, manifest, MODELS, pa.Table.from_pylist(models, MODELS_SCHEMA), MODELS_SCHEMA)
+    manifest.save(root)
+    write_card(root)
+    return {"weights"}
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        experts_sorted_by_id_weights_kept,
+        top_two_swapped,
+        weights_of_the_neighbouring_token,
+        weights_halved_scaling_halved,
+    ],
+)
+def test_order_and_weights_tampering_fails_the_named_part(atlas_copy, tamper):
+    failing = tamper(atlas_copy)
+    if tamper in (weights_of_the_neighbouring_token, weights_halved_scaling_halved):
+        _validate_passes(atlas_copy)  # consistent files, valid weights: only the audit can tell
+    result = CliRunner().invoke(main, ["audit", str(atlas_copy), "--sample", "40"])
+    assert result.exit_code == 1, result.output
+    audit = Manifest.load(atlas_copy).audits[-1]
+    assert audit["identical_sets"] == audit["token_layers"]  # the sets agree: a sets-only audit passed these
+    assert set(audit["failed_parts"]) == failing and not audit["passed"]
+    assert f"FAILED ({', '.join(p for p in ('sets', 'order', 'weights') if p in failing)})" in result.output
+    for name in failing:
+        part = audit["parts"][name]
+        assert part["agree"] < part["trials"] and not part["passed"]
+        # Its own exact interval: the beta-quantile Clopper-Pearson bound, computed here.
+        from scipy.stats import beta
+
+        k, n = part["trials"] - part["agree"], part["trials"]
+        want_high = 1.0 if k == n else beta.ppf(0.975, k + 1, n - k)
+        assert part["mismatch_upper"] == pytest.approx(want_high, abs=1e-9)
+    card = (atlas_copy / "README.md").read_text()
+    assert "identical order" in card and "weights within tolerance" in card and "**FAILED**" in card
+
+
+def test_the_card_shows_all_three_parts(atlas_copy):
+    audit_atlas(atlas_copy, sample=20, **QUIET)
+    card = (atlas_copy / "README.md").read_text()
+    for part in ("identical expert sets", "identical order", "weights within tolerance"):
+        assert f"100.00% {part}" in card
+
+
+def _forge_pass(root) -> None:
+    """A careful forger: the last audit record says passed on every part, and hashes as a real one would."""
+    from atlas_build.atlas.audits import record_sha256
+
+    manifest = Manifest.load(root)
+    record = manifest.audits[-1]
+    record.update(passed=True, failed_parts=[], identical_sets=record["token_layers"])
+    record["identical_order"] = record["weights_close"] = record["token_layers"]
+    for part in record["parts"].values():
+        part.update(agree=part["trials"], share=1.0, passed=True, mismatch_low=0.0)
+    record["record_sha256"] = record_sha256(record)
+    manifest.save(root)
+
+
+def test_a_forged_record_is_refused_by_require_audit(atlas_copy, tmp_path):
+    from atlas_build.publish import PublishError, publish_local
+
+    experts_sorted_by_id_weights_kept(atlas_copy)
+    audit_atlas(atlas_copy, sample=20, **QUIET)
+    manifest = Manifest.load(atlas_copy)
+    manifest.audits[-1]["passed"] = True  # edited by hand: no longer adds up, no longer hashes
+    manifest.save(atlas_copy)
+    out = tmp_path / "releases"
+    with pytest.raises(PublishError, match="not trustworthy .*does not hash to its record_sha256"):
+        publish_local(atlas_copy, "0.1.0", out, require_audit=True, **QUIET)
+    _forge_pass(atlas_copy)  # whole, consistent, re-hashed: only a re-route can tell
+    result = CliRunner().invoke(
+        main, ["publish", str(atlas_copy), "--version", "0.1.0", "--to", str(out), "--require-audit"]
+    )
+    assert result.exit_code != 0
+    assert "a re-check of 16 texts" in result.output and "fails (order, weights)" in result.output
+    assert "Traceback" not in result.output and not (out / "v0.1.0").exists()
+
+
+def test_a_deleted_text_fails_the_audit(atlas_copy):
+    """All rows of one text deleted (manifest and card recomputed): the audit samples the corpus configs."""
+    path = _shard(atlas_copy)
+    table = pq.read_table(path)
+    victim = table["source_id"][0].as_py()
+    _rewrite(atlas_copy, table.filter(pa.compute.not_equal(table["source_id"], victim)))
+    result = audit_atlas(atlas_copy, sample=EVERY_TEXT, record=False, **QUIET)
+    assert not result.passed and result.texts_with_other_tokens == 1
+    assert any(
+        line.startswith(f"{table['corpus'][0].as_py()}:{victim}: the atlas has 0 tokens")
+        for line in result.first_mismatches
+    )
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "deleted", "phantom"])
+def test_damaged_files_are_one_line(atlas_copy, damage):
+    path = _shard(atlas_copy)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "deleted":
+        path.unlink()
+    else:
+        (path.parent / "routing-99999.parquet").write_bytes(path.read_bytes())
+    result = CliRunner().invoke(main, ["audit", str(atlas_copy)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    want = {
+        "truncated": "truncated or replaced",
+        "empty": "is empty",
+        "deleted": "missing from",
+        "phantom": "a phantom file",
+    }
+    assert want[damage] in result.output and "atlas verify" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -7,6 +7,7 @@ Each killed build is a real subprocess (the `_support.py` driver: `atlas build` 
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 
 import pyarrow.parquet as pq
@@ -40,6 +41,24 @@ def test_killed_build_resumes_to_the_uninterrupted_atlas(point, killed_builds, f
     # Complete shards are skipped (the very same file), the others redone.
     assert {rel: (out / rel).stat().st_ino for rel in done} == inodes
     assert_same_atlas(out, fake_reference)
+    # The record as well as the data: one record of the build, every run's work summed, the resume named.
+    records = _routing_records(out)
+    (expected,) = _routing_records(fake_reference)
+    assert len(records) == 1, records
+    stats = records[0]["stats"]
+    assert stats["tokens_routed"] == expected["stats"]["tokens_routed"] > 0
+    after_save = point in ("manifest-saved:1", "build-done:1")  # the record was saved by the killed run
+    routed_before_kill = KILL_POINTS.index(point) >= KILL_POINTS.index("shard-before-write:4")
+    assert stats["runs"] == (2 if routed_before_kill and not after_save else 1)
+    assert len(stats["resumes"]) == stats["runs"] - 1
+    if stats["resumes"]:
+        assert stats["resumes"][0]["shards_kept"] == len(done)
+        assert stats["tokens_routed_last_run"] < stats["tokens_routed"] or not done
+    assert not (out / ".atlas" / "runs").exists()
+
+
+def _routing_records(root):
+    return [b for b in Manifest.load(root).builds if b.get("kind") == "routing"]
 
 
 def test_a_resumed_build_killed_again_still_converges(killed_builds, fake_reference, fakes):
@@ -52,6 +71,20 @@ def test_a_resumed_build_killed_again_still_converges(killed_builds, fake_refere
     assert "5 shards written, 5 resumed" in result.output
     assert "resuming the interrupted build (pid" in result.output
     assert_same_atlas(out, fake_reference)
+    # Three runs, all summed (the 297 of 2,249: only the last run's tokens were counted).
+    (record,) = _routing_records(out)
+    (expected,) = _routing_records(fake_reference)
+    assert record["stats"]["runs"] == 3 and [r["shards_kept"] for r in record["stats"]["resumes"]] == [2, 5]
+    assert record["stats"]["tokens_routed"] == expected["stats"]["tokens_routed"]
+    assert record["stats"]["tokens_routed_last_run"] < record["stats"]["tokens_routed"]
+
+
+def test_a_rerun_of_a_finished_build_adds_no_record(fake_reference, tmp_path, fakes):
+    out = tmp_path / "atlas"
+    shutil.copytree(fake_reference, out)
+    result = cli(["build", "--out", str(out), *FAKE_ARGS])
+    assert result.exit_code == 0 and "0 shards written, 10 resumed" in result.output
+    assert _routing_records(out) == _routing_records(fake_reference)
 
 
 def test_verify_flags_an_interrupted_build_until_it_is_resumed(killed_builds, fakes):

@@ -67,6 +67,14 @@ def _with_experts(ed: AtlasEditor, change) -> None:
 # ---- defects: routing ---------------------------------------------------------------------------------
 
 
+def every_row_of_one_text_deleted(ed):
+    """All routing rows of one text gone, the manifest recomputed: every row-level check still passes."""
+    table = ed.routing()
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[_routing_rows(ed, table)] = False
+    ed.write(R, table.filter(pa.array(keep)))
+
+
 def dropped_last_token(ed):
     table = ed.routing()
     keep = np.ones(table.num_rows, dtype=bool)
@@ -354,7 +362,8 @@ def unexpected_data_file(ed):
 
 CATALOG = [
     # routing: shape and experts
-    (dropped_last_token, {f"{R}:token-coverage", f"{R}:tokenization"}),
+    (every_row_of_one_text_deleted, {f"{R}:text-coverage"}),
+    (dropped_last_token, {f"{R}:token-coverage", f"{R}:tokenization", f"{R}:text-coverage"}),
     (all_zero_expert_ids, {f"{R}:experts-top-k", f"{R}:routing-not-degenerate"}),
     (duplicate_expert_in_top_k, {f"{R}:experts-top-k"}),
     (expert_id_not_below_n, {f"{R}:experts-in-range"}),
@@ -369,11 +378,11 @@ CATALOG = [
     (all_zero_weights_layer, {f"{R}:weights-sum", f"{R}:routing-not-degenerate"}),
     (weights_null_with_weights_dtype, {f"{R}:weights-null"}),
     # routing: keys and references
-    (duplicate_token_key, {f"{R}:token-keys-unique", f"{R}:tokenization"}),
+    (duplicate_token_key, {f"{R}:token-keys-unique", f"{R}:tokenization", f"{R}:text-coverage"}),
     (gap_in_token_index, {f"{R}:token-index-contiguous"}),
     (negative_token_index, {f"{R}:token-index-contiguous"}),
-    (dangling_source_id, {f"{R}:source-exists"}),
-    (unknown_corpus, {f"{R}:source-exists"}),
+    (dangling_source_id, {f"{R}:source-exists", f"{R}:text-coverage"}),
+    (unknown_corpus, {f"{R}:source-exists", f"{R}:text-coverage"}),
     # routing: characters, targets, labels, tokens
     (char_offsets_outside_text, {f"{R}:char-offsets", f"{R}:tokenization"}),
     (char_offsets_backwards, {f"{R}:char-offsets", f"{R}:tokenization"}),

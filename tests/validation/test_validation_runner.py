@@ -199,7 +199,9 @@ def test_traces_and_their_routing(atlas_editor):
 @pytest.mark.slow
 def test_the_real_small_atlas_passes(small_atlas):
     """The atlas `atlas build` makes (WordNet corpora, tiny-deepseek-v3) passes the gate."""
-    report = run_validation(small_atlas)
+    from atlas_build.models import load_tokenizer
+
+    report = run_validation(small_atlas, tokenizer_loader=load_tokenizer)
     assert report.passed, report.render_table(only_problems=True)
     routing = [c for c in report.rows if c.startswith("routing-")]
     assert routing and all(report.rows[c] > 0 for c in routing)
