@@ -73,6 +73,7 @@ def shard_table(engine, items: list[TextItem], schema: pa.Schema, weights_stored
         marker=span_labels(spans, batch.token_counts, items, "markers"),
         score_experts=batch.score_experts,
         scores=batch.scores,
+        router_inputs=batch.router_inputs,
     )
 
 
@@ -100,6 +101,10 @@ def run_fingerprint(
     for key in keys:
         if provenance and provenance.get(key) is not None:
             identity[key] = provenance[key]
+    # The projection of stored router inputs (its seed is not in the schema); absent keys keep older keys.
+    for key in ("router_input_layers", "router_input_projection_sha256"):
+        if row.get(key) is not None:
+            identity[key] = row[key]
     return json.dumps({**identity, "schema": schema.to_string()}, sort_keys=True, default=str)
 
 
@@ -208,5 +213,14 @@ def make_engine(config: BuildConfig, load_weights: bool = True):
         model_id=config.model_id,
         threads=config.threads,
         **({"scores_top_m": config.scores} if config.scores is not None else {}),
+        **(
+            {
+                "router_input_layers": config.router_input_layer_list(),
+                "router_input_dim": config.router_input_dim,
+                "router_input_seed": config.seed,
+            }
+            if config.router_inputs is not None
+            else {}
+        ),
         **config.engine_kwargs,
     )

@@ -142,6 +142,10 @@ class HFEngine(Engine):
         threads: torch's CPU threads (default: see `threads.choose_threads`).
         scores_top_m: M ≥ top_k: also capture, per token and MoE layer, the M experts of highest selection
             score and those scores (the router adapter's `selection_scores`); None: no scores.
+        router_input_layers: decoder layers (MoE layers of the model) whose router input `route` returns,
+            or "all"; None: none captured.
+        router_input_dim: D of the projection of those inputs (0: the full vector; at most the hidden size).
+        router_input_seed: seed of the projection matrix.
     """
 
     name = "hf"
@@ -164,6 +168,9 @@ class HFEngine(Engine):
         model_id: str | None = None,
         threads: int | None = None,
         scores_top_m: int | None = None,
+        router_input_layers: tuple[int, ...] | str | None = None,
+        router_input_dim: int = 0,
+        router_input_seed: int = 0,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -186,6 +193,9 @@ class HFEngine(Engine):
         self.adapter: RouterAdapter = adapter_for(self.config)
         self.spec = routing_spec_of(self.adapter, self.config, path)
         self.scores_top_m = self._check_scores_top_m(scores_top_m)
+        self.router_input_layers, self.projection = self._check_router_inputs(
+            router_input_layers, router_input_dim, router_input_seed
+        )
         self._model = (
             self._load_model(path, dtype, device, device_map, trust_remote_code)
             if load_weights
@@ -202,6 +212,11 @@ class HFEngine(Engine):
         self._routers = self.adapter.router_modules(self._model)
         self._tokenizer = self._load_tokenizer(path, trust_remote_code)
         self._captured: list[list[tuple[Any, Any]]] = [[] for _ in self._routers]
+        # Router inputs, per MoE-layer slot, captured only inside `route` and only for the layers asked for.
+        wanted = set(self.router_input_layers)
+        self._input_slots = [slot for slot, (idx, _) in enumerate(self._routers) if idx in wanted]
+        self._inputs: dict[int, list[Any]] = {slot: [] for slot in self._input_slots}
+        self._capture_inputs = False
         self._hooks = [
             router.register_forward_hook(self._make_hook(i)) for i, (_, router) in enumerate(self._routers)
         ]
@@ -273,8 +288,53 @@ class HFEngine(Engine):
             )
         return int(scores_top_m)
 
+    def _check_router_inputs(self, layers, dim: int, seed: int):
+        """`--router-inputs` / `--router-input-dim`: refused (before any weight is loaded) for a layer that is
+        not an MoE layer and for D outside 0..hidden size. Returns the layers (in MoE-layer order) and the
+        projection (None without router inputs)."""
+        from atlas_build.atlas.projection import RouterInputProjection
+        from atlas_build.errors import BuildOptionsError
+
+        if layers is None:
+            return (), None
+        moe = tuple(self.spec.moe_layers)
+        if layers == "all":
+            layers = moe
+        wrong = [layer for layer in layers if layer not in moe]
+        contiguous = moe == tuple(range(moe[0], moe[-1] + 1))
+        shown = f"{moe[0]}-{moe[-1]}" if contiguous else ",".join(map(str, moe))
+        if wrong:
+            raise BuildOptionsError(
+                f"--router-inputs {','.join(map(str, wrong))}: not an MoE layer of {self.model_id}, whose "
+                f"{len(moe)} MoE layers are {shown}: pass some of those decoder layer indices, or all"
+            )
+        hidden = int(self.text_config.hidden_size)
+        if dim < 0 or dim > hidden:
+            raise BuildOptionsError(
+                f"--router-input-dim {dim}: D must be 0 (the full vector) or between 1 and the hidden size "
+                f"{hidden} of {self.model_id}"
+            )
+        return tuple(layer for layer in moe if layer in set(layers)), RouterInputProjection(seed, hidden, dim)
+
+    def router_input_row(self) -> dict[str, Any]:
+        """The models row's `router_input_*` fields (all None without router inputs)."""
+        if self.projection is None:
+            keys = ("layers", "dim", "hidden_size", "projection", "seed", "projection_sha256")
+            return {f"router_input_{key}": None for key in keys}
+        p = self.projection
+        return {
+            "router_input_layers": list(self.router_input_layers),
+            "router_input_dim": p.dim,
+            "router_input_hidden_size": p.hidden_size,
+            "router_input_projection": p.method,
+            "router_input_seed": p.seed,
+            "router_input_projection_sha256": p.sha256,
+        }
+
     def _make_hook(self, slot: int):
         def hook(module, args, output):
+            if self._capture_inputs and slot in self._inputs:
+                self._inputs[slot].append(args[0].detach())
             index, weights = self.adapter.read_router_output(output, module)
             captured = (index.detach(), weights.detach().float())
             if self.scores_top_m:
@@ -349,6 +409,7 @@ class HFEngine(Engine):
             "random_init": self.is_random_init,
             "seed": self.seed if self.random_init else self._builtin_info.get("seed"),
             "scores_top_m": self.scores_top_m,
+            **self.router_input_row(),
         }
 
     def provenance(self) -> dict[str, Any]:
@@ -436,6 +497,7 @@ class HFEngine(Engine):
         weights_out: list[np.ndarray | None] = [None] * len(texts)
         score_ids_out: list[np.ndarray | None] = [None] * len(texts)
         scores_out: list[np.ndarray | None] = [None] * len(texts)
+        inputs_out: list[np.ndarray | None] = [None] * len(texts)
         # Longest first within the call: less padding, and a deterministic batch composition.
         order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
         pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
@@ -452,15 +514,27 @@ class HFEngine(Engine):
                     mask[row, : lengths[i]] = 1
                 for slot in self._captured:
                     slot.clear()
+                for captures in self._inputs.values():
+                    captures.clear()
                 # Right padding: real tokens never attend to pads, so their routing is unaffected.
-                base_model(
-                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
-                )
+                self._capture_inputs = True
+                try:
+                    base_model(
+                        input_ids=input_ids.to(self.device),
+                        attention_mask=mask.to(self.device),
+                        use_cache=False,
+                    )
+                finally:
+                    self._capture_inputs = False
                 index, weights = self._collect(len(batch), width, n_layers, k)
                 score_ids, scores = self._collect_scores(len(batch), width)
                 for row, i in enumerate(batch):
                     experts_out[i] = index[row, : lengths[i]]
                     weights_out[i] = weights[row, : lengths[i]]
+                    if self._input_slots:
+                        inputs_out[i] = self._collect_inputs(row, int(lengths[i]), len(batch), width)
+                for captures in self._inputs.values():
+                    captures.clear()
                     if scores is not None:
                         score_ids_out[i] = score_ids[row, : lengths[i]]
                         scores_out[i] = scores[row, : lengths[i]]
@@ -477,7 +551,28 @@ class HFEngine(Engine):
             experts=np.concatenate(experts_out) if encoded else np.zeros((0, n_layers, k), np.int16),
             weights=np.concatenate(weights_out) if encoded else np.zeros((0, n_layers, k), np.float32),
             **self._score_arrays(score_ids_out, scores_out, n_layers),
+            router_inputs=self._input_array(inputs_out),
         )
+
+    def _collect_inputs(self, row: int, length: int, batch: int, width: int) -> np.ndarray:
+        """One text's router inputs, projected: float32 `[length, n, D]` (projection in float64).
+
+        Projected text by text, so that a batch never holds more than one text's float64 vectors."""
+        per_layer = []
+        for slot in self._input_slots:
+            captures = self._inputs[slot]
+            if len(captures) != 1:
+                raise RuntimeError(f"router of MoE layer {self._routers[slot][0]} ran {len(captures)} times")
+            x = captures[0].reshape(batch, width, -1)[row, :length]
+            per_layer.append(self.projection.project(x.float().cpu().numpy()))
+        return np.stack(per_layer, axis=1).astype(np.float32)
+
+    def _input_array(self, inputs_out: list) -> np.ndarray | None:
+        if not self._input_slots:
+            return None
+        if not inputs_out:
+            return np.zeros((0, len(self._input_slots), self.projection.dim), np.float32)
+        return np.concatenate(inputs_out)
 
     def _score_arrays(self, score_ids: list, scores: list, n_layers: int) -> dict[str, np.ndarray | None]:
         if not self.scores_top_m:
