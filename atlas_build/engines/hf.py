@@ -196,6 +196,9 @@ class HFEngine(Engine):
         self.router_input_layers, self.projection = self._check_router_inputs(
             router_input_layers, router_input_dim, router_input_seed
         )
+        self._input_slots: list[int] = []
+        self._inputs: dict[int, list[Any]] = {}
+        self._capture_inputs = False
         self._model = (
             self._load_model(path, dtype, device, device_map, trust_remote_code)
             if load_weights
@@ -212,11 +215,7 @@ class HFEngine(Engine):
         self._routers = self.adapter.router_modules(self._model)
         self._tokenizer = self._load_tokenizer(path, trust_remote_code)
         self._captured: list[list[tuple[Any, Any]]] = [[] for _ in self._routers]
-        # Router inputs, per MoE-layer slot, captured only inside `route` and only for the layers asked for.
-        wanted = set(self.router_input_layers)
-        self._input_slots = [slot for slot, (idx, _) in enumerate(self._routers) if idx in wanted]
-        self._inputs: dict[int, list[Any]] = {slot: [] for slot in self._input_slots}
-        self._capture_inputs = False
+        self._select_input_slots()
         self._hooks = [
             router.register_forward_hook(self._make_hook(i)) for i, (_, router) in enumerate(self._routers)
         ]
@@ -315,6 +314,18 @@ class HFEngine(Engine):
                 f"{hidden} of {self.model_id}"
             )
         return tuple(layer for layer in moe if layer in set(layers)), RouterInputProjection(seed, hidden, dim)
+
+    def _select_input_slots(self) -> None:
+        # Router inputs, per MoE-layer slot, captured only inside `route` and only for the layers asked for.
+        wanted = set(self.router_input_layers)
+        self._input_slots = [slot for slot, (idx, _) in enumerate(self._routers) if idx in wanted]
+        self._inputs = {slot: [] for slot in self._input_slots}
+
+    def enable_router_inputs(self, layers: tuple[int, ...] | str, dim: int, seed: int) -> None:
+        """Return router inputs from now on (as `router_input_layers`, `router_input_dim` and
+        `router_input_seed` at construction would): what `atlas audit` re-routes an atlas's sample with."""
+        self.router_input_layers, self.projection = self._check_router_inputs(layers, dim, seed)
+        self._select_input_slots()
 
     def router_input_row(self) -> dict[str, Any]:
         """The models row's `router_input_*` fields (all None without router inputs)."""
@@ -531,6 +542,9 @@ class HFEngine(Engine):
                 for row, i in enumerate(batch):
                     experts_out[i] = index[row, : lengths[i]]
                     weights_out[i] = weights[row, : lengths[i]]
+                    if scores is not None:
+                        score_ids_out[i] = score_ids[row, : lengths[i]]
+                        scores_out[i] = scores[row, : lengths[i]]
                     if self._input_slots:
                         inputs_out[i] = self._collect_inputs(row, int(lengths[i]), len(batch), width)
                 for captures in self._inputs.values():
