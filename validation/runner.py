@@ -30,11 +30,11 @@ from validation.integrity import verify_files
 from validation.ledger import Ledger
 from validation.reading import AtlasFiles, discover, read_table
 from validation.report import ValidationReport
+from validation.router_inputs import CHECK as ROUTER_INPUTS_CHECK
+from validation.router_inputs import check_router_inputs, stores_router_inputs
 from validation.routing import CHECKS as ROUTING_CHECKS
 from validation.routing import RoutingValidator
 from validation.rules import BATCH_ROWS, MAX_EXAMPLES, MIN_TOKENS_FOR_DEGENERACY, WEIGHT_SUM_RTOL
-from validation.router_inputs import CHECK as ROUTER_INPUTS_CHECK
-from validation.router_inputs import check_router_inputs, stores_router_inputs
 from validation.scores import CHECK as SCORES_CHECK
 from validation.scores import check_scores
 
