@@ -103,7 +103,7 @@ def test_validation_passes_and_catches_a_wrong_seed(vector_atlas, tmp_path):
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
     report = run_validation(copy, tokenizers=False, hashes=False)
     result = next(r for r in report.results if r.check == "router-inputs")
-    assert result.status == "failed" and "not reproducible" in " ".join(result.examples)
+    assert result.status == "failed" and "not reproducible" in " ".join(result.failing_examples)
 
 
 def test_audit_compares_the_vectors(vector_atlas, tmp_path):
