@@ -14,6 +14,7 @@ from atlas_build.metrics.controls.regression import CONTROL_NAMES, NullModel, pa
 from atlas_build.metrics.controls.verdict import peak, scale_rows, survival
 from atlas_build.metrics.estimators.identity import TargetIdentity, target_identity
 from atlas_build.metrics.estimators.overlap import TARGET_MODES, select_targets, target_rows_table
+from atlas_build.metrics.estimators.predictability import atlas_predictability
 from atlas_build.metrics.estimators.probe import sense_probe
 from atlas_build.metrics.estimators.senses import (
     BootstrapOptions,
@@ -307,6 +308,7 @@ def compute_metrics(
                         entry["substitutions"] = substitution_overlap(
                             targets, sub_targets, corpus, substitutions, top_k, n_experts, boot
                         )
+                entry["predictability"] = atlas_predictability(src, row, boot)
                 entry["corpora"] = {
                     uc.kind: user_corpus_metrics(
                         uc, slug, routing, src, by_slug, nulls[slug], options, user_cache

@@ -15,6 +15,7 @@ import numpy as np
 from atlas_build.metrics.compute import FORMULAS, MetricsResult
 from atlas_build.metrics.controls.regression import CONTROL_NAMES
 from atlas_build.metrics.paths.report import path_figures, path_section
+from atlas_build.metrics.report.router_inputs import router_input_section
 from atlas_build.metrics.scores.report import score_figures, score_section
 
 METRICS_JSON = "metrics.json"
@@ -96,6 +97,7 @@ CONTROL_LABELS = {
     "token_identity": "token identity",
     "null_model": "over null model",
     "all": "all controls",
+    "hidden_state": "router-input geometry",
 }
 
 
@@ -610,6 +612,9 @@ def render_report(metrics: dict) -> str:
         )
     lines += path_section(metrics)  # routing paths across layers (metrics/paths/report.py)
     lines += score_section(metrics)  # router scores beyond the top-k (metrics/scores/report.py)
+    lines += router_input_section(
+        metrics
+    )  # geometry control, predictability (metrics/report/router_inputs.py)
     if metrics.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in metrics["notes"]]
     return "\n".join(lines) + "\n"
