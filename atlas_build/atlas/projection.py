@@ -56,6 +56,11 @@ class RouterInputProjection:
         self._matrix = None if dim == 0 else projection_matrix(seed, hidden_size, dim)
 
     @property
+    def matrix(self) -> np.ndarray | None:
+        """The float64 `[H, D]` matrix (None for the identity)."""
+        return self._matrix
+
+    @property
     def sha256(self) -> str:
         return projection_sha256(self.method, self.seed, self.hidden_size, self.dim)
 
@@ -63,7 +68,10 @@ class RouterInputProjection:
         x = np.asarray(x, dtype=np.float64)
         if x.shape[-1] != self.hidden_size:
             raise ValueError(f"router inputs have width {x.shape[-1]}, expected {self.hidden_size}")
-        return x if self._matrix is None else x @ self._matrix
+        if self._matrix is None:
+            return x
+        # One 2-D product (BLAS gemm), not a stack of small ones.
+        return (x.reshape(-1, self.hidden_size) @ self._matrix).reshape(*x.shape[:-1], self.dim)
 
 
 def jl_inner_product_bound(n_points: int, dim: int, failure: float = 1e-3) -> float:

@@ -199,6 +199,7 @@ class HFEngine(Engine):
         self._input_slots: list[int] = []
         self._inputs: dict[int, list[Any]] = {}
         self._capture_inputs = False
+        self._matrix_on: dict[Any, Any] = {}  # the projection matrix, float64, per device it is used on
         self._model = (
             self._load_model(path, dtype, device, device_map, trust_remote_code)
             if load_weights
@@ -325,6 +326,7 @@ class HFEngine(Engine):
         """Return router inputs from now on (as `router_input_layers`, `router_input_dim` and
         `router_input_seed` at construction would): what `atlas audit` re-routes an atlas's sample with."""
         self.router_input_layers, self.projection = self._check_router_inputs(layers, dim, seed)
+        self._matrix_on = {}
         self._select_input_slots()
 
     def router_input_row(self) -> dict[str, Any]:
@@ -539,14 +541,15 @@ class HFEngine(Engine):
                     self._capture_inputs = False
                 index, weights = self._collect(len(batch), width, n_layers, k)
                 score_ids, scores = self._collect_scores(len(batch), width)
+                projected = self._collect_inputs(len(batch), width) if self._input_slots else None
                 for row, i in enumerate(batch):
                     experts_out[i] = index[row, : lengths[i]]
                     weights_out[i] = weights[row, : lengths[i]]
                     if scores is not None:
                         score_ids_out[i] = score_ids[row, : lengths[i]]
                         scores_out[i] = scores[row, : lengths[i]]
-                    if self._input_slots:
-                        inputs_out[i] = self._collect_inputs(row, int(lengths[i]), len(batch), width)
+                    if projected is not None:
+                        inputs_out[i] = projected[row, : lengths[i]]
                 for captures in self._inputs.values():
                     captures.clear()
                     if scores is not None:
@@ -568,18 +571,30 @@ class HFEngine(Engine):
             router_inputs=self._input_array(inputs_out),
         )
 
-    def _collect_inputs(self, row: int, length: int, batch: int, width: int) -> np.ndarray:
-        """One text's router inputs, projected: float32 `[length, n, D]` (projection in float64).
+    def _collect_inputs(self, batch: int, width: int) -> np.ndarray:
+        """The batch's router inputs, projected: float32 `[B, S, n, D]`.
 
-        Projected text by text, so that a batch never holds more than one text's float64 vectors."""
+        The product runs in float64 on the capture's device (a CPU matmul at R1's width, 7168 x 256 per
+        token and layer, would cost far more than the GPU forward); the matrix is the float64 one
+        `atlas_build.atlas.projection` draws from the seed, so the result is the float64 product up to the
+        order of its sums (~1e-16 relative), far below the float16 the atlas stores."""
+        import torch
+
         per_layer = []
         for slot in self._input_slots:
             captures = self._inputs[slot]
             if len(captures) != 1:
                 raise RuntimeError(f"router of MoE layer {self._routers[slot][0]} ran {len(captures)} times")
-            x = captures[0].reshape(batch, width, -1)[row, :length]
-            per_layer.append(self.projection.project(x.float().cpu().numpy()))
-        return np.stack(per_layer, axis=1).astype(np.float32)
+            x = captures[0].reshape(batch, width, -1)
+            matrix = self.projection.matrix
+            if matrix is None:
+                per_layer.append(x.float().cpu())
+                continue
+            device = x.device
+            if self._matrix_on.get(device) is None:
+                self._matrix_on[device] = torch.from_numpy(matrix).to(device)
+            per_layer.append((x.double() @ self._matrix_on[device]).float().cpu())
+        return torch.stack(per_layer, dim=2).numpy()
 
     def _input_array(self, inputs_out: list) -> np.ndarray | None:
         if not self._input_slots:
