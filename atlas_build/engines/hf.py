@@ -24,6 +24,13 @@ from atlas_build.engines.checks import (
     check_weight_files,
     read_config_json,
 )
+from atlas_build.engines.router_inputs import (
+    check_router_inputs,
+    empty_inputs,
+    project_captures,
+    router_input_note,
+    router_input_row,
+)
 from atlas_build.engines.threads import choose_threads
 from atlas_build.errors import AtlasError
 from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for, decoder_config
@@ -289,32 +296,8 @@ class HFEngine(Engine):
         return int(scores_top_m)
 
     def _check_router_inputs(self, layers, dim: int, seed: int):
-        """`--router-inputs` / `--router-input-dim`: refused (before any weight is loaded) for a layer that is
-        not an MoE layer and for D outside 0..hidden size. Returns the layers (in MoE-layer order) and the
-        projection (None without router inputs)."""
-        from atlas_build.atlas.projection import RouterInputProjection
-        from atlas_build.errors import BuildOptionsError
-
-        if layers is None:
-            return (), None
-        moe = tuple(self.spec.moe_layers)
-        if layers == "all":
-            layers = moe
-        wrong = [layer for layer in layers if layer not in moe]
-        contiguous = moe == tuple(range(moe[0], moe[-1] + 1))
-        shown = f"{moe[0]}-{moe[-1]}" if contiguous else ",".join(map(str, moe))
-        if wrong:
-            raise BuildOptionsError(
-                f"--router-inputs {','.join(map(str, wrong))}: not an MoE layer of {self.model_id}, whose "
-                f"{len(moe)} MoE layers are {shown}: pass some of those decoder layer indices, or all"
-            )
         hidden = int(self.text_config.hidden_size)
-        if dim < 0 or dim > hidden:
-            raise BuildOptionsError(
-                f"--router-input-dim {dim}: D must be 0 (the full vector) or between 1 and the hidden size "
-                f"{hidden} of {self.model_id}"
-            )
-        return tuple(layer for layer in moe if layer in set(layers)), RouterInputProjection(seed, hidden, dim)
+        return check_router_inputs(self.spec.moe_layers, hidden, self.model_id, layers, dim, seed)
 
     def _select_input_slots(self) -> None:
         # Router inputs, per MoE-layer slot, captured only inside `route` and only for the layers asked for.
@@ -331,18 +314,7 @@ class HFEngine(Engine):
 
     def router_input_row(self) -> dict[str, Any]:
         """The models row's `router_input_*` fields (all None without router inputs)."""
-        if self.projection is None:
-            keys = ("layers", "dim", "hidden_size", "projection", "seed", "projection_sha256")
-            return {f"router_input_{key}": None for key in keys}
-        p = self.projection
-        return {
-            "router_input_layers": list(self.router_input_layers),
-            "router_input_dim": p.dim,
-            "router_input_hidden_size": p.hidden_size,
-            "router_input_projection": p.method,
-            "router_input_seed": p.seed,
-            "router_input_projection_sha256": p.sha256,
-        }
+        return router_input_row(self.router_input_layers, self.projection)
 
     def _make_hook(self, slot: int):
         def hook(module, args, output):
@@ -462,6 +434,8 @@ class HFEngine(Engine):
                 f"and MoE layer, the {self.scores_top_m} experts of highest "
                 f"{self.adapter.selection_score_kind}, highest first (ties: lower id first)."
             )
+        if self.projection is not None:
+            notes.append(router_input_note(self.router_input_layers, self.projection))
         return notes
 
     @property
@@ -572,35 +546,21 @@ class HFEngine(Engine):
         )
 
     def _collect_inputs(self, batch: int, width: int) -> np.ndarray:
-        """The batch's router inputs, projected: float32 `[B, S, n, D]`.
-
-        The product runs in float64 on the capture's device (a CPU matmul at R1's width, 7168 x 256 per
-        token and layer, would cost far more than the GPU forward); the matrix is the float64 one
-        `atlas_build.atlas.projection` draws from the seed, so the result is the float64 product up to the
-        order of its sums (~1e-16 relative), far below the float16 the atlas stores."""
-        import torch
-
-        per_layer = []
+        """The batch's router inputs, projected (`router_inputs.project_captures`): float32 `[B, S, n, D]`."""
+        captures = []
         for slot in self._input_slots:
-            captures = self._inputs[slot]
-            if len(captures) != 1:
-                raise RuntimeError(f"router of MoE layer {self._routers[slot][0]} ran {len(captures)} times")
-            x = captures[0].reshape(batch, width, -1)
-            matrix = self.projection.matrix
-            if matrix is None:
-                per_layer.append(x.float().cpu())
-                continue
-            device = x.device
-            if self._matrix_on.get(device) is None:
-                self._matrix_on[device] = torch.from_numpy(matrix).to(device)
-            per_layer.append((x.double() @ self._matrix_on[device]).float().cpu())
-        return torch.stack(per_layer, dim=2).numpy()
+            if len(self._inputs[slot]) != 1:
+                raise RuntimeError(
+                    f"router of MoE layer {self._routers[slot][0]} ran {len(self._inputs[slot])} times"
+                )
+            captures.append(self._inputs[slot][0])
+        return project_captures(captures, self.projection, self._matrix_on, batch, width)
 
     def _input_array(self, inputs_out: list) -> np.ndarray | None:
         if not self._input_slots:
             return None
         if not inputs_out:
-            return np.zeros((0, len(self._input_slots), self.projection.dim), np.float32)
+            return empty_inputs(len(self._input_slots), self.projection)
         return np.concatenate(inputs_out)
 
     def _score_arrays(self, score_ids: list, scores: list, n_layers: int) -> dict[str, np.ndarray | None]:
