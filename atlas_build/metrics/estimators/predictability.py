@@ -30,9 +30,9 @@ from atlas_build.metrics.estimators.stats import ClusterIndex, cluster_bootstrap
 
 PREDICTORS = ("token", "router_input", "previous")
 HOLDOUT = 0.2
-MAX_TEXTS = 4000
+MAX_TEXTS = 1000  # bounds memory ([tokens, N] float64 per layer) and the read-out fits (one per layer)
 RIDGE = 1e-4  # L2 penalty of the softmax read-out (per weight, on standardised inputs)
-MAX_ITER = 300
+MAX_ITER = 150
 ALPHA = 1.0  # add-one smoothing of the count tables
 
 
