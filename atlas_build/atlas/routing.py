@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 
 from atlas_build.atlas.schema import ROUTER_INPUTS_COLUMN
-from atlas_build.errors import AtlasError
 
 
 def nested_fixed_list(values: np.ndarray, value_type: pa.DataType) -> pa.Array:
@@ -120,8 +119,10 @@ def routing_table(
     return pa.table(columns, schema=schema)
 
 
-class RouterInputRangeError(AtlasError):
-    """A router input is beyond float16's range (it would be stored as inf)."""
+class RouterInputRangeError(ValueError):
+    """A router input is beyond float16's range (it would be stored as inf). A ValueError here (the metrics'
+    release bundle carries this module without `atlas_build.errors`); the builder reports it as an
+    `AtlasError`."""
 
 
 def router_input_array(schema: pa.Schema, total: int, router_inputs: np.ndarray | None) -> pa.Array:

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.manifest import Manifest
-from atlas_build.atlas.routing import routing_table
+from atlas_build.atlas.routing import RouterInputRangeError, routing_table
 from atlas_build.atlas.schema import (
     MODELS,
     MODELS_SCHEMA,
@@ -29,7 +29,7 @@ from atlas_build.atlas.writer import (
     write_parquet_atomic,
 )
 from atlas_build.builder.options import BuildConfig
-from atlas_build.errors import BuildOptionsError
+from atlas_build.errors import AtlasError, BuildOptionsError
 from atlas_build.executors.base import ShardTask
 
 
@@ -58,6 +58,13 @@ def shard_table(engine, items: list[TextItem], schema: pa.Schema, weights_stored
     ends = np.repeat(np.array([item.target_end for item in items], dtype=np.int64), batch.token_counts)
     spans = batch.char_spans
     is_target = (spans[:, 0] >= 0) & (spans[:, 0] < ends) & (spans[:, 1] > starts)
+    try:
+        return _routing_rows(schema, items, batch, spans, is_target, weights_stored)
+    except RouterInputRangeError as error:
+        raise AtlasError(str(error)) from None
+
+
+def _routing_rows(schema, items, batch, spans, is_target, weights_stored) -> pa.Table:
     return routing_table(
         schema,
         source_ids=[item.source_id for item in items],

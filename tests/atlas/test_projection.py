@@ -70,3 +70,14 @@ def test_inner_products_stay_within_the_jl_bound():
         for s in range(200)
     ]
     assert abs(np.mean(means) - x[0] @ x[1]) < 4 * np.std(means) / math.sqrt(200)
+
+
+def test_a_router_input_beyond_float16_is_refused_not_stored_as_inf():
+    from atlas_build.atlas.routing import RouterInputRangeError, router_input_array
+    from atlas_build.atlas.schema import routing_schema
+
+    schema = routing_schema(8, 2, 2, "float16", router_input_layers=1, router_input_dim=3)
+    fine = router_input_array(schema, 2, np.full((2, 1, 3), 60000.0))
+    assert fine.type == schema.field("router_inputs").type
+    with pytest.raises(RouterInputRangeError, match="float16's range"):
+        router_input_array(schema, 2, np.full((2, 1, 3), 70000.0))
