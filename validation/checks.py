@@ -68,6 +68,9 @@ CHECKS: dict[str, str] = {
     "scores-reproduce-experts": "with --scores: the model's selection rule (top-k; n_group / topk_group "
     "group limits) applied to the stored top-M selection scores gives back `experts` on every token-layer "
     "the M scores decide (undecided token-layers and exact ties are counted, not failed)",
+    "router-inputs": "with --router-inputs: the models row's router_input_* fields are complete and "
+    "consistent (MoE layers, 1 <= D <= hidden size), the projection regenerated from the recorded seed has "
+    "the recorded sha256, and `router_inputs` is [layers][D] float16, never null, every value finite",
     "tokenization": "every corpus but traces: every routed text's token ids, token strings and character offsets "
     "equal a fresh tokenization of its text with the recorded tokenizer (loaded without remote code; "
     "skipped when it cannot be loaded)",

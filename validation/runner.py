@@ -33,6 +33,8 @@ from validation.interventions import check_interventions
 from validation.ledger import Ledger
 from validation.reading import AtlasFiles, discover, read_table
 from validation.report import ValidationReport
+from validation.router_inputs import CHECK as ROUTER_INPUTS_CHECK
+from validation.router_inputs import check_router_inputs, stores_router_inputs
 from validation.routing import CHECKS as ROUTING_CHECKS
 from validation.routing import RoutingValidator
 from validation.rules import BATCH_ROWS, MAX_EXAMPLES, MIN_TOKENS_FOR_DEGENERACY, WEIGHT_SUM_RTOL
@@ -154,6 +156,9 @@ def run_validation(
         if model is not None and model.get("scores_top_m"):  # `atlas build --scores M` (validation/scores.py)
             with _guard(ledger, config, (SCORES_CHECK,)):
                 check_scores(config, files.configs[config], model, ledger, batch_rows)
+        if stores_router_inputs(model):  # `atlas build --router-inputs` (validation/router_inputs.py)
+            with _guard(ledger, config, (ROUTER_INPUTS_CHECK,)):
+                check_router_inputs(config, files.configs[config], model, ledger, batch_rows)
         with _guard(ledger, config, (tokens.CHECK,)):
             tokens.check_tokenization(config, files.configs[config], texts, tokenizer, problem, ledger)
         if tokenizers and tokenizer is None and model is not None and not _synthetic(manifest):

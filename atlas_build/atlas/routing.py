@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from atlas_build.atlas.schema import ROUTER_INPUTS_COLUMN
+
 
 def nested_fixed_list(values: np.ndarray, value_type: pa.DataType) -> pa.Array:
     """`[n, a, b]` numpy array -> Arrow `fixed_size_list<fixed_size_list<value_type, b>, a>` of length n."""
@@ -57,6 +59,7 @@ def routing_table(
     marker: Sequence[str | None] | None = None,
     score_experts: np.ndarray | None = None,
     scores: np.ndarray | None = None,
+    router_inputs: np.ndarray | None = None,
 ) -> pa.Table:
     """Build routing rows for a batch of texts.
 
@@ -74,6 +77,8 @@ def routing_table(
         score_experts, scores: int `[T, moe_layers, M]` and float32 `[T, moe_layers, M]`, the top-M experts
             by selection score, highest first, and their scores; for schemas with score columns (None:
             null rows).
+        router_inputs: float `[T, n, D]` projected router inputs, for schemas with a `router_inputs` column
+            (stored as float16; a value beyond float16's range is refused, never stored as inf).
     """
     total = int(np.sum(token_counts))
     for name, arr in (("token_ids", token_ids), ("experts", experts), ("is_target", is_target)):
@@ -109,7 +114,35 @@ def routing_table(
     }
     if "scores" in schema.names:
         columns.update(score_arrays(schema, total, score_experts, scores))
+    if ROUTER_INPUTS_COLUMN in schema.names:
+        columns[ROUTER_INPUTS_COLUMN] = router_input_array(schema, total, router_inputs)
     return pa.table(columns, schema=schema)
+
+
+class RouterInputRangeError(ValueError):
+    """A router input is beyond float16's range (it would be stored as inf). A ValueError here (the metrics'
+    release bundle carries this module without `atlas_build.errors`); the builder reports it as an
+    `AtlasError`."""
+
+
+def router_input_array(schema: pa.Schema, total: int, router_inputs: np.ndarray | None) -> pa.Array:
+    """The `router_inputs` column: float16 `[T][n][D]` (null rows when the engine gave none)."""
+    field = schema.field(ROUTER_INPUTS_COLUMN)
+    if router_inputs is None:
+        return pa.nulls(total, field.type)
+    n, dim = field.type.list_size, field.type.value_type.list_size
+    if router_inputs.shape != (total, n, dim):
+        raise ValueError(f"router_inputs are {router_inputs.shape}, expected [{total}, {n}, {dim}]")
+    values = np.asarray(router_inputs, dtype=np.float64)
+    stored = values.astype(np.float16)
+    overflow = np.isfinite(values) & ~np.isfinite(stored)
+    if overflow.any() or not np.isfinite(values).all():
+        worst = float(np.nanmax(np.abs(values)))
+        raise RouterInputRangeError(
+            f"router inputs reach {worst:.4g}, beyond float16's range (65504) or not finite: they cannot be "
+            "stored; build without --router-inputs, or choose layers whose inputs stay in range"
+        )
+    return nested_fixed_list(stored, pa.float16())
 
 
 def score_arrays(

@@ -36,7 +36,9 @@ import re
 import pyarrow as pa
 
 # Bumped whenever a config's schema changes; an atlas of another version is refused, not mixed.
-SCHEMA_VERSION = 2  # 2: models.scores_top_m and the optional score columns of the routing configs
+# 2: models.scores_top_m and the optional score columns of the routing configs; 3: models.router_input_* and
+# the optional `router_inputs` column (`atlas build --router-inputs`).
+SCHEMA_VERSION = 3
 
 SENSES = "senses"
 SENSE_PAIRS = "sense-pairs"
@@ -161,6 +163,14 @@ MODELS_SCHEMA = pa.schema(
         # M of `atlas build --scores M`: the routing config's score columns hold the top-M experts by the
         # router's selection score; null: no scores stored (the columns are absent).
         pa.field("scores_top_m", pa.int32()),
+        # `atlas build --router-inputs LAYERS --router-input-dim D` (all null: no vectors stored, and the
+        # routing config has no `router_inputs` column). See `atlas_build.atlas.projection`.
+        pa.field("router_input_layers", pa.list_(pa.int32())),  # decoder layers of the stored vectors
+        pa.field("router_input_dim", pa.int32()),  # D stored (the hidden size when the full vector is kept)
+        pa.field("router_input_hidden_size", pa.int32()),  # width of the router's input before projection
+        pa.field("router_input_projection", pa.string()),  # gaussian-jl-v1 | identity
+        pa.field("router_input_seed", pa.int64()),  # seed of the projection matrix
+        pa.field("router_input_projection_sha256", pa.string()),  # of the matrix's float64 bytes
     ]
 )
 
@@ -330,6 +340,8 @@ def routing_schema(
     top_k: int,
     weights_dtype: str | None,
     scores_top_m: int | None = None,
+    router_input_layers: int | None = None,
+    router_input_dim: int | None = None,
 ) -> pa.Schema:
     """Schema of a `routing-<model_slug>` config: one row per token of a routed text.
 
@@ -343,6 +355,11 @@ def routing_schema(
     DeepSeek-V3/R1 sigmoid(logits) + e_score_correction_bias before the group mask, for softmax routers
     the probability), highest first (ties: lower id first), and `scores`, those scores as float32. Null
     rows: tokens whose engine gave no scores. Without `scores_top_m` the columns are absent.
+
+    With `router_input_layers = n` and `router_input_dim = D` (`atlas build --router-inputs`), one more
+    column, `router_inputs` `[n][D]` float16: the router's input vector of the token at each chosen layer
+    (`models.router_input_layers`), projected as `models.router_input_projection` says. Parquet is columnar: a
+    reader that names its columns (`load_dataset(..., columns=[...])`) never reads these bytes.
     """
     id_type = expert_id_type(n_routed_experts)
     weight_type = WEIGHT_DTYPES[weights_dtype] if weights_dtype else pa.float16()
@@ -361,6 +378,7 @@ def routing_schema(
             pa.field("experts", pa.list_(pa.list_(id_type, top_k), n_moe_layers), nullable=False),
             pa.field("weights", pa.list_(pa.list_(weight_type, top_k), n_moe_layers), nullable=True),
             *score_fields(id_type, n_moe_layers, scores_top_m),
+            *router_input_fields(router_input_layers, router_input_dim),
         ],
         metadata={
             b"routing_atlas.schema_version": str(SCHEMA_VERSION).encode(),
@@ -382,6 +400,16 @@ def score_fields(id_type: pa.DataType, n_moe_layers: int, scores_top_m: int | No
         pa.field("score_experts", pa.list_(pa.list_(id_type, scores_top_m), n_moe_layers), nullable=True),
         pa.field("scores", pa.list_(pa.list_(pa.float32(), scores_top_m), n_moe_layers), nullable=True),
     ]
+
+
+ROUTER_INPUTS_COLUMN = "router_inputs"
+
+
+def router_input_fields(n_layers: int | None, dim: int | None) -> list[pa.Field]:
+    """The optional `router_inputs` column (none unless both the layer count and D are given)."""
+    if not n_layers or not dim:
+        return []
+    return [pa.field(ROUTER_INPUTS_COLUMN, pa.list_(pa.list_(pa.float16(), dim), n_layers), nullable=True)]
 
 
 def routing_config_name(model_slug: str) -> str:
@@ -428,5 +456,7 @@ def schema_for(config: str, models_row: dict | None = None) -> pa.Schema:
             models_row["top_k"],
             models_row["weights_dtype"],
             models_row.get("scores_top_m"),
+            len(models_row.get("router_input_layers") or []) or None,
+            models_row.get("router_input_dim"),
         )
     raise ValueError(f"unknown config {config!r}: expected one of {sorted(FIXED_SCHEMAS)} or routing-<slug>")

@@ -43,6 +43,7 @@ from atlas_build.atlas.rows import RowsMismatchError, refuse_unverified
 from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, TEXT_CONFIGS, TEXT_ID_COLUMN, TRACES
 from atlas_build.atlas.store import read_config
 from atlas_build.atlas.texts import routed_text_configs
+from atlas_build.audit.router_inputs import with_router_input_check
 from atlas_build.errors import AtlasError
 
 DEFAULT_SAMPLE = 200
@@ -457,6 +458,7 @@ def audit_atlas(
     chosen = sample_texts(root, manifest, config, sample, seed)
     stored = atlas_rows(root, manifest, config, [(c, s) for c, s, _ in chosen])
     engine, audited_model = _engine_for(row, builds, model, device, batch_size)
+    engine = with_router_input_check(engine, row, root, manifest, config, chosen, log)
     try:
         fresh_row = engine.model_row()
         layers = list(row["moe_layers"])

@@ -15,6 +15,8 @@ from atlas_build.errors import AtlasError, BuildOptionsError
 CUSTOM_CORPUS_INPUTS = {"wic": "wic", "swords": "swords", "jsonl": "texts", "text": "texts"}
 CORPORA = ("wordnet", "traces", *CUSTOM_CORPUS_INPUTS)
 WEIGHT_STORAGE = ("float16", "float32")
+# `--router-inputs` without `--router-input-dim`: 256 dimensions keep inner products within a few percent.
+DEFAULT_ROUTER_INPUT_DIM = 256
 # numpy's RandomState and torch.manual_seed both take seeds below 2**32 (torch wraps larger ones silently).
 SEED_LIMIT = 2**32
 
@@ -55,6 +57,10 @@ class BuildConfig:
     weights_dtype: str = "float16"
     # `--scores M`: also store the top-M experts by the router's selection score, and those scores (hf only).
     scores: int | None = None
+    # `--router-inputs LAYERS`: also store the router's input vector at these decoder layers ("all", or a
+    # comma list of layers and a-b ranges), projected to `--router-input-dim D` (0: the full vector).
+    router_inputs: str | None = None
+    router_input_dim: int | None = None
     slug: str | None = None
     texts_per_shard: int = 512
     executor: str = "local"
@@ -88,6 +94,7 @@ class BuildConfig:
             raise BuildOptionsError(
                 f"--scores needs --engine hf: the {self.engine} engine returns no router scores"
             )
+        self._check_router_inputs()
         if self.corpus == "traces" and not self.traces:
             raise BuildOptionsError("--corpus traces needs --traces FILE.jsonl")
         if self.traces and self.corpus != "traces":
@@ -132,6 +139,49 @@ class BuildConfig:
             except ValueError as error:
                 raise BuildOptionsError(str(error)) from None
 
+    def _check_router_inputs(self) -> None:
+        """The option forms only; layers that are not MoE layers and D above the hidden size are refused by
+        the engine, from the model's config, before its weights load."""
+        if self.router_inputs is None:
+            if self.router_input_dim is not None:
+                raise BuildOptionsError(
+                    "--router-input-dim sets the width of the stored router inputs: add --router-inputs LAYERS"
+                )
+            return
+        if self.router_input_dim is None:
+            self.router_input_dim = DEFAULT_ROUTER_INPUT_DIM
+        if self.router_input_dim < 0:
+            raise BuildOptionsError(
+                f"--router-input-dim must be 0 (the full vector) or positive, got {self.router_input_dim}"
+            )
+        if self.engine != "hf":
+            raise BuildOptionsError(
+                f"--router-inputs needs --engine hf: the {self.engine} engine does not expose the router's input"
+            )
+        self.router_input_layer_list()
+
+    def router_input_layer_list(self) -> tuple[int, ...] | str | None:
+        """`--router-inputs` parsed: "all", a sorted tuple of decoder layers, or None."""
+        spec = self.router_inputs
+        if spec is None:
+            return None
+        if spec.strip().lower() == "all":
+            return "all"
+        layers: set[int] = set()
+        for part in spec.split(","):
+            first, dash, last = part.strip().partition("-")
+            try:
+                low = int(first)
+                high = int(last) if dash else low
+            except ValueError:
+                raise BuildOptionsError(
+                    f"--router-inputs {spec!r}: expected all, or decoder layers like 3,5,10-12"
+                ) from None
+            if low < 0 or high < low:
+                raise BuildOptionsError(f"--router-inputs {spec!r}: {part.strip()!r} is not a layer or range")
+            layers.update(range(low, high + 1))
+        return tuple(sorted(layers))
+
     def _check_custom_inputs(self) -> None:
         """Each input option goes with its corpus: a --wic given to --corpus jsonl would be silently unused."""
         metavar = {"wic": "--wic DIR", "swords": "--swords FILE", "texts": "--texts FILE"}
@@ -171,6 +221,8 @@ class BuildConfig:
             "engine_kwargs",
             "threads",
             "scores",
+            "router_inputs",
+            "router_input_dim",
         )
         return {key: getattr(self, key) for key in keys}
 

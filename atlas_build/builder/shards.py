@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from atlas_build.atlas.layout import AtlasLayout
 from atlas_build.atlas.manifest import Manifest
-from atlas_build.atlas.routing import routing_table
+from atlas_build.atlas.routing import RouterInputRangeError, routing_table
 from atlas_build.atlas.schema import (
     MODELS,
     MODELS_SCHEMA,
@@ -29,7 +29,7 @@ from atlas_build.atlas.writer import (
     write_parquet_atomic,
 )
 from atlas_build.builder.options import BuildConfig
-from atlas_build.errors import BuildOptionsError
+from atlas_build.errors import AtlasError, BuildOptionsError
 from atlas_build.executors.base import ShardTask
 
 
@@ -58,6 +58,13 @@ def shard_table(engine, items: list[TextItem], schema: pa.Schema, weights_stored
     ends = np.repeat(np.array([item.target_end for item in items], dtype=np.int64), batch.token_counts)
     spans = batch.char_spans
     is_target = (spans[:, 0] >= 0) & (spans[:, 0] < ends) & (spans[:, 1] > starts)
+    try:
+        return _routing_rows(schema, items, batch, spans, is_target, weights_stored)
+    except RouterInputRangeError as error:
+        raise AtlasError(str(error)) from None
+
+
+def _routing_rows(schema, items, batch, spans, is_target, weights_stored) -> pa.Table:
     return routing_table(
         schema,
         source_ids=[item.source_id for item in items],
@@ -73,6 +80,7 @@ def shard_table(engine, items: list[TextItem], schema: pa.Schema, weights_stored
         marker=span_labels(spans, batch.token_counts, items, "markers"),
         score_experts=batch.score_experts,
         scores=batch.scores,
+        router_inputs=batch.router_inputs,
     )
 
 
@@ -100,6 +108,10 @@ def run_fingerprint(
     for key in keys:
         if provenance and provenance.get(key) is not None:
             identity[key] = provenance[key]
+    # The projection of stored router inputs (its seed is not in the schema); absent keys keep older keys.
+    for key in ("router_input_layers", "router_input_projection_sha256"):
+        if row.get(key) is not None:
+            identity[key] = row[key]
     return json.dumps({**identity, "schema": schema.to_string()}, sort_keys=True, default=str)
 
 
@@ -208,5 +220,14 @@ def make_engine(config: BuildConfig, load_weights: bool = True):
         model_id=config.model_id,
         threads=config.threads,
         **({"scores_top_m": config.scores} if config.scores is not None else {}),
+        **(
+            {
+                "router_input_layers": config.router_input_layer_list(),
+                "router_input_dim": config.router_input_dim,
+                "router_input_seed": config.seed,
+            }
+            if config.router_inputs is not None
+            else {}
+        ),
         **config.engine_kwargs,
     )

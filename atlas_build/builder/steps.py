@@ -230,6 +230,8 @@ def plan(run: BuildRun) -> None:
         row["top_k"],
         row["weights_dtype"],
         row.get("scores_top_m"),
+        len(row.get("router_input_layers") or []) or None,
+        row.get("router_input_dim"),
     )
     # Taken before routing (the engine frees its model after): what the shard key and the record say.
     run.provenance = engine.provenance()
@@ -407,6 +409,11 @@ def build_record(run: BuildRun) -> dict[str, Any]:
             + (f" --max-lemmas {config.max_lemmas}" if config.max_lemmas else "")
             + (" --random-init" if config.random_init else "")
             + (f" --scores {config.scores}" if config.scores else "")
+            + (
+                f" --router-inputs {config.router_inputs} --router-input-dim {config.router_input_dim}"
+                if config.router_inputs is not None
+                else ""
+            )
             + (f" --traces {Path(config.traces).name}" if traces else "")
             + (
                 f" --{CUSTOM_CORPUS_INPUTS[config.corpus]} {Path(config.corpus_input()).name}"

@@ -78,6 +78,21 @@ from atlas_build.commands._options import model_loading_options
     help="Also store, per token and MoE layer, the top-M experts by the router's selection score and those "
     "scores (M >= top-k; hf engine; default: off).",
 )
+@click.option(
+    "--router-inputs",
+    default=None,
+    metavar="LAYERS",
+    help="Also store the router's input vector of every token at these MoE layers: all, or decoder layers "
+    "like 3,5,10-12 (hf engine; default: none).",
+)
+@click.option(
+    "--router-input-dim",
+    type=int,
+    default=None,
+    metavar="D",
+    help="Project the stored router inputs to D dimensions (seeded Gaussian JL, seed --seed); 0 keeps the "
+    "full vector. Default 256.",
+)
 @click.option("--slug", default=None, help="Name of the model's routing config (default: from the model id).")
 @click.option(
     "--random-init", is_flag=True, help="Route a seeded random-init twin of the architecture (a null model)."

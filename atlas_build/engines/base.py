@@ -32,6 +32,9 @@ class RoutingBatch:
         score_experts: int16 `[T, moe_layers, M]`, the M experts of highest selection score (the score the
             router chooses on), highest first, ties to the lower id; None unless scores were asked for.
         scores: float32 `[T, moe_layers, M]`, those selection scores; None with `score_experts`.
+        router_inputs: float32 `[T, n, D]`, the router's input vector at each of the n decoder layers asked
+            for (`router_input_layers`, in that order), projected to D dimensions
+            (`atlas_build.atlas.projection`, computed in float64); None unless router inputs were asked for.
     """
 
     token_counts: np.ndarray
@@ -42,6 +45,7 @@ class RoutingBatch:
     weights: np.ndarray | None
     score_experts: np.ndarray | None = None
     scores: np.ndarray | None = None
+    router_inputs: np.ndarray | None = None
 
     @property
     def n_tokens(self) -> int:

@@ -24,6 +24,13 @@ from atlas_build.engines.checks import (
     check_weight_files,
     read_config_json,
 )
+from atlas_build.engines.router_inputs import (
+    check_router_inputs,
+    empty_inputs,
+    project_captures,
+    router_input_note,
+    router_input_row,
+)
 from atlas_build.engines.threads import choose_threads
 from atlas_build.errors import AtlasError
 from atlas_build.routers import RouterAdapter, UnsupportedModelError, adapter_for, decoder_config
@@ -142,6 +149,10 @@ class HFEngine(Engine):
         threads: torch's CPU threads (default: see `threads.choose_threads`).
         scores_top_m: M ≥ top_k: also capture, per token and MoE layer, the M experts of highest selection
             score and those scores (the router adapter's `selection_scores`); None: no scores.
+        router_input_layers: decoder layers (MoE layers of the model) whose router input `route` returns,
+            or "all"; None: none captured.
+        router_input_dim: D of the projection of those inputs (0: the full vector; at most the hidden size).
+        router_input_seed: seed of the projection matrix.
     """
 
     name = "hf"
@@ -164,6 +175,9 @@ class HFEngine(Engine):
         model_id: str | None = None,
         threads: int | None = None,
         scores_top_m: int | None = None,
+        router_input_layers: tuple[int, ...] | str | None = None,
+        router_input_dim: int = 0,
+        router_input_seed: int = 0,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -186,6 +200,13 @@ class HFEngine(Engine):
         self.adapter: RouterAdapter = adapter_for(self.config)
         self.spec = routing_spec_of(self.adapter, self.config, path)
         self.scores_top_m = self._check_scores_top_m(scores_top_m)
+        self.router_input_layers, self.projection = self._check_router_inputs(
+            router_input_layers, router_input_dim, router_input_seed
+        )
+        self._input_slots: list[int] = []
+        self._inputs: dict[int, list[Any]] = {}
+        self._capture_inputs = False
+        self._matrix_on: dict[Any, Any] = {}  # the projection matrix, float64, per device it is used on
         self._model = (
             self._load_model(path, dtype, device, device_map, trust_remote_code)
             if load_weights
@@ -202,6 +223,7 @@ class HFEngine(Engine):
         self._routers = self.adapter.router_modules(self._model)
         self._tokenizer = self._load_tokenizer(path, trust_remote_code)
         self._captured: list[list[tuple[Any, Any]]] = [[] for _ in self._routers]
+        self._select_input_slots()
         self._hooks = [
             router.register_forward_hook(self._make_hook(i)) for i, (_, router) in enumerate(self._routers)
         ]
@@ -273,8 +295,31 @@ class HFEngine(Engine):
             )
         return int(scores_top_m)
 
+    def _check_router_inputs(self, layers, dim: int, seed: int):
+        hidden = int(self.text_config.hidden_size)
+        return check_router_inputs(self.spec.moe_layers, hidden, self.model_id, layers, dim, seed)
+
+    def _select_input_slots(self) -> None:
+        # Router inputs, per MoE-layer slot, captured only inside `route` and only for the layers asked for.
+        wanted = set(self.router_input_layers)
+        self._input_slots = [slot for slot, (idx, _) in enumerate(self._routers) if idx in wanted]
+        self._inputs = {slot: [] for slot in self._input_slots}
+
+    def enable_router_inputs(self, layers: tuple[int, ...] | str, dim: int, seed: int) -> None:
+        """Return router inputs from now on (as `router_input_layers`, `router_input_dim` and
+        `router_input_seed` at construction would): what `atlas audit` re-routes an atlas's sample with."""
+        self.router_input_layers, self.projection = self._check_router_inputs(layers, dim, seed)
+        self._matrix_on = {}
+        self._select_input_slots()
+
+    def router_input_row(self) -> dict[str, Any]:
+        """The models row's `router_input_*` fields (all None without router inputs)."""
+        return router_input_row(self.router_input_layers, self.projection)
+
     def _make_hook(self, slot: int):
         def hook(module, args, output):
+            if self._capture_inputs and slot in self._inputs:
+                self._inputs[slot].append(args[0].detach())
             index, weights = self.adapter.read_router_output(output, module)
             captured = (index.detach(), weights.detach().float())
             if self.scores_top_m:
@@ -349,6 +394,7 @@ class HFEngine(Engine):
             "random_init": self.is_random_init,
             "seed": self.seed if self.random_init else self._builtin_info.get("seed"),
             "scores_top_m": self.scores_top_m,
+            **self.router_input_row(),
         }
 
     def provenance(self) -> dict[str, Any]:
@@ -388,6 +434,8 @@ class HFEngine(Engine):
                 f"and MoE layer, the {self.scores_top_m} experts of highest "
                 f"{self.adapter.selection_score_kind}, highest first (ties: lower id first)."
             )
+        if self.projection is not None:
+            notes.append(router_input_note(self.router_input_layers, self.projection))
         return notes
 
     @property
@@ -436,6 +484,7 @@ class HFEngine(Engine):
         weights_out: list[np.ndarray | None] = [None] * len(texts)
         score_ids_out: list[np.ndarray | None] = [None] * len(texts)
         scores_out: list[np.ndarray | None] = [None] * len(texts)
+        inputs_out: list[np.ndarray | None] = [None] * len(texts)
         # Longest first within the call: less padding, and a deterministic batch composition.
         order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
         pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
@@ -452,15 +501,31 @@ class HFEngine(Engine):
                     mask[row, : lengths[i]] = 1
                 for slot in self._captured:
                     slot.clear()
+                for captures in self._inputs.values():
+                    captures.clear()
                 # Right padding: real tokens never attend to pads, so their routing is unaffected.
-                base_model(
-                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
-                )
+                self._capture_inputs = True
+                try:
+                    base_model(
+                        input_ids=input_ids.to(self.device),
+                        attention_mask=mask.to(self.device),
+                        use_cache=False,
+                    )
+                finally:
+                    self._capture_inputs = False
                 index, weights = self._collect(len(batch), width, n_layers, k)
                 score_ids, scores = self._collect_scores(len(batch), width)
+                projected = self._collect_inputs(len(batch), width) if self._input_slots else None
                 for row, i in enumerate(batch):
                     experts_out[i] = index[row, : lengths[i]]
                     weights_out[i] = weights[row, : lengths[i]]
+                    if scores is not None:
+                        score_ids_out[i] = score_ids[row, : lengths[i]]
+                        scores_out[i] = scores[row, : lengths[i]]
+                    if projected is not None:
+                        inputs_out[i] = projected[row, : lengths[i]]
+                for captures in self._inputs.values():
+                    captures.clear()
                     if scores is not None:
                         score_ids_out[i] = score_ids[row, : lengths[i]]
                         scores_out[i] = scores[row, : lengths[i]]
@@ -477,7 +542,26 @@ class HFEngine(Engine):
             experts=np.concatenate(experts_out) if encoded else np.zeros((0, n_layers, k), np.int16),
             weights=np.concatenate(weights_out) if encoded else np.zeros((0, n_layers, k), np.float32),
             **self._score_arrays(score_ids_out, scores_out, n_layers),
+            router_inputs=self._input_array(inputs_out),
         )
+
+    def _collect_inputs(self, batch: int, width: int) -> np.ndarray:
+        """The batch's router inputs, projected (`router_inputs.project_captures`): float32 `[B, S, n, D]`."""
+        captures = []
+        for slot in self._input_slots:
+            if len(self._inputs[slot]) != 1:
+                raise RuntimeError(
+                    f"router of MoE layer {self._routers[slot][0]} ran {len(self._inputs[slot])} times"
+                )
+            captures.append(self._inputs[slot][0])
+        return project_captures(captures, self.projection, self._matrix_on, batch, width)
+
+    def _input_array(self, inputs_out: list) -> np.ndarray | None:
+        if not self._input_slots:
+            return None
+        if not inputs_out:
+            return empty_inputs(len(self._input_slots), self.projection)
+        return np.concatenate(inputs_out)
 
     def _score_arrays(self, score_ids: list, scores: list, n_layers: int) -> dict[str, np.ndarray | None]:
         if not self.scores_top_m:

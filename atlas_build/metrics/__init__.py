@@ -62,6 +62,10 @@ significant digits; NaN/undefined is null)::
             "jaccard": {"same": mean J, "different": mean J},
             "controls": {name: {"method": str, "delta": interval[L] | null, "layer_mean": {"delta": interval},
                                 "n_pairs", "n_columns", ("null_model": slug), ("error": str: design refused)}},
+                         # with --router-inputs (metrics/controls/geometry.py): "hidden_state": {"method",
+                         # "delta": interval[L] | null (null unless every MoE layer is stored), "delta_at_layers",
+                         # "layer_mean", "raw": {"delta_at_layers", "layer_mean"}, "explained": interval,
+                         # "layers", "n_pairs", "n_bins"}; "all" then adds router-input similarity too
             "context_adjusted": = controls.context_words, "over_null": null | from controls.null_model,
             "peak": {"layer_index", "layer", "delta", "ci_low", "ci_high"},
             "survives": {"raw", "controls": {name: "positive|negative|none|untested"},
@@ -124,6 +128,10 @@ significant digits; NaN/undefined is null)::
                                 "controls": {"token_identity"|"context_words"|"all"|"null_model":
                                              {"method", "delta": interval}},
                                 "survives": bool}}}},
+          "predictability": null | {                   # metrics/estimators/predictability.py
+            "method", "predictors": ["token", "router_input", "previous"], "layers": [decoder layer], "chance",
+            "n_texts_train", "n_texts_test", "n_tokens_test",
+            "accuracy": {predictor: interval[L] (None where not computed) | null (router_input: no vectors)}},
           "scores": null | {                           # metrics/scores/compute.py (built with --scores M)
             "scores_top_m", "near_tie", "margin_defined_share": [L],
             "margin_quantiles": {"q10", "q50", "q90": [L]}, "near_tie_share": [L],

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from atlas_build.atlas.schema import MODELS, ROUTING_PREFIX, SENSE_PAIRS, SENSES, SUBSTITUTIONS, TRACES
+from atlas_build.metrics.controls.geometry import PairGeometry, fold_hidden_state, router_geometry
 from atlas_build.metrics.controls.regression import CONTROL_NAMES, NullModel, pair_controls
 from atlas_build.metrics.controls.verdict import explained, peak, scale_rows, survival
 from atlas_build.metrics.estimators.identity import TargetIdentity, target_identity
 from atlas_build.metrics.estimators.overlap import TARGET_MODES, select_targets, target_rows_table
+from atlas_build.metrics.estimators.predictability import atlas_predictability
 from atlas_build.metrics.estimators.probe import sense_probe
 from atlas_build.metrics.estimators.senses import (
     BootstrapOptions,
@@ -146,10 +148,13 @@ def sense_pair_metrics(
     row: dict,
     boot: BootstrapOptions,
     null: NullModel | None = None,
+    geometry: PairGeometry | None = None,
 ) -> dict:
-    """The `sense_pairs` block of one model: raw Δκ, the named controls, the peak layer and survival."""
+    """The `sense_pairs` block of one model: raw Δκ, the named controls (with `hidden_state` where the atlas
+    stores router inputs), the peak layer and survival."""
     sp = sense_pair_overlap(kappa, corpus, boot)
-    sp["controls"] = pair_controls(kappa, corpus, identity, boot, null)
+    controls = pair_controls(kappa, corpus, identity, boot, null)
+    sp["controls"] = fold_hidden_state(controls, kappa, corpus, geometry, boot, identity)
     # Older readers (the publisher's changelog, earlier cards) read these two names.
     sp["context_adjusted"] = sp["controls"]["context_words"]
     sp["over_null"] = None
@@ -294,7 +299,13 @@ def compute_metrics(
                         name = null_row["model_slug"]
                         null = NullModel(name, kappa_of(name), identity_of(name))
                     entry["sense_pairs"] = sense_pair_metrics(
-                        kappa_of(slug, targets), corpus, identity_of(slug, routing), row, boot, null
+                        kappa_of(slug, targets),
+                        corpus,
+                        identity_of(slug, routing),
+                        row,
+                        boot,
+                        null,
+                        router_geometry(src, row, corpus, options.target),
                     )
                     entry["probe"] = sense_probe(targets, corpus, boot, identity_of(slug))
                     if options.calibrate and planter is None:
@@ -310,6 +321,7 @@ def compute_metrics(
                         entry["substitutions"] = substitution_overlap(
                             targets, sub_targets, corpus, substitutions, top_k, n_experts, boot
                         )
+                entry["predictability"] = atlas_predictability(src, row, boot)
                 entry["corpora"] = {
                     uc.kind: user_corpus_metrics(
                         uc, slug, routing, src, by_slug, nulls[slug], options, user_cache

@@ -50,6 +50,7 @@ MODEL_KEYS = {
     "traces",
     "paths",  # metrics/paths/compute.py
     "scores",  # metrics/scores/compute.py (null: built without --scores)
+    "predictability",  # metrics/estimators/predictability.py
 }
 SENSE_PAIR_KEYS = {
     "n_pairs",

@@ -24,8 +24,10 @@ def test_the_readme_lists_every_routing_column():
     listed = [
         name for cell in re.findall(r"^\| ([^|]+) \|", table, re.M) for name in re.findall(r"`(\w+)`", cell)
     ]
-    # Every column a routing config can have: with `--scores M` two more (`score_experts`, `scores`).
-    assert listed == routing_schema(32, 5, 8, "float16", scores_top_m=16).names
+    # Every column a routing config can have: with `--scores M` two more (`score_experts`, `scores`), with
+    # `--router-inputs` one more (`router_inputs`).
+    schema = routing_schema(32, 5, 8, "float16", scores_top_m=16, router_input_layers=2, router_input_dim=8)
+    assert listed == schema.names
 
 
 def test_the_card_lists_every_column_and_the_engine_provenance(small_atlas):

@@ -17,6 +17,7 @@ from atlas_build.metrics.compute import FORMULAS, MetricsResult
 from atlas_build.metrics.controls.regression import CONTROL_NAMES
 from atlas_build.metrics.paths.report import path_figures, path_section
 from atlas_build.metrics.report.figures import plot_coactivation, plot_kappa_layers, plot_scale
+from atlas_build.metrics.report.router_inputs import router_input_section
 from atlas_build.metrics.report.text import (
     CONTROL_LABELS,
     _at,
@@ -362,6 +363,9 @@ def render_report(metrics: dict) -> str:
         )
     lines += path_section(metrics)  # routing paths across layers (metrics/paths/report.py)
     lines += score_section(metrics)  # router scores beyond the top-k (metrics/scores/report.py)
+    lines += router_input_section(
+        metrics
+    )  # geometry control, predictability (metrics/report/router_inputs.py)
     if metrics.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in metrics["notes"]]
     return "\n".join(lines) + "\n"

@@ -84,6 +84,7 @@ CONTROL_LABELS = {
     "position": "position",
     "neighbours": "neighbours",
     "null_model": "over null model",
+    "hidden_state": "router-input geometry",
     "all": "all controls",
 }
 
