@@ -339,6 +339,8 @@ class HFEngine(Engine):
             "topk_group": self.spec.topk_group,
             "norm_topk_prob": self.spec.norm_topk_prob,
             "routed_scaling_factor": self.spec.routed_scaling_factor,
+            "routing_kind": self.spec.routing_kinds(self.text_config.num_hidden_layers),
+            "n_zero_experts": self.spec.n_zero_experts,
             "total_params": int(total),
             "active_params": int(total - inactive),
             "dtype": str(resolve_dtype(self.config, self.dtype_name)).removeprefix("torch."),

@@ -10,23 +10,18 @@ from atlas_build.routers.base import (
     UnsupportedModelError,
     decoder_config,
 )
+from atlas_build.routers.families import FAMILIES
 
 ADAPTERS = Registry(
     "router adapter",
     {
         "deepseek_v2": "atlas_build.routers.deepseek_v2:DeepseekV2Adapter",
-        "deepseek_v3": "atlas_build.routers.deepseek_v3:DeepseekV3Adapter",
-        "glm4_moe": "atlas_build.routers.glm4_moe:Glm4MoeAdapter",
-        "gpt_oss": "atlas_build.routers.gpt_oss:GptOssAdapter",
         "llama4": "atlas_build.routers.llama4:Llama4Adapter",
         "llama4_text": "atlas_build.routers.llama4:Llama4TextAdapter",
-        "mixtral": "atlas_build.routers.mixtral:MixtralAdapter",
-        "olmoe": "atlas_build.routers.olmoe:OlmoeAdapter",
-        "qwen2_moe": "atlas_build.routers.qwen2_moe:Qwen2MoeAdapter",
         "qwen3_5_moe": "atlas_build.routers.qwen3_5_moe:Qwen3_5MoeAdapter",
         "qwen3_5_moe_text": "atlas_build.routers.qwen3_5_moe:Qwen3_5MoeTextAdapter",
-        "qwen3_moe": "atlas_build.routers.qwen3_moe:Qwen3MoeAdapter",
-    },
+    }
+    | {name: f"atlas_build.routers.families:{name}" for name in FAMILIES},
 )
 
 # model_types known to be MoE but without an adapter here: named in the error, not guessed at.

@@ -57,6 +57,10 @@ class RoutingSpec:
     moe_layers: tuple[int, ...]
     n_group: int | None = None
     topk_group: int | None = None
+    # Decoder layers (among moe_layers) whose experts are a token-id hash lookup, not a learned choice.
+    hash_layers: tuple[int, ...] = ()
+    # Zero-computation experts: the last n_zero_experts ids of n_routed_experts (LongCat-Flash).
+    n_zero_experts: int = 0
 
     @classmethod
     def softmax_greedy(
@@ -77,7 +81,15 @@ class RoutingSpec:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["moe_layers"] = list(self.moe_layers)
+        out["hash_layers"] = list(self.hash_layers)
         return out
+
+    def routing_kinds(self, num_hidden_layers: int) -> list[str]:
+        """`learned` / `hash` / `dense` for every decoder layer (the models row's `routing_kind`)."""
+        moe, hashed = set(self.moe_layers), set(self.hash_layers)
+        return [
+            "hash" if i in hashed else "learned" if i in moe else "dense" for i in range(num_hidden_layers)
+        ]
 
 
 class RouterAdapter(ABC):
