@@ -443,9 +443,11 @@ class HFEngine(Engine):
         pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
         # The decoder stack only (no LM head); Llama4ForCausalLM's base_model_prefix names no attribute.
         base_model = self.adapter.decoder_model(self._model)
+        # Families whose routing padding changes (the adapter's `route_alone` says why) run one text a batch.
+        step = 1 if self.adapter.route_alone else self.batch_size
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
+            for start in range(0, len(order), step):
+                batch = order[start : start + step]
                 width = int(lengths[batch].max())
                 input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)

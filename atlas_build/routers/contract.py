@@ -80,9 +80,12 @@ class Family:
         zero_experts: config attribute of the number of zero-computation experts (their ids come last).
         bias: where the selection bias is (`router.<attr>` or `block.<attr>`), if the router adds one.
         outputs: positions of (logits, weights, index) in the router's output tuple.
+        layer_count: config attribute of the number of decoder-layer modules (LongCat: num_layers).
         router_path, experts_path, layers_path: where the router, its experts and the decoder layers are.
         verified: what tests/routers checks of it beyond VERIFIED_FOR_ALL.
         card_note: a sentence for the dataset card where `weights` differ from the usual meaning.
+        score_kind: what the selection score is, in words (dataset card); generated when empty.
+        route_alone: why padding changes the family's routing in transformers (each text then runs alone).
     """
 
     name: str
@@ -105,12 +108,14 @@ class Family:
     zero_experts: str | None = None
     bias: str | None = None
     outputs: tuple[int, int, int] = (0, 1, 2)
+    layer_count: str = "num_hidden_layers"
     router_path: str = "mlp.gate"
     experts_path: str = "mlp.experts"
     layers_path: str = "model.layers"
     verified: tuple[str, ...] = ()
     card_note: str = ""
     score_kind: str = ""
+    route_alone: str | None = None
     model_types: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
@@ -141,7 +146,7 @@ def _uniform(name: str, key, value):
 
 def layer_kinds(family: Family, config) -> list[str]:
     """`learned` / `hash` / `dense` for every decoder layer of `config`, by the family's layer rule."""
-    n = config.num_hidden_layers
+    n = getattr(config, family.layer_count)
     rule = family.layers
     if rule == "all":
         return ["learned"] * n
@@ -214,6 +219,7 @@ class TableAdapter(RouterAdapter):
             topk_group=text.topk_group if row.groups else None,
             hash_layers=tuple(i for i, kind in enumerate(kinds) if kind == "hash"),
             n_zero_experts=zero,
+            layer_kinds=tuple(kinds),
         )
 
     def layer_routing_kinds(self, config) -> list[str]:
@@ -310,6 +316,7 @@ def adapter_class(row: Family) -> type[TableAdapter]:
         "router_path": row.router_path,
         "experts_path": row.experts_path,
         "layers_path": row.layers_path,
+        "route_alone": row.route_alone,
         "selection_score_kind": row.score_kind
         or f"{row.selection} of the router logits{' plus its correction bias' if row.bias else ''}: what "
         "the router takes its top-k of",

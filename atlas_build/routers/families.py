@@ -147,6 +147,10 @@ ROWS = [
         "GLM-5 (zai-org; DeepSeek sparse attention)",
         _NOAUX_RULE,
         layers="mlp_layer_types",
+        route_alone=(
+            "transformers 5's GLM-5 sparse-attention indexer lets right padding change real tokens' hidden "
+            "states (tests/routers/test_families: a padded batch moved weights by 0.03)"
+        ),
         verified=(_CONTRACT,),
         **_NOAUX,
     ),
@@ -326,6 +330,7 @@ ROWS = [
         bias="router.e_score_correction_bias",
         norm=False,
         scale="routed_scaling_factor",
+        layer_count="num_layers",
         router_path="mlp.router",
         card_note=(
             "LongCat-Flash: every decoder layer also runs two dense MLPs beside the MoE block (shortcut-"

@@ -93,8 +93,10 @@ def test_every_architecture_is_registered():
 
 def test_every_registered_architecture_has_a_verified_checkpoint():
     """`atlas model list` says each adapter is verified by tests/routers: each has a tiny checkpoint there,
-    which test_gate_recompute routes and recomputes."""
-    assert set(ADAPTERS.names()) <= {case.model_type for case in CASES.values()}
+    which test_gate_recompute or test_families routes and recomputes."""
+    from .family_cases import FAMILY_CASES
+
+    assert set(ADAPTERS.names()) <= {case.model_type for case in CASES.values()} | set(FAMILY_CASES)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
