@@ -24,8 +24,6 @@ ADAPTERS = Registry(
     | {name: f"atlas_build.routers.families:{name}" for name in FAMILIES},
 )
 
-# model_types known to be MoE but without an adapter here: named in the error, not guessed at.
-KNOWN_UNSUPPORTED_MOE = ("jamba", "dbrx", "granitemoe", "phimoe", "deepseek_v32")
 # Config keys whose value > 1 marks a Mixture-of-Experts model (at the top or in a sub-config).
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
@@ -36,8 +34,16 @@ def adapter_for(config) -> RouterAdapter:
     supported = ", ".join(ADAPTERS.names())
     if model_type in ADAPTERS:
         return ADAPTERS.get(model_type)()
+    from atlas_build.routers.catalog import refusal
+
+    reason = refusal(model_type)
+    if reason:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is a Mixture-of-Experts family the atlas refuses: {reason}; "
+            f"supported MoE architectures: {supported} (see `atlas model list`)."
+        )
     moe_in = moe_config_name(config)
-    if model_type in KNOWN_UNSUPPORTED_MOE or moe_in is not None:
+    if moe_in is not None:
         where = f" (its MoE settings are in {moe_in})" if moe_in else ""
         raise UnsupportedModelError(
             f"model_type {model_type!r} is a Mixture-of-Experts architecture without a router adapter{where}; "
