@@ -296,3 +296,26 @@ def test_atlas_build_with_scores_stores_the_recomputed_routing(
             start = i
     assert mismatched == 0 and worst <= FLOAT16_TOLERANCE, (name, mismatched, worst)
     assert (np.diff(weights, axis=-1) <= 0).all()
+
+
+def test_hash_layers_are_left_out_of_the_sense_metrics_by_default(
+    family_checkpoint, tmp_path, requires_wordnet
+):
+    """DeepSeek-V4's hash layer (decoder layer 0) is recorded, but the sense metrics read only the learned
+    layers unless asked: their per-layer κ equal the learned layers' columns of the all-layers computation."""
+    from atlas_build.metrics.compute import MetricsOptions, compute_metrics
+
+    out = tmp_path / "atlas"
+    args = ["build", "--model", str(family_checkpoint("deepseek_v4")), "--out", str(out), "--max-lemmas", "4"]
+    result = CliRunner().invoke(main, [*args, "--slug", "v4"])
+    assert result.exit_code == 0, result.output
+    fast = {"n_bootstrap": 20, "n_permutations": 19}
+    default = compute_metrics(out, options=MetricsOptions(**fast)).metrics
+    full = compute_metrics(out, options=MetricsOptions(**fast, include_hash_layers=True)).metrics
+    sp, sp_all = default["models"]["v4"]["sense_pairs"], full["models"]["v4"]["sense_pairs"]
+    assert default["models"]["v4"]["model"]["moe_layers"] == [0, 1, 2]
+    assert sp["sense_layers"] == [1, 2] and sp["hash_layers_excluded"] == [0]
+    assert sp_all["sense_layers"] == [0, 1, 2] and sp_all["hash_layers_excluded"] == []
+    for key in ("kappa_same", "kappa_different"):
+        np.testing.assert_allclose(sp[key]["estimate"], sp_all[key]["estimate"][1:])
+    assert any("token-id hash table" in note for note in default["notes"])

@@ -203,7 +203,8 @@ def plot_kappa_layers(metrics: dict, path: Path) -> bool:
     fig = _figure(11, 3.2 * len(entries))
     axes = fig.subplots(len(entries), 2, squeeze=False)
     for (slug, entry), (left, right) in zip(entries, axes, strict=True):
-        sp, x = entry["sense_pairs"], entry["model"]["moe_layers"]
+        sp = entry["sense_pairs"]
+        x = sp.get("sense_layers") or entry["model"]["moe_layers"]  # hash layers left out by default
         _band(left, x, sp["kappa_same"], "same sense", "tab:blue")
         _band(left, x, sp["kappa_different"], "different sense", "tab:orange")
         left.set_ylabel("mean κ")
@@ -390,10 +391,21 @@ def render_report(metrics: dict) -> str:
             continue
         jac = sp["jaccard"]
         controls = sp.get("controls") or {}
+        hashed = sp.get("hash_layers_excluded") or []
         lines += [
             "",
             f"### {_label(slug, entry)} per layer",
             "",
+            *(
+                [
+                    f"Decoder layers {hashed} route by a token-id hash table, not a learned router: their "
+                    "experts are the token's table row, token identity by construction (a built-in "
+                    "token-identity reference), so the sense metrics leave them out.",
+                    "",
+                ]
+                if hashed
+                else []
+            ),
             f"Context-word Jaccard: same-sense pairs {_num(jac['same'])}, different-sense pairs "
             f"{_num(jac['different'])}. Controls: "
             + "; ".join(f"`{n}`: {c['method']}" for n, c in controls.items())
@@ -404,7 +416,7 @@ def render_report(metrics: dict) -> str:
             + " |",
             "|---:|---:|---:|---|---:|---:|" + "---|" * len(names),
         ]
-        for i, layer in enumerate(entry["model"]["moe_layers"]):
+        for i, layer in enumerate(sp.get("sense_layers") or entry["model"]["moe_layers"]):
             cells = [
                 _ci(_at(controls[n]["delta"], i)) if controls.get(n) and controls[n].get("delta") else "–"
                 for n in names
