@@ -310,7 +310,9 @@ def compute_metrics(
                     )
                     hashed = hash_layers(row)
                     entry["sense_pairs"]["sense_layers"] = sense_row["moe_layers"]
-                    entry["sense_pairs"]["hash_layers_excluded"] = [] if options.include_hash_layers else hashed
+                    entry["sense_pairs"]["hash_layers_excluded"] = (
+                        [] if options.include_hash_layers else hashed
+                    )
                     if hashed and not options.include_hash_layers:
                         notes.append(
                             f"{slug}: decoder layers {hashed} route by a token-id hash table (routing_kind "
