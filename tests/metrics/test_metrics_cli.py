@@ -63,6 +63,8 @@ SENSE_PAIR_KEYS = {
     "over_null",
     "peak",
     "survives",
+    "sense_layers",  # the decoder layers the sense arrays cover (hash-routed layers left out by default)
+    "hash_layers_excluded",
 }
 
 

@@ -89,3 +89,21 @@ def test_a_refused_family_is_refused_with_its_reason(model_type):
     with pytest.raises(UnsupportedModelError) as error:
         adapter_for(AutoConfig.for_model(model_type))
     assert REFUSED[model_type] in str(error.value)
+
+
+def test_readme_family_table_lists_every_family_with_its_rule():
+    from pathlib import Path
+
+    from atlas_build.routers.catalog import NOT_MOE, REFUSED
+    from atlas_build.routers.families import FAMILIES
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    table = {
+        line.split("|")[1].strip().strip("`"): line for line in readme.splitlines() if line.startswith("| `")
+    }
+    for name in ADAPTERS.names():
+        assert name in table and "verified" in table[name], name
+    for name, row in FAMILIES.items():
+        assert row.rule in table[name], name
+    for name, reason in {**REFUSED, **NOT_MOE}.items():
+        assert name in table and reason in table[name], name
