@@ -340,6 +340,70 @@ ROWS = [
     ),
 ]
 
+ROWS += [
+    Family(
+        "glm4_moe_lite",
+        ("Glm4MoeLiteTopkRouter",),
+        "GLM-4.7-Flash (zai-org)",
+        _NOAUX_RULE,
+        layers="mlp_layer_types",
+        verified=(_CONTRACT,),
+        **_NOAUX,
+    ),
+    Family(
+        "mimo_v2_flash",
+        ("MiMoV2FlashTopkRouter",),
+        "MiMo-V2-Flash (Xiaomi)",
+        _NOAUX_RULE,
+        layers="mlp_layer_types",
+        verified=(_CONTRACT,),
+        **_NOAUX,
+    ),
+    Family(
+        "kimi_linear",
+        ("KimiLinearTopkRouter",),
+        "Kimi-Linear-48B-A3B (Moonshot AI)",
+        _NOAUX_RULE,
+        layers="mlp_layer_types",
+        verified=(_CONTRACT,),
+        **{**_NOAUX, "experts": "num_experts", "shared": "num_shared_experts"},
+    ),
+    Family(
+        "granitemoe_swa",
+        ("GraniteMoeSWATopKRouter",),
+        "Granite MoE with sliding-window attention (IBM)",
+        "l = Wh; top-k of l; w = softmax over the k chosen logits; one shared MLP when shared_intermediate_size",
+        experts="num_local_experts",
+        selection="logits",
+        shared_if="shared_intermediate_size",
+        router_path="block_sparse_moe.router",
+        experts_path="block_sparse_moe.experts",
+        verified=(_CONTRACT,),
+    ),
+    Family(
+        "minimax",
+        ("MiniMaxTopKRouter",),
+        "MiniMax-Text-01 (lightning-attention hybrid)",
+        "p = softmax(Wh) (float32); top-k of p; w = p / sum_k p (always)",
+        experts="num_local_experts",
+        verified=(_CONTRACT,),
+    ),
+    Family(
+        "laguna",
+        ("LagunaTopKRouter",),
+        "Laguna (Poolside)",
+        "l = Wh, soft-capped (tanh(l / c) c when moe_router_logit_softcapping c > 0); s = sigmoid(l); top-k of s + "
+        "bias; w = s / sum_k s; one shared expert",
+        scoring="sigmoid",
+        method="noaux_tc",
+        selection="sigmoid",
+        bias="router.e_score_correction_bias",
+        shared_if="shared_expert_intermediate_size",
+        layers="mlp_layer_types",
+        verified=(_CONTRACT,),
+    ),
+]
+
 FAMILIES = {row.name: row for row in ROWS}
 ADAPTER_CLASSES = {row.name: adapter_class(row) for row in ROWS}
 globals().update(ADAPTER_CLASSES)

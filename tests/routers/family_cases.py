@@ -125,6 +125,20 @@ def deepseek_v4(x, t, c, ids, use_hash=True):
     return index, w / (w.sum(-1, keepdim=True) + 1e-20) * c.routed_scaling_factor, choice
 
 
+def laguna(x, t, c, ids, softcap=True):
+    """LagunaTopKRouter: logits soft-capped (tanh(l / c) c, c = moe_router_logit_softcapping > 0); sigmoid; top-k
+    of sigmoid + e_score_correction_bias; weights renormalised."""
+    logits = x @ t["weight"].T
+    cap = c.moe_router_logit_softcapping
+    if softcap and cap > 0:
+        logits = torch.tanh(logits / cap) * cap
+    s = torch.sigmoid(logits)
+    choice = s + t["e_score_correction_bias"]
+    index = choice.topk(c.num_experts_per_tok, dim=-1).indices
+    w = s.gather(1, index)
+    return index, w / w.sum(-1, keepdim=True), choice
+
+
 # ---- the tiny checkpoints -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FamilyCase:
@@ -468,6 +482,86 @@ CASE_LIST = [
         biases=_E_BIAS,
         bias_std=0.1,
         zero_experts=4,
+    ),
+]
+CASE_LIST += [
+    FamilyCase(
+        "glm4_moe_lite",
+        {**_TINY, **_MLA, **_NOAUX_CFG, "n_routed_experts": 16, "mlp_layer_types": ["dense", "sparse"]},
+        ("Glm4MoeLiteTopkRouter",),
+        noaux_tc,
+        _GROUPED,
+        ("dense", "learned"),
+        biases=_E_BIAS,
+        router_std=0.15,
+    ),
+    FamilyCase(
+        "mimo_v2_flash",
+        {
+            **_TINY,
+            **_NOAUX_CFG,
+            "n_routed_experts": 16,
+            "mlp_layer_types": ["dense", "sparse"],
+            "layer_types": ["full_attention", "sliding_attention"],
+            "sliding_window": 4,
+        },
+        ("MiMoV2FlashTopkRouter",),
+        noaux_tc,
+        _GROUPED,
+        ("dense", "learned"),
+        biases=_E_BIAS,
+        router_std=0.15,
+    ),
+    FamilyCase(
+        "kimi_linear",
+        {
+            **_TINY,
+            **_MLA,
+            **_NOAUX_CFG,
+            "num_experts": 16,
+            "num_shared_experts": 1,
+            "mlp_layer_types": ["dense", "sparse"],
+            "layer_types": ["full_attention", "full_attention"],
+        },
+        ("KimiLinearTopkRouter",),
+        noaux_tc,
+        _GROUPED,
+        ("dense", "learned"),
+        biases=_E_BIAS,
+        router_std=0.15,
+    ),
+    FamilyCase(
+        "granitemoe_swa",
+        {**_TINY, "num_local_experts": 8, "num_experts_per_tok": 3, "sliding_window": 4},
+        ("GraniteMoeSWATopKRouter",),
+        granite,
+        {"over_k": False},
+        ("learned", "learned"),
+    ),
+    FamilyCase(
+        "minimax",
+        {**_TINY, **_MOE, "num_local_experts": 8, "layer_types": ["linear_attention", "full_attention"]},
+        ("MiniMaxTopKRouter",),
+        lambda x, t, c, ids, norm=True: softmax_topk(x, t, c, ids, norm=norm),
+        {"norm": False},
+        ("learned", "learned"),
+    ),
+    FamilyCase(
+        "laguna",
+        {
+            **_TINY,
+            **_MOE,
+            "num_experts": 8,
+            "shared_expert_intermediate_size": 16,
+            "mlp_layer_types": ["dense", "sparse"],
+            "moe_router_logit_softcapping": 1.0,
+        },
+        ("LagunaTopKRouter",),
+        laguna,
+        {"softcap": False},
+        ("dense", "learned"),
+        biases=_E_BIAS,
+        bias_std=0.05,
     ),
 ]
 FAMILY_CASES = {case.model_type: case for case in CASE_LIST}
