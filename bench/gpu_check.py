@@ -304,7 +304,7 @@ def materialize_r1_layout(out: Path, tokenizer_from: Path, layers: int, seed: in
     return out
 
 
-# ---- 3. the router's arithmetic (DeepSeek-V3 / R1, see atlas_build/routers/deepseek_v3.py) ----------------
+# ---- 3. the router's arithmetic (DeepSeek-V3 / R1, see the deepseek_v3 row of atlas_build/routers/families.py) ----------------
 def router_choice(scores, bias, n_group: int, topk_group: int, top_k: int):
     """The experts a DeepSeek-V3 router picks from its sigmoid scores: group-limited top-k of score + bias.
 
