@@ -50,7 +50,6 @@ REFUSED = {
     "glm4v_moe": _NO_CAUSAL_LM,
     "glm5_next": _NO_CAUSAL_LM,
     "granite_docling": _NO_CAUSAL_LM,
-    "hy_v3": _unverified("Hunyuan v3's MoE router"),
     "hy_v4": _unverified("Hunyuan v4's MoE router"),
     "inkling": _unverified("Inkling's MoE router"),
     "inkling2": _unverified("Inkling 2's MoE router"),

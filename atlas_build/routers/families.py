@@ -403,6 +403,24 @@ ROWS += [
         verified=(_CONTRACT,),
     ),
 ]
+ROWS.append(
+    Family(
+        "hy_v3",
+        ("HYV3TopKRouter",),
+        "Hunyuan v3 MoE (Tencent)",
+        "s = sigmoid(Wh) (float32); top-k of s + block bias; w = s / (sum_k s + 1e-20) times "
+        "router_scaling_factor; shared experts",
+        experts="num_local_experts",
+        scoring="sigmoid",
+        method="noaux_tc",
+        selection="sigmoid",
+        bias="block.e_score_correction_bias",
+        scale="router_scaling_factor",
+        shared="num_shared_experts",
+        layers="mlp_layer_types",
+        verified=(_CONTRACT,),
+    )
+)
 
 FAMILIES = {row.name: row for row in ROWS}
 ADAPTER_CLASSES = {row.name: adapter_class(row) for row in ROWS}

@@ -139,6 +139,16 @@ def laguna(x, t, c, ids, softcap=True):
     return index, w / w.sum(-1, keepdim=True), choice
 
 
+def hy_v3(x, t, c, ids, use_bias=True):
+    """HYV3TopKRouter with the block's e_score_correction_bias: sigmoid (float32); top-k of sigmoid + bias;
+    weights / (sum + 1e-20) times router_scaling_factor."""
+    s = torch.sigmoid(x @ t["weight"].T)
+    choice = s + (t["block.e_score_correction_bias"] if use_bias else 0.0)
+    index = choice.topk(c.num_experts_per_tok, dim=-1).indices
+    w = s.gather(1, index)
+    return index, w / (w.sum(-1, keepdim=True) + 1e-20) * c.router_scaling_factor, choice
+
+
 # ---- the tiny checkpoints -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FamilyCase:
@@ -564,4 +574,24 @@ CASE_LIST += [
         bias_std=0.05,
     ),
 ]
+CASE_LIST.append(
+    FamilyCase(
+        "hy_v3",
+        {
+            **_TINY,
+            **_MOE,
+            "num_experts": 8,
+            "num_shared_experts": 1,
+            "router_scaling_factor": 2.5,
+            "mlp_layer_types": ["dense", "sparse"],
+        },
+        ("HYV3TopKRouter",),
+        hy_v3,
+        {"use_bias": False},
+        ("dense", "learned"),
+        block_tensors=_E_BIAS,
+        biases=("block.e_score_correction_bias",),
+        bias_std=0.3,
+    )
+)
 FAMILY_CASES = {case.model_type: case for case in CASE_LIST}
