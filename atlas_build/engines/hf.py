@@ -113,16 +113,34 @@ def resolve_dtype(config, dtype: str):
     return getattr(torch, found) if isinstance(found, str) else found
 
 
+def auto_model_class(config):
+    """`AutoModelForCausalLM`, or `AutoModelForImageTextToText` for a multimodal MoE wrapper that transformers
+    gives no causal-LM class (Qwen3-VL-MoE): the whole wrapper loads, and only its text tower is run (the
+    adapter's `layers_path` names it)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", None)
+    if (
+        model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    ):
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
 def meta_model(config, dtype: str, trust_remote_code: bool = False):
     """The architecture of `config` on the meta device: shapes and parameter counts, no memory, no weights.
 
     Quantized checkpoints (FP8) are counted as their unquantized architecture (no scale tensors).
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(
+        return auto_model_class(config).from_config(
             config, dtype=resolve_dtype(config, dtype), trust_remote_code=trust_remote_code
         )
 
@@ -211,13 +229,13 @@ class HFEngine(Engine):
         self, path: Path, dtype: str, device: str, device_map: str | None, trust_remote_code: bool
     ):
         import torch
-        from transformers import AutoModelForCausalLM
 
+        auto = auto_model_class(self.config)
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
         try:
             if self.random_init:
                 torch.manual_seed(self.seed)
-                model = AutoModelForCausalLM.from_config(
+                model = auto.from_config(
                     self.config,
                     dtype=torch_dtype if dtype != "auto" else None,
                     trust_remote_code=trust_remote_code,
@@ -229,7 +247,7 @@ class HFEngine(Engine):
                     kwargs["device_map"] = device_map
                 # Mismatched shapes are reported (and refused below, by name) rather than raised as
                 # transformers' generic "see the report above".
-                model, info = AutoModelForCausalLM.from_pretrained(
+                model, info = auto.from_pretrained(
                     path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
                 )
                 own = {name.split(".")[0] for name in model.state_dict()}

@@ -421,6 +421,35 @@ ROWS.append(
         verified=(_CONTRACT,),
     )
 )
+ROWS.append(
+    Family(
+        "qwen3_vl_moe",
+        ("Qwen3VLMoeTextTopKRouter",),
+        "Qwen3-VL-30B-A3B, Qwen3-VL-235B-A22B (text tower of the multimodal wrapper)",
+        "p = softmax(Wh); top-k of p; w = p / sum_k p (always); dense layers from mlp_only_layers",
+        layers="qwen_step",
+        layers_path="model.language_model.layers",
+        verified=(
+            _CONTRACT,
+            "a multimodal wrapper checkpoint (with a vision tower) routes through its text tower",
+        ),
+    )
+)
+ROWS.append(
+    Family(
+        "kimi_k25",
+        ("DeepseekV3TopkRouter",),
+        "Kimi K2.5 (Moonshot AI; DeepSeek-V3 text tower of the multimodal wrapper)",
+        _NOAUX_RULE,
+        layers="first_k_dense",
+        layers_path="model.language_model.layers",
+        verified=(
+            _CONTRACT,
+            "a multimodal wrapper checkpoint (with a vision tower) routes through its text tower",
+        ),
+        **_NOAUX,
+    )
+)
 
 FAMILIES = {row.name: row for row in ROWS}
 ADAPTER_CLASSES = {row.name: adapter_class(row) for row in ROWS}

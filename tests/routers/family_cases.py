@@ -164,6 +164,7 @@ class FamilyCase:
         biases: router or block tensors re-drawn at random (a zero bias would test nothing).
         routing_kind: the models row's expected `routing_kind`.
         zero_experts: the last ids that are zero-computation experts.
+        wrapper: a multimodal wrapper's other sub-configs; `config` is then its `text_config`.
     """
 
     model_type: str
@@ -178,6 +179,7 @@ class FamilyCase:
     bias_std: float = 0.1
     zero_experts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    wrapper: dict[str, Any] | None = None  # the other sub-configs of a multimodal wrapper (vision_config)
 
 
 _TINY = {**_COMMON, "head_dim": 8, "num_hidden_layers": 2}
@@ -592,6 +594,70 @@ CASE_LIST.append(
         block_tensors=_E_BIAS,
         biases=("block.e_score_correction_bias",),
         bias_std=0.3,
+    )
+)
+CASE_LIST.append(
+    FamilyCase(
+        "qwen3_vl_moe",
+        {
+            **_TINY,
+            **_MOE,
+            "num_experts": 8,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+        },
+        ("Qwen3VLMoeTextTopKRouter",),
+        lambda x, t, c, ids, norm=True: softmax_topk(x, t, c, ids, norm=norm),
+        {"norm": False},
+        ("learned", "learned"),
+        wrapper={
+            "vision_config": {
+                "depth": 1,
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_heads": 2,
+                "out_hidden_size": 32,
+                "num_position_embeddings": 16,
+                "patch_size": 4,
+                "deepstack_visual_indexes": [],
+            }
+        },
+    )
+)
+CASE_LIST.append(
+    FamilyCase(
+        "kimi_k25",
+        {
+            **_TINY,
+            **_MLA,
+            **_NOAUX_CFG,
+            "model_type": "deepseek_v3",
+            "n_routed_experts": 16,
+            "first_k_dense_replace": 1,
+            "num_nextn_predict_layers": 0,
+        },
+        ("DeepseekV3TopkRouter",),
+        noaux_tc,
+        _GROUPED,
+        ("dense", "learned"),
+        biases=_E_BIAS,
+        router_std=0.15,
+        wrapper={
+            "vision_config": {
+                "patch_size": 4,
+                "pos_emb_height": 4,
+                "pos_emb_width": 4,
+                "num_attention_heads": 2,
+                "num_hidden_layers": 1,
+                "hidden_size": 16,
+                "intermediate_size": 32,
+            },
+            "projection_hidden_size": 16,
+            "image_token_id": 60,
+            "video_token_id": 61,
+            "vision_start_token_id": 62,
+            "vision_end_token_id": 63,
+            "tie_word_embeddings": False,
+        },
     )
 )
 FAMILY_CASES = {case.model_type: case for case in CASE_LIST}

@@ -35,12 +35,16 @@ NAMES = sorted(FAMILY_CASES)
 def build_family_model(name: str, seed: int = 0):
     """Seeded random-init model of a family, with wide routers, random biases and (DeepSeek-V4) a random
     hash table of distinct experts per token id."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     case = FAMILY_CASES[name]
-    config = AutoConfig.for_model(case.model_type, **case.config)
+    if case.wrapper is not None:
+        config = AutoConfig.for_model(case.model_type, text_config=dict(case.config), **case.wrapper)
+    else:
+        config = AutoConfig.for_model(case.model_type, **case.config)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    auto = AutoModelForImageTextToText if case.wrapper is not None else AutoModelForCausalLM
+    model = auto.from_config(config, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for block in model.modules():
@@ -87,12 +91,15 @@ class Reference:
     pre-hooks, each text run alone; the recomputation reads only the routers' (and blocks') tensors."""
 
     def __init__(self, path, name):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
         self.case = FAMILY_CASES[name]
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        auto = AutoModelForImageTextToText if self.case.wrapper is not None else AutoModelForCausalLM
+        self.model = auto.from_pretrained(path, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.config = self.model.config
+        # A wrapper runs its text tower alone (no image), as the engine does.
+        self.decoder = self.model.model.language_model if self.case.wrapper is not None else self.model.model
+        self.config = self.model.config.get_text_config(decoder=True)
         self.routers, self.tensors = [], []
         for block in self.model.modules():
             for router in block.children():
@@ -118,7 +125,7 @@ class Reference:
         try:
             ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
             with torch.inference_mode():
-                self.model.model(input_ids=ids, use_cache=False)
+                self.decoder(input_ids=ids, use_cache=False)
         finally:
             for hook in hooks:
                 hook.remove()
