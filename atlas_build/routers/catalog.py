@@ -70,7 +70,6 @@ REFUSED = {
     "from masked softmaxes): no single per-expert selection score; its recomputation is not yet written",
     "qwen3_omni_moe": _NO_CAUSAL_LM + " (the thinker's text tower sits two configs deep)",
     "qwen4_exp": _unverified("Qwen4-exp's MoE router"),
-    "step3p7": _NO_CAUSAL_LM,
     "switch_transformers": _NOT_DECODER + ": an encoder-decoder (T5-style) model",
     "unlimited_ocr": _NO_CAUSAL_LM,
     "zaya": _unverified("ZAYA's MoE router"),

@@ -450,6 +450,31 @@ ROWS.append(
         **_NOAUX,
     )
 )
+ROWS.append(
+    Family(
+        "step3p7",
+        ("Step3p7TopKRouter",),
+        "Step-3.7-Flash (StepFun; text tower of the multimodal wrapper)",
+        "s = sigmoid(Wh); top-k of s + bias; w = s / sum_k s; the block then scales the routed output by "
+        "moe_router_scaling_factor; one shared expert",
+        experts="num_local_experts",
+        scoring="sigmoid",
+        method="noaux_tc",
+        selection="sigmoid",
+        bias="router.e_score_correction_bias",
+        shared=1,
+        layers="mlp_layer_types",
+        layers_path="model.language_model.layers",
+        card_note=(
+            "Step-3.7: `weights` are the router's normalised weights; the MoE block multiplies the summed routed "
+            "output by moe_router_scaling_factor afterwards (not included in `weights`)."
+        ),
+        verified=(
+            _CONTRACT,
+            "a multimodal wrapper checkpoint (with a vision tower) routes through its text tower",
+        ),
+    )
+)
 
 FAMILIES = {row.name: row for row in ROWS}
 ADAPTER_CLASSES = {row.name: adapter_class(row) for row in ROWS}

@@ -149,6 +149,16 @@ def hy_v3(x, t, c, ids, use_bias=True):
     return index, w / (w.sum(-1, keepdim=True) + 1e-20) * c.router_scaling_factor, choice
 
 
+def step3p7(x, t, c, ids, use_bias=True):
+    """Step3p7TopKRouter: sigmoid; top-k of sigmoid + e_score_correction_bias; weights renormalised (the
+    block's moe_router_scaling_factor comes after the experts, outside the router)."""
+    s = torch.sigmoid(x @ t["weight"].T)
+    choice = s + (t["e_score_correction_bias"] if use_bias else 0.0)
+    index = choice.topk(c.num_experts_per_tok, dim=-1).indices
+    w = s.gather(1, index)
+    return index, w / w.sum(-1, keepdim=True), choice
+
+
 # ---- the tiny checkpoints -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FamilyCase:
@@ -657,6 +667,40 @@ CASE_LIST.append(
             "vision_start_token_id": 62,
             "vision_end_token_id": 63,
             "tie_word_embeddings": False,
+        },
+    )
+)
+CASE_LIST.append(
+    FamilyCase(
+        "step3p7",
+        {
+            **_TINY,
+            **_MOE,
+            "n_routed_experts": 8,
+            "num_local_experts": 8,
+            "moe_num_experts": 8,
+            "share_expert_dim": 16,
+            "mlp_layer_types": ["dense", "sparse"],
+            "layer_types": ["full_attention", "full_attention"],
+            "sliding_window": 4,
+            "moe_router_scaling_factor": 2.0,
+        },
+        ("Step3p7TopKRouter",),
+        step3p7,
+        {"use_bias": False},
+        ("dense", "learned"),
+        biases=_E_BIAS,
+        bias_std=0.3,
+        wrapper={
+            "vision_config": {
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "image_size": 16,
+                "patch_size": 4,
+                "max_position_embeddings": 16,
+            }
         },
     )
 )

@@ -244,7 +244,7 @@ def test_a_missing_router_tensor_is_refused(name, family_checkpoint, tmp_path):
     router_keys = sorted(
         (not k.endswith("tid2eid"), k)
         for k in tensors
-        if re.search(r"\.(mlp|ffn|feed_forward|block_sparse_moe)\.(gate|router)\.", k)
+        if re.search(r"\.(mlp|ffn|moe|feed_forward|block_sparse_moe)\.(gate|router)\.", k)
         and (k.endswith("weight") or k.endswith("tid2eid"))
     )
     dropped = router_keys[0][1]
