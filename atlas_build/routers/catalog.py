@@ -48,7 +48,6 @@ REFUSED = {
     "flint": _unverified("Flint's MoE router"),
     "gemma4": _unverified("Gemma 4's MoE router"),
     "glm4v_moe": _NO_CAUSAL_LM,
-    "glm5_next": _NO_CAUSAL_LM,
     "granite_docling": _NO_CAUSAL_LM,
     "hy_v4": _unverified("Hunyuan v4's MoE router"),
     "inkling": _unverified("Inkling's MoE router"),

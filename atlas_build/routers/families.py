@@ -475,6 +475,25 @@ ROWS.append(
         ),
     )
 )
+ROWS.append(
+    Family(
+        "glm5_next",
+        ("Glm5NextTextTopkRouter",),
+        "GLM-5 Next (zai-org; text tower of the multimodal wrapper)",
+        _NOAUX_RULE,
+        layers="mlp_layer_types",
+        route_alone=(
+            "transformers 5's GLM-5 Next sparse-attention indexer lets right padding change real tokens' "
+            "routing (tests/routers/test_families: one expert set moved in a padded batch)"
+        ),
+        layers_path="model.language_model.layers",
+        verified=(
+            _CONTRACT,
+            "a multimodal wrapper checkpoint (with a vision tower) routes through its text tower",
+        ),
+        **_NOAUX,
+    )
+)
 
 FAMILIES = {row.name: row for row in ROWS}
 ADAPTER_CLASSES = {row.name: adapter_class(row) for row in ROWS}

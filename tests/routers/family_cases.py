@@ -704,4 +704,53 @@ CASE_LIST.append(
         },
     )
 )
+CASE_LIST.append(
+    FamilyCase(
+        "glm5_next",
+        {
+            **_TINY,
+            **_NOAUX_CFG,
+            "num_key_value_heads": 4,
+            "kv_lora_rank": 16,
+            "q_lora_rank": 24,
+            "qk_rope_head_dim": 0,  # its DSA attention layers are NoPE
+            "v_head_dim": 8,
+            "qk_nope_head_dim": 8,
+            "n_routed_experts": 16,
+            "index_topk": 4,
+            "index_head_dim": 16,
+            "index_n_heads": 2,
+            "index_kpool": 2,
+            "linear_head_dim": 8,
+            "linear_num_heads": 4,
+            "hc_mult": 2,
+            "mlp_layer_types": ["dense", "sparse"],
+            "layer_types": ["full_attention", "full_attention"],
+        },
+        ("Glm5NextTextTopkRouter",),
+        noaux_tc,
+        _GROUPED,
+        ("dense", "learned"),
+        biases=_E_BIAS,
+        router_std=0.15,
+        wrapper={
+            "vision_config": {
+                "depth": 1,
+                "hidden_size": 16,
+                "num_heads": 2,
+                "image_size": 16,
+                "patch_size": 4,
+                "out_hidden_size": 32,
+                "intermediate_size": 32,
+                "projection_intermediate_size": 32,
+            },
+            "image_token_id": 60,
+            "video_token_id": 61,
+            "image_start_token_id": 62,
+            "image_end_token_id": 63,
+            "video_start_token_id": 58,
+            "video_end_token_id": 59,
+        },
+    )
+)
 FAMILY_CASES = {case.model_type: case for case in CASE_LIST}
