@@ -212,12 +212,12 @@ def test_moe_settings_in_text_config_are_not_called_dense(monkeypatch):
 
     from atlas_build.routers import catalog
 
-    config = AutoConfig.for_model("qwen3_vl_moe", text_config={"num_experts": 8, "num_experts_per_tok": 2})
-    assert not any(getattr(config, key, None) for key in ("num_experts", "num_local_experts"))
+    config = AutoConfig.for_model("glm4v_moe", text_config={"n_routed_experts": 8, "num_experts_per_tok": 2})
+    assert not any(getattr(config, key, None) for key in ("n_routed_experts", "num_local_experts"))
     with pytest.raises(UnsupportedModelError, match="family the atlas refuses") as error:
         adapter_for(config)
-    assert catalog.REFUSED["qwen3_vl_moe"] in str(error.value)
-    monkeypatch.delitem(catalog.REFUSED, "qwen3_vl_moe")
+    assert catalog.REFUSED["glm4v_moe"] in str(error.value)
+    monkeypatch.delitem(catalog.REFUSED, "glm4v_moe")
     with pytest.raises(UnsupportedModelError, match="without a router adapter") as error:
         adapter_for(config)
     assert "config.text_config" in str(error.value) and "qwen3_5_moe" in str(error.value)
