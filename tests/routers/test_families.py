@@ -188,6 +188,9 @@ def test_routing_and_scores_equal_the_recomputation_from_the_modeling_code(name,
     assert row["routing_kind"] == list(case.routing_kind)
     assert row["moe_layers"] == [i for i, kind in enumerate(case.routing_kind) if kind != "dense"]
     assert row["n_zero_experts"] == case.zero_experts
+    if case.zero_experts:  # the zero-computation experts take the last ids, and the router does choose them
+        first_zero = row["n_routed_experts"] - case.zero_experts
+        assert (batch.experts >= first_zero).any() and (batch.experts < first_zero).any()
     assert (np.diff(batch.weights, axis=-1) <= 0).all()  # highest weight first
     mismatched, worst, worst_score = 0, 0.0, 0.0
     for text, ids, experts, weights, score_ids, scores in zip(
@@ -282,6 +285,11 @@ def test_atlas_build_with_scores_stores_the_recomputed_routing(
     assert result.exit_code == 0, result.output
     (row,) = datasets.load_dataset(str(out), "models", split="train").to_list()
     assert row["routing_kind"] == list(FAMILY_CASES[name].routing_kind)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    if "hash" in row["routing_kind"]:
+        assert "token-id hash table" in card and "excluded from the sense metrics" in card
+    if FAMILY_CASES[name].zero_experts:
+        assert "zero-computation experts" in card
     routing = datasets.load_dataset(str(out), f"routing-{slug}", split="train").with_format("arrow")[:]
     experts = routing_array(routing.column("experts")).astype(np.int64)
     weights = routing_array(routing.column("weights")).astype(np.float64)
