@@ -1,6 +1,6 @@
 """The `hf` engine: transformers' own model code, routing captured by forward hooks on the routers.
 
-(Over 500 lines: loading, the router hooks, `route` and `generate` share one engine's hook state and
+(Over 600 lines: loading, the router hooks, `route` and `generate` share one engine's hook state and
 captured buffers; split, each part would reach into the others' internals.)
 
 `output_router_logits` gives only logits for DeepSeek-V3 (the group-limited, bias-corrected choice is not

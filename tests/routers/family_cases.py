@@ -1,6 +1,11 @@
 """The families read through the router contract: a tiny config each, and a float64 recomputation of each
-router written from its transformers 5 modeling code (the router's forward, the MoE block's forward), not
-from the adapter table (`atlas_build/routers/families.py`), which these functions never read.
+router written from its transformers 5 modeling code.
+
+(Over 600 lines: one table of ~35 families, each a config and a recomputation; one file keeps "adding a family
+is one entry plus its recomputation" literally true.)
+
+Each is written from the family's modeling code (the router's forward, the MoE block's forward), not from the
+adapter table (`atlas_build/routers/families.py`), which these functions never read.
 
 A recomputation takes the router's input `x` `[T, hidden]` (float64), the router's own tensors (and its MoE
 block's, for a bias the block passes in) as float64, the model config and the token ids, and returns
