@@ -32,7 +32,6 @@ def _unverified(router: str) -> str:
 
 # Families (transformers module names) known to be MoE and refused, with the reason.
 REFUSED = {
-    "aria": _unverified("Aria's text MoE router (softmax top-k with shared experts)"),
     "axk1": _unverified("AXK1's MoE router"),
     "axk2": _unverified("AXK2's MoE router"),
     "beam": _unverified("Beam's MoE router"),

@@ -494,6 +494,20 @@ ROWS.append(
         **_NOAUX,
     )
 )
+ROWS.append(
+    Family(
+        "aria_text",
+        ("AriaTextTopKRouter",),
+        "Aria text decoder (rhymes-ai; an aria_text checkpoint)",
+        "l = Wh; top-k of l (k = moe_topk); w = softmax over the k chosen logits; shared experts",
+        experts="moe_num_experts",
+        top_k="moe_topk",
+        selection="logits",
+        shared="moe_num_shared_experts",
+        router_path="mlp.router",
+        verified=(_CONTRACT,),
+    )
+)
 
 FAMILIES = {row.name: row for row in ROWS}
 ADAPTER_CLASSES = {row.name: adapter_class(row) for row in ROWS}

@@ -16,6 +16,7 @@ block's, for a bias the block passes in) as float64, the model config and the to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -756,6 +757,24 @@ CASE_LIST.append(
             "video_start_token_id": 58,
             "video_end_token_id": 59,
         },
+    )
+)
+CASE_LIST.append(
+    FamilyCase(
+        "aria_text",
+        {
+            **_TINY,
+            "moe_num_experts": 8,
+            "moe_topk": 3,
+            "moe_num_shared_experts": 1,
+            "moe_intermediate_size": 16,
+        },
+        ("AriaTextTopKRouter",),
+        lambda x, t, c, ids, over_k=True: granite(
+            x, t, SimpleNamespace(num_experts_per_tok=c.moe_topk), ids, over_k=over_k
+        ),
+        {"over_k": False},
+        ("learned", "learned"),
     )
 )
 FAMILY_CASES = {case.model_type: case for case in CASE_LIST}
