@@ -26,7 +26,7 @@ DEFAULT_WEIGHT_SUM_RTOL = 2e-2  # compute dtypes not listed (e.g. float8 checkpo
 MIN_TOKENS_FOR_DEGENERACY = 64
 
 POS_VALUES = ("n", "v", "a", "s", "r")
-SCORING_FUNCS = ("softmax", "sigmoid")
+SCORING_FUNCS = ("softmax", "sigmoid", "sqrtsoftplus")  # sqrtsoftplus: DeepSeek-V4
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 WEIGHT_DTYPES = ("float16", "float32")
 RELATIONS = ("synonym", "other-sense")

@@ -151,6 +151,14 @@ MODELS_SCHEMA = pa.schema(
         pa.field("topk_group", pa.int32()),
         pa.field("norm_topk_prob", pa.bool_(), nullable=False),
         pa.field("routed_scaling_factor", pa.float64(), nullable=False),
+        # Per decoder-layer module (LongCat-Flash: num_layers, half its num_hidden_layers): learned (a learned
+        # router chooses) | hash (a token-id table chooses: token identity by construction, left out of the
+        # sense metrics by default) | dense (no routing). Null in atlases built before it was recorded: read
+        # as learned for moe_layers, dense elsewhere.
+        pa.field("routing_kind", pa.list_(pa.string())),
+        # Zero-computation experts: the last n_zero_experts ids of n_routed_experts (LongCat-Flash); they
+        # return zero, so a token routed there skips that expert's compute. Null/0: none.
+        pa.field("n_zero_experts", pa.int32()),
         pa.field("total_params", pa.int64(), nullable=False),
         pa.field("active_params", pa.int64(), nullable=False),  # per token: shared + top_k routed
         pa.field("dtype", pa.string(), nullable=False),  # compute dtype of the run

@@ -60,7 +60,8 @@ def materialize(name: str, out_dir: Path, seed: int | None, overwrite: bool) -> 
 @command.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the two lists.")
 def list_models(as_json: bool) -> None:
-    """List the built-in models and every supported MoE architecture, with what was verified of each."""
+    """List the built-in models, every supported MoE architecture with what was verified of each, and every
+    MoE family of the installed transformers with its status (verified, refused with the reason, not MoE)."""
     from atlas_build.models import BUILTIN
     from atlas_build.routers import ADAPTERS, VERIFIED_FOR_ALL
 
@@ -72,10 +73,15 @@ def list_models(as_json: bool) -> None:
         {"model_type": name, "family": adapter.family, "verified": [*VERIFIED_FOR_ALL, *adapter.verified]}
         for name, adapter in adapters.items()
     ]
+    from atlas_build.routers.catalog import catalog
+
+    families = catalog()
     if as_json:
         import json
 
-        click.echo(json.dumps({"builtin": builtins, "architectures": architectures}, indent=2))
+        click.echo(
+            json.dumps({"builtin": builtins, "architectures": architectures, "families": families}, indent=2)
+        )
         return
     click.echo("Built-in models (RANDOM-INIT):")
     for name, summary in builtins.items():
@@ -90,3 +96,7 @@ def list_models(as_json: bool) -> None:
         + "; ".join(VERIFIED_FOR_ALL)
         + "."
     )
+    click.echo("\nEvery MoE family of the installed transformers (family: status):")
+    for row in families:
+        detail = f" ({row['detail']})" if row["detail"] else ""
+        click.echo(f"  {row['family']}: {row['status']}{detail}")

@@ -1,6 +1,6 @@
 """The `hf` engine: transformers' own model code, routing captured by forward hooks on the routers.
 
-(Over 500 lines: loading, the router hooks, `route` and `generate` share one engine's hook state and
+(Over 600 lines: loading, the router hooks, `route` and `generate` share one engine's hook state and
 captured buffers; split, each part would reach into the others' internals.)
 
 `output_router_logits` gives only logits for DeepSeek-V3 (the group-limited, bias-corrected choice is not
@@ -120,16 +120,34 @@ def resolve_dtype(config, dtype: str):
     return getattr(torch, found) if isinstance(found, str) else found
 
 
+def auto_model_class(config):
+    """`AutoModelForCausalLM`, or `AutoModelForImageTextToText` for a multimodal MoE wrapper that transformers
+    gives no causal-LM class (Qwen3-VL-MoE): the whole wrapper loads, and only its text tower is run (the
+    adapter's `layers_path` names it)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", None)
+    if (
+        model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    ):
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
 def meta_model(config, dtype: str, trust_remote_code: bool = False):
     """The architecture of `config` on the meta device: shapes and parameter counts, no memory, no weights.
 
     Quantized checkpoints (FP8) are counted as their unquantized architecture (no scale tensors).
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(
+        return auto_model_class(config).from_config(
             config, dtype=resolve_dtype(config, dtype), trust_remote_code=trust_remote_code
         )
 
@@ -233,13 +251,13 @@ class HFEngine(Engine):
         self, path: Path, dtype: str, device: str, device_map: str | None, trust_remote_code: bool
     ):
         import torch
-        from transformers import AutoModelForCausalLM
 
+        auto = auto_model_class(self.config)
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
         try:
             if self.random_init:
                 torch.manual_seed(self.seed)
-                model = AutoModelForCausalLM.from_config(
+                model = auto.from_config(
                     self.config,
                     dtype=torch_dtype if dtype != "auto" else None,
                     trust_remote_code=trust_remote_code,
@@ -251,7 +269,7 @@ class HFEngine(Engine):
                     kwargs["device_map"] = device_map
                 # Mismatched shapes are reported (and refused below, by name) rather than raised as
                 # transformers' generic "see the report above".
-                model, info = AutoModelForCausalLM.from_pretrained(
+                model, info = auto.from_pretrained(
                     path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
                 )
                 own = {name.split(".")[0] for name in model.state_dict()}
@@ -384,6 +402,8 @@ class HFEngine(Engine):
             "topk_group": self.spec.topk_group,
             "norm_topk_prob": self.spec.norm_topk_prob,
             "routed_scaling_factor": self.spec.routed_scaling_factor,
+            "routing_kind": self.spec.routing_kinds(self.text_config.num_hidden_layers),
+            "n_zero_experts": self.spec.n_zero_experts,
             "total_params": int(total),
             "active_params": int(total - inactive),
             "dtype": str(resolve_dtype(self.config, self.dtype_name)).removeprefix("torch."),
@@ -490,9 +510,11 @@ class HFEngine(Engine):
         pad_id = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
         # The decoder stack only (no LM head); Llama4ForCausalLM's base_model_prefix names no attribute.
         base_model = self.adapter.decoder_model(self._model)
+        # Families whose routing padding changes (the adapter's `route_alone` says why) run one text a batch.
+        step = 1 if self.adapter.route_alone else self.batch_size
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
+            for start in range(0, len(order), step):
+                batch = order[start : start + step]
                 width = int(lengths[batch].max())
                 input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -55,6 +55,8 @@ class MetricsOptions:
     calibrate: bool = False
     calibration_seeds: int = 10
     calibration_resamples: int = 200
+    # Sense metrics over hash-routed layers too (routing_kind "hash": experts a function of the token id).
+    include_hash_layers: bool = False
 
     def bootstrap(self) -> BootstrapOptions:
         return BootstrapOptions(self.n_bootstrap, self.n_permutations, self.confidence, self.seed)
@@ -115,6 +117,23 @@ def find_null(row: dict, rows: Sequence[dict]) -> dict | None:
         )
 
     return min(candidates, key=distance) if candidates else None
+
+
+def sense_layer_indices(row: dict, include_hash: bool = False) -> list[int]:
+    """Indices into `moe_layers` of the layers the sense metrics read: every layer except, by default, those
+    the models row's `routing_kind` marks `hash` (DeepSeek-V4's first layers: their experts are a lookup of the
+    token id, so token identity by construction). Rows without `routing_kind` (older atlases): every layer."""
+    kinds = row.get("routing_kind")
+    layers = list(row["moe_layers"])
+    if include_hash or not kinds:
+        return list(range(len(layers)))
+    return [i for i, layer in enumerate(layers) if layer >= len(kinds) or kinds[layer] != "hash"]
+
+
+def hash_layers(row: dict) -> list[int]:
+    """Decoder layers the models row marks as routed by a token-id hash table."""
+    kinds = row.get("routing_kind") or []
+    return [layer for layer in row["moe_layers"] if layer < len(kinds) and kinds[layer] == "hash"]
 
 
 def model_info(row: dict) -> dict:
@@ -242,7 +261,8 @@ def compute_metrics(
             if slug not in kappas:
                 row = by_slug[slug]
                 targets = targets if targets is not None else sense_targets(slug)
-                kappas[slug] = sense_pair_kappa(targets, corpus, row["top_k"], row["n_routed_experts"])
+                kappa = sense_pair_kappa(targets, corpus, row["top_k"], row["n_routed_experts"])
+                kappas[slug] = kappa[:, sense_layer_indices(row, options.include_hash_layers)]
             return kappas[slug]
 
         def identity_of(slug: str, routing=None) -> TargetIdentity:
@@ -298,15 +318,30 @@ def compute_metrics(
                     if null_row is not None:
                         name = null_row["model_slug"]
                         null = NullModel(name, kappa_of(name), identity_of(name))
+                    keep = sense_layer_indices(row, options.include_hash_layers)
+                    sense_row = {**row, "moe_layers": [row["moe_layers"][i] for i in keep]}
                     entry["sense_pairs"] = sense_pair_metrics(
                         kappa_of(slug, targets),
                         corpus,
                         identity_of(slug, routing),
-                        row,
+                        sense_row,
                         boot,
                         null,
-                        router_geometry(src, row, corpus, options.target),
+                        router_geometry(src, row, corpus, options.target, sense_row["moe_layers"]),
                     )
+                    hashed = hash_layers(row)
+                    entry["sense_pairs"]["sense_layers"] = sense_row["moe_layers"]
+                    entry["sense_pairs"]["hash_layers_excluded"] = (
+                        [] if options.include_hash_layers else hashed
+                    )
+                    if hashed and not options.include_hash_layers:
+                        notes.append(
+                            f"{slug}: decoder layers {hashed} route by a token-id hash table (routing_kind "
+                            "hash); the sense metrics leave them out by default (their experts are a function "
+                            "of the token id: token identity by construction, a built-in token-identity "
+                            "reference); per-layer sense arrays cover layers "
+                            f"{sense_row['moe_layers']}"
+                        )
                     entry["probe"] = sense_probe(targets, corpus, boot, identity_of(slug))
                     if options.calibrate and planter is None:
                         planter = calibration_planter(corpus, identity_of(slug), routing, row, options.seed)

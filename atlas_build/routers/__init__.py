@@ -10,27 +10,20 @@ from atlas_build.routers.base import (
     UnsupportedModelError,
     decoder_config,
 )
+from atlas_build.routers.families import FAMILIES
 
 ADAPTERS = Registry(
     "router adapter",
     {
         "deepseek_v2": "atlas_build.routers.deepseek_v2:DeepseekV2Adapter",
-        "deepseek_v3": "atlas_build.routers.deepseek_v3:DeepseekV3Adapter",
-        "glm4_moe": "atlas_build.routers.glm4_moe:Glm4MoeAdapter",
-        "gpt_oss": "atlas_build.routers.gpt_oss:GptOssAdapter",
         "llama4": "atlas_build.routers.llama4:Llama4Adapter",
         "llama4_text": "atlas_build.routers.llama4:Llama4TextAdapter",
-        "mixtral": "atlas_build.routers.mixtral:MixtralAdapter",
-        "olmoe": "atlas_build.routers.olmoe:OlmoeAdapter",
-        "qwen2_moe": "atlas_build.routers.qwen2_moe:Qwen2MoeAdapter",
         "qwen3_5_moe": "atlas_build.routers.qwen3_5_moe:Qwen3_5MoeAdapter",
         "qwen3_5_moe_text": "atlas_build.routers.qwen3_5_moe:Qwen3_5MoeTextAdapter",
-        "qwen3_moe": "atlas_build.routers.qwen3_moe:Qwen3MoeAdapter",
-    },
+    }
+    | {name: f"atlas_build.routers.families:{name}" for name in FAMILIES},
 )
 
-# model_types known to be MoE but without an adapter here: named in the error, not guessed at.
-KNOWN_UNSUPPORTED_MOE = ("jamba", "dbrx", "granitemoe", "phimoe", "deepseek_v32")
 # Config keys whose value > 1 marks a Mixture-of-Experts model (at the top or in a sub-config).
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
@@ -41,8 +34,16 @@ def adapter_for(config) -> RouterAdapter:
     supported = ", ".join(ADAPTERS.names())
     if model_type in ADAPTERS:
         return ADAPTERS.get(model_type)()
+    from atlas_build.routers.catalog import refusal
+
+    reason = refusal(model_type)
+    if reason:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is a Mixture-of-Experts family the atlas refuses: {reason}; "
+            f"supported MoE architectures: {supported} (see `atlas model list`)."
+        )
     moe_in = moe_config_name(config)
-    if model_type in KNOWN_UNSUPPORTED_MOE or moe_in is not None:
+    if moe_in is not None:
         where = f" (its MoE settings are in {moe_in})" if moe_in else ""
         raise UnsupportedModelError(
             f"model_type {model_type!r} is a Mixture-of-Experts architecture without a router adapter{where}; "

@@ -15,7 +15,7 @@ Multimodal checkpoints (Llama 4, Qwen3.5-MoE) keep the text decoder's settings i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from atlas_build.errors import AtlasError
@@ -57,6 +57,13 @@ class RoutingSpec:
     moe_layers: tuple[int, ...]
     n_group: int | None = None
     topk_group: int | None = None
+    # Decoder layers (among moe_layers) whose experts are a token-id hash lookup, not a learned choice.
+    hash_layers: tuple[int, ...] = ()
+    # Zero-computation experts: the last n_zero_experts ids of n_routed_experts (LongCat-Flash).
+    n_zero_experts: int = 0
+    # learned / hash / dense per decoder-layer module, when the adapter knows it (else derived).
+    # Not compared: derivable from moe_layers and hash_layers wherever the adapter does not fill it.
+    layer_kinds: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
     def softmax_greedy(
@@ -77,7 +84,18 @@ class RoutingSpec:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["moe_layers"] = list(self.moe_layers)
+        out["hash_layers"] = list(self.hash_layers)
+        out["layer_kinds"] = list(self.layer_kinds)
         return out
+
+    def routing_kinds(self, num_hidden_layers: int) -> list[str]:
+        """`learned` / `hash` / `dense` for every decoder layer (the models row's `routing_kind`)."""
+        if self.layer_kinds:
+            return list(self.layer_kinds)
+        moe, hashed = set(self.moe_layers), set(self.hash_layers)
+        return [
+            "hash" if i in hashed else "learned" if i in moe else "dense" for i in range(num_hidden_layers)
+        ]
 
 
 class RouterAdapter(ABC):
@@ -156,6 +174,10 @@ class RouterAdapter(ABC):
         """
         _, weights, index = output
         return index, weights
+
+    # Why padding changes this family's routing in transformers (then the engine routes each text alone);
+    # None: right padding leaves the routing of real tokens unchanged (tests/routers checks it).
+    route_alone: str | None = None
 
     # What `selection_scores` returns, in words (for the dataset card); None: the adapter gives none.
     selection_score_kind: str | None = None

@@ -1,4 +1,4 @@
-"""The router's arithmetic (DeepSeek-V3 / R1, as atlas_build/routers/deepseek_v3.py), margins, agreement."""
+"""The router's arithmetic (DeepSeek-V3 / R1, as the deepseek_v3 row of atlas_build/routers/families.py), margins, agreement."""
 
 from __future__ import annotations
 

@@ -66,6 +66,8 @@ SENSE_PAIR_KEYS = {
     "peak",
     "survives",
     "explained",  # the share of the raw Δκ each control removes (controls/verdict.py)
+    "sense_layers",  # the decoder layers the sense arrays cover (hash-routed layers left out by default)
+    "hash_layers_excluded",
 }
 
 

@@ -84,14 +84,14 @@ def test_corrupt_config_json(tmp_path, tiny_checkpoint):
 
 
 def test_unsupported_moe_architecture(tmp_path):
-    ckpt = tmp_path / "granite-moe"
+    ckpt = tmp_path / "phi-moe"
     ckpt.mkdir()
-    config = {"model_type": "granitemoe", "num_local_experts": 4, "num_experts_per_tok": 2}
+    config = {"model_type": "phimoe", "num_local_experts": 4, "num_experts_per_tok": 2}
     (ckpt / "config.json").write_text(json.dumps(config))
     refused(
         build(str(ckpt), tmp_path / "out"),
         tmp_path / "out",
-        "'granitemoe' is a Mixture-of-Experts architecture without a router adapter",
+        "'phimoe' is a Mixture-of-Experts family the atlas refuses: PhimoeTopKRouter chooses by sparsemixer",
         "supported MoE architectures",
     )
 

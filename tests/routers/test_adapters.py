@@ -93,8 +93,10 @@ def test_every_architecture_is_registered():
 
 def test_every_registered_architecture_has_a_verified_checkpoint():
     """`atlas model list` says each adapter is verified by tests/routers: each has a tiny checkpoint there,
-    which test_gate_recompute routes and recomputes."""
-    assert set(ADAPTERS.names()) <= {case.model_type for case in CASES.values()}
+    which test_gate_recompute or test_families routes and recomputes."""
+    from .family_cases import FAMILY_CASES
+
+    assert set(ADAPTERS.names()) <= {case.model_type for case in CASES.values()} | set(FAMILY_CASES)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -202,13 +204,20 @@ def test_dense_only_deepseek_layout_is_refused_by_the_spec_check(name):
         check_routing_spec(spec, config.num_hidden_layers, "config.json")
 
 
-def test_moe_settings_in_text_config_are_not_called_dense():
+def test_moe_settings_in_text_config_are_not_called_dense(monkeypatch):
     """A multimodal wrapper keeps its decoder's MoE keys in text_config; without an adapter it is refused as
-    an MoE architecture, not as a dense model."""
+    an MoE architecture, not as a dense model: by name with the reason (routers/catalog.py), and, for a
+    family not named there, by the sub-config scan."""
     from transformers import AutoConfig
 
-    config = AutoConfig.for_model("qwen3_vl_moe", text_config={"num_experts": 8, "num_experts_per_tok": 2})
-    assert not any(getattr(config, key, None) for key in ("num_experts", "num_local_experts"))
+    from atlas_build.routers import catalog
+
+    config = AutoConfig.for_model("glm4v_moe", text_config={"n_routed_experts": 8, "num_experts_per_tok": 2})
+    assert not any(getattr(config, key, None) for key in ("n_routed_experts", "num_local_experts"))
+    with pytest.raises(UnsupportedModelError, match="family the atlas refuses") as error:
+        adapter_for(config)
+    assert catalog.REFUSED["glm4v_moe"] in str(error.value)
+    monkeypatch.delitem(catalog.REFUSED, "glm4v_moe")
     with pytest.raises(UnsupportedModelError, match="without a router adapter") as error:
         adapter_for(config)
     assert "config.text_config" in str(error.value) and "qwen3_5_moe" in str(error.value)

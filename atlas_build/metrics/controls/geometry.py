@@ -220,8 +220,14 @@ def hidden_state_control(
     return hidden, all_result
 
 
-def router_geometry(src, row: dict, corpus: SenseCorpus, target: str) -> PairGeometry | None:
-    """The sense pairs' router-input geometry of one model of an atlas source (None without router inputs)."""
+def router_geometry(
+    src, row: dict, corpus: SenseCorpus, target: str, sense_layers: list[int] | None = None
+) -> PairGeometry | None:
+    """The sense pairs' router-input geometry of one model of an atlas source (None without router inputs).
+
+    `sense_layers`: the decoder layers the sense metrics keep (hash-routed layers left out); the geometry's
+    columns then index into them, and stored layers outside them are dropped.
+    """
     from atlas_build.atlas.schema import ROUTING_PREFIX, SENSES
 
     if not row.get("router_input_layers"):
@@ -229,7 +235,16 @@ def router_geometry(src, row: dict, corpus: SenseCorpus, target: str) -> PairGeo
     columns = ["source_id", "corpus", "token_index", "is_target", ROUTER_INPUTS_COLUMN]
     table = src.table(ROUTING_PREFIX + row["model_slug"], columns=columns)
     vectors = target_vectors(table, corpus.example_ids, SENSES, target)
-    return pair_geometry(vectors, corpus, list(row["router_input_layers"]), list(row["moe_layers"]))
+    geometry = pair_geometry(vectors, corpus, list(row["router_input_layers"]), list(row["moe_layers"]))
+    if sense_layers is None:
+        return geometry
+    keep = [j for j, layer in enumerate(geometry.layers) if layer in sense_layers]
+    if not keep:
+        return None
+    layers = [geometry.layers[j] for j in keep]
+    return PairGeometry(
+        layers, [list(sense_layers).index(layer) for layer in layers], geometry.cosine[:, keep]
+    )
 
 
 def fold_hidden_state(

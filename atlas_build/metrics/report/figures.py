@@ -34,7 +34,8 @@ def plot_kappa_layers(metrics: dict, path: Path) -> bool:
     fig = _figure(11, 3.2 * len(entries))
     axes = fig.subplots(len(entries), 2, squeeze=False)
     for (slug, entry), (left, right) in zip(entries, axes, strict=True):
-        sp, x = entry["sense_pairs"], entry["model"]["moe_layers"]
+        sp = entry["sense_pairs"]
+        x = sp.get("sense_layers") or entry["model"]["moe_layers"]  # hash layers left out by default
         _band(left, x, sp["kappa_same"], "same sense", "tab:blue")
         _band(left, x, sp["kappa_different"], "different sense", "tab:orange")
         left.set_ylabel("mean κ")

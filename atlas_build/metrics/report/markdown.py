@@ -143,10 +143,21 @@ def render_report(metrics: dict) -> str:
             continue
         jac = sp["jaccard"]
         controls = sp.get("controls") or {}
+        hashed = sp.get("hash_layers_excluded") or []
         lines += [
             "",
             f"### {_label(slug, entry)} per layer",
             "",
+            *(
+                [
+                    f"Decoder layers {hashed} route by a token-id hash table, not a learned router: their "
+                    "experts are the token's table row, token identity by construction (a built-in "
+                    "token-identity reference), so the sense metrics leave them out.",
+                    "",
+                ]
+                if hashed
+                else []
+            ),
             f"Context-word Jaccard: same-sense pairs {_num(jac['same'])}, different-sense pairs "
             f"{_num(jac['different'])}. Controls: "
             + "; ".join(f"`{n}`: {c['method']}" for n, c in controls.items())
@@ -157,7 +168,7 @@ def render_report(metrics: dict) -> str:
             + " |",
             "|---:|---:|---:|---|---:|---:|" + "---|" * len(names),
         ]
-        for i, layer in enumerate(entry["model"]["moe_layers"]):
+        for i, layer in enumerate(sp.get("sense_layers") or entry["model"]["moe_layers"]):
             cells = [
                 _ci(_at(controls[n]["delta"], i)) if controls.get(n) and controls[n].get("delta") else "–"
                 for n in names
