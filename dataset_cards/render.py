@@ -268,6 +268,17 @@ def custom_corpora(manifest: Manifest) -> list[dict[str, Any]]:
     return [{"kind": kind, **entry} for kind, entry in sorted(held.items())]
 
 
+def routed_corpora(builds: list[dict[str, Any]]) -> list[str]:
+    """The corpora (`--corpus` kinds) one model's build records routed, in build order."""
+    kinds = []
+    for build in builds:
+        corpus = build.get("corpus")
+        kind = corpus.get("corpus") if isinstance(corpus, dict) else None
+        if isinstance(kind, str) and kind not in kinds:
+            kinds.append(kind)
+    return kinds
+
+
 def corpus_sources(root: Path, manifest: Manifest) -> list[str]:
     """Distinct `source` values of the corpus configs (e.g. `wordnet-3.0:example`): what the texts are."""
     values: set[str] = set()
@@ -354,13 +365,17 @@ def engine_provenance(provenance: dict[str, Any] | None) -> str:
 
 
 def read_metrics(root: Path) -> dict[str, Any] | None:
+    """`DIR/metrics/metrics.json`, None when absent, or `{"unreadable": why}` (the card then says so)."""
     path = Path(root) / METRICS_DIR / METRICS_JSON
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        return {"unreadable": f"{type(error).__name__}: {error}".splitlines()[0][:200]}
+    if not isinstance(data, dict):
+        return {"unreadable": f"it holds a JSON {type(data).__name__}, not an object"}
+    return data
 
 
 def metrics_mismatch(metrics: dict[str, Any], manifest: Manifest) -> list[str]:
@@ -612,6 +627,8 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
         # What the build recorded about the model (e.g. what was verified of a built-in tokenizer).
         model["notes"] = list(dict.fromkeys(n for b in model["builds"] for n in b.get("model_notes") or []))
         model["notes"] += audit_lines(manifest, model["model_slug"], model["random_init"])
+        model["corpora"] = routed_corpora(model["builds"])
+    corpora_differ = len({tuple(sorted(m["corpora"])) for m in models}) > 1
     builds = []
     for build in manifest.builds:
         summary = build.get("summary") or build.get("kind", "")
@@ -634,7 +651,14 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
     validation = read_validation(root)
     metrics = read_metrics(root)
     metrics_block = None
-    if metrics is not None:
+    if metrics is not None and "unreadable" in metrics:
+        metrics_block = {
+            "summary": "",
+            "problems": [f"{METRICS_DIR}/{METRICS_JSON} is unreadable ({metrics['unreadable']})"],
+            "report": False,
+            "options": {},
+        }
+    elif metrics is not None:
         problems = metrics_mismatch(metrics, manifest)
         metrics_path = root / METRICS_DIR / METRICS_JSON
         if not problems and metrics_path.stat().st_mtime < AtlasLayout(root).manifest_path.stat().st_mtime:
@@ -664,6 +688,7 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
         "corpus_options": manifest.corpus_counts.get("options") or {},
         "corpus_notes": list(manifest.corpus_counts.get("notes") or []),
         "custom_corpora": custom_corpora(manifest),
+        "corpora_differ": corpora_differ,
         "wordnet_source": manifest.corpus_counts.get("source") or manifest.corpus_counts.get("wordnet"),
         "wordnet_version": wordnet_version(sources),
         "corpus_sources": sources,
