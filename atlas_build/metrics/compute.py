@@ -266,7 +266,9 @@ def compute_metrics(
             routing = src.routing(slug)
             own = routed_by(slug)
             # The null model of a corpus is the model's null only where it routed that corpus too.
-            null_senses = nulls[slug] if nulls[slug] and SENSES in routed_by(nulls[slug]["model_slug"]) else None
+            null_senses = (
+                nulls[slug] if nulls[slug] and SENSES in routed_by(nulls[slug]["model_slug"]) else None
+            )
             wordnet = corpus if SENSES in own else None
             missing = _unrouted(slug, own, corpus, substitutions, user_corpora)
             notes.extend(missing)
@@ -343,7 +345,9 @@ def compute_metrics(
                 }
                 entry["paths"], path_arrays = path_job.result()
                 # Router scores beyond the top-k (metrics/scores/compute.py): None unless built with --scores.
-                entry["scores"] = model_scores(src, row, routing, wordnet, options=boot, target=options.target)
+                entry["scores"] = model_scores(
+                    src, row, routing, wordnet, options=boot, target=options.target
+                )
                 simulated = uniform_baseline(
                     row, routing.num_rows, options.min_count, options.seeds()["uniform_routing_simulation"]
                 )

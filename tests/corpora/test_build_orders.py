@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from atlas_build.builder import BuildConfig, run_build
+
 from .byo import FIXTURES, MODEL, validate
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("requires_wordnet")]
@@ -106,8 +107,9 @@ def test_one_model_any_order_same_data_valid_and_measured(one_model):
     ids=lambda steps: "+".join(steps),
 )
 def test_two_models_each_measured_over_what_it_routed(one_model, tmp_path, twin_steps):
-    from atlas_build.cli import main
     from click.testing import CliRunner
+
+    from atlas_build.cli import main
 
     root = shutil.copytree(one_model[0], tmp_path / "atlas")
     for corpus in twin_steps:
