@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from atlas_build.commands._options import SEED
+
 EXIT_BELOW_THRESHOLD = 1
 
 
@@ -18,16 +20,18 @@ EXIT_BELOW_THRESHOLD = 1
     help="Checkpoint to audit against (built-in name, directory or hub id) [default: the recorded model].",
 )
 @click.option("--slug", default=None, help="The routing config to audit, when the atlas has several models.")
-@click.option("--sample", type=int, default=None, help="Texts to re-route [default: 200; all when fewer].")
-@click.option("--seed", type=int, default=None, help="Seed of the sample [default: 0].")
+@click.option(
+    "--sample", type=click.IntRange(min=1), default=None, help="Texts to re-route [default: 200; all when fewer]."
+)
+@click.option("--seed", type=SEED, default=None, help="Seed of the sample [default: 0].")
 @click.option(
     "--threshold",
-    type=float,
+    type=click.FloatRange(0.0, 1.0),
     default=None,
     help="Least share of token-layers with identical expert sets that passes [default: 1.0].",
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--no-record", is_flag=True, help="Report only: leave manifest.json and the card as they are.")
 def command(
     directory: Path,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from atlas_build.commands._options import model_loading_options
+from atlas_build.commands._options import SEED, model_loading_options
 
 
 @click.command("build")
@@ -45,7 +45,7 @@ from atlas_build.commands._options import model_loading_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option(
     "--seed",
-    type=click.IntRange(0, 2**32 - 1),
+    type=SEED,
     default=0,
     show_default=True,
     help="Seed for sampling pairs and random-init twins.",

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from atlas_build.commands._options import METRICS_SEED
 
 _BOOTSTRAP = click.option(
     "--bootstrap",
@@ -72,7 +76,7 @@ def command():
 )
 @_BOOTSTRAP
 @_PERMUTATIONS
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=METRICS_SEED)
 @_CACHE
 @click.option(
     "--no-verify",
@@ -91,6 +95,11 @@ def compute(
     routing-only sense probe. The data files are checked against manifest.json first. No model, tokenizer
     or WordNet is needed.
     """
+    if revision is not None and Path(source).exists():
+        raise click.UsageError(
+            f"--revision {revision!r} names a hub revision, and {source} is a local folder (read as it is): "
+            "leave --revision out, or pass a hub dataset id"
+        )
     # Heavy imports here: the CLI group imports every command module at start-up.
     from atlas_build.metrics import MetricsOptions, run_metrics, summarize
     from atlas_build.metrics.provenance.source import SourceError
@@ -119,9 +128,30 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        layers = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated decoder layer ids, got {value!r}") from None
+        raise click.BadParameter(
+            f"expected comma-separated decoder layer ids, got {value!r}", param_hint="'--layers'"
+        ) from None
+    if not layers:
+        raise click.BadParameter(
+            f"no layer id in {value!r}: give decoder layers such as 2,4, or leave --layers out (every other)",
+            param_hint="'--layers'",
+        )
+    if min(layers) < 0:
+        raise click.BadParameter(f"layer ids are >= 0, got {value!r}", param_hint="'--layers'")
+    return layers
+
+
+def _outside(source: str, out: str) -> None:
+    """`--out` of calibrate is a new folder outside SOURCE: files inside an atlas make it fail `atlas verify`."""
+    root, target = Path(source).resolve(), Path(out).resolve()
+    if target == root or root in target.parents:
+        raise click.BadParameter(
+            f"{out} is inside the atlas {source}, whose files `atlas verify` checks: write the planted copies "
+            "to a folder outside it",
+            param_hint="'--out'",
+        )
 
 
 @command.command("calibrate")
@@ -131,7 +161,13 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 @click.option(
     "--layers", default=None, help="Decoder layers of the sense plant, e.g. 2,4 (default: every other)."
 )
-@click.option("--strength", default=0.5, show_default=True, type=float, help="Sense plant probability q.")
+@click.option(
+    "--strength",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Sense plant probability q.",
+)
 @click.option(
     "--plant",
     "plants",
@@ -141,7 +177,7 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 )
 @_BOOTSTRAP
 @_PERMUTATIONS
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=METRICS_SEED)
 @_CACHE
 def calibrate(source, out, model, layers, strength, plants, n_bootstrap, n_permutations, seed, cache_dir):
     """Plant known routing into copies of the local atlas SOURCE and report what each control recovers.
@@ -161,12 +197,14 @@ def calibrate(source, out, model, layers, strength, plants, n_bootstrap, n_permu
     )
     from atlas_build.metrics.provenance.source import SourceError
 
+    _outside(source, out)
+    layer_ids = _layers(layers)
     try:
         report = run_calibration(
             source,
             out,
             plants=tuple(plants) or PLANTS,
-            plant_options=PlantOptions(model=model, layers=_layers(layers), strength=strength, seed=seed),
+            plant_options=PlantOptions(model=model, layers=layer_ids, strength=strength, seed=seed),
             metrics_options=MetricsOptions(n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed),
             cache_dir=cache_dir,
         )

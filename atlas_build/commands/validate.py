@@ -20,7 +20,9 @@ EXIT_NOT_AN_ATLAS = 2  # nothing to validate (missing directory, no manifest)
     default=None,
     help="Where to write the report [default: DIR/validation.json].",
 )
-@click.option("--examples", default=3, show_default=True, help="Failing examples shown per check.")
+@click.option(
+    "--examples", default=3, show_default=True, type=click.IntRange(min=0), help="Failing examples shown per check."
+)
 @click.option("--problems-only", is_flag=True, help="List only the checks that did not pass.")
 @click.option(
     "--no-hashes", is_flag=True, help="Skip recomputing sha256 of the data files (row counts still checked)."
