@@ -120,7 +120,7 @@ def check_text_lengths(engine, items: list[TextItem], chunk: int = 1024) -> None
         more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
         raise TextTooLongError(
             f"{len(too_long)} text(s) are longer than the model's context of {limit} tokens: {named}{more}. "
-            "Nothing was routed: split or drop those texts, or use a model with a longer context"
+            "Nothing was written: split or drop those texts, or use a model with a longer context"
         )
 
 

@@ -175,16 +175,21 @@ def corpora(run: BuildRun) -> None:
     from dataset_cards.render import write_card
 
     config, root = run.config, run.root
+
+    def lengths(items):  # texts longer than the model's context: refused before anything is written
+        check_text_lengths(run.engine, items)
+
     if config.corpus == "wordnet":
-        if ensure_wordnet_corpora(config, run.manifest, log=run.log):
+        if ensure_wordnet_corpora(config, run.manifest, log=run.log, check=lengths):
             crash_point("corpus-written")
             run.manifest.save(root)
             crash_point("corpus-saved")
             write_card(root)
         run.items = wordnet_texts(root, run.manifest)
     elif config.corpus in CUSTOM_CORPUS_INPUTS:
-        from atlas_build.builder.user_corpora import custom_texts, ensure_custom_corpus
+        from atlas_build.builder.user_corpora import corpus_texts, custom_texts, ensure_custom_corpus
 
+        lengths(corpus_texts(run.custom))
         if ensure_custom_corpus(config, run.manifest, run.custom):
             crash_point("corpus-written")
             run.manifest.save(root)
