@@ -270,8 +270,10 @@ def custom_corpora(manifest: Manifest) -> list[dict[str, Any]]:
 
 def routed_corpora(builds: list[dict[str, Any]]) -> list[str]:
     """The corpora (`--corpus` kinds) one model's build records routed, in build order."""
-    kinds = []
+    kinds: list[str] = []
     for build in builds:
+        if build.get("replaced_routing"):
+            kinds = []  # `--replace-routing`: the routing of the earlier corpora was dropped
         corpus = build.get("corpus")
         kind = corpus.get("corpus") if isinstance(corpus, dict) else None
         if isinstance(kind, str) and kind not in kinds:

@@ -55,6 +55,9 @@ class BuildConfig:
     weights_dtype: str = "float16"
     # `--scores M`: also store the top-M experts by the router's selection score, and those scores (hf only).
     scores: int | None = None
+    # `--replace-routing`: rebuild a model's routing with other storage settings (--scores, --weights-dtype),
+    # replacing every corpus it routed; without it such a rebuild is refused.
+    replace_routing: bool = False
     slug: str | None = None
     texts_per_shard: int = 512
     executor: str = "local"

@@ -188,6 +188,30 @@ def check_slug_free(root: Path, manifest: Manifest, row: dict[str, Any]) -> None
             )
 
 
+# The models row's storage settings: a routing config holds one schema, so they change only all at once.
+STORAGE_FIELDS = (("weights_dtype", "--weights-dtype"), ("scores_top_m", "--scores"))
+
+
+def storage_change(root: Path, manifest: Manifest, row: dict[str, Any], replace: bool, name: str) -> bool:
+    """Whether this build stores the model's routing otherwise than the atlas holds it (then every corpus's
+    shards of `name` are replaced); refused unless `replace` (`--replace-routing`)."""
+    for existing in read_config(root, manifest, MODELS).to_pylist():
+        if existing["model_slug"] != row["model_slug"]:
+            continue
+        changed = [
+            f"{flag} {existing.get(key) or 'off'} -> {row.get(key) or 'off'}"
+            for key, flag in STORAGE_FIELDS
+            if existing.get(key) != row.get(key)
+        ]
+        if changed and not replace:
+            raise BuildOptionsError(
+                f"{name} is stored with other settings ({', '.join(changed)}): rebuilding replaces its routing of "
+                "every corpus; pass --replace-routing to do so, or --slug NAME to build beside it"
+            )
+        return bool(changed)
+    return False
+
+
 def make_engine(config: BuildConfig, load_weights: bool = True):
     """The build's engine. `load_weights=False`: the architecture only (meta device), for the driver of a
     distributed build, whose workers load the weights."""

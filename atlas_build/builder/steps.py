@@ -36,6 +36,7 @@ from atlas_build.builder.shards import (
     ShardWorker,
     check_slug_free,
     check_text_lengths,
+    storage_change,
     make_engine,
     merge_models_row,
     model_slug,
@@ -67,6 +68,8 @@ class BuildRun:
     stats: BuildStats = field(default_factory=BuildStats)
     # A user's corpus (--corpus wic|swords|jsonl|text), read and checked whole before the model loads.
     custom: Any = None
+    # --replace-routing with other storage settings: the shards of every corpus of the routing config go.
+    replace_all: bool = False
 
     @property
     def root(self) -> Path:
@@ -212,6 +215,9 @@ def plan(run: BuildRun) -> None:
     row["weights_dtype"] = config.weights_dtype if engine.returns_weights else None
     run.row = row
     check_slug_free(run.root, run.manifest, row)
+    run.replace_all = storage_change(run.root, run.manifest, row, config.replace_routing, run.routing_name)
+    if run.replace_all:
+        run.log(f"{run.routing_name}: other storage settings, so the routing of every corpus is replaced")
     check_text_lengths(engine, run.items)
     run.schema = routing_schema(
         row["n_routed_experts"],
@@ -268,11 +274,15 @@ def record(run: BuildRun) -> None:
     models row."""
     root, name, layout = run.root, run.routing_name, run.layout
     own_shard = layout.shard_name_pattern(name, run.part)
+
+    def ours(file_name: str) -> bool:
+        return run.replace_all or own_shard.match(file_name) is not None
+
     keep = {w.path.name for w in run.written}
     for stale in layout.config_dir(name).glob(f"{name}-*.parquet"):
-        if own_shard.match(stale.name) and stale.name not in keep:
+        if ours(stale.name) and stale.name not in keep:
             stale.unlink()
-    run.manifest.drop_files(name, lambda rel: own_shard.match(Path(rel).name) is not None)
+    run.manifest.drop_files(name, lambda rel: ours(Path(rel).name))
     for result in run.written:
         run.manifest.record(root, name, result)
     write_config(root, run.manifest, MODELS, merge_models_row(root, run.manifest, run.row), MODELS_SCHEMA)
@@ -318,12 +328,15 @@ def build_record(run: BuildRun) -> dict[str, Any]:
         "model_notes": run.engine.model_notes(),
         "code_version": run.manifest.code_version,
         "stats": {"texts": stats.texts, "tokens_routed": stats.tokens, "seconds": round(stats.seconds, 2)},
+        # --replace-routing with other storage settings: the model's earlier corpora were dropped.
+        **({"replaced_routing": True} if run.replace_all else {}),
         "summary": (
             f"atlas build --model {model} --corpus {config.corpus} --engine {config.engine} "
             f"--dtype {config.dtype} --seed {config.seed}"
             + (f" --max-lemmas {config.max_lemmas}" if config.max_lemmas else "")
             + (" --random-init" if config.random_init else "")
             + (f" --scores {config.scores}" if config.scores else "")
+            + (" --replace-routing" if run.replace_all else "")
             + (f" --traces {Path(config.traces).name}" if traces else "")
             + (
                 f" --{CUSTOM_CORPUS_INPUTS[config.corpus]} {Path(config.corpus_input()).name}"

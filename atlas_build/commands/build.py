@@ -78,6 +78,12 @@ from atlas_build.commands._options import SEED, model_loading_options
     help="Also store, per token and MoE layer, the top-M experts by the router's selection score and those "
     "scores (M >= top-k; hf engine; default: off).",
 )
+@click.option(
+    "--replace-routing",
+    is_flag=True,
+    help="Rebuild a model already in the atlas with other --scores / --weights-dtype: its routing of every "
+    "corpus is replaced by this build's (without it, such a rebuild is refused).",
+)
 @click.option("--slug", default=None, help="Name of the model's routing config (default: from the model id).")
 @click.option(
     "--random-init", is_flag=True, help="Route a seeded random-init twin of the architecture (a null model)."

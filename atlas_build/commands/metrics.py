@@ -95,11 +95,7 @@ def compute(
     routing-only sense probe. The data files are checked against manifest.json first. No model, tokenizer
     or WordNet is needed.
     """
-    if revision is not None and Path(source).exists():
-        raise click.UsageError(
-            f"--revision {revision!r} names a hub revision, and {source} is a local folder (read as it is): "
-            "leave --revision out, or pass a hub dataset id"
-        )
+    _check_source(source, revision)
     # Heavy imports here: the CLI group imports every command module at start-up.
     from atlas_build.metrics import MetricsOptions, run_metrics, summarize
     from atlas_build.metrics.provenance.source import SourceError
@@ -122,6 +118,34 @@ def compute(
     if no_verify:
         click.echo("warning: the data files were NOT checked against manifest.json (--no-verify)")
     click.echo(f"wrote {out}/metrics.json, {out}/report.md and {len(metrics['figures'])} figure(s)")
+
+
+def _check_source(source: str, revision: str | None) -> None:
+    """Refuse, in one line, a SOURCE that cannot be an atlas before anything is read or written."""
+    path = Path(source)
+    if path.exists():
+        if revision is not None:
+            raise click.UsageError(
+                f"--revision {revision!r} names a hub revision, and {source} is a local folder (read as it is): "
+                "leave --revision out, or pass a hub dataset id"
+            )
+        if not path.is_dir():
+            raise click.UsageError(f"{source} is a file: pass an atlas directory or a hub dataset id")
+        if not (path / "manifest.json").is_file() and not (path / "models").is_dir():
+            raise click.UsageError(
+                f"{source} is not an atlas (no manifest.json, no models config): pass a folder written by "
+                "`atlas build`, or a hub dataset id"
+            )
+        return
+    if "@" in source:
+        repo, _, rev = source.partition("@")
+        raise click.UsageError(
+            f"{source!r}: "
+            + ("the revision after '@' is empty" if not rev else f"give the revision as --revision {rev}")
+            + f"; the dataset id is {repo!r}"
+        )
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
+        raise click.UsageError(f"{source} does not exist: pass an atlas directory or a hub dataset id (org/name)")
 
 
 def _layers(value: str | None) -> tuple[int, ...] | None:
