@@ -36,11 +36,11 @@ from atlas_build.builder.shards import (
     ShardWorker,
     check_slug_free,
     check_text_lengths,
-    storage_change,
     make_engine,
     merge_models_row,
     model_slug,
     run_fingerprint,
+    storage_change,
 )
 from atlas_build.builder.texts import ensure_wordnet_corpora, wordnet_corpora_present, wordnet_texts
 from atlas_build.errors import BuildOptionsError

@@ -21,7 +21,10 @@ EXIT_BELOW_THRESHOLD = 1
 )
 @click.option("--slug", default=None, help="The routing config to audit, when the atlas has several models.")
 @click.option(
-    "--sample", type=click.IntRange(min=1), default=None, help="Texts to re-route [default: 200; all when fewer]."
+    "--sample",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Texts to re-route [default: 200; all when fewer].",
 )
 @click.option("--seed", type=SEED, default=None, help="Seed of the sample [default: 0].")
 @click.option(

@@ -145,7 +145,9 @@ def _check_source(source: str, revision: str | None) -> None:
             + f"; the dataset id is {repo!r}"
         )
     if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
-        raise click.UsageError(f"{source} does not exist: pass an atlas directory or a hub dataset id (org/name)")
+        raise click.UsageError(
+            f"{source} does not exist: pass an atlas directory or a hub dataset id (org/name)"
+        )
 
 
 def _layers(value: str | None) -> tuple[int, ...] | None:

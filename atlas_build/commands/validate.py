@@ -21,7 +21,11 @@ EXIT_NOT_AN_ATLAS = 2  # nothing to validate (missing directory, no manifest)
     help="Where to write the report [default: DIR/validation.json].",
 )
 @click.option(
-    "--examples", default=3, show_default=True, type=click.IntRange(min=0), help="Failing examples shown per check."
+    "--examples",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Failing examples shown per check.",
 )
 @click.option("--problems-only", is_flag=True, help="List only the checks that did not pass.")
 @click.option(

@@ -244,7 +244,9 @@ def _refuse_foreign(root: Path, path: Path, data: dict) -> None:
     """
     again = f"rerun `atlas metrics {root} --out {root / 'metrics'}`"
     if data.get("format") != "routing-atlas-metrics":
-        raise ExploreError(f"{path} is not an `atlas metrics` report (format {data.get('format')!r}); {again}")
+        raise ExploreError(
+            f"{path} is not an `atlas metrics` report (format {data.get('format')!r}); {again}"
+        )
     provenance = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
     if provenance.get("manifest_sha256") == hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest():
         return

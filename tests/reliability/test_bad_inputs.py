@@ -167,7 +167,9 @@ def test_text_longer_than_the_context_leaves_a_new_folder_unmade(tmp_path, tiny_
         probe = tmp_path / "probe.jsonl"
         probe.write_text(json.dumps({"id": "long", "text": SENSES_TEXTS[-1][1]}) + "\n")
         extra = ["--corpus", "jsonl", "--texts", str(probe)]
-    refused(build(str(short), out, *extra), out, "longer than the model's context of 32", "Nothing was written")
+    refused(
+        build(str(short), out, *extra), out, "longer than the model's context of 32", "Nothing was written"
+    )
     assert cli(build(str(tiny_checkpoint), out, *extra)).exit_code == 0
 
 
