@@ -87,8 +87,30 @@ def command(
         click.echo(f"atlas validate: {error}", err=True)
         sys.exit(EXIT_NOT_AN_ATLAS)
     click.echo(report.render_table(max_examples=examples, only_problems=problems_only))
+    for line in routed_lines(report):
+        click.echo(line)
     if report_path is None:
         click.echo(f"report not written: {directory} is a published release (pass --json PATH to keep it)")
     else:
         click.echo(f"report written to {report.write(report_path)}")
     sys.exit(0 if report.passed else EXIT_FAILED)
+
+
+def routed_lines(report) -> list[str]:
+    """One line per model when the models routed different corpora (`corpus-coverage` details), else none."""
+    routed = {
+        r.config: r.details
+        for r in report.results
+        if r.check == "corpus-coverage" and isinstance(r.details.get("routed_corpora"), list)
+    }
+    if len({tuple(d["routed_corpora"]) for d in routed.values()}) <= 1:
+        return []
+    return [
+        f"{config} routed {', '.join(d['routed_corpora']) or 'nothing'}"
+        + (
+            f"; not routed: {', '.join(d['not_routed'])} (its metrics leave them out)"
+            if d.get("not_routed")
+            else ""
+        )
+        for config, d in sorted(routed.items())
+    ]

@@ -151,6 +151,8 @@ def test_two_models_each_measured_over_what_it_routed(one_model, tmp_path, twin_
     ):
         result = runner.invoke(main, args)
         assert result.exit_code == 0, (args, result.output)
+        if args[0] == "validate":
+            assert f"routing-{TWIN} routed senses, substitutions; not routed:" in result.output
     card = (root / "README.md").read_text()
     assert "routed different corpora" in card
     assert f"routed corpora: {', '.join(twin_steps)}" in card
