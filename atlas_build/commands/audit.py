@@ -20,16 +20,12 @@ EXIT_BELOW_THRESHOLD = 1
     help="Checkpoint to audit against (built-in name, directory or hub id) [default: the recorded model].",
 )
 @click.option("--slug", default=None, help="The routing config to audit, when the atlas has several models.")
-@click.option(
-    "--sample",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Texts to re-route [default: 200; all when fewer].",
-)
+# --sample and --threshold are checked by `audit_atlas` itself (one line each: "--sample must be at least 1").
+@click.option("--sample", type=int, default=None, help="Texts to re-route [default: 200; all when fewer].")
 @click.option("--seed", type=SEED, default=None, help="Seed of the sample [default: 0].")
 @click.option(
     "--threshold",
-    type=click.FloatRange(0.0, 1.0),
+    type=float,
     default=None,
     help="Least share of token-layers with identical expert sets that passes [default: 1.0].",
 )

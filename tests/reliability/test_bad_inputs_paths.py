@@ -62,8 +62,6 @@ def atlas(tmp_path, fake_reference) -> Path:
         (["audit", "{atlas}", "--seed", "-1"], "--seed"),
         (["audit", "{atlas}", "--batch-size", "0"], "--batch-size"),
         (["audit", "{atlas}", "--batch-size", "-4"], "--batch-size"),
-        (["audit", "{atlas}", "--sample", "0"], "--sample"),
-        (["audit", "{atlas}", "--threshold", "1.5"], "--threshold"),
         (["metrics", "{atlas}", "--out", "{out}", "--seed", "-1"], "--seed"),
         (["metrics", "{atlas}", "--out", "{out}", "--bootstrap", "-1"], "--bootstrap"),
         (["metrics", "{atlas}", "--out", "{out}", "--min-count", "0"], "--min-count"),
@@ -129,6 +127,17 @@ def test_metrics_calibrate_explore_inputs(tmp_path, atlas, args, words):
     }
     args = [a.format(**names) for a in args]
     refused(args, atlas, out, plain, words=words)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--sample", "0", "--sample must be at least 1"),
+        ("--threshold", "1.5", "--threshold must lie in [0, 1]"),
+    ],
+)
+def test_audit_sample_and_threshold(atlas, option, value, words):
+    refused(["audit", str(atlas), option, value], atlas, words=(words,))
 
 
 def test_explore_into_a_read_only_place(tmp_path, atlas, monkeypatch):
