@@ -116,3 +116,16 @@ def wordnet_version(sources: list[str]) -> str | None:
         if match:
             return match.group(1)
     return None
+
+
+def routed_corpora(builds: list[dict[str, Any]]) -> list[str]:
+    """The corpora (`--corpus` kinds) one model's build records routed, in build order."""
+    kinds: list[str] = []
+    for build in builds:
+        if build.get("replaced_routing"):
+            kinds = []  # `--replace-routing`: the routing of the earlier corpora was dropped
+        corpus = build.get("corpus")
+        kind = corpus.get("corpus") if isinstance(corpus, dict) else None
+        if isinstance(kind, str) and kind not in kinds:
+            kinds.append(kind)
+    return kinds

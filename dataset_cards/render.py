@@ -46,6 +46,7 @@ from dataset_cards.reading import (
     model_license,
     models_rows,
     recorded_licenses,
+    routed_corpora,
     wordnet_version,
 )
 from dataset_cards.sections import (
@@ -257,6 +258,8 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
         model["notes"] = list(dict.fromkeys(n for b in model["builds"] for n in b.get("model_notes") or []))
         model["notes"] += audit_lines(manifest, model["model_slug"], model["random_init"])
         model["notes"] += intervention_lines(root, manifest, model["model_slug"], model["random_init"])
+        model["corpora"] = routed_corpora(model["builds"])
+    corpora_differ = len({tuple(sorted(m["corpora"])) for m in models}) > 1
     builds = []
     for build in manifest.builds:
         summary = build.get("summary") or build.get("kind", "")
@@ -300,6 +303,7 @@ def card_context(view: AtlasView, context: CardContext | None = None) -> dict[st
         "corpus_options": manifest.corpus_counts.get("options") or {},
         "corpus_notes": list(manifest.corpus_counts.get("notes") or []),
         "custom_corpora": custom_corpora(manifest),
+        "corpora_differ": corpora_differ,
         "wordnet_source": manifest.corpus_counts.get("source") or manifest.corpus_counts.get("wordnet"),
         "wordnet_version": wordnet_version(sources),
         "corpus_sources": sources,

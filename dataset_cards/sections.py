@@ -77,13 +77,17 @@ def engine_provenance(provenance: dict[str, Any] | None) -> str:
 
 
 def read_metrics(root: Path) -> dict[str, Any] | None:
+    """`DIR/metrics/metrics.json`, None when absent, or `{"unreadable": why}` (the card then says so)."""
     path = Path(root) / METRICS_DIR / METRICS_JSON
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        return {"unreadable": f"{type(error).__name__}: {error}".splitlines()[0][:200]}
+    if not isinstance(data, dict):
+        return {"unreadable": f"it holds a JSON {type(data).__name__}, not an object"}
+    return data
 
 
 def metrics_mismatch(metrics: dict[str, Any], manifest: Manifest) -> list[str]:
@@ -211,6 +215,15 @@ def metrics_context(root: Path, manifest: Manifest) -> dict[str, Any]:
     metrics = read_metrics(root)
     if metrics is None:
         return {"metrics": None}
+    if "unreadable" in metrics:
+        return {
+            "metrics": {
+                "summary": "",
+                "problems": [f"{METRICS_DIR}/{METRICS_JSON} is unreadable ({metrics['unreadable']})"],
+                "report": False,
+                "options": {},
+            }
+        }
     problems = metrics_mismatch(metrics, manifest)
     metrics_path = root / METRICS_DIR / METRICS_JSON
     if not problems and metrics_path.stat().st_mtime < AtlasLayout(root).manifest_path.stat().st_mtime:

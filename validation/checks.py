@@ -40,6 +40,9 @@ CHECKS: dict[str, str] = {
     # ---- routing ------------------------------------------------------------------------------
     "source-exists": "corpus is a text config (senses, substitutions, traces, or wic-examples, swords-examples, "
     "swords-substitutions, jsonl-examples, texts), and every source_id exists in that config",
+    "corpus-coverage": "a model routed each text config whole or not at all (models of one atlas may route "
+    "different corpora: the details name the ones it routed, which are the ones its metrics cover); traces "
+    "are exempt (each model routes its own, formatted with its chat template)",
     "token-keys-unique": "(source_id, token_index) is unique",
     "token-index-contiguous": "the token indices of every text are exactly 0..n-1",
     "experts-top-k": "every token-layer holds exactly top_k distinct expert ids; the experts list has one "

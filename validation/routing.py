@@ -63,6 +63,7 @@ _KEY_STRIDE = np.int64(2**32)
 WEIGHT_CHECKS = ("weights-finite-nonnegative", "weights-sorted", "weights-sum")
 CHECKS = (
     "source-exists",
+    "corpus-coverage",
     "token-keys-unique",
     "token-index-contiguous",
     "experts-top-k",
@@ -441,6 +442,7 @@ class RoutingValidator(ExpertChecks):
     # ---- end of stream ------------------------------------------------------------------------------
     def _finish_texts(self) -> None:
         if not self._segments:
+            self._corpus_coverage(np.zeros(0, np.int64))
             return
         c = np.concatenate([s[0] for s in self._segments])
         lo = np.concatenate([s[1] for s in self._segments])
@@ -462,6 +464,7 @@ class RoutingValidator(ExpertChecks):
         dup = np.bincount(group, weights=duplicates).astype(np.int64)
         gaps = np.bincount(group, weights=missing).astype(np.int64)
         last = np.maximum.reduceat(hi, np.flatnonzero(first))  # highest token index of each text
+        self._corpus_coverage(texts)
         keys = [self._key(int(code)) for code in texts]
         corpora = [k[0] for k in keys]
         targets = self._target_count[texts].astype(np.float64)
@@ -486,6 +489,38 @@ class RoutingValidator(ExpertChecks):
             return f"{corpus}:{source}: {what}"
 
         self.ledger.add_outcomes(self.config, self.gx.validate(self.text_suite, frame), describe)
+
+    def _corpus_coverage(self, texts: np.ndarray) -> None:
+        """`corpus-coverage`: per text config, how many of its texts this model routed; all or none pass.
+
+        `texts` are the distinct codes of the routed texts. The details name the configs routed and not routed.
+        """
+        seen = np.zeros(self.n_known, dtype=bool)
+        seen[texts[texts < self.n_known]] = True
+        held: dict[str, int] = {}
+        routed: dict[str, int] = {}
+        missing: dict[str, str] = {}
+        for (corpus, text_id), code in self.registry.codes.items():  # unique keys (repeated ids: ids-unique)
+            held[corpus] = held.get(corpus, 0) + 1
+            if seen[code]:
+                routed[corpus] = routed.get(corpus, 0) + 1
+            else:
+                missing.setdefault(corpus, text_id)
+        self.ledger.declare(
+            self.config,
+            "corpus-coverage",
+            routed_corpora=sorted(routed),
+            not_routed=sorted(set(held) - set(routed)),
+        )
+        # Traces are each model's own (formatted with its chat template, `traces.model_slug`): exempt.
+        partial = [c for c in sorted(routed) if routed[c] < held[c] and c != TRACES]
+        if partial:
+            examples = [
+                f"{c}: {held[c] - routed[c]} of {held[c]} texts not routed (e.g. {missing[c]!r}); "
+                "rerun its `atlas build` to resume"
+                for c in partial
+            ]
+            self.ledger.fail(self.config, "corpus-coverage", examples, failing=len(partial))
 
 
 def _int64(array: pa.Array) -> np.ndarray:

@@ -61,6 +61,10 @@ class BuildConfig:
     # comma list of layers and a-b ranges), projected to `--router-input-dim D` (0: the full vector).
     router_inputs: str | None = None
     router_input_dim: int | None = None
+
+    # `--replace-routing`: rebuild a model's routing with other storage settings (--scores, --weights-dtype),
+    # replacing every corpus it routed; without it such a rebuild is refused.
+    replace_routing: bool = False
     slug: str | None = None
     texts_per_shard: int = 512
     executor: str = "local"

@@ -132,7 +132,7 @@ def check_text_lengths(engine, items: list[TextItem], chunk: int = 1024) -> None
         more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
         raise TextTooLongError(
             f"{len(too_long)} text(s) are longer than the model's context of {limit} tokens: {named}{more}. "
-            "Nothing was routed: split or drop those texts, or use a model with a longer context"
+            "Nothing was written: split or drop those texts, or use a model with a longer context"
         )
 
 
@@ -198,6 +198,30 @@ def check_slug_free(root: Path, manifest: Manifest, row: dict[str, Any]) -> None
                 f"the atlas already has a model with slug {row['model_slug']!r} ({existing['model_id']}, "
                 f"{existing['engine']}); pass --slug to give this one another name"
             )
+
+
+# The models row's storage settings: a routing config holds one schema, so they change only all at once.
+STORAGE_FIELDS = (("weights_dtype", "--weights-dtype"), ("scores_top_m", "--scores"))
+
+
+def storage_change(root: Path, manifest: Manifest, row: dict[str, Any], replace: bool, name: str) -> bool:
+    """Whether this build stores the model's routing otherwise than the atlas holds it (then every corpus's
+    shards of `name` are replaced); refused unless `replace` (`--replace-routing`)."""
+    for existing in read_config(root, manifest, MODELS).to_pylist():
+        if existing["model_slug"] != row["model_slug"]:
+            continue
+        changed = [
+            f"{flag} {existing.get(key) or 'off'} -> {row.get(key) or 'off'}"
+            for key, flag in STORAGE_FIELDS
+            if existing.get(key) != row.get(key)
+        ]
+        if changed and not replace:
+            raise BuildOptionsError(
+                f"{name} is stored with other settings ({', '.join(changed)}): rebuilding replaces its routing of "
+                "every corpus; pass --replace-routing to do so, or --slug NAME to build beside it"
+            )
+        return bool(changed)
+    return False
 
 
 def make_engine(config: BuildConfig, load_weights: bool = True):

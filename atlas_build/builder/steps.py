@@ -45,6 +45,7 @@ from atlas_build.builder.shards import (
     merge_models_row,
     model_slug,
     run_fingerprint,
+    storage_change,
 )
 from atlas_build.builder.texts import ensure_wordnet_corpora, wordnet_corpora_present, wordnet_texts
 from atlas_build.errors import BuildOptionsError
@@ -74,6 +75,8 @@ class BuildRun:
     runs: list[dict[str, Any]] = field(default_factory=list)
     # A user's corpus (--corpus wic|swords|jsonl|text), read and checked whole before the model loads.
     custom: Any = None
+    # --replace-routing with other storage settings: the shards of every corpus of the routing config go.
+    replace_all: bool = False
 
     @property
     def root(self) -> Path:
@@ -191,16 +194,21 @@ def corpora(run: BuildRun) -> None:
     from dataset_cards.render import write_card
 
     config, root = run.config, run.root
+
+    def lengths(items):  # texts longer than the model's context: refused before anything is written
+        check_text_lengths(run.engine, items)
+
     if config.corpus == "wordnet":
-        if ensure_wordnet_corpora(config, run.manifest, log=run.log):
+        if ensure_wordnet_corpora(config, run.manifest, log=run.log, check=lengths):
             crash_point("corpus-written")
             run.manifest.save(root)
             crash_point("corpus-saved")
             write_card(root)
         run.items = wordnet_texts(root, run.manifest)
     elif config.corpus in CUSTOM_CORPUS_INPUTS:
-        from atlas_build.builder.user_corpora import custom_texts, ensure_custom_corpus
+        from atlas_build.builder.user_corpora import corpus_texts, custom_texts, ensure_custom_corpus
 
+        lengths(corpus_texts(run.custom))
         if ensure_custom_corpus(config, run.manifest, run.custom):
             crash_point("corpus-written")
             run.manifest.save(root)
@@ -223,6 +231,9 @@ def plan(run: BuildRun) -> None:
     row["weights_dtype"] = config.weights_dtype if engine.returns_weights else None
     run.row = row
     check_slug_free(run.root, run.manifest, row)
+    run.replace_all = storage_change(run.root, run.manifest, row, config.replace_routing, run.routing_name)
+    if run.replace_all:
+        run.log(f"{run.routing_name}: other storage settings, so the routing of every corpus is replaced")
     check_text_lengths(engine, run.items)
     run.schema = routing_schema(
         row["n_routed_experts"],
@@ -282,11 +293,15 @@ def record(run: BuildRun) -> None:
     models row."""
     root, name, layout = run.root, run.routing_name, run.layout
     own_shard = layout.shard_name_pattern(name, run.part)
+
+    def ours(file_name: str) -> bool:
+        return run.replace_all or own_shard.match(file_name) is not None
+
     keep = {w.path.name for w in run.written}
     for stale in layout.config_dir(name).glob(f"{name}-*.parquet"):
-        if own_shard.match(stale.name) and stale.name not in keep:
+        if ours(stale.name) and stale.name not in keep:
             stale.unlink()
-    run.manifest.drop_files(name, lambda rel: own_shard.match(Path(rel).name) is not None)
+    run.manifest.drop_files(name, lambda rel: ours(Path(rel).name))
     for result in run.written:
         run.manifest.record(root, name, result)
     write_config(root, run.manifest, MODELS, merge_models_row(root, run.manifest, run.row), MODELS_SCHEMA)
@@ -403,6 +418,8 @@ def build_record(run: BuildRun) -> dict[str, Any]:
         "model_notes": run.engine.model_notes(),
         "code_version": run.manifest.code_version,
         "stats": _stats(run),
+        # --replace-routing with other storage settings: the model's earlier corpora were dropped.
+        **({"replaced_routing": True} if run.replace_all else {}),
         "summary": (
             f"atlas build --model {model} --corpus {config.corpus} --engine {config.engine} "
             f"--dtype {config.dtype} --seed {config.seed}"
@@ -414,6 +431,7 @@ def build_record(run: BuildRun) -> dict[str, Any]:
                 if config.router_inputs is not None
                 else ""
             )
+            + (" --replace-routing" if run.replace_all else "")
             + (f" --traces {Path(config.traces).name}" if traces else "")
             + (
                 f" --{CUSTOM_CORPUS_INPUTS[config.corpus]} {Path(config.corpus_input()).name}"

@@ -45,8 +45,10 @@ def wordnet_corpora_present(config: BuildConfig, manifest: Manifest) -> bool:
     return False
 
 
-def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest, log=None) -> bool:
+def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest, log=None, check=None) -> bool:
     """Write senses, sense-pairs and substitutions unless the atlas already holds them (same options).
+
+    `check(items)`, when given, sees the texts to route before anything is written (e.g. their lengths).
 
     Returns:
         Whether the corpora were written (the manifest, updated in memory, then needs saving).
@@ -62,6 +64,8 @@ def ensure_wordnet_corpora(config: BuildConfig, manifest: Manifest, log=None) ->
         progress=config.progress,
         log=log,
     )
+    if check is not None:
+        check([item for name in (SENSES, SUBSTITUTIONS) for item in table_texts(tables[name], name)])
     crash_point("corpus-before-write")
     for name in (SENSES, SENSE_PAIRS, SUBSTITUTIONS):
         write_config(config.out, manifest, name, tables[name], FIXED_SCHEMAS[name])
@@ -81,11 +85,19 @@ def wordnet_texts(root: Path, manifest: Manifest) -> list[TextItem]:
     """Every sense example, then every substitution, each sorted by id (a fixed order for sharding)."""
     items: list[TextItem] = []
     for name in (SENSES, SUBSTITUTIONS):
-        table = read_config(root, manifest, name)
-        if table.num_rows == 0:
-            continue
-        table = table.sort_by(TEXT_ID_COLUMN[name])
-        ids, texts = table.column(TEXT_ID_COLUMN[name]).to_pylist(), table.column("text").to_pylist()
-        starts, ends = table.column("target_start").to_pylist(), table.column("target_end").to_pylist()
-        items.extend(TextItem(*row) for row in zip(ids, [name] * len(ids), texts, starts, ends, strict=True))
+        items.extend(table_texts(read_config(root, manifest, name), name))
     return items
+
+
+def table_texts(table, name: str) -> list[TextItem]:
+    """The routed texts of one corpus config (its id column, text and target span), sorted by id."""
+    if table is None or table.num_rows == 0 or name not in TEXT_ID_COLUMN:
+        return []
+    table = table.sort_by(TEXT_ID_COLUMN[name])
+    ids, texts = table.column(TEXT_ID_COLUMN[name]).to_pylist(), table.column("text").to_pylist()
+    if "target_start" in table.column_names:
+        starts = [-1 if s is None else s for s in table.column("target_start").to_pylist()]
+        ends = [-1 if e is None else e for e in table.column("target_end").to_pylist()]
+    else:
+        starts = ends = [-1] * len(ids)
+    return [TextItem(*row) for row in zip(ids, [name] * len(ids), texts, starts, ends, strict=True)]

@@ -66,19 +66,17 @@ def ensure_custom_corpus(config: BuildConfig, manifest: Manifest, corpus) -> boo
 
 def custom_texts(root: Path, manifest: Manifest, kind: str) -> list[TextItem]:
     """The routed texts of the kind's configs (those with an id column), each config sorted by id."""
+    from atlas_build.builder.texts import table_texts
+
     items: list[TextItem] = []
     for name in CUSTOM_CORPUS_CONFIGS[kind]:
-        if name not in TEXT_ID_COLUMN:
-            continue
-        table = read_config(root, manifest, name)
-        if table.num_rows == 0:
-            continue
-        table = table.sort_by(TEXT_ID_COLUMN[name])
-        ids, texts = table.column(TEXT_ID_COLUMN[name]).to_pylist(), table.column("text").to_pylist()
-        if "target_start" in table.column_names:
-            starts = [-1 if s is None else s for s in table.column("target_start").to_pylist()]
-            ends = [-1 if e is None else e for e in table.column("target_end").to_pylist()]
-        else:
-            starts = ends = [-1] * len(ids)
-        items.extend(TextItem(*row) for row in zip(ids, [name] * len(ids), texts, starts, ends, strict=True))
+        if name in TEXT_ID_COLUMN:
+            items.extend(table_texts(read_config(root, manifest, name), name))
     return items
+
+
+def corpus_texts(corpus) -> list[TextItem]:
+    """The texts a user's corpus read in memory will route (`custom_texts` before anything is written)."""
+    from atlas_build.builder.texts import table_texts
+
+    return [item for name, table in sorted(corpus.tables.items()) for item in table_texts(table, name)]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import click
 
 DTYPE_CHOICES = ["float32", "bfloat16", "float16", "auto"]
+# Every seed option: numpy's RandomState and torch.manual_seed take seeds below 2**32; the metrics derive
+# seeds up to `seed + 6` (MetricsOptions.seeds), so theirs stay 8 below.
+SEED = click.IntRange(0, 2**32 - 1)
+METRICS_SEED = click.IntRange(0, 2**32 - 9)
 
 
 def model_loading_options(function):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from atlas_build.commands._options import SEED
 from atlas_build.errors import EXIT_CHECKS_FAILED
 
 EXIT_BELOW_THRESHOLD = EXIT_CHECKS_FAILED
@@ -20,8 +21,9 @@ EXIT_BELOW_THRESHOLD = EXIT_CHECKS_FAILED
     help="Checkpoint to audit against (built-in name, directory or hub id) [default: the recorded model].",
 )
 @click.option("--slug", default=None, help="The routing config to audit, when the atlas has several models.")
+# --sample and --threshold are checked by `audit_atlas` itself (one line each: "--sample must be at least 1").
 @click.option("--sample", type=int, default=None, help="Texts to re-route [default: 200; all when fewer].")
-@click.option("--seed", type=int, default=None, help="Seed of the sample [default: 0].")
+@click.option("--seed", type=SEED, default=None, help="Seed of the sample [default: 0].")
 @click.option(
     "--threshold",
     type=float,
@@ -41,7 +43,7 @@ EXIT_BELOW_THRESHOLD = EXIT_CHECKS_FAILED
     help="Least share of token-layers whose weights agree within the dtypes' tolerance [default: 1.0].",
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--no-record", is_flag=True, help="Report only: leave manifest.json and the card as they are.")
 def command(
     directory: Path,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from atlas_build.commands._options import model_loading_options
+from atlas_build.commands._options import SEED, model_loading_options
 
 
 @click.command("build")
@@ -45,7 +45,7 @@ from atlas_build.commands._options import model_loading_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option(
     "--seed",
-    type=click.IntRange(0, 2**32 - 1),
+    type=SEED,
     default=0,
     show_default=True,
     help="Seed for sampling pairs and random-init twins.",
@@ -92,6 +92,12 @@ from atlas_build.commands._options import model_loading_options
     metavar="D",
     help="Project the stored router inputs to D dimensions (seeded Gaussian JL, seed --seed); 0 keeps the "
     "full vector. Default 256.",
+)
+@click.option(
+    "--replace-routing",
+    is_flag=True,
+    help="Rebuild a model already in the atlas with other --scores / --weights-dtype: its routing of every "
+    "corpus is replaced by this build's (without it, such a rebuild is refused).",
 )
 @click.option("--slug", default=None, help="Name of the model's routing config (default: from the model id).")
 @click.option(

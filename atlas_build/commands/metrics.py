@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from atlas_build.commands._errors import ErrorPathGroup
+from atlas_build.commands._options import METRICS_SEED
 
 _BOOTSTRAP = click.option(
     "--bootstrap",
@@ -85,7 +86,7 @@ def command():
 )
 @_BOOTSTRAP
 @_PERMUTATIONS
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=METRICS_SEED)
 @_CACHE
 @click.option(
     "--no-verify",
@@ -137,6 +138,7 @@ def compute(
     routing-only sense probe. The data files are checked against manifest.json first. No model, tokenizer
     or WordNet is needed.
     """
+    _check_source(source, revision)
     # Heavy imports here: the CLI group imports every command module at start-up.
     from atlas_build.atlas.manifest import refuse_inside_release
     from atlas_build.metrics import MetricsOptions, run_metrics, summarize
@@ -166,13 +168,64 @@ def compute(
     click.echo(f"wrote {out}/metrics.json, {out}/report.md and {len(metrics['figures'])} figure(s)")
 
 
+def _check_source(source: str, revision: str | None) -> None:
+    """Refuse, in one line, a SOURCE that cannot be an atlas before anything is read or written."""
+    path = Path(source)
+    if path.exists():
+        if revision is not None:
+            raise click.UsageError(
+                f"--revision {revision!r} names a hub revision, and {source} is a local folder (read as it is): "
+                "leave --revision out, or pass a hub dataset id"
+            )
+        if not path.is_dir():
+            raise click.UsageError(f"{source} is a file: pass an atlas directory or a hub dataset id")
+        if not (path / "manifest.json").is_file() and not (path / "models").is_dir():
+            raise click.UsageError(
+                f"{source} is not an atlas (no manifest.json, no models config): pass a folder written by "
+                "`atlas build`, or a hub dataset id"
+            )
+        return
+    if "@" in source:
+        repo, _, rev = source.partition("@")
+        raise click.UsageError(
+            f"{source!r}: "
+            + ("the revision after '@' is empty" if not rev else f"give the revision as --revision {rev}")
+            + f"; the dataset id is {repo!r}"
+        )
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
+        raise click.UsageError(
+            f"{source} does not exist: pass an atlas directory or a hub dataset id (org/name)"
+        )
+
+
 def _layers(value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        layers = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated decoder layer ids, got {value!r}") from None
+        raise click.BadParameter(
+            f"expected comma-separated decoder layer ids, got {value!r}", param_hint="'--layers'"
+        ) from None
+    if not layers:
+        raise click.BadParameter(
+            f"no layer id in {value!r}: give decoder layers such as 2,4, or leave --layers out (every other)",
+            param_hint="'--layers'",
+        )
+    if min(layers) < 0:
+        raise click.BadParameter(f"layer ids are >= 0, got {value!r}", param_hint="'--layers'")
+    return layers
+
+
+def _outside(source: str, out: str) -> None:
+    """`--out` of calibrate is a new folder outside SOURCE: files inside an atlas make it fail `atlas verify`."""
+    root, target = Path(source).resolve(), Path(out).resolve()
+    if target == root or root in target.parents:
+        raise click.BadParameter(
+            f"{out} is inside the atlas {source}, whose files `atlas verify` checks: write the planted copies "
+            "to a folder outside it",
+            param_hint="'--out'",
+        )
 
 
 @command.command("calibrate")
@@ -182,7 +235,13 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 @click.option(
     "--layers", default=None, help="Decoder layers of the sense plant, e.g. 2,4 (default: every other)."
 )
-@click.option("--strength", default=0.5, show_default=True, type=float, help="Sense plant probability q.")
+@click.option(
+    "--strength",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Sense plant probability q.",
+)
 @click.option(
     "--plant",
     "plants",
@@ -192,7 +251,7 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 )
 @_BOOTSTRAP
 @_PERMUTATIONS
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=METRICS_SEED)
 @_CACHE
 @click.option(
     "--calibration-seeds",
@@ -243,12 +302,15 @@ def calibrate(
     from atlas_build.metrics.provenance.source import SourceError
 
     refuse_inside_release(Path(out), f"writing the calibration copies {out}")
+
+    _outside(source, out)
+    layer_ids = _layers(layers)
     try:
         report = run_calibration(
             source,
             out,
             plants=tuple(plants) or PLANTS,
-            plant_options=PlantOptions(model=model, layers=_layers(layers), strength=strength, seed=seed),
+            plant_options=PlantOptions(model=model, layers=layer_ids, strength=strength, seed=seed),
             metrics_options=MetricsOptions(n_bootstrap=n_bootstrap, n_permutations=n_permutations, seed=seed),
             cache_dir=cache_dir,
             calibration_options=CalibrationOptions(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from atlas_build.commands._options import SEED
+
 
 @click.group("model")
 def command() -> None:
@@ -15,7 +17,7 @@ def command() -> None:
 @command.command("materialize")
 @click.argument("name")
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--seed", type=int, default=None, help="Weight seed (default: the built-in seed).")
+@click.option("--seed", type=SEED, default=None, help="Weight seed (default: the built-in seed).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
 def materialize(name: str, out_dir: Path, seed: int | None, overwrite: bool) -> None:
     """Write built-in model NAME as a standard HF checkpoint directory OUT_DIR."""

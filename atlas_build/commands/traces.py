@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from atlas_build.commands._options import model_loading_options
+from atlas_build.commands._options import SEED, model_loading_options
 
 
 @click.group("traces")
@@ -47,7 +47,7 @@ def list_scenarios() -> None:
     "--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Most steps to play."
 )
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Traces JSONL to write.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Scenario and NPC seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Scenario and NPC seed.")
 @click.option(
     "--max-seconds",
     type=click.FloatRange(min=0),

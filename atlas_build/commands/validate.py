@@ -22,7 +22,13 @@ EXIT_NOT_AN_ATLAS = EXIT_BAD_INPUT  # nothing to validate (missing directory, no
     default=None,
     help="Where to write the report [default: DIR/validation.json].",
 )
-@click.option("--examples", default=3, show_default=True, help="Failing examples shown per check.")
+@click.option(
+    "--examples",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Failing examples shown per check.",
+)
 @click.option("--problems-only", is_flag=True, help="List only the checks that did not pass.")
 @click.option(
     "--no-hashes", is_flag=True, help="Skip recomputing sha256 of the data files (row counts still checked)."
@@ -109,8 +115,30 @@ def command(
         # A damaged or unsafe manifest keeps its own code (atlas_build/errors.py); a wrong path is bad input.
         sys.exit(getattr(error.__cause__, "exit_code", EXIT_NOT_AN_ATLAS))
     click.echo(report.render_table(max_examples=examples, only_problems=problems_only))
+    for line in routed_lines(report):
+        click.echo(line)
     if report_path is None:
         click.echo(f"report not written: {directory} is a published release (pass --json PATH to keep it)")
     else:
         click.echo(f"report written to {report.write(report_path)}")
     sys.exit(0 if report.passed else EXIT_FAILED)
+
+
+def routed_lines(report) -> list[str]:
+    """One line per model when the models routed different corpora (`corpus-coverage` details), else none."""
+    routed = {
+        r.config: r.details
+        for r in report.results
+        if r.check == "corpus-coverage" and isinstance(r.details.get("routed_corpora"), list)
+    }
+    if len({tuple(d["routed_corpora"]) for d in routed.values()}) <= 1:
+        return []
+    return [
+        f"{config} routed {', '.join(d['routed_corpora']) or 'nothing'}"
+        + (
+            f"; not routed: {', '.join(d['not_routed'])} (its metrics leave them out)"
+            if d.get("not_routed")
+            else ""
+        )
+        for config, d in sorted(routed.items())
+    ]

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from atlas_build.atlas.schema import FIXED_SCHEMAS
 from atlas_build.errors import AtlasError
+from validation.rules import is_form_of, is_word_aligned
 
 # Parts of speech as the atlas stores them (WordNet's letters); a tag that maps to none is stored as null.
 POS_LETTERS = ("n", "v", "a", "r")
@@ -135,7 +136,22 @@ def json_objects(raw: bytes, path: Path) -> Iterator[tuple[int, str, dict[str, A
             raise CorpusInputError(f"{where}: {error}") from None
         if not isinstance(record, dict):
             raise CorpusInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        refuse_surrogates(record, where)
         yield number, where, record
+
+
+def refuse_surrogates(value: Any, where: str) -> None:
+    """A JSON string escape of a lone UTF-16 surrogate (e.g. "\\ud800") is no text: refused, naming `where`."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = error.object[error.start : error.end]
+        raise CorpusInputError(
+            f"{where}: a string holds a lone UTF-16 surrogate (\\u{ord(bad[0]):04x}), which is not text; "
+            "write the character itself or a valid surrogate pair"
+        ) from None
+    except RecursionError:
+        raise CorpusInputError(f"{where}: nested too deeply to be a record") from None
 
 
 def file_entry(path: Path, raw: bytes) -> dict[str, str]:
@@ -157,6 +173,24 @@ def char_span(text: str, start: Any, end: Any, where: str) -> tuple[int, int]:
             f"{where}: the target span ({start}, {end}) = {text[start:end]!r} starts or ends with white space"
         )
     return start, end
+
+
+def target_word(text: str, start: int, end: int, lemma: str | None, where: str) -> None:
+    """The build's side of validation's `target-span` rule, so a span that misses its word is refused before
+    routing: `text[start:end]` neither starts nor ends inside a word, and holds a form of `lemma` (when given;
+    `validation.rules.is_form_of`)."""
+    held = text[start:end]
+    if not is_word_aligned(text, start, end):
+        context = text[max(start - 10, 0) : end + 10]
+        raise CorpusInputError(
+            f"{where}: the target span ({start}, {end}) = {held!r} starts or ends inside a word (in {context!r}); "
+            "a target covers whole words"
+        )
+    if lemma is not None and not is_form_of(held, lemma):
+        raise CorpusInputError(
+            f"{where}: the target span ({start}, {end}) holds {held!r}, which is not a form of the lemma {lemma!r}; "
+            "point the span at the word it claims"
+        )
 
 
 def empty_corpus(path: Path, expected: str) -> CorpusInputError:

@@ -32,6 +32,7 @@ from atlas_build.corpora.custom import (
     json_objects,
     read_bytes,
     table,
+    target_word,
 )
 
 KIND = "jsonl"
@@ -107,6 +108,8 @@ def read(path: str | Path, **_options) -> CorpusTables:
         lemma = _optional_str(record, "lemma", where)
         if lemma is not None and form is None:
             raise CorpusInputError(f"{where}: field 'lemma' names a target, but the line has no target span")
+        if form is not None:
+            target_word(text, start, end, lemma, where)
         pos = record.get("pos")
         if pos is not None and pos not in POS_LETTERS:
             raise CorpusInputError(

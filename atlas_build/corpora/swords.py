@@ -28,6 +28,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,10 @@ from atlas_build.corpora.custom import (
     decode,
     file_entry,
     read_bytes,
+    refuse_surrogates,
     table,
+    target_word,
+    unique_keys,
 )
 
 KIND = "swords"
@@ -106,8 +110,10 @@ def read(path: str | Path, **_options) -> CorpusTables:
         if not isinstance(cid, str) or cid not in contexts:
             raise CorpusInputError(f"{where}.context_id: {cid!r} is not an id of 'contexts'")
         context = _context_text(contexts[cid], f"{path}: contexts[{cid!r}]")
-        if not isinstance(word, str) or not word.strip():
-            raise CorpusInputError(f"{where}.target: must be a non-empty string, got {word!r}")
+        if not isinstance(word, str) or not word.strip() or word != word.strip():
+            raise CorpusInputError(
+                f"{where}.target: must be a non-empty string without white space around it, got {word!r}"
+            )
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise CorpusInputError(f"{where}.offset: must be an integer, got {offset!r}")
         end = offset + len(word)
@@ -116,6 +122,7 @@ def read(path: str | Path, **_options) -> CorpusTables:
                 f"{where}.offset: the context holds {context[max(offset, 0) : max(end, 0)]!r} at offset {offset}, "
                 f"not the target {word!r}"
             )
+        target_word(context, offset, end, None, f"{where}.offset")
         pos = target.get("pos")
         if pos is not None and not isinstance(pos, str):
             raise CorpusInputError(f"{where}.pos: must be a UD tag string or null, got {pos!r}")
@@ -179,6 +186,7 @@ def read(path: str | Path, **_options) -> CorpusTables:
                 "source": source,
             }
         )
+    bare = sorted(set(examples) - {row["example_id"] for row in rows})
     dangling = sorted(set(labels) - set(substitutes))
     if dangling:
         raise CorpusInputError(f"{path}: substitute_labels[{dangling[0]!r}]: not an id of 'substitutes'")
@@ -195,23 +203,47 @@ def read(path: str | Path, **_options) -> CorpusTables:
         inputs=(file_entry(path, raw),),
         source=f"SWORDS, read from {path.name}" + (f" (split {split})" if split else ""),
         license=LICENSE,
-        notes=NOTES,
-        counts={"examples": len(examples), "substitutions": {"total": len(rows), **relations}},
+        notes=NOTES
+        + (
+            (
+                f"{len(bare)} target(s) have no substitute (e.g. {bare[0]!r}): kept as swords-examples rows, "
+                "with no swords-substitutions row",
+            )
+            if bare
+            else ()
+        ),
+        counts={
+            "examples": len(examples),
+            "substitutions": {"total": len(rows), **relations},
+            "targets_without_substitutes": len(bare),
+        },
     )
 
 
 def _load(path: Path, raw: bytes) -> dict[str, dict]:
+    """The file's JSON object, parsed strictly: an id (or any key) given twice in one object is refused (JSON
+    keeps the last one silently), as are NaN/Infinity, nesting beyond json's recursion limit and lone UTF-16
+    surrogates."""
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, zlib.error) as error:
             raise CorpusInputError(f"{path}: a broken gzip file ({error})") from None
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not a JSON value")
+
     try:
-        data = json.loads(decode(raw, path))
+        data = json.loads(decode(raw, path), object_pairs_hook=unique_keys, parse_constant=no_constant)
     except json.JSONDecodeError as error:
         raise CorpusInputError(
             f"{path}, line {error.lineno}: not valid JSON ({error.msg} at column {error.colno})"
         ) from None
+    except RecursionError:
+        raise CorpusInputError(f"{path}: nested too deeply to be a SWORDS file") from None
+    except ValueError as error:  # a key given twice, NaN/Infinity
+        raise CorpusInputError(f"{path}: {error}") from None
+    refuse_surrogates(data, str(path))
     if not isinstance(data, dict):
         raise CorpusInputError(f"{path}: expected one JSON object with {', '.join(SECTIONS)}")
     for name in SECTIONS:

@@ -104,7 +104,8 @@ def _from_dataset(path: Path, column: str) -> tuple[list[tuple[dict, str]], tupl
 
     try:
         loaded = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as error:
+    # A damaged state.json or dataset_info.json surfaces as whatever `datasets` trips on (KeyError, TypeError).
+    except (FileNotFoundError, ValueError, OSError, LookupError, TypeError, AttributeError) as error:
         raise CorpusInputError(
             f"--texts {path}: not a dataset saved with `save_to_disk` ({type(error).__name__}: {error}); pass such "
             "a directory or a JSONL file"

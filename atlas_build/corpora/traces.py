@@ -115,12 +115,19 @@ def read_traces(path: str | Path) -> list[Trace]:
             continue
         where = f"{path}, line {number}"
         try:
-            record = json.loads(line, object_pairs_hook=unique_keys)
+            record = json.loads(line, object_pairs_hook=unique_keys, parse_constant=_no_constant)
+            # A lone UTF-16 surrogate escape ("\ud800") parses, but is no text and cannot be stored.
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
         except json.JSONDecodeError as error:
             raise TracesInputError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
         except RecursionError:
             raise TracesInputError(f"{where}: nested too deeply to be a trace record") from None
-        except ValueError as error:  # a key given twice (unique_keys)
+        except UnicodeEncodeError:
+            raise TracesInputError(
+                f"{where}: a string holds a lone UTF-16 surrogate escape, which is not text; write the "
+                "character itself or a valid surrogate pair"
+            ) from None
+        except ValueError as error:  # a key given twice (unique_keys), NaN/Infinity
             raise TracesInputError(f"{where}: {error}") from None
         trace = _trace_from_record(record, number, where)
         if trace.id in first_line:
@@ -132,6 +139,10 @@ def read_traces(path: str | Path) -> list[Trace]:
     if not traces:
         raise TracesInputError(f"{path} is empty: expected one JSON trace per line ({', '.join(FIELDS)})")
     return traces
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value (meta is stored as JSON)")
 
 
 def _trace_from_record(record: Any, number: int, where: str) -> Trace:
@@ -150,7 +161,9 @@ def _trace_from_record(record: Any, number: int, where: str) -> Trace:
     if isinstance(trace_id, int) and not isinstance(trace_id, bool):
         trace_id = str(trace_id)
     if not isinstance(trace_id, str) or not trace_id.strip():
-        raise TracesInputError(f"{where}: field 'id' must be a non-empty string, got {record['id']!r}")
+        raise TracesInputError(
+            f"{where}: field 'id' must be a non-empty string or an integer, got {record['id']!r}"
+        )
     for name in ("prompt", "reasoning", "answer"):
         if not isinstance(record[name], str):
             raise TracesInputError(

@@ -28,6 +28,7 @@ from atlas_build.corpora.custom import (
     file_entry,
     read_bytes,
     table,
+    target_word,
 )
 
 KIND = "wic"
@@ -167,6 +168,9 @@ def _instance(line: str, split: str, number: int, where: str) -> tuple[dict, lis
                 f"example_{side} (indices are 0-based)"
             )
         token = tokens[index]
+        target_word(
+            sentence, token.start(), token.end(), target, f"{where}, field 'index1-index2' (example_{side})"
+        )
         rows.append(
             {
                 "example_id": f"{pair_id}:{side}",

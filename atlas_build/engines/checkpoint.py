@@ -21,6 +21,8 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.model", "*.txt", "*.jinja"
 # letters, digits, '-', '_' and '.', not starting or ending with '-' or '.'.
 _REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
 HUB_ID = re.compile(rf"^(?P<repo>{_REPO_PART}/{_REPO_PART})(?:@(?P<revision>[^\s@]+))?$")
+# A recorded --model-id: `name` or `org/name` by the same rule.
+MODEL_ID = re.compile(rf"{_REPO_PART}(?:/{_REPO_PART})?")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ def parse_model_ref(model: str, revision: str | None = None) -> ModelRef:
         if revision:
             raise ModelLoadError(f"--revision is for hub models; {model!r} is a local directory")
         return ModelRef("local", str(path))
+    if model.endswith("@") and HUB_ID.match(model[:-1]):
+        raise ModelLoadError(
+            f"{model!r}: the revision after '@' is empty; give {model}REVISION (a branch, tag or commit) or "
+            "leave the '@' out"
+        )
     match = HUB_ID.match(model)
     written_as_path = model.startswith((".", "/", "~")) or "\\" in model
     if written_as_path or match is None:
@@ -156,5 +163,10 @@ def check_model_id(model_id: str) -> str:
         raise ModelLoadError(
             f"--model-id {model_id!r} looks like a path; give the name the atlas should publish, e.g. "
             "my-org/my-moe (the checkpoint's hash is recorded beside it)"
+        )
+    if "://" in model_id or not MODEL_ID.fullmatch(model_id):
+        raise ModelLoadError(
+            f"--model-id {model_id!r} is not a model id: give `name` or `org/name` (letters, digits, '-', '_', "
+            "'.'; no empty part, URL or revision), e.g. my-org/my-moe"
         )
     return model_id

@@ -13,6 +13,7 @@ Shapes::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -264,7 +265,32 @@ def _metrics(root: Path, metrics_path: Path | None) -> tuple[dict | None, Path |
             f"{path} is not an `atlas metrics` report (no models object); rerun `atlas metrics {root} --out "
             f"{path.parent}`"
         )
+    _refuse_foreign(root, path, data)
     return _finite(data), path.parent
+
+
+def _refuse_foreign(root: Path, path: Path, data: dict) -> None:
+    """Metrics of another atlas, or of other data, are refused: the page would show them as this atlas's.
+
+    They fit when `provenance.manifest_sha256` is this atlas's manifest.json, or (a manifest changed since
+    only in what it records, e.g. an `atlas audit`) every data file they list has this manifest's sha256.
+    """
+    again = f"rerun `atlas metrics {root} --out {root / 'metrics'}`"
+    if data.get("format") != "routing-atlas-metrics":
+        raise ExploreError(
+            f"{path} is not an `atlas metrics` report (format {data.get('format')!r}); {again}"
+        )
+    provenance = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
+    if provenance.get("manifest_sha256") == hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest():
+        return
+    listed = provenance.get("data_files")
+    files = Manifest.load(root).data_hashes()
+    if isinstance(listed, dict) and listed and all(files.get(rel) == sha for rel, sha in listed.items()):
+        return
+    raise ExploreError(
+        f"{path} holds the metrics of another atlas or of other data (its manifest sha256 and data files are "
+        f"not {root}'s): {again}, or pass --metrics of this atlas"
+    )
 
 
 def _finite(value):

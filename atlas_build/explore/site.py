@@ -68,13 +68,21 @@ def build_site(atlas_dir: Path, out: Path, metrics_path: Path | None = None) -> 
     out = Path(out)
     _check_out(out)
     content = read_atlas(Path(atlas_dir), metrics_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.explore-", dir=out.parent))
+    created = _missing_parents(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.explore-", dir=out.parent))
+    except OSError as error:
+        _remove_empty(created)
+        raise ExploreError(
+            f"cannot write the site into {out} ({error.strerror or error}): give a folder you can write"
+        ) from None
     try:
         report = _write(content, temp)
         _swap_into_place(temp, out)
     except OSError as error:
         shutil.rmtree(temp, ignore_errors=True)
+        _remove_empty(created)
         raise ExploreError(
             f"cannot write the site into {out} ({error}); check the folder and free space"
         ) from error
@@ -93,6 +101,27 @@ def _check_out(out: Path) -> None:
             f"--out {out} is a folder with other files in it, not a site written by `atlas explore`: "
             "give a new or empty folder"
         )
+
+
+def _missing_parents(out: Path) -> list[Path]:
+    """The folders above `out` that do not exist yet (deepest first); refused when one is below a file."""
+    missing = []
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ExploreError(f"--out {out} is below the file {parent}: give a folder path")
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this site made above `out` when it fails (only while empty: `rmdir`)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _swap_into_place(temp: Path, out: Path) -> None:

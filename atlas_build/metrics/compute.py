@@ -136,6 +136,20 @@ def hash_layers(row: dict) -> list[int]:
     return [layer for layer in row["moe_layers"] if layer < len(kinds) and kinds[layer] == "hash"]
 
 
+def routed_corpora(routing) -> frozenset[str]:
+    """The corpus configs whose texts a model's routing rows hold (its `corpus` column): what it routed.
+
+    Models of one atlas may have routed different corpora (WordNet by two models, a user's corpus by one of
+    them): every per-corpus metric of a model is computed over what it routed, and a null model applies to a
+    corpus only when it routed that corpus too.
+    """
+    import pyarrow.compute as pc
+
+    if routing.num_rows == 0:
+        return frozenset()
+    return frozenset(v for v in pc.unique(routing.column("corpus")).to_pylist() if v)
+
+
 def model_info(row: dict) -> dict:
     keys = [
         "model_id",
@@ -274,16 +288,32 @@ def compute_metrics(
         out_models: dict[str, dict] = {}
         arrays: dict[str, dict[str, np.ndarray]] = {}
         planter = None
+        routed: dict[str, frozenset[str]] = {}
+
+        def routed_by(name: str) -> frozenset[str]:
+            if name not in routed:
+                routed[name] = routed_corpora(src.routing(name))
+            return routed[name]
+
         for slug in selected:
             row = by_slug[slug]
             log.info("metrics for %s", slug)
             routing = src.routing(slug)
+            own = routed_by(slug)
+            # The null model of a corpus is the model's null only where it routed that corpus too.
+            null_senses = (
+                nulls[slug] if nulls[slug] and SENSES in routed_by(nulls[slug]["model_slug"]) else None
+            )
+            wordnet = corpus if SENSES in own else None
+            missing = _unrouted(slug, own, corpus, substitutions, user_corpora)
+            notes.extend(missing)
             n_experts, top_k, n_layers = row["n_routed_experts"], row["top_k"], len(row["moe_layers"])
             entry: dict = {
                 "model": model_info(row),
                 "random_init": bool(row["random_init"]),
                 "synthetic": is_synthetic(row),
                 "n_tokens": routing.num_rows,
+                "routed_corpora": sorted(own),
                 "sense_pairs": None,
                 "substitutions": None,
                 "probe": None,
@@ -299,11 +329,11 @@ def compute_metrics(
                 budget_bytes=options.budget_bytes,
             )
             # Routing paths across layers (metrics/paths/compute.py): a forked worker of its own on large atlases.
-            path_null = nulls[slug]
+            path_null = null_senses
             path_job = PathMetricsJob(
                 routing,
                 row,
-                corpus,
+                wordnet,
                 options=boot,
                 target=options.target,
                 min_count=options.min_count,
@@ -311,9 +341,9 @@ def compute_metrics(
                 null_row=path_null,
             )
             try:
-                if corpus is not None:
+                if wordnet is not None:
                     targets = sense_targets(slug, routing)
-                    null_row = nulls[slug]
+                    null_row = null_senses
                     null = None
                     if null_row is not None:
                         name = null_row["model_slug"]
@@ -346,7 +376,7 @@ def compute_metrics(
                     if options.calibrate and planter is None:
                         planter = calibration_planter(corpus, identity_of(slug), routing, row, options.seed)
                         planter_row = row
-                    if substitutions is not None and substitutions.num_rows:
+                    if substitutions is not None and substitutions.num_rows and SUBSTITUTIONS in own:
                         sub_targets = select_targets(
                             target_rows_table(routing, SUBSTITUTIONS),
                             substitutions.column("substitution_id"),
@@ -359,13 +389,25 @@ def compute_metrics(
                 entry["predictability"] = atlas_predictability(src, row, boot)
                 entry["corpora"] = {
                     uc.kind: user_corpus_metrics(
-                        uc, slug, routing, src, by_slug, nulls[slug], options, user_cache
+                        uc,
+                        slug,
+                        routing,
+                        src,
+                        by_slug,
+                        nulls[slug]
+                        if nulls[slug] and uc.examples_config in routed_by(nulls[slug]["model_slug"])
+                        else None,
+                        options,
+                        user_cache,
                     )
                     for uc in user_corpora
+                    if uc.examples_config in own
                 }
                 entry["paths"], path_arrays = path_job.result()
                 # Router scores beyond the top-k (metrics/scores/compute.py): None unless built with --scores.
-                entry["scores"] = model_scores(src, row, routing, corpus, options=boot, target=options.target)
+                entry["scores"] = model_scores(
+                    src, row, routing, wordnet, options=boot, target=options.target
+                )
                 simulated = uniform_baseline(
                     row, routing.num_rows, options.min_count, options.seeds()["uniform_routing_simulation"]
                 )
@@ -510,6 +552,22 @@ def user_corpus_metrics(
             targets, sub_targets, uc.corpus, uc.substitutions, top_k, n_experts, boot, contrast=uc.contrast
         )
     return out
+
+
+def _unrouted(slug: str, own: frozenset[str], corpus, substitutions, user_corpora) -> list[str]:
+    """The notes on the atlas's corpora that model `slug` did not route (its metrics on them are not computed)."""
+    held = []
+    if corpus is not None:
+        held.append((SENSES, "WordNet (senses)"))
+    if substitutions is not None and substitutions.num_rows:
+        held.append((SUBSTITUTIONS, "WordNet (substitutions)"))
+    held += [(uc.examples_config, uc.kind) for uc in user_corpora]
+    return [
+        f"{slug} did not route the {name} corpus of this atlas: its metrics on it are not computed "
+        f"(`atlas build --model ... --corpus ...` into this atlas adds them)"
+        for config, name in held
+        if config not in own
+    ]
 
 
 def _synthetic_corpus(senses) -> bool:

@@ -71,7 +71,11 @@ def releases_lock(
 ) -> Iterator[None]:
     """Hold an exclusive `flock` on `path/.publish.lock`: one publish to a folder of releases at a time, so
     the second of two concurrent publishes sees the first's release (its changelog's previous version). The
-    kernel drops the lock when the holder exits in any way, so a killed publish never blocks the next."""
+    kernel drops the lock when the holder exits in any way, so a killed publish never blocks the next.
+
+    A publish that fails in a folder it created leaves no folder behind: the lock file goes with it (only
+    while the folder holds nothing else)."""
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -97,6 +101,12 @@ def releases_lock(
                     waited = True
                 time.sleep(0.05)
         yield
+    except BaseException:
+        if created and [p.name for p in path.iterdir()] == [LOCK_FILE]:
+            with contextlib.suppress(OSError):
+                (path / LOCK_FILE).unlink()
+                path.rmdir()
+        raise
     finally:
         os.close(fd)
 

@@ -41,6 +41,7 @@ MODEL_KEYS = {
     "random_init",
     "synthetic",
     "n_tokens",
+    "routed_corpora",  # the corpus configs this model routed: its metrics cover those (issue 27)
     "sense_pairs",
     "substitutions",
     "probe",

@@ -172,16 +172,15 @@ def test_an_atlas_that_fails_validation_is_refused(atlas_v1, tmp_path):
     with pytest.raises(ValidationFailed, match="target-span") as error:
         publish_local(source, "0.1.0", out, log=lambda *_: None)
     assert "nothing was published" in str(error.value)
-    # No release, no staging leftovers, no index: only the (free) publish lock of the folder.
-    assert [p.name for p in out.iterdir()] == [".publish.lock"]
+    # No release, no staging leftovers, no index, and no lock: the folder it made is gone (issue 27).
+    assert not out.exists()
 
 
 def test_without_the_validation_package_publishing_fails_loudly(atlas_v1, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "validation", None)  # `import validation` raises ImportError
     with pytest.raises(PublishError, match="validation package cannot be imported"):
         publish_local(atlas_v1, "0.1.0", tmp_path / "out", log=lambda *_: None)
-    assert not (tmp_path / "out" / "v0.1.0").exists()
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".staging")]
+    assert not (tmp_path / "out").exists()  # nor its staging folder or lock (issue 27)
 
 
 def test_dry_run_prints_the_changes_and_writes_nothing(releases, atlas_v2, tmp_path):

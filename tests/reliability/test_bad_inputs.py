@@ -152,8 +152,25 @@ def test_text_longer_than_the_models_context(tmp_path, tiny_checkpoint, corpus_s
         out,
         "1 text(s) are longer than the model's context of 32 tokens",
         f"senses '{long_id}' (51 tokens)",
-        "Nothing was routed",
+        "Nothing was written",
     )
+
+
+@pytest.mark.parametrize("corpus", ["wordnet", "jsonl"])
+def test_text_longer_than_the_context_leaves_a_new_folder_unmade(tmp_path, tiny_checkpoint, fakes, corpus):
+    """Refused before the corpus step writes anything (issue 27: manifest, card and corpus were left behind,
+    and the fixed rerun was then refused)."""
+    short = checkpoint_like(tiny_checkpoint, tmp_path / "short-context", max_position_embeddings=32)
+    out = tmp_path / "atlas"
+    extra = ["--max-lemmas", "2"]
+    if corpus == "jsonl":
+        probe = tmp_path / "probe.jsonl"
+        probe.write_text(json.dumps({"id": "long", "text": SENSES_TEXTS[-1][1]}) + "\n")
+        extra = ["--corpus", "jsonl", "--texts", str(probe)]
+    refused(
+        build(str(short), out, *extra), out, "longer than the model's context of 32", "Nothing was written"
+    )
+    assert cli(build(str(tiny_checkpoint), out, *extra)).exit_code == 0
 
 
 def test_text_longer_than_the_context_through_the_engine(tmp_path, tiny_checkpoint):

@@ -326,7 +326,7 @@ TRACE = {"id": "t1", "prompt": "Hi", "reasoning": "Hm.", "answer": "Yo"}
         ),
         (
             '{"id": "t1", "prompt": NaN, "reasoning": "Hm.", "answer": "Yo"}',
-            "field 'prompt' must be a string",
+            "NaN is not a JSON value",
         ),
         (
             '{"id": "t1", "prompt": 3, "reasoning": "Hm.", "answer": "Yo"}',

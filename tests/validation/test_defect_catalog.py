@@ -82,6 +82,14 @@ def dropped_last_token(ed):
     ed.write(R, table.filter(pa.array(keep)))
 
 
+def dropped_text(ed):
+    """Every row of one text gone: the model routed its corpus only in part (issue 27)."""
+    table = ed.routing()
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[_routing_rows(ed, table)] = False
+    ed.write(R, table.filter(pa.array(keep)))
+
+
 def all_zero_expert_ids(ed):
     def change(experts, weights):
         experts[:, 1, :] = 0
@@ -381,8 +389,10 @@ CATALOG = [
     (duplicate_token_key, {f"{R}:token-keys-unique", f"{R}:tokenization", f"{R}:text-coverage"}),
     (gap_in_token_index, {f"{R}:token-index-contiguous"}),
     (negative_token_index, {f"{R}:token-index-contiguous"}),
-    (dangling_source_id, {f"{R}:source-exists", f"{R}:text-coverage"}),
-    (unknown_corpus, {f"{R}:source-exists", f"{R}:text-coverage"}),
+    # The text whose rows were renamed is no longer routed: its corpus is routed in part.
+    (dangling_source_id, {f"{R}:source-exists", f"{R}:text-coverage", f"{R}:corpus-coverage"}),
+    (unknown_corpus, {f"{R}:source-exists", f"{R}:text-coverage", f"{R}:corpus-coverage"}),
+    (dropped_text, {f"{R}:text-coverage", f"{R}:corpus-coverage"}),
     # routing: characters, targets, labels, tokens
     (char_offsets_outside_text, {f"{R}:char-offsets", f"{R}:tokenization"}),
     (char_offsets_backwards, {f"{R}:char-offsets", f"{R}:tokenization"}),

@@ -73,7 +73,10 @@ def user_corpora_lines(metrics: dict) -> list[str]:
     ]
     for kind in held:
         for slug, entry in metrics["models"].items():
-            block = (entry.get("corpora") or {}).get(kind) or {}
+            if kind not in (entry.get("corpora") or {}):
+                lines.append(f"| {kind} | {_label(slug, entry)} | not routed by this model | – | – | – |")
+                continue
+            block = entry["corpora"][kind] or {}
             sp, probe, sub = block.get("sense_pairs"), block.get("probe"), block.get("substitutions")
             pairs = f"{sp['n_pairs']['same']} / {sp['n_pairs']['different']}" if sp else "–"
             sub_delta = _ci((sub.get("layer_mean") or {}).get("delta")) if sub else "–"
