@@ -92,6 +92,7 @@ from gpu_check_parts.common import (  # noqa: E402,F401
     Plan,
     failure,
 )
+from gpu_check_parts.extras import run_extras  # noqa: E402
 from gpu_check_parts.inputs import load_inputs, prepare, texts_digest  # noqa: E402,F401
 from gpu_check_parts.probe import Probed  # noqa: E402,F401
 from gpu_check_parts.runs import compare_runs, measure_speed, runs_for  # noqa: E402,F401
@@ -163,6 +164,11 @@ def verdict(results: dict) -> dict:
                 failed.append(f"{model} {name}: {unexplained} differences not explained by a near tie")
             if figures["recomputed_choice_agreement"] != 1.0:
                 failed.append(f"{model} {name}: recorded experts are not the router's choice everywhere")
+    for name, extra in (results.get("extras") or {}).items():
+        if "error" in extra:
+            failed.append(f"extra {name}: {extra['error']['message']}")
+        elif not extra["passed"]:
+            failed.append(f"extra {name}: outside its tolerance ({extra})")
     for skipped in results["skipped"]:
         failed.append(f"skipped: {skipped}")
     return {"passed": not failed, "failures": failed}
@@ -235,6 +241,15 @@ def markdown(results: dict) -> str:
             f"CPU reference {ref['tokens_per_s_with_probes']} "
             f"tokens/s with logit probes ({ref['torch_threads']} threads)."
         )
+    extras = results.get("extras") or {}
+    if extras:
+        lines += ["", "Paths added since the first check (float32 on the device against the CPU):"]
+        for name, extra in extras.items():
+            if "error" in extra:
+                lines.append(f"- {name}: failed to run: {extra['error']['message']}")
+                continue
+            shown = {k: v for k, v in extra.items() if k != "passed"}
+            lines.append(f"- {name}: {'passed' if extra['passed'] else 'FAILED'}; {json.dumps(shown)}")
     lines += ["", f"Verdict: {'PASSED' if results['verdict']['passed'] else 'FAILED'}."]
     lines += [f"- {line}" for line in results["verdict"]["failures"]]
     lines += ["", f"Total {results['wall_s']} s.", ""]
@@ -376,6 +391,10 @@ def check(args, log=print) -> int:
                         f"peak GPU memory {speed['peak_gpu_memory_gib']} GiB"
                     )
                 save()
+        # The paths added since (scores, router inputs, intervene): float32 on the device against the CPU.
+        if not over_budget("extras (scores, router inputs, intervene)"):
+            results["extras"] = run_extras("tiny-deepseek-v3", texts, args.device, work, log)
+            save()
         results["complete"] = True
     finally:
         save()
