@@ -1,6 +1,6 @@
 """Benchmark the build: capture overhead, throughput, bytes per routing entry, atlas size at DeepSeek-R1's shape.
 
-(Over 500 lines on purpose: one script, so that `make bench` and a GPU machine run every measurement in one
+(Over 600 lines on purpose: one script, so that `make bench` and a GPU machine run every measurement in one
 process with one set of inputs, which is what makes its ratios comparable.)
 
     .venv/bin/python bench/bench_build.py [--device cpu|cuda] [--max-lemmas 30] [--repeats 5] [--quick]
