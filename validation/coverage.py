@@ -81,9 +81,17 @@ def check_coverage(
             )
             continue
         pending: list[tuple[str, str]] = []
+        slug = config[len(ROUTING_PREFIX) :]
         for path in files:
-            table = pq.read_table(path, columns=[TEXT_ID_COLUMN[corpus], "text"])
-            for text_id, text in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
+            # Traces are each model's own (formatted with its chat template): only this model's are owed.
+            columns = [TEXT_ID_COLUMN[corpus], "text"] + (["model_slug"] if corpus == TRACES else [])
+            table = pq.read_table(path, columns=columns)
+            owners = table.column("model_slug").to_pylist() if corpus == TRACES else [slug] * table.num_rows
+            for text_id, text, owner in zip(
+                table.column(0).to_pylist(), table.column(1).to_pylist(), owners, strict=True
+            ):
+                if owner != slug:
+                    continue
                 checked += 1
                 have = counts.get((corpus, text_id), 0)
                 if have == 0:
