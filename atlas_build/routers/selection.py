@@ -30,12 +30,16 @@ from typing import Any
 
 from atlas_build.routers.base import RouterAdapter, RoutingSpec, UnsupportedModelError
 
-SOFTMAX, LOGITS_SOFTMAX, SIGMOID_BIAS, LOGITS_SIGMOID = (
+SOFTMAX, LOGITS_SOFTMAX, SIGMOID_BIAS, LOGITS_SIGMOID, SCORE_FN_BIAS = (
     "softmax",
     "logits_softmax",
     "sigmoid_bias",
     "logits_sigmoid",
+    "score_fn_bias",
 )
+# What the gate weights are made of: the selection scores as the adapter gives them, or an activation of the
+# router's logits output (without the selection bias): softmax, sigmoid, or the router's own `score_fn`.
+SCORES, SOFTMAX_OF_LOGITS, SIGMOID_OF_LOGITS, SCORE_FN_OF_LOGITS = "scores", "softmax", "sigmoid", "score_fn"
 
 # Router output layouts: transformers 5's `(logits, top_k_weights, top_k_index)`, or Llama 4's
 # `(dense scores [T, N], logits)` whose MoE block multiplies each expert's input by its dense score.
@@ -44,26 +48,50 @@ TRIPLE, DENSE = "logits_weights_index", "dense_scores_logits"
 
 @dataclass(frozen=True)
 class SelectionRule:
+    """One family's choice rule.
+
+    Attributes:
+        name: the rule (`softmax`, `logits_softmax`, `sigmoid_bias`, `score_fn_bias`, `logits_sigmoid`).
+        layout: the router's output layout (`TRIPLE` or `DENSE`).
+        values: what the gate weights are made of (`SCORES`, or an activation of the router's logits).
+        outputs: positions of (logits, weights, index) in a `TRIPLE` output.
+    """
+
     name: str
     layout: str = TRIPLE
+    values: str = ""
+    outputs: tuple[int, int, int] = (0, 1, 2)
+
+    @property
+    def gate_values(self) -> str:
+        if self.values:
+            return self.values
+        return SIGMOID_OF_LOGITS if self.name == SIGMOID_BIAS else SCORES
 
 
+def family_rule(row) -> SelectionRule:
+    """The rule of a contract `Family` row (`routers/contract.py`), from its fields alone.
+
+    `selection` softmax -> `softmax` (weights: softmax of the logits, bias not included, renormalised over the
+    experts left); sigmoid -> `sigmoid_bias` (weights: sigmoid of the logits); scoring_func -> `score_fn_bias`
+    (weights: the router's `score_fn`, i.e. ACT2FN[config.scoring_func], of the logits); logits ->
+    `logits_softmax` (every contract family with logit selection takes a softmax over the k chosen logits).
+    Group limits, the normalisation flag and the scale come from the routing spec the row gives.
+    """
+    by_selection = {
+        "softmax": (SOFTMAX, SOFTMAX_OF_LOGITS),
+        "sigmoid": (SIGMOID_BIAS, SIGMOID_OF_LOGITS),
+        "scoring_func": (SCORE_FN_BIAS, SCORE_FN_OF_LOGITS),
+        "logits": (LOGITS_SOFTMAX, SCORES),
+    }
+    name, values = by_selection[row.selection]
+    return SelectionRule(name, TRIPLE, values, tuple(row.outputs))
+
+
+# The hand-written adapters' rules; a contract family's rule is derived from its `Family` row (`family_rule`,
+# exposed as `TableAdapter.selection_rule`).
 RULES: dict[str, SelectionRule] = {
-    **{
-        name: SelectionRule(SOFTMAX)
-        for name in (
-            "mixtral",
-            "olmoe",
-            "qwen2_moe",
-            "qwen3_moe",
-            "qwen3_5_moe",
-            "qwen3_5_moe_text",
-            "deepseek_v2",
-        )
-    },
-    "gpt_oss": SelectionRule(LOGITS_SOFTMAX),
-    "deepseek_v3": SelectionRule(SIGMOID_BIAS),
-    "glm4_moe": SelectionRule(SIGMOID_BIAS),
+    **{name: SelectionRule(SOFTMAX) for name in ("qwen3_5_moe", "qwen3_5_moe_text", "deepseek_v2")},
     "llama4": SelectionRule(LOGITS_SIGMOID, DENSE),
     "llama4_text": SelectionRule(LOGITS_SIGMOID, DENSE),
 }
@@ -103,11 +131,32 @@ def _group_mask(choice, spec: RoutingSpec):
     return keep.repeat_interleave(per_group, dim=1)
 
 
+def refuse_reroute(adapter: RouterAdapter, spec: RoutingSpec, layer: int) -> None:
+    """Refuse re-routing (ablation by the family's rule) where no learned score decides the choice.
+
+    Raises:
+        UnsupportedModelError: `layer` is one of the spec's token-id hash layers (DeepSeek-V4's `hash_moe`).
+    """
+    if layer in spec.hash_layers:
+        raise UnsupportedModelError(
+            f"{adapter.name}: decoder layer {layer} routes by a fixed token-id hash table (routing_kind hash): "
+            "its experts are the token's table row, not a top-k of a score, so there is no rule to choose "
+            'among the other experts; re-routing ablation is refused there (use "ablation": '
+            '"zero_weight" or a learned layer)'
+        )
+
+
 def gate_values(rule: SelectionRule, router, output, scores):
     """float32 `[T, N]` of what the family's gate weights are made of (probabilities, sigmoid, logits)."""
-    if rule.name == SIGMOID_BIAS:
-        return output[0].float().sigmoid()
-    return scores
+    kind = rule.gate_values
+    if kind == SCORES:
+        return scores
+    logits = output[rule.outputs[0]]
+    if kind == SOFTMAX_OF_LOGITS:
+        return logits.float().softmax(dim=-1)
+    if kind == SIGMOID_OF_LOGITS:
+        return logits.float().sigmoid()
+    return router.score_fn(logits).float()
 
 
 def weights_of(rule: SelectionRule, spec: RoutingSpec, values, index, excluded=None):
@@ -119,6 +168,7 @@ def weights_of(rule: SelectionRule, spec: RoutingSpec, values, index, excluded=N
     if rule.name == LOGITS_SIGMOID:
         return values.gather(1, index).sigmoid()
     if rule.name == SOFTMAX and excluded is not None:
+        # The removed experts are out of the router: its softmax is over the experts left.
         values = values.masked_fill(excluded, 0.0)
         values = values / values.sum(dim=-1, keepdim=True).clamp_min(1e-30)
     weights = values.gather(1, index)
@@ -135,6 +185,11 @@ def choose_without(
     import torch
 
     rule = rule_for(adapter)
+    if getattr(adapter, "is_hash_router", lambda _: False)(router):
+        raise UnsupportedModelError(
+            f"{adapter.name}: a token-id hash router has no score to choose among the other experts; "
+            "re-routing ablation is refused at its layers"
+        )
     scores = adapter.selection_scores(router, inputs, output).float()
     choice = scores.masked_fill(excluded, float("-inf"))
     choice = choice.masked_fill(~_group_mask(choice, spec), float("-inf"))
@@ -177,14 +232,19 @@ def write_router_output(adapter: RouterAdapter, output, index, weights):
             1, index, rank.expand(index.shape).contiguous()
         )
         return dense, forced
-    logits, old_weights, old_index = output
-    return logits, weights.to(old_weights.dtype), index.to(old_index.dtype)
+    _, weights_at, index_at = rule.outputs
+    out = list(output)
+    out[weights_at] = weights.to(output[weights_at].dtype)
+    out[index_at] = index.to(output[index_at].dtype)
+    return tuple(out)
 
 
 __all__ = [
     "RULES",
     "SelectionRule",
     "choose_without",
+    "family_rule",
+    "refuse_reroute",
     "rule_for",
     "weights_for",
     "write_router_output",
