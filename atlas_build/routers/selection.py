@@ -159,6 +159,12 @@ def gate_values(rule: SelectionRule, router, output, scores):
     return router.score_fn(logits).float()
 
 
+def _renormalised(probs, excluded):
+    """The removed experts are out of the router: its softmax is over the experts left."""
+    probs = probs.masked_fill(excluded, 0.0)
+    return probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+
+
 def weights_of(rule: SelectionRule, spec: RoutingSpec, values, index, excluded=None):
     """The family's gate weights float32 `[T, k]` of the chosen `index` `[T, k]`."""
     import torch
@@ -168,9 +174,7 @@ def weights_of(rule: SelectionRule, spec: RoutingSpec, values, index, excluded=N
     if rule.name == LOGITS_SIGMOID:
         return values.gather(1, index).sigmoid()
     if rule.name == SOFTMAX and excluded is not None:
-        # The removed experts are out of the router: its softmax is over the experts left.
-        values = values.masked_fill(excluded, 0.0)
-        values = values / values.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+        values = _renormalised(values, excluded)
     weights = values.gather(1, index)
     if spec.norm_topk_prob:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
@@ -191,11 +195,16 @@ def choose_without(
             "re-routing ablation is refused at its layers"
         )
     scores = adapter.selection_scores(router, inputs, output).float()
+    values = gate_values(rule, router, output, scores)
+    if rule.name == SOFTMAX:
+        # The softmax over the experts left, plus the selection bias where the family adds one (ERNIE,
+        # LongCat): renormalising rescales the probabilities but not the bias, so it can change the choice.
+        kept = _renormalised(values, excluded)
+        scores, values = kept + (scores - values), kept
     choice = scores.masked_fill(excluded, float("-inf"))
     choice = choice.masked_fill(~_group_mask(choice, spec), float("-inf"))
     index = torch.topk(choice, spec.top_k, dim=-1, sorted=True).indices
-    values = gate_values(rule, router, output, scores)
-    return index, weights_of(rule, spec, values, index, excluded)
+    return index, weights_of(rule, spec, values, index)
 
 
 def zero_weights(adapter: RouterAdapter, router, output, excluded) -> tuple[Any, Any]:
