@@ -337,3 +337,74 @@ def test_rerouting_at_a_hash_layer_is_refused(family_loaded):
     slot = intervener.slot_of[hash_layer]
     with pytest.raises(UnsupportedModelError, match="hash router"):
         intervener.run([(Encoded(ids, np.array([0])), Condition(excluded={slot: (0,)}, mode=REROUTE))])
+
+
+# ---- `atlas intervene` end to end on contract families -------------------------------------------------
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _family_atlas(name, tmp_path):
+    from click.testing import CliRunner
+
+    from atlas_build.cli import main
+
+    checkpoint = tmp_path / "ckpt"
+    build_family_model(name).save_pretrained(checkpoint)
+    write_tokenizer(checkpoint)
+    atlas = tmp_path / "atlas"
+    args = ["build", "--model", str(checkpoint), "--out", str(atlas), "--max-lemmas", "2", "--slug", "m"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return checkpoint, atlas
+
+
+def _small_plan(path, layer, experts, **settings):
+    import json
+
+    plan = {
+        "name": "small",
+        "seed": 0,
+        "baseline_draws": 3,
+        "bootstrap": 20,
+        "max_texts": 4,
+        **settings,
+        "hypotheses": [
+            {"id": "h", "layer": layer, "experts": experts, "interventions": ["ablate"]},
+        ],
+    }
+    path.write_text(json.dumps(plan), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ["deepseek_v4", "longcat_flash", "ernie4_5_moe"])
+def test_atlas_intervene_runs_on_contract_families_and_refuses_a_hash_layer(name, tmp_path, requires_wordnet):
+    from click.testing import CliRunner
+
+    from atlas_build.cli import main
+
+    checkpoint, atlas = _family_atlas(name, tmp_path)
+    kinds = list(FAMILY_CASES[name].routing_kind)
+    learned = kinds.index("learned")
+    n_zero = FAMILY_CASES[name].zero_experts
+    # LongCat: a zero-computation (identity) expert among the removed ones (the last ids).
+    experts = [0, FAMILY_CASES[name].config["n_routed_experts"] + n_zero - 1] if n_zero else [0]
+    plan = _small_plan(tmp_path / "plan.json", learned, experts)
+    base = ["intervene", str(atlas), "--plan", str(plan), "--model", str(checkpoint), "--no-record"]
+    result = CliRunner().invoke(main, base)
+    assert result.exit_code == 0, result.output
+    assert "hypotheses of plan 'small' survive" in result.output
+    if "hash" not in kinds:
+        return
+    hash_layer = kinds.index("hash")
+    before = _files(atlas)
+    refused = _small_plan(tmp_path / "hash.json", hash_layer, [0])
+    result = CliRunner().invoke(main, [*base[:3], str(refused), *base[4:]])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "token-id hash table" in lines[0] and "Traceback" not in result.output
+    assert _files(atlas) == before
+    # Zeroing the gate weights keeps the table's choice: allowed at a hash layer.
+    zero = _small_plan(tmp_path / "zero.json", hash_layer, [0], ablation="zero_weight")
+    result = CliRunner().invoke(main, [*base[:3], str(zero), *base[4:]])
+    assert result.exit_code == 0, result.output
