@@ -3,24 +3,42 @@
 A router adapter reads what the router chose; this module makes the router choose again, through the same
 adapter (its `selection_scores`, its spec), with an exclusion mask `[tokens, N]`:
 
-    rule              families                         selection scores      gate weights of the chosen E
-    softmax           Mixtral, OLMoE, Qwen2/3/3.5-MoE,  p = softmax(logits)   p' = p renormalised over the
-                      DeepSeek-V2                                             experts left; p'_E (/ sum if
-                                                                              norm_topk_prob) * scale
-    logits_softmax    GPT-OSS                           l = logits + bias     softmax over the k chosen l
-    sigmoid_bias      DeepSeek-V3/R1, GLM-4 MoE         c = sigmoid(l) + b    s = sigmoid(l); s_E (/ sum if
-                                                                              norm_topk_prob) * scale
-    logits_sigmoid    Llama 4                           l = logits            sigmoid(l_E)
+    rule            families                                 selection score       gate weights of the chosen E
+    softmax         Mixtral, OLMoE, Qwen2/3/3-Next/3-VL/3.5   p = softmax(l)        p' = p renormalised over the
+                    MoE, FlexOlmo, Hunyuan-A13B, Jamba,       (+ b: ERNIE-4.5,      experts left; p'_E (/ sum if
+                    MiniMax-Text-01, DeepSeek-V2; with a      LongCat: p' + b)      norm_topk_prob) * scale
+                    bias: ERNIE-4.5, LongCat-Flash
+    logits_softmax  GPT-OSS, Granite MoE (4 kinds), Aria      l (+ router bias)     softmax over the k chosen l
+    sigmoid_bias    DeepSeek-V3/R1/V3.2 and its copies        c = sigmoid(l) + b    s = sigmoid(l); s_E (/ sum if
+                    (grouped), MiniMax-M2, LFM2, AFMoE,                             norm_topk_prob) * scale
+                    Laguna (soft-capped l), HY-V3, Step-3.7
+    score_fn_bias   DeepSeek-V4 (config.scoring_func:         c = f(l) + b          s = f(l), the router's own
+                    sqrt-softplus)                                                  score_fn; s_E / sum * scale
+    logits_sigmoid  Llama 4                                   l                     sigmoid(l_E)
 
-Removing an expert means the router cannot choose it: its selection score becomes -inf before the
-family's group limit (DeepSeek-V2's max-in-group, DeepSeek-V3/GLM's sum of the best two) and top-k. For the
-softmax families this is the router of a model whose removed experts' logits are -inf, so the probabilities
-of the rest are renormalised (the same experts are chosen either way; the weights differ only without
-norm_topk_prob). Two other interventions use the same rule: zeroing the gate weight of removed experts (the
-router's choice kept), and forcing a chosen set (transplant), its weights by the family's weight rule.
+A family read through the router contract gets its rule from its `Family` row alone (`family_rule`, exposed
+as `TableAdapter.selection_rule`): `selection` softmax / sigmoid / scoring_func / logits gives the rule, the
+row's bias, group limit, normalisation flag and scale come through the routing spec and the adapter's
+selection scores, and `outputs` says where the weights and index are written back. The hand-written adapters
+(DeepSeek-V2, Qwen3.5-MoE, Llama 4) are listed in `RULES`. Where a family's normalisation differs from
+`w / (sum + 1e-20)` by an epsilon (ERNIE's max(sum, moe_norm_min), LFM2's sum + 1e-6) the difference is far
+below the 1e-5 the tests allow.
 
-The rule is data: `RULES` by adapter name (an adapter may also set `selection_rule` itself). Torch only;
-nothing here imports an engine.
+Removing an expert means it is out of the router: its logit is -inf (a softmax renormalises over the rest;
+a bias, ERNIE's and LongCat's, is then added to the renormalised probability, which can change the choice),
+and its selection score is -inf before the family's group limit (DeepSeek-V2's max-in-group, DeepSeek-V3's
+sum of the best two) and top-k. Two other interventions use the same rule: zeroing the gate weight of removed
+experts (the router's choice kept), and forcing a chosen set (transplant), its weights by the family's rule.
+
+Refused or special, by name:
+- DeepSeek-V4's hash layers (`routing_kind` hash): the experts are the token id's row of a fixed table; no
+  score ranks the other experts, so re-routing ablation there is refused (`refuse_reroute`, before any
+  forward); zeroing gate weights and transplant keep their meaning (the weights are the learned score_fn).
+- LongCat-Flash's zero-computation experts (the last `n_zero_experts` ids) are identity experts (the token's
+  input times its weight, no compute). They are removed like any other: the router then fills the slot with
+  the next best expert, a computing one or another zero expert; zeroing one's weight drops its identity term.
+
+Torch only; nothing here imports an engine.
 """
 
 from __future__ import annotations
