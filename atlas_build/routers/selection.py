@@ -3,18 +3,18 @@
 A router adapter reads what the router chose; this module makes the router choose again, through the same
 adapter (its `selection_scores`, its spec), with an exclusion mask `[tokens, N]`:
 
-    rule            families                                 selection score       gate weights of the chosen E
-    softmax         Mixtral, OLMoE, Qwen2/3/3-Next/3-VL/3.5   p = softmax(l)        p' = p renormalised over the
-                    MoE, FlexOlmo, Hunyuan-A13B, Jamba,       (+ b: ERNIE-4.5,      experts left; p'_E (/ sum if
-                    MiniMax-Text-01, DeepSeek-V2; with a      LongCat: p' + b)      norm_topk_prob) * scale
-                    bias: ERNIE-4.5, LongCat-Flash
-    logits_softmax  GPT-OSS, Granite MoE (4 kinds), Aria      l (+ router bias)     softmax over the k chosen l
-    sigmoid_bias    DeepSeek-V3/R1/V3.2 and its copies        c = sigmoid(l) + b    s = sigmoid(l); s_E (/ sum if
-                    (grouped), MiniMax-M2, LFM2, AFMoE,                             norm_topk_prob) * scale
+    rule            families                              selection score    gate weights of the chosen E
+    softmax         Mixtral, OLMoE, Qwen2/3/3-Next/3-VL/  p = softmax(l)     p' = p renormalised over the
+                    3.5 MoE, FlexOlmo, Hunyuan-A13B,      (bias b: ERNIE,    experts left; p'_E (/ sum if
+                    Jamba, MiniMax-Text-01, DeepSeek-V2;  LongCat: p' + b)   norm_topk_prob) * scale
+                    with a bias: ERNIE-4.5, LongCat-Flash
+    logits_softmax  GPT-OSS, Granite MoE (4 kinds), Aria  l (+ router bias)  softmax over the k chosen l
+    sigmoid_bias    DeepSeek-V3/R1/V3.2 and its copies    sigmoid(l) + b     s = sigmoid(l); s_E (/ sum if
+                    (grouped), MiniMax-M2, LFM2, AFMoE,                      norm_topk_prob) * scale
                     Laguna (soft-capped l), HY-V3, Step-3.7
-    score_fn_bias   DeepSeek-V4 (config.scoring_func:         c = f(l) + b          s = f(l), the router's own
-                    sqrt-softplus)                                                  score_fn; s_E / sum * scale
-    logits_sigmoid  Llama 4                                   l                     sigmoid(l_E)
+    score_fn_bias   DeepSeek-V4 (config.scoring_func,     f(l) + b           s = f(l), the router's own
+                    sqrt-softplus)                                           score_fn; s_E / sum * scale
+    logits_sigmoid  Llama 4                               l                  sigmoid(l_E)
 
 A family read through the router contract gets its rule from its `Family` row alone (`family_rule`, exposed
 as `TableAdapter.selection_rule`): `selection` softmax / sigmoid / scoring_func / logits gives the rule, the
@@ -157,9 +157,9 @@ def refuse_reroute(adapter: RouterAdapter, spec: RoutingSpec, layer: int) -> Non
     """
     if layer in spec.hash_layers:
         raise UnsupportedModelError(
-            f"{adapter.name}: decoder layer {layer} routes by a fixed token-id hash table (routing_kind hash): "
-            "its experts are the token's table row, not a top-k of a score, so there is no rule to choose "
-            'among the other experts; re-routing ablation is refused there (use "ablation": '
+            f"{adapter.name}: decoder layer {layer} routes by a fixed token-id hash table (routing_kind "
+            "hash): its experts are the token's table row, not a top-k of a score, so there is no rule to "
+            'choose among the other experts; re-routing ablation is refused there (use "ablation": '
             '"zero_weight" or a learned layer)'
         )
 

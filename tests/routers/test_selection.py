@@ -6,12 +6,12 @@ input does not depend on the intervention) and the router's weights, deletes the
 the architecture's published rule to what is left, and maps the choice back to expert ids. Neither the router
 module, the adapter nor `routers.selection` is called in it.
 
-The families read through the router contract (tests/routers/family_cases.py, 30+ of them) are checked the same
-way against family_cases' float64 recomputation written from each modeling code, with the removed experts' logits
-and selection scores at -inf before the group limit and the top-k (`removed=`); a wrong choice rule, put in
-place of the family's, must be caught. DeepSeek-V4's hash layers are refused (no score to choose among the
-rest), and LongCat-Flash's zero-computation (identity) experts are removed like any other expert: the router
-then picks computing experts (or other zero experts) in their place.
+The families read through the router contract (tests/routers/family_cases.py, 30+ of them) are checked the
+same way against family_cases' float64 recomputation written from each modeling code, with the removed
+experts' logits and selection scores at -inf before the group limit and the top-k (`removed=`); a wrong
+choice rule, put in place of the family's, must be caught. DeepSeek-V4's hash layers are refused (no score
+to choose among the rest), and LongCat-Flash's zero-computation (identity) experts are removed like any
+other expert: the router then picks computing experts (or other zero experts) in their place.
 """
 
 from __future__ import annotations
