@@ -315,6 +315,25 @@ def test_a_wrong_choice_rule_is_caught(name, family_loaded, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_transplanting_the_routers_own_set_gives_back_its_own_weights(name, family_loaded):
+    """A forced set's weights are the family's weight rule (`weights_for`): forcing the set the router chose
+    for the first token gives back the weights the float64 recomputation gives it."""
+    intervener, reference = family_loaded(name)
+    slot = _learned_slot(name)
+    worst = 0.0
+    for text in TEXTS:
+        _, clean = reference.gate(text)
+        index, weights, _ = clean[slot]
+        own = tuple(int(e) for e in index[0])
+        got_index, got_weights = _routing_after(intervener, slot, text, Condition(forced={slot: own}))
+        got_e, got_w = by_expert(got_index[:1], got_weights[:1])
+        want_e, want_w = by_expert(index[:1].numpy(), weights[:1].numpy())
+        assert (got_e == want_e).all(), f"{name}: the forced set was not run"
+        worst = max(worst, float(np.abs(got_w - want_w).max()))
+    assert worst <= TOLERANCE, f"{name}: forced weights differ by up to {worst:.3g}"
+
+
 def test_every_adapter_has_a_choice_rule_and_contract_rules_come_from_the_row():
     for name in ADAPTERS.names():
         adapter = ADAPTERS.get(name)()
