@@ -306,7 +306,7 @@ class TableAdapter(RouterAdapter):
             first = spec.n_routed_experts - spec.n_zero_experts
             notes.append(
                 f"{self.row.name}: expert ids {first}..{spec.n_routed_experts - 1} are zero-computation experts "
-                "(they return zero: a token routed there skips that expert's compute)."
+                "(identity experts: they return the token's input times its weight, with no expert compute)."
             )
         return notes
 
