@@ -155,7 +155,7 @@ def intervene_atlas(
         if plan.ablation == REROUTE:
             for h in plan.hypotheses:
                 if "ablate" in h.interventions:
-                    refuse_reroute(engine.adapter, engine.spec, h.layer)
+                    refuse_reroute(engine.adapter, engine.spec, h.layer, h.experts)
         tokenizer = engine.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         intervener = Intervener(

@@ -149,12 +149,27 @@ def _group_mask(choice, spec: RoutingSpec):
     return keep.repeat_interleave(per_group, dim=1)
 
 
-def refuse_reroute(adapter: RouterAdapter, spec: RoutingSpec, layer: int) -> None:
-    """Refuse re-routing (ablation by the family's rule) where no learned score decides the choice.
+def refuse_reroute(adapter: RouterAdapter, spec: RoutingSpec, layer: int, experts=()) -> None:
+    """Refuse re-routing (ablation by the family's rule) where the rule cannot choose among the rest.
 
     Raises:
-        UnsupportedModelError: `layer` is one of the spec's token-id hash layers (DeepSeek-V4's `hash_moe`).
+        UnsupportedModelError: `layer` is one of the spec's token-id hash layers (DeepSeek-V4's
+            `hash_moe`), or removing `experts` can leave the group limit fewer than top-k experts to choose.
     """
+    grouped = spec.topk_method in ("group_limited_greedy", "noaux_tc") and spec.n_group and spec.topk_group
+    if grouped and experts:
+        per_group = spec.n_routed_experts // spec.n_group
+        left = [per_group - sum(1 for e in set(experts) if e // per_group == g) for g in range(spec.n_group)]
+        # A group's score is its best expert (group_limited_greedy) or the sum of its best two (noaux_tc): a
+        # group with fewer left has no finite score. Worst case: the eligible groups with fewest left kept.
+        need = 2 if spec.topk_method == "noaux_tc" else 1
+        eligible = sorted(n for n in left if n >= need)
+        if len(eligible) < spec.topk_group or sum(eligible[: spec.topk_group]) < spec.top_k:
+            raise UnsupportedModelError(
+                f"{adapter.name}: removing experts {sorted(set(experts))} at decoder layer {layer} can leave "
+                f"the group limit ({spec.topk_group} of {spec.n_group} groups of {per_group}) fewer than "
+                f"top-k = {spec.top_k} experts to choose from; remove fewer experts per group"
+            )
     if layer in spec.hash_layers:
         raise UnsupportedModelError(
             f"{adapter.name}: decoder layer {layer} routes by a fixed token-id hash table (routing_kind "

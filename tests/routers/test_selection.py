@@ -344,6 +344,18 @@ def test_every_adapter_has_a_choice_rule_and_contract_rules_come_from_the_row():
             assert rule.outputs == adapter.row.outputs
 
 
+def test_removing_a_group_down_below_top_k_is_refused(family_loaded):
+    """dots1: 16 experts in 4 groups of 4, the best 2 groups kept, k = 3 (noaux_tc: a group needs 2 left)."""
+    intervener, _ = family_loaded("dots1")
+    adapter, spec = intervener.adapter, intervener.spec
+    layer = spec.moe_layers[0]
+    selection.refuse_reroute(adapter, spec, layer, (0, 1, 4, 5))  # every group keeps >= 2: at least 4 left
+    with pytest.raises(UnsupportedModelError, match="fewer than top-k") as error:
+        # Groups 0-2 keep one expert each (no finite group score): one eligible group where 2 are kept.
+        selection.refuse_reroute(adapter, spec, layer, (0, 1, 2, 4, 5, 6, 8, 9, 10))
+    assert "\n" not in str(error.value)
+
+
 def test_rerouting_at_a_hash_layer_is_refused(family_loaded):
     intervener, _ = family_loaded("deepseek_v4")
     spec, adapter = intervener.spec, intervener.adapter
