@@ -321,10 +321,14 @@ def propose(
     layers: list[int] | None = None,
     settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A plan (as a JSON object) from the atlas's own routing: per MoE layer, the most sense-selective expert
-    and the expert whose co-routing best separates same- from different-sense pairs."""
+    """A plan (as a JSON object) from the atlas's own routing: per MoE layer (hash layers only when named in
+    `layers`), the most sense-selective expert and the expert whose co-routing best separates same- from
+    different-sense pairs."""
     moe_layers = list(row["moe_layers"])
-    wanted = moe_layers if layers is None else layers
+    kinds = list(row.get("routing_kind") or [])
+    # Token-id hash layers (DeepSeek-V4) have no learned choice to re-route: proposed only when asked for.
+    learned = [layer for layer in moe_layers if layer >= len(kinds) or kinds[layer] != "hash"]
+    wanted = learned if layers is None else layers
     bad = [layer for layer in wanted if layer not in moe_layers]
     if bad:
         raise InterveneError(

@@ -41,7 +41,8 @@ from atlas_build.intervene.examples import (
 )
 from atlas_build.intervene.outcomes import OUTCOMES, probe_margins, summarise, text_outcomes
 from atlas_build.intervene.plan import Plan, check_against, load_plan, propose
-from atlas_build.intervene.run import CLEAN, Condition, Intervener, donor_set, load_matched
+from atlas_build.intervene.run import CLEAN, REROUTE, Condition, Intervener, donor_set, load_matched
+from atlas_build.routers.selection import refuse_reroute, rule_for
 
 # Pair configs and the examples config their example ids point into.
 PAIR_CONFIGS = ((SENSE_PAIRS, SENSES), (WIC_PAIRS, WIC_EXAMPLES), (JSONL_PAIRS, JSONL_EXAMPLES))
@@ -149,6 +150,12 @@ def intervene_atlas(
                 f"the checkpoint of {model_name} hashes to {fresh_sha[:12]}..., {config} was routed by "
                 f"{recorded_sha[:12]}...: not the atlas's model (pass the checkpoint that built it)"
             )
+        # Refused before any forward: a family without a choice rule, a re-routing ablation at a hash layer.
+        rule_for(engine.adapter)
+        if plan.ablation == REROUTE:
+            for h in plan.hypotheses:
+                if "ablate" in h.interventions:
+                    refuse_reroute(engine.adapter, engine.spec, h.layer, h.experts)
         tokenizer = engine.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         intervener = Intervener(

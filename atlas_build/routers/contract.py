@@ -243,6 +243,17 @@ class TableAdapter(RouterAdapter):
     def gives_selection_scores(self) -> bool:
         return True
 
+    @property
+    def selection_rule(self):
+        """The family's choice rule for `atlas intervene`, derived from its row (`selection.family_rule`)."""
+        from atlas_build.routers.selection import family_rule
+
+        return family_rule(self.row)
+
+    def is_hash_router(self, router) -> bool:
+        """Whether `router` chooses by a token-id table lookup (no learned score decides)."""
+        return type(router).__name__ in HASH_ROUTERS
+
     def _bias(self, router):
         where, _, attr = self.row.bias.partition(".")
         if where == "router":
@@ -264,7 +275,7 @@ class TableAdapter(RouterAdapter):
         import torch
 
         logits = output[self.row.outputs[0]].float()
-        if type(router).__name__ in HASH_ROUTERS:
+        if self.is_hash_router(router):
             index = output[self.row.outputs[2]]
             return torch.zeros_like(logits).scatter(1, index.long(), 1.0)
         selection = self.row.selection
@@ -295,7 +306,7 @@ class TableAdapter(RouterAdapter):
             first = spec.n_routed_experts - spec.n_zero_experts
             notes.append(
                 f"{self.row.name}: expert ids {first}..{spec.n_routed_experts - 1} are zero-computation experts "
-                "(they return zero: a token routed there skips that expert's compute)."
+                "(identity experts: they return the token's input times its weight, with no expert compute)."
             )
         return notes
 

@@ -11,6 +11,10 @@ A recomputation takes the router's input `x` `[T, hidden]` (float64), the router
 block's, for a bias the block passes in) as float64, the model config and the token ids, and returns
 `(index [T, k], weights [T, k], selection scores [T, N])`. Keyword arguments switch one routing setting
 (the negative controls): a recomputation with a setting changed must disagree with the model.
+
+`removed` (expert ids) recomputes the router with those experts taken out (tests/routers/test_selection.py,
+the ablation of `atlas intervene`): their logits are -inf (a softmax renormalises over the rest, a sigmoid
+gives them 0) and their selection score is -inf before the group limit and the top-k.
 """
 
 from __future__ import annotations
@@ -26,6 +30,18 @@ from .conftest import _COMMON, _MLA
 
 
 # ---- recomputations, one rule each ----------------------------------------------------------------------
+def _out(logits: torch.Tensor, removed) -> torch.Tensor:
+    """The router's logits with the `removed` experts taken out of the router (-inf)."""
+    if not len(removed):
+        return logits
+    return logits.index_fill(1, torch.as_tensor(list(removed), dtype=torch.long), float("-inf"))
+
+
+def _off(choice: torch.Tensor, removed) -> torch.Tensor:
+    """The selection score with the `removed` experts at -inf, before any group limit or top-k."""
+    return _out(choice, removed)
+
+
 def _keep_groups(choice: torch.Tensor, n_group: int, topk_group: int) -> torch.Tensor:
     """Mask to -inf every expert outside each token's topk_group best groups (group score: sum of its top-2)."""
     t, n = choice.shape
@@ -35,12 +51,12 @@ def _keep_groups(choice: torch.Tensor, n_group: int, topk_group: int) -> torch.T
     return choice.masked_fill(~keep.repeat_interleave(n // n_group, dim=1), float("-inf"))
 
 
-def noaux_tc(x, t, c, ids, grouped=True, norm=None):
+def noaux_tc(x, t, c, ids, grouped=True, norm=None, removed=()):
     """DeepseekV3TopkRouter and its copies (V3.2, GLM-5, dots1, EXAONE-MoE, Solar Open, Bailing): sigmoid;
     top-k of sigmoid + e_score_correction_bias in the topk_group best groups; weights normalised (+1e-20)
     when norm_topk_prob; times routed_scaling_factor."""
-    s = torch.sigmoid(x @ t["weight"].T)
-    choice = s + t["e_score_correction_bias"]
+    s = torch.sigmoid(_out(x @ t["weight"].T, removed))
+    choice = _off(s + t["e_score_correction_bias"], removed)
     masked = _keep_groups(choice, c.n_group, c.topk_group) if grouped else choice
     index = masked.topk(c.num_experts_per_tok, dim=-1).indices
     w = s.gather(1, index)
@@ -49,38 +65,39 @@ def noaux_tc(x, t, c, ids, grouped=True, norm=None):
     return index, w * c.routed_scaling_factor, choice
 
 
-def softmax_topk(x, t, c, ids, norm=None, k_key="num_experts_per_tok", weight="weight"):
+def softmax_topk(x, t, c, ids, norm=None, k_key="num_experts_per_tok", weight="weight", removed=()):
     """Qwen3-Next, FlexOlmo, Jamba, Hunyuan: softmax; top-k of it; renormalised when `norm`."""
-    p = torch.softmax(x @ t[weight].T, dim=-1)
-    w, index = p.topk(getattr(c, k_key), dim=-1)
+    p = torch.softmax(_out(x @ t[weight].T, removed), dim=-1)
+    index = _off(p, removed).topk(getattr(c, k_key), dim=-1).indices
+    w = p.gather(1, index)
     if c.norm_topk_prob if norm is None else norm:
         w = w / w.sum(-1, keepdim=True)
     return index, w, p
 
 
-def granite(x, t, c, ids, over_k=True):
+def granite(x, t, c, ids, over_k=True, removed=()):
     """GraniteMoeTopKRouter: top-k of the logits; softmax over the k chosen logits."""
-    logits = x @ t["weight"].T
+    logits = _out(x @ t["weight"].T, removed)
     top, index = logits.topk(c.num_experts_per_tok, dim=-1)
     w = torch.softmax(top, -1) if over_k else torch.softmax(logits, -1).gather(1, index)
     return index, w, logits
 
 
-def minimax_m2(x, t, c, ids, use_bias=True):
+def minimax_m2(x, t, c, ids, use_bias=True, removed=()):
     """MiniMaxM2TopKRouter with the block's e_score_correction_bias: sigmoid; top-k of sigmoid + bias;
     weights renormalised."""
-    s = torch.sigmoid(x @ t["weight"].T)
-    choice = s + (t["block.e_score_correction_bias"] if use_bias else 0.0)
+    s = torch.sigmoid(_out(x @ t["weight"].T, removed))
+    choice = _off(s + (t["block.e_score_correction_bias"] if use_bias else 0.0), removed)
     index = choice.topk(c.num_experts_per_tok, dim=-1).indices
     w = s.gather(1, index)
     return index, w / w.sum(-1, keepdim=True), choice
 
 
-def lfm2_moe(x, t, c, ids, norm=None):
+def lfm2_moe(x, t, c, ids, norm=None, removed=()):
     """Lfm2MoeTopKRouter: sigmoid; top-k of sigmoid + the block's expert_bias (use_expert_bias); weights
     / (sum + 1e-6) when norm_topk_prob; times routed_scaling_factor."""
-    s = torch.sigmoid(x @ t["weight"].T)
-    choice = s + t["block.expert_bias"] if c.use_expert_bias else s
+    s = torch.sigmoid(_out(x @ t["weight"].T, removed))
+    choice = _off(s + t["block.expert_bias"] if c.use_expert_bias else s, removed)
     index = choice.topk(c.num_experts_per_tok, dim=-1).indices
     w = s.gather(1, index)
     if c.norm_topk_prob if norm is None else norm:
@@ -88,78 +105,78 @@ def lfm2_moe(x, t, c, ids, norm=None):
     return index, w * c.routed_scaling_factor, choice
 
 
-def afmoe(x, t, c, ids, use_bias=True):
+def afmoe(x, t, c, ids, use_bias=True, removed=()):
     """AfmoeTokenChoiceRouter: sigmoid of gate(h); top-k of it + the block's expert_bias; normalised
     (+1e-20); times route_scale."""
-    s = torch.sigmoid(x @ t["gate.weight"].T)
-    choice = s + (t["block.expert_bias"] if use_bias else 0.0)
+    s = torch.sigmoid(_out(x @ t["gate.weight"].T, removed))
+    choice = _off(s + (t["block.expert_bias"] if use_bias else 0.0), removed)
     index = choice.topk(c.num_experts_per_tok, dim=-1).indices
     w = s.gather(1, index)
     return index, w / (w.sum(-1, keepdim=True) + 1e-20) * c.route_scale, choice
 
 
-def ernie(x, t, c, ids, use_bias=True):
+def ernie(x, t, c, ids, use_bias=True, removed=()):
     """Ernie4_5_MoeTopKRouter: softmax (float32); top-k of softmax + moe_statics bias; the chosen softmax
     values / max(sum, moe_norm_min)."""
-    p = torch.softmax(x @ t["weight"].T, dim=-1)
-    choice = p + (t["moe_statics.e_score_correction_bias"].reshape(-1) if use_bias else 0.0)
+    p = torch.softmax(_out(x @ t["weight"].T, removed), dim=-1)
+    choice = _off(p + (t["moe_statics.e_score_correction_bias"].reshape(-1) if use_bias else 0.0), removed)
     index = choice.topk(c.num_experts_per_tok, dim=-1).indices
     w = p.gather(1, index)
     return index, w / w.sum(-1, keepdim=True).clamp(min=c.moe_norm_min), choice
 
 
-def longcat(x, t, c, ids, use_bias=True):
+def longcat(x, t, c, ids, use_bias=True, removed=()):
     """LongcatFlashTopkRouter: softmax over routed + zero experts; top-k of it + bias; the chosen softmax
     values times routed_scaling_factor (not renormalised)."""
-    p = torch.softmax(x @ t["classifier.weight"].T, dim=-1)
-    choice = p + (t["e_score_correction_bias"] if use_bias else 0.0)
+    p = torch.softmax(_out(x @ t["classifier.weight"].T, removed), dim=-1)
+    choice = _off(p + (t["e_score_correction_bias"] if use_bias else 0.0), removed)
     index = choice.topk(c.moe_topk, dim=-1).indices
     return index, p.gather(1, index) * c.routed_scaling_factor, choice
 
 
-def deepseek_v4(x, t, c, ids, use_hash=True):
+def deepseek_v4(x, t, c, ids, use_hash=True, removed=()):
     """DeepseekV4TopKRouter / DeepseekV4HashRouter: s = sqrt(softplus(Wh)); learned: top-k of s + bias;
     hash: experts = tid2eid[token id]; weights s / (sum + 1e-20) times routed_scaling_factor."""
-    s = torch.sqrt(F.softplus(x @ t["weight"].T))
+    s = torch.sqrt(F.softplus(_out(x @ t["weight"].T, removed)))
     if "tid2eid" in t and use_hash:
         index = t["tid2eid"].long()[torch.as_tensor(ids)]
         choice = torch.zeros_like(s).scatter(1, index, 1.0)
     else:
-        choice = s + t.get("e_score_correction_bias", 0.0)
+        choice = _off(s + t.get("e_score_correction_bias", 0.0), removed)
         index = choice.topk(c.num_experts_per_tok, dim=-1).indices
     w = s.gather(1, index)
     return index, w / (w.sum(-1, keepdim=True) + 1e-20) * c.routed_scaling_factor, choice
 
 
-def laguna(x, t, c, ids, softcap=True):
+def laguna(x, t, c, ids, softcap=True, removed=()):
     """LagunaTopKRouter: logits soft-capped (tanh(l / c) c, c = moe_router_logit_softcapping > 0); sigmoid; top-k
     of sigmoid + e_score_correction_bias; weights renormalised."""
     logits = x @ t["weight"].T
     cap = c.moe_router_logit_softcapping
     if softcap and cap > 0:
         logits = torch.tanh(logits / cap) * cap
-    s = torch.sigmoid(logits)
-    choice = s + t["e_score_correction_bias"]
+    s = torch.sigmoid(_out(logits, removed))  # taken out after the soft-cap, which would bound -inf
+    choice = _off(s + t["e_score_correction_bias"], removed)
     index = choice.topk(c.num_experts_per_tok, dim=-1).indices
     w = s.gather(1, index)
     return index, w / w.sum(-1, keepdim=True), choice
 
 
-def hy_v3(x, t, c, ids, use_bias=True):
+def hy_v3(x, t, c, ids, use_bias=True, removed=()):
     """HYV3TopKRouter with the block's e_score_correction_bias: sigmoid (float32); top-k of sigmoid + bias;
     weights / (sum + 1e-20) times router_scaling_factor."""
-    s = torch.sigmoid(x @ t["weight"].T)
-    choice = s + (t["block.e_score_correction_bias"] if use_bias else 0.0)
+    s = torch.sigmoid(_out(x @ t["weight"].T, removed))
+    choice = _off(s + (t["block.e_score_correction_bias"] if use_bias else 0.0), removed)
     index = choice.topk(c.num_experts_per_tok, dim=-1).indices
     w = s.gather(1, index)
     return index, w / (w.sum(-1, keepdim=True) + 1e-20) * c.router_scaling_factor, choice
 
 
-def step3p7(x, t, c, ids, use_bias=True):
+def step3p7(x, t, c, ids, use_bias=True, removed=()):
     """Step3p7TopKRouter: sigmoid; top-k of sigmoid + e_score_correction_bias; weights renormalised (the
     block's moe_router_scaling_factor comes after the experts, outside the router)."""
-    s = torch.sigmoid(x @ t["weight"].T)
-    choice = s + (t["e_score_correction_bias"] if use_bias else 0.0)
+    s = torch.sigmoid(_out(x @ t["weight"].T, removed))
+    choice = _off(s + (t["e_score_correction_bias"] if use_bias else 0.0), removed)
     index = choice.topk(c.num_experts_per_tok, dim=-1).indices
     w = s.gather(1, index)
     return index, w / w.sum(-1, keepdim=True), choice
@@ -448,7 +465,7 @@ CASE_LIST = [
             "use_mamba_kernels": False,
         },
         ("JambaTopKRouter",),
-        lambda x, t, c, ids, norm=False: softmax_topk(x, t, c, ids, norm=norm),
+        lambda x, t, c, ids, norm=False, **kw: softmax_topk(x, t, c, ids, norm=norm, **kw),
         {"norm": True},
         ("dense", "learned"),
     ),
@@ -570,7 +587,7 @@ CASE_LIST += [
         "minimax",
         {**_TINY, **_MOE, "num_local_experts": 8, "layer_types": ["linear_attention", "full_attention"]},
         ("MiniMaxTopKRouter",),
-        lambda x, t, c, ids, norm=True: softmax_topk(x, t, c, ids, norm=norm),
+        lambda x, t, c, ids, norm=True, **kw: softmax_topk(x, t, c, ids, norm=norm, **kw),
         {"norm": False},
         ("learned", "learned"),
     ),
@@ -622,7 +639,7 @@ CASE_LIST.append(
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
         },
         ("Qwen3VLMoeTextTopKRouter",),
-        lambda x, t, c, ids, norm=True: softmax_topk(x, t, c, ids, norm=norm),
+        lambda x, t, c, ids, norm=True, **kw: softmax_topk(x, t, c, ids, norm=norm, **kw),
         {"norm": False},
         ("learned", "learned"),
         wrapper={
@@ -770,8 +787,8 @@ CASE_LIST.append(
             "moe_intermediate_size": 16,
         },
         ("AriaTextTopKRouter",),
-        lambda x, t, c, ids, over_k=True: granite(
-            x, t, SimpleNamespace(num_experts_per_tok=c.moe_topk), ids, over_k=over_k
+        lambda x, t, c, ids, over_k=True, **kw: granite(
+            x, t, SimpleNamespace(num_experts_per_tok=c.moe_topk), ids, over_k=over_k, **kw
         ),
         {"over_k": False},
         ("learned", "learned"),
