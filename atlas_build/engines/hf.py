@@ -176,6 +176,10 @@ class HFEngine(Engine):
     name = "hf"
     # M of `--scores M` (None: no selection scores captured); engines built on this one inherit None.
     scores_top_m: int | None = None
+    # `--router-inputs`: the decoder layers whose router inputs are captured and their projection (None:
+    # none); engines built on this one that capture no router inputs (vLLM) inherit None.
+    router_input_layers: tuple[int, ...] | None = None
+    projection: Any = None
 
     def __init__(
         self,

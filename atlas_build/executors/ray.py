@@ -338,7 +338,13 @@ class RayExecutor(Executor):
             raise ShardFailedError(f"shard {task.index} of {task.config} was corrupted on its way back")
         # The write protocol of `build.ShardWorker`, here in the driver: shard, then its done-marker.
         write_bytes_atomic(path, data)
-        written = WrittenFile(path=path, sha256=sha256, rows=rows, bytes=len(data))
+        from atlas_build.atlas.rows import METHOD, file_fingerprints
+
+        # The marker carries the rows' fingerprint as a local build's does (exact reads check it).
+        fingerprint = {"method": METHOD, "columns": file_fingerprints(path)}
+        written = WrittenFile(
+            path=path, sha256=sha256, rows=rows, bytes=len(data), rows_fingerprint=fingerprint
+        )
         crash_point("marker-before-write")
         try:
             mark_shard_done(layout, task.config, task.index, written, task.inputs_sha256, task.part)
