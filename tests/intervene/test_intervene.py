@@ -257,7 +257,7 @@ def test_plan_proposes_from_the_atlas_and_refuses_to_overwrite(planted, tmp_path
     _refused(["intervene", "plan", str(atlas), "--out", str(out)], atlas, "never overwritten")
 
 
-def test_the_record_validates_and_is_on_the_card(recorded, tmp_path):
+def test_the_record_validates_and_is_on_the_card(recorded, planted, tmp_path):
     import pyarrow.parquet as pq
 
     from validation import run_validation
@@ -266,7 +266,9 @@ def test_the_record_validates_and_is_on_the_card(recorded, tmp_path):
         return {r.check: r.status for r in report.results if r.config == config}
 
     atlas, _, _ = recorded
-    report = run_validation(atlas)
+    checkpoint, _ = planted
+    # A local checkpoint's tokenizer is given as a local directory (the atlas names it by its portable id).
+    report = run_validation(atlas, tokenizer_dirs={None: checkpoint})
     failed = [(r.config, r.check) for r in report.results if r.status == "failed"]
     # The planted model's frequent expert is chosen at every token of layer 1, on purpose.
     assert failed == [("routing-planted-mixtral", "routing-not-degenerate")], failed
