@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atlas_build.explore.encode import b64, expert_dtype, js_call
+from atlas_build.explore.encode import b64, decode_token, expert_dtype, js_call
 from atlas_build.explore.read import AtlasContent, ExploreError, Lemma, read_atlas
 
 MARKER = ".routing-atlas-explorer"
@@ -263,6 +263,8 @@ def lemma_data(content: AtlasContent, i: int) -> dict:
             "example": target.example[rows].tolist(),
             "token_index": target.token_index[rows].tolist(),
             "token": target.tokens[rows],
+            # What the page prints: the piece decoded to text ('Ġbank' -> ' bank'); the piece stays above.
+            "text": [decode_token(t) for t in target.tokens[rows]],
             "span": target.char_spans[rows].tolist(),
             "experts": b64(target.experts[rows], expert_dtype(row["n_routed_experts"])),
             "weights": None if target.weights is None else b64(target.weights[rows], "float16"),

@@ -8,9 +8,11 @@
   'use strict';
 
   const MAX_ROWS = 200; // index rows drawn at once; the search narrows the rest
+  const TOP_EXPERTS = 48; // columns of the "top experts" view: legible at 256 experts
+  const WIDE = 64; // above this many experts a lemma's maps open on its top experts
   const state = {
     index: null, keyToFile: new Map(), models: new Map(), model: null, showTwins: true,
-    subtoken: 'last', layer: 0, query: '', coactLayer: 0,
+    subtoken: 'last', layer: 0, query: '', coactLayer: 0, expertView: null, l0: 0, l1: null,
   };
   const cache = { lemma: new Map(), model: new Map(), coact: new Map() };
   const pending = new Map(); // "kind:key" -> {resolve, reject}
@@ -302,21 +304,76 @@
       h('option', { value: li, selected: li === state.layer }, 'MoE layer ' + ml + ' (#' + li + ')')));
     layer.addEventListener('change', () => { state.layer = Number(layer.value); drawLemma(view, data); });
     const nSame = data.pairs.filter((p) => p[2]).length;
+    const ctx = lemmaContext(data, models);
+    const expertView = h('select', { id: 'expert-view' },
+      [['top', 'top ' + TOP_EXPERTS + ' experts of this lemma'], ['sorted', 'all, most used first'], ['id', 'all, in id order (full map)']]
+        .map(([v, t]) => h('option', { value: v, selected: v === ctx.expertView }, t)));
+    expertView.addEventListener('change', () => { state.expertView = expertView.value; drawLemma(view, data); });
+    const layerOptions = (sel) => (models[0] ? models[0].moe_layers : []).map((ml, li) => h('option', { value: li, selected: li === sel }, String(ml)));
+    const from = h('select', { id: 'layer-from' }, layerOptions(ctx.l0)), to = h('select', { id: 'layer-to' }, layerOptions(ctx.l1));
+    const zoom = () => { state.l0 = Number(from.value); state.l1 = Math.max(state.l0, Number(to.value)); drawLemma(view, data); };
+    from.addEventListener('change', zoom); to.addEventListener('change', zoom);
+    const full = h('button', { id: 'full-map', type: 'button', onclick: () => { state.expertView = 'id'; state.l0 = 0; state.l1 = null; drawLemma(view, data); } }, 'full map');
+    const twinText = twinLabel(models[0]);
     put(view,
       h('p', {}, h('a', { href: '#/' }, '← all lemmas')),
       h('h1', { id: 'lemma-title', 'data-key': data.key }, data.lemma.replace(/_/g, ' '), ' ', h('span', { class: 'muted' }, '(' + data.pos + ')')),
       h('p', { class: 'muted' }, data.senses.length + ' senses with examples (of ' + data.wordnet_senses + ' in WordNet), ' +
         data.examples.length + ' examples, ' + nSame + ' same-sense and ' + (data.pairs.length - nSame) + ' different-sense pairs.'),
       h('div', { class: 'controls' },
-        h('label', {}, 'Model ', select), h('label', {}, twins, 'show its twin beside (trained ↔ random-init)'),
+        h('label', {}, 'Model ', select),
+        twinText ? h('label', { id: 'twin-label' }, twins, twinText) : h('span', { class: 'muted', id: 'twin-label' }, 'no twin of this model in the atlas'),
         h('label', {}, 'Target sub-token ', sub), h('label', {}, 'Overlap at ', layer)),
+      h('div', { class: 'controls' }, h('label', {}, 'Experts ', expertView),
+        h('label', {}, 'MoE layers ', from, ' to ', to), full, legend(ctx.scale)),
       models.map((m) => h('div', {}, randomInitBanner(m), synthBanner(m))),
       models.length ? null : h('p', { class: 'muted' }, 'No model routed this lemma.'),
       h('h2', {}, 'Senses and their routing'),
-      h('p', { class: 'muted' }, 'Heatmaps: rows are MoE layers, columns experts; a cell is coloured by the gate weight of that expert for the target token (ids-only atlases: by how often it is chosen). The sense map averages over the sense\'s examples (an unchosen expert counts 0).'),
-      data.senses.map((sense, si) => senseSection(data, sense, si, models)),
+      h('p', { class: 'muted' }, 'Heatmaps: rows are MoE layers, columns experts; a cell is coloured by the gate weight of that expert for the target token (ids-only atlases: by how often it is chosen). The sense map averages over the sense\'s examples (an unchosen expert counts 0). Every map on this page uses the one colour scale of the legend above.'),
+      data.senses.map((sense, si) => senseSection(data, sense, si, models, ctx)),
       h('h2', {}, 'Same- vs different-sense overlap'),
       models.length ? overlapSection(data, models) : null);
+  }
+
+  /** The decoded text of a routing row's token (older sites: the stored piece). */
+  function tokenText(r, row) { return r.text ? r.text[row] : r.token[row]; }
+
+  /** What the model switcher offers beside `m`: names what its twins are, or null when it has none. */
+  function twinLabel(m) {
+    if (!m || !m.twins.length) return null;
+    const twins = m.twins.map((t) => state.models.get(t)).filter(Boolean);
+    const kinds = new Set([m].concat(twins).map((x) => x.random_init));
+    if (kinds.size === 2) return 'show its twin beside (same architecture: trained ↔ random-init)';
+    if (m.random_init) return 'show its twin beside (same architecture, both random-init, other seeds: a null vs a null)';
+    return 'show its twin beside (same architecture, both trained)';
+  }
+
+  /** One colour scale for every map of the page and each model's column order and layer range. */
+  function lemmaContext(data, models) {
+    let vmax = 0, weighted = false;
+    const views = new Map();
+    const wide = models.some((m) => m.n_routed_experts > WIDE);
+    const expertView = state.expertView || (wide ? 'top' : 'id');
+    const saved = state.expertView;
+    state.expertView = expertView;
+    for (const m of models) {
+      const dec = decodeRouting(data, m);
+      if (dec.weights) { weighted = true; for (const w of dec.weights) if (w > vmax) vmax = w; }
+      // Usage of each expert by this lemma's chosen target sub-tokens, over all layers.
+      const usage = new Float64Array(dec.N);
+      data.examples.forEach((_, ei) => {
+        const row = rowOf(dec, ei);
+        if (row < 0) return;
+        for (let l = 0; l < dec.L; l++) for (const e of expertsAt(dec, row, l)) usage[e] += 1;
+      });
+      views.set(m.slug, mapView(m, usage));
+    }
+    state.expertView = saved;
+    const L = models.length ? models[0].moe_layers.length : 1;
+    const first = views.get((models[0] || {}).slug) || { l0: 0, l1: L - 1 };
+    const scale = weighted ? { vmax: niceCeil(vmax), label: 'gate weight (sense maps: mean over examples, unchosen = 0)' } :
+      { vmax: 1, label: 'share of examples choosing the expert (example maps: 1 = chosen)' };
+    return { scale, views, expertView, l0: first.l0, l1: first.l1 };
   }
 
   function highlighted(ex, spans) {
@@ -335,7 +392,7 @@
     return [text.slice(0, start), mark, text.slice(end)];
   }
 
-  function senseSection(data, sense, si, models) {
+  function senseSection(data, sense, si, models, ctx) {
     const dec0 = models.length ? decodeRouting(data, models[0]) : null;
     const examples = sense.examples.map((ei) => {
       const ex = data.examples[ei];
@@ -348,10 +405,10 @@
         h('code', {}, sense.synset), h('code', { class: 'sense-key' }, sense.sense_key), h('span', { class: 'muted' }, sense.lexname)),
       h('p', { class: 'gloss' }, sense.gloss),
       h('ol', { class: 'examples' }, examples),
-      h('div', { class: 'model-row' }, models.map((m) => senseModelColumn(data, sense, m))));
+      h('div', { class: 'model-row' }, models.map((m) => senseModelColumn(data, sense, m, ctx))));
   }
 
-  function senseModelColumn(data, sense, m) {
+  function senseModelColumn(data, sense, m, ctx) {
     const dec = decodeRouting(data, m);
     const routedExamples = sense.examples.filter((ei) => rowOf(dec, ei) >= 0);
     const n = routedExamples.length;
@@ -385,34 +442,82 @@
           title: 'MoE layer ' + m.moe_layers[l] + ', expert ' + e + ' (rank ' + (rank + 1) + ')' + (w ? ', gate weight ' + w[rank].toFixed(4) : '') }));
       }
       return h('figure', { class: 'example-heatmap', 'data-example': ei, 'data-row': row },
-        heatmap(m, exCells, { small: true, kind: 'example' }),
-        h('figcaption', {}, 'example ' + (j + 1) + ': ', h('code', {}, JSON.stringify(dec.r.token[row])), ' (token ' + dec.r.token_index[row] + ')'));
+        heatmap(m, exCells, { small: true, kind: 'example', scale: ctx.scale, view: ctx.views.get(m.slug) }),
+        h('figcaption', {}, 'example ' + (j + 1) + ': ', h('code', { class: 'token-text', title: 'stored piece ' + JSON.stringify(dec.r.token[row]) }, JSON.stringify(tokenText(dec.r, row))), ' (token ' + dec.r.token_index[row] + ')'));
     });
     return h('div', { class: 'model-col' + (m.random_init ? ' random-init' : ''), 'data-model': m.slug },
       h('h4', {}, m.slug, m.random_init ? h('span', { class: 'tag' }, 'RANDOM-INIT') : null),
-      n ? h('figure', { class: 'sense-heatmap' }, heatmap(m, cells, { kind: 'sense' }),
+      n ? h('figure', { class: 'sense-heatmap' }, heatmap(m, cells, { kind: 'sense', scale: ctx.scale, view: ctx.views.get(m.slug) }),
         h('figcaption', {}, 'sense map over ' + n + ' example(s)' + (dec.weights ? ': mean gate weight' : ': share of examples'))) :
         h('p', { class: 'muted' }, 'no routed example'),
       h('details', { open: true }, h('summary', {}, 'per example'), h('div', { class: 'example-maps' }, maps)));
   }
 
-  /** SVG layers x experts; cells = [{l, e, v, title, attrs}], colour = v / max v. */
+  /** A nice upper end of a colour scale: the smallest of 1, 2, 2.5, 5 x 10^n at or above x. */
+  function niceCeil(x) {
+    if (!(x > 0)) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(x)));
+    for (const f of [1, 2, 2.5, 5, 10]) if (f * p >= x * (1 - 1e-9)) return f * p;
+    return 10 * p;
+  }
+  const SHADE_FLOOR = 0.15; // a chosen expert's lightest shade, so it stands out of the grey "not chosen"
+  function shade(v, scale) { return colour(SHADE_FLOOR + (1 - SHADE_FLOOR) * Math.max(0, Math.min(1, v / scale.vmax))); }
+
+  /** The colour legend of a scale {vmax, label, percent}: a ramp with numeric ticks and a "not chosen" swatch. */
+  function legend(scale) {
+    const W = 200, ticks = 5, svg = s('svg', { class: 'legend-svg', width: W + 150, height: 30, 'data-vmax': scale.vmax, role: 'img' });
+    const grad = 'g' + Math.random().toString(36).slice(2);
+    const defs = s('defs', {}), lg = s('linearGradient', { id: grad });
+    for (let i = 0; i <= 10; i++) lg.appendChild(s('stop', { offset: (i * 10) + '%', 'stop-color': colour(SHADE_FLOOR + (1 - SHADE_FLOOR) * i / 10) }));
+    defs.appendChild(lg); svg.appendChild(defs);
+    svg.appendChild(s('rect', { x: 6, y: 2, width: W, height: 10, fill: 'url(#' + grad + ')', stroke: '#d8dee5' }));
+    for (let i = 0; i < ticks; i++) {
+      const v = scale.vmax * i / (ticks - 1), x = 6 + W * i / (ticks - 1);
+      svg.appendChild(s('line', { x1: x, x2: x, y1: 12, y2: 16, stroke: '#5b6673' }));
+      const label = scale.percent ? (v * 100).toFixed(v * 100 < 10 && v > 0 ? 1 : 0) + '%' : String(+v.toFixed(4));
+      svg.appendChild(s('text', { class: 'legend-tick', x: x - (i === ticks - 1 ? 14 : i ? 8 : 0), y: 27, 'data-value': v }, label));
+    }
+    svg.appendChild(s('rect', { x: W + 20, y: 2, width: 10, height: 10, fill: '#eef1f4', stroke: '#d8dee5' }));
+    svg.appendChild(s('text', { x: W + 34, y: 11 }, scale.zeroLabel || 'not chosen'));
+    return h('div', { class: 'legend heatmap-legend' }, h('span', { class: 'legend-label' }, scale.label), svg);
+  }
+
+  /** The columns and rows a lemma's maps show: state.expertView over the lemma's own use of the experts. */
+  function mapView(m, usage) {
+    const N = m.n_routed_experts, L = m.moe_layers.length;
+    const l0 = Math.max(0, Math.min(L - 1, state.l0 || 0));
+    const l1 = state.l1 === null || state.l1 === undefined ? L - 1 : Math.max(l0, Math.min(L - 1, state.l1));
+    let columns = null;
+    if (usage && state.expertView !== 'id') {
+      const order = Array.from({ length: N }, (_, e) => e).sort((a, b) => (usage[b] - usage[a]) || (a - b));
+      columns = state.expertView === 'top' ? order.filter((e) => usage[e] > 0).slice(0, TOP_EXPERTS) : order;
+    }
+    return { columns, l0, l1 };
+  }
+
+  /** SVG layers x experts; cells = [{l, e, v, title, attrs}], coloured on the shared `scale` (opts.scale). */
   function heatmap(m, cells, opts) {
-    const L = m.moe_layers.length, N = m.n_routed_experts;
+    const Lall = m.moe_layers.length, view = opts.view || { columns: null, l0: 0, l1: Lall - 1 };
+    const cols = view.columns || Array.from({ length: m.n_routed_experts }, (_, e) => e);
+    const pos = new Map(cols.map((e, i) => [e, i]));
+    const L = view.l1 - view.l0 + 1, N = cols.length;
     const width = opts.small ? 300 : 560, height = opts.small ? 110 : 200;
     const cw = Math.max(1, Math.min(14, Math.floor(width / N))), ch = Math.max(2, Math.min(14, Math.floor(height / L)));
-    const left = 26, top = 12;
-    const vmax = cells.reduce((a, c) => Math.max(a, c.v), 0) || 1;
-    const svg = s('svg', { class: 'heatmap ' + opts.kind + '-map', 'data-model': m.slug, 'data-vmax': vmax.toFixed(6),
-      width: left + N * cw + 2, height: top + L * ch + 2, role: 'img' });
+    const left = 40, top = 26;
+    const scale = opts.scale;
+    const svg = s('svg', { class: 'heatmap ' + opts.kind + '-map', 'data-model': m.slug, 'data-vmax': scale.vmax,
+      'data-columns': view.columns ? 'sorted' : 'id', width: left + N * cw + 4, height: top + L * ch + 4, role: 'img' });
     svg.appendChild(s('rect', { x: left, y: top, width: N * cw, height: L * ch, fill: '#eef1f4' }));
+    svg.appendChild(s('text', { class: 'axis-title', x: left, y: 9 }, view.columns ? 'expert (most used by this lemma first)' : 'expert id'));
+    svg.appendChild(s('text', { class: 'axis-title', x: 0, y: 9 }, 'layer'));
     const step = L > 16 ? Math.ceil(L / 8) : 1;
-    for (let l = 0; l < L; l += step) svg.appendChild(s('text', { x: 2, y: top + l * ch + ch - 1 }, String(m.moe_layers[l])));
-    const eStep = Math.max(1, Math.ceil(N / 8));
-    for (let e = 0; e < N; e += eStep) svg.appendChild(s('text', { x: left + e * cw, y: 9 }, String(e)));
+    for (let l = 0; l < L; l += step) svg.appendChild(s('text', { x: 2, y: top + l * ch + ch - 1 }, String(m.moe_layers[view.l0 + l])));
+    const eStep = Math.max(1, Math.ceil(N / (opts.small ? 6 : 10)));
+    for (let i = 0; i < N; i += eStep) svg.appendChild(s('text', { x: left + i * cw, y: 21 }, String(cols[i])));
     for (const c of cells) {
-      const rect = s('rect', Object.assign({ class: 'cell', x: left + c.e * cw, y: top + c.l * ch, width: cw, height: ch,
-        fill: colour(0.15 + 0.85 * c.v / vmax), 'data-layer-index': c.l, 'data-moe-layer': m.moe_layers[c.l], 'data-expert': c.e }, c.attrs));
+      if (c.l < view.l0 || c.l > view.l1 || !pos.has(c.e)) continue;
+      const rect = s('rect', Object.assign({ class: 'cell', x: left + pos.get(c.e) * cw, y: top + (c.l - view.l0) * ch, width: cw, height: ch,
+        fill: shade(c.v, scale), 'data-layer-index': c.l, 'data-moe-layer': m.moe_layers[c.l], 'data-expert': c.e }, c.attrs));
       rect.appendChild(s('title', {}, c.title));
       svg.appendChild(rect);
     }
@@ -652,12 +757,13 @@
     E.load.forEach((loads, l) => loads.forEach((v, e) => {
       if (v > 0) cells.push({ l, e, v, attrs: { 'data-load': v }, title: 'MoE layer ' + m.moe_layers[l] + ', expert ' + e + ': load ' + (v * 100).toFixed(2) + '%' });
     }));
+    const loadScale = { vmax: niceCeil(Math.max(0, ...cells.map((c) => c.v))), percent: true, label: 'load (share of top-k slots)', zeroLabel: 'never chosen' };
     const rows = m.moe_layers.map((ml, l) => h('tr', { 'data-layer-index': l }, h('td', {}, String(ml)),
       h('td', { class: 'num mono' }, fmt((E.entropy || [])[l])), h('td', { class: 'num mono' }, fmt((E.max_load_ratio || [])[l], 2)),
       h('td', { class: 'num mono' }, fmt(((E.coactivation || {}).max_conditional || [])[l])),
       h('td', { class: 'mono' }, (((E.coactivation || {}).top_pairs || [])[l] || []).slice(0, 3).map((p) => p.i + '→' + p.j + ' ' + fmt(p.p)).join(', '))));
     return h('section', { id: 'experts' }, h('h2', {}, 'Expert load and co-activation per layer'),
-      h('figure', { id: 'load-map' }, heatmap(m, cells, { kind: 'load' }), h('figcaption', {}, 'load: share of top-k slots per expert (uniform: 1/' + m.n_routed_experts + ')')),
+      h('figure', { id: 'load-map' }, legend(loadScale), heatmap(m, cells, { kind: 'load', scale: loadScale }), h('figcaption', {}, 'load: share of top-k slots per expert (uniform: 1/' + m.n_routed_experts + ')')),
       h('table', { id: 'experts-table' }, h('thead', {}, h('tr', {}, h('th', {}, 'MoE layer'), h('th', { class: 'num' }, 'entropy (1 = balanced)'),
         h('th', { class: 'num' }, 'max load / uniform'), h('th', { class: 'num' }, 'max P(j | i)'), h('th', {}, 'top pairs P(j | i)'))), h('tbody', {}, rows)),
       coactivationView(m, data));
@@ -684,12 +790,23 @@
           if (i < 0 || j < 0 || i >= N || j >= N) return '';
           return 'P(expert ' + j + ' | expert ' + i + ') = ' + (P[i * N + j] / c.scale).toFixed(4) + ' (expert ' + i + ' chosen ' + c.load[i] + '×)';
         });
-        put(holder, canvas, h('div', { class: 'legend' }, 'P(column | row): 0', h('span', { class: 'ramp' }), '1'));
+        put(holder, h('div', { class: 'legend coact-legend' }, 'P(j | i), row i, column j (expert ids):', legendRamp([0, 0.25, 0.5, 0.75, 1])), canvas);
       }, (err) => put(holder, h('p', { class: 'error' }, err.message)));
     };
     select.addEventListener('change', draw);
     draw();
     return h('div', {}, h('h3', {}, 'Co-activation P(j | i)'), h('div', { class: 'controls' }, h('label', {}, 'Layer ', select)), holder);
+  }
+
+  /** A plain 0..1 ramp (colour(t) itself) with numeric ticks. */
+  function legendRamp(ticks) {
+    const W = 200, svg = s('svg', { class: 'legend-svg', width: W + 20, height: 30, role: 'img' });
+    for (let i = 0; i < 50; i++) svg.appendChild(s('rect', { x: 6 + i * W / 50, y: 2, width: W / 50 + 0.5, height: 10, fill: colour(i / 49) }));
+    for (const t of ticks) {
+      svg.appendChild(s('line', { x1: 6 + W * t, x2: 6 + W * t, y1: 12, y2: 16, stroke: '#5b6673' }));
+      svg.appendChild(s('text', { class: 'legend-tick', x: 6 + W * t - (t === 1 ? 6 : t ? 8 : 0), y: 27, 'data-value': t }, String(t)));
+    }
+    return svg;
   }
 
   function specialisationSection(m, M) {
