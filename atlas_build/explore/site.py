@@ -3,7 +3,7 @@
 Site layout (everything relative, so it opens from `file://` or any static host, offline)::
 
     SITE/index.html                       the page (hash routes: #/, #/lemma/<lemma.pos>, #/model/<slug>)
-    SITE/assets/app.js, style.css         the viewer; no library, no CDN
+    SITE/assets/app.js, sections.js, style.css   the viewer; no library, no CDN
     SITE/data/index.js                    atlas summary, models, one line of counts per lemma
     SITE/data/lemmas/<n:05d>.js           one lemma: senses, examples, pairs, target routing per model
     SITE/data/models/<slug>.js            a model's row and its metrics.json entry
@@ -30,7 +30,12 @@ from atlas_build.explore.encode import b64, decode_token, expert_dtype, js_call
 from atlas_build.explore.read import AtlasContent, ExploreError, Lemma, read_atlas
 
 MARKER = ".routing-atlas-explorer"
-STATIC_FILES = {"index.html": "index.html", "app.js": "assets/app.js", "style.css": "assets/style.css"}
+STATIC_FILES = {
+    "index.html": "index.html",
+    "app.js": "assets/app.js",
+    "sections.js": "assets/sections.js",
+    "style.css": "assets/style.css",
+}
 # Callbacks the data scripts call (defined in app.js).
 INDEX_CALLBACK = "atlasIndexLoaded"
 LEMMA_CALLBACK = "atlasLemmaLoaded"

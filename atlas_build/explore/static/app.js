@@ -723,8 +723,8 @@
   }
 
   const PALETTE = ['#1f5fa8', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#17becf'];
-  function lineChart(m, series) {
-    const L = m.moe_layers.length, W = 560, H = 200, left = 44, right = 150, top = 10, bottom = 24;
+  function lineChart(m, series, yTitle) {
+    const L = m.moe_layers.length, W = 600, H = 210, left = 54, right = 190, top = 10, bottom = 34;
     const vals = series.flatMap(([, d]) => [].concat(d.estimate, d.ci_low || [], d.ci_high || [])).filter((x) => typeof x === 'number');
     let lo = Math.min(0, ...vals), hi = Math.max(0, ...vals);
     if (hi - lo < 1e-9) hi = lo + 1;
@@ -735,7 +735,9 @@
     svg.appendChild(s('text', { x: 2, y: y(hi) + 8 }, fmt(hi)));
     svg.appendChild(s('text', { x: 2, y: y(lo) }, fmt(lo)));
     const lStep = Math.max(1, Math.ceil(L / 10));
-    for (let l = 0; l < L; l += lStep) svg.appendChild(s('text', { x: x(l) - 4, y: H - 6 }, String(m.moe_layers[l])));
+    for (let l = 0; l < L; l += lStep) svg.appendChild(s('text', { x: x(l) - 4, y: H - 20 }, String(m.moe_layers[l])));
+    svg.appendChild(s('text', { class: 'axis-title', x: left + (W - left - right) / 2 - 20, y: H - 4 }, 'MoE layer'));
+    svg.appendChild(s('text', { class: 'axis-title', x: 2, y: (top + H - bottom) / 2 + 4 }, yTitle || 'Δκ'));
     series.forEach(([name, d, col], i) => {
       const c = col || PALETTE[i % PALETTE.length];
       if (Array.isArray(d.ci_low) && Array.isArray(d.ci_high)) {
@@ -823,7 +825,16 @@
 
   /** Sections the viewer does not know (paths, traces, ...): shown as they are, per-layer lists as rows. */
   function genericSection(key, value, m) {
-    return h('section', { class: 'generic', 'data-key': key, id: 'section-' + key }, h('h2', {}, key.replace(/_/g, ' ')), randomInitBanner(m), genericValue(value, m, 0));
+    const views = sectionViews();
+    const body = key === 'paths' ? views.paths(m, value) : key === 'corpora' ? views.corpora(m, value) : views.flatTable(m, value);
+    return h('section', { class: 'generic', 'data-key': key, id: 'section-' + key }, h('h2', {}, SECTION_TITLES[key] || key.replace(/_/g, ' ')), randomInitBanner(m), body);
+  }
+  const SECTION_TITLES = { paths: 'Routing paths across layers', scores: 'Router scores beyond the top-k', corpora: 'Your corpora (atlas add-corpus)', traces: 'Traces', routed_corpora: 'Routed corpora' };
+  let viewsCache = null;
+  /** static/sections.js: figures and tables of the paths, corpora and other metrics sections. */
+  function sectionViews() {
+    if (!viewsCache) viewsCache = window.atlasSections({ h, s, fmt, ci, lineChart, genericValue, PALETTE });
+    return viewsCache;
   }
   function genericValue(v, m, depth) {
     if (v === null || v === undefined) return h('span', { class: 'muted' }, '–');

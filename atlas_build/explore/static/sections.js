@@ -1,0 +1,146 @@
+/* routing-atlas explorer: figures and tables of the metrics sections that are not the headline
+ * (paths, your corpora, router scores and any other section metrics.json holds).
+ *
+ * app.js calls window.atlasSections(kit) once with its helpers; every view returns DOM built from the
+ * metrics.json entry as it is (no number is recomputed here).
+ */
+(function () {
+  'use strict';
+
+  window.atlasSections = function (kit) {
+    const { h, fmt, ci, lineChart } = kit;
+    const num = (x, d = 3) => h('td', { class: 'num mono' }, fmt(x, d));
+    const isNumList = (v) => Array.isArray(v) && v.length && v.every((x) => typeof x === 'number' || x === null);
+    const isIv = (v) => v && typeof v === 'object' && !Array.isArray(v) && 'estimate' in v;
+    const table = (attrs, head, rows) => h('table', attrs, h('thead', {}, h('tr', {}, head.map((x) => h('th', {}, x)))), h('tbody', {}, rows));
+    const windowsOf = (w) => Object.entries(w || {}).sort((a, b) => (a[1].width || 0) - (b[1].width || 0));
+
+    /** Every leaf of `value` as one row: key path | value (per-layer lists spread over columns). */
+    function flatTable(m, value) {
+      const rows = [];
+      const walk = (v, path) => {
+        if (v === null || v === undefined) { rows.push([path, null]); return; }
+        if (isIv(v) && !Array.isArray(v.estimate)) { rows.push([path, ci(v)]); return; }
+        if (typeof v !== 'object') { rows.push([path, v]); return; }
+        if (isNumList(v)) { rows.push([path, v]); return; }
+        if (Array.isArray(v)) {
+          if (!v.length) { rows.push([path, '(empty)']); return; }
+          if (v.every((x) => x && typeof x === 'object' && !Array.isArray(x))) { rows.push([path, v]); return; }
+          rows.push([path, JSON.stringify(v).slice(0, 300)]);
+          return;
+        }
+        for (const [k, x] of Object.entries(v)) walk(x, path ? path + ' › ' + k.replace(/_/g, ' ') : k.replace(/_/g, ' '));
+      };
+      walk(value, '');
+      const L = m.moe_layers.length;
+      return h('table', { class: 'flat-table' }, h('tbody', {}, rows.map(([path, v]) => {
+        if (isNumList(v)) {
+          const perLayer = v.length === L;
+          return h('tr', {}, h('th', {}, path), h('td', {}, h('table', { class: 'generic-list' }, h('tbody', {},
+            h('tr', {}, v.map((_, i) => h('th', { class: 'num' }, perLayer ? 'L' + m.moe_layers[i] : String(i)))),
+            h('tr', {}, v.map((x) => num(x, 4)))))));
+        }
+        if (Array.isArray(v)) return h('tr', {}, h('th', {}, path), h('td', {}, kit.genericValue(v, m, 1)));
+        return h('tr', {}, h('th', {}, path), h('td', { class: 'mono' }, typeof v === 'number' ? fmt(v, 4) : v === null ? '–' : String(v)));
+      })));
+    }
+
+    /** Layer index of each MoE layer number, so series over from-layers plot at their own layer. */
+    function atLayers(m, layers, values) {
+      const out = m.moe_layers.map(() => null);
+      (layers || []).forEach((ml, i) => { const l = m.moe_layers.indexOf(ml); if (l >= 0) out[l] = values[i]; });
+      return out;
+    }
+
+    function transitions(m, T) {
+      const D = Object.entries((T && T.distances) || {}).sort((a, b) => Number(a[0]) - Number(b[0]));
+      if (!D.length) return null;
+      const series = [];
+      D.forEach(([d, x], i) => {
+        const c = kit.PALETTE[i % kit.PALETTE.length];
+        series.push(['MI, d=' + d, { estimate: atLayers(m, x.from_layers, x.mi_bits || []) }, c]);
+        if (x.mi_shuffled_bits) series.push(['shuffled, d=' + d, { estimate: atLayers(m, x.from_layers, x.mi_shuffled_bits) }, '#aab4bf']);
+      });
+      const rows = D.flatMap(([d, x]) => (x.from_layers || []).map((fl, i) => h('tr', { 'data-distance': d },
+        h('td', {}, d), h('td', {}, fl + ' → ' + (x.to_layers || [])[i]), num((x.mi_bits || [])[i]), num((x.mi_shuffled_bits || [])[i]),
+        num((x.max_lift || [])[i], 2),
+        h('td', { class: 'mono' }, (((x.top || [])[i]) || []).slice(0, 3).map((t) => t.from + '→' + t.to + ' p ' + fmt(t.p) + ' (' + t.count + '×)').join(', ')))));
+      return h('div', { id: 'paths-transitions' }, h('h3', {}, 'Top-1 expert transitions: mutual information between layers (bits)'),
+        h('figure', {}, lineChart(m, series, 'bits'), h('figcaption', {}, 'MI(top-1 at layer l; top-1 at layer l + d), at the from-layer; grey: the same with tokens shuffled')),
+        table({ class: 'paths-table' }, ['distance', 'layers', 'MI (bits)', 'shuffled', 'max lift', 'top transitions'], rows));
+    }
+
+    function diversity(D) {
+      if (!D || !D.windows) return null;
+      const rows = windowsOf(D.windows).map(([name, w]) => h('tr', { 'data-window': name }, h('td', {}, name === 'all' ? 'all (' + w.width + ')' : String(w.width)),
+        num((w.top1 || {}).distinct_share), num((w.top1 || {}).distinct_share_shuffled), num((w.top1 || {}).h_path_given_token_bits),
+        num((w.top1 || {}).h_path_given_shuffled_token_bits), num((w.topk || {}).distinct_share), num((w.topk || {}).h_path_given_token_bits)));
+      return h('div', { id: 'paths-diversity' }, h('h3', {}, 'Path diversity per token id'),
+        h('p', { class: 'muted' }, fmt(D.n_token_ids) + ' token ids with ≥ ' + D.min_count + ' occurrences (' + fmt(D.n_occurrences) + ' occurrences)' + (D.population ? '; ' + D.population : '')),
+        table({ class: 'paths-table' }, ['window (layers)', 'top-1 distinct share', 'shuffled', 'H(path | token) bits', 'shuffled', 'top-k distinct share', 'top-k H(path | token)'], rows));
+    }
+
+    function senseEntropy(S) {
+      if (!S || !S.windows) return null;
+      const rows = windowsOf(S.windows).map(([name, w]) => h('tr', { 'data-window': name }, h('td', {}, name === 'all' ? 'all (' + w.width + ')' : String(w.width)),
+        num(w.h_path_given_token_bits), num(w.h_path_given_token_sense_bits), num(w.gain_bits), num(w.null_mean_bits), num(w.null_q95_bits), num(w.p_value)));
+      return h('div', { id: 'paths-sense-entropy' }, h('h3', {}, 'What the sense adds to the path, given the token'),
+        h('p', { class: 'muted' }, fmt(S.n_targets) + ' targets of ' + fmt(S.n_token_ids) + ' token ids; null: ' + fmt(S.n_permutations) + ' permutations of the senses'),
+        table({ class: 'paths-table' }, ['window', 'H(path | token)', 'H(path | token, sense)', 'gain (bits)', 'null mean', 'null 95%', 'p'], rows));
+    }
+
+    function agreement(m, A) {
+      if (!A) return null;
+      const P = A.per_layer || {};
+      const series = [];
+      if (P.delta && Array.isArray(P.delta.estimate)) series.push(['same − different', P.delta, '#1f5fa8']);
+      if (isNumList(P.same)) series.push(['same sense', { estimate: P.same }, '#2ca02c']);
+      if (isNumList(P.different)) series.push(['different sense', { estimate: P.different }, '#d62728']);
+      const controlNames = [...new Set(windowsOf(A.windows).flatMap(([, w]) => Object.keys(w.controls || {})))];
+      const rows = windowsOf(A.windows).map(([name, w]) => h('tr', { 'data-window': name }, h('td', {}, name === 'all' ? 'all (' + w.width + ')' : String(w.width)),
+        num(w.same), num(w.different), h('td', { class: 'mono' }, ci(w.delta)), num((w.delta || {}).p_value),
+        controlNames.map((c) => h('td', { class: 'mono', title: ((w.controls || {})[c] || {}).method || '' }, ci(((w.controls || {})[c] || {}).delta)))));
+      return h('div', { id: 'paths-agreement' }, h('h3', {}, 'Do two examples of one lemma take the same path?'),
+        h('p', { class: 'muted' }, (A.n_pairs ? A.n_pairs.same + ' same-sense and ' + A.n_pairs.different + ' different-sense pairs' : '') + (A.n_lemmas ? ' over ' + A.n_lemmas + ' lemmas' : '')),
+        series.length ? h('figure', {}, lineChart(m, series, 'share'), h('figcaption', {}, 'share of pairs whose top-1 expert agrees at the layer')) : null,
+        table({ class: 'paths-table' }, ['window', 'same', 'different', 'Δ [95% CI]', 'p'].concat(controlNames.map((c) => 'Δ ' + c.replace(/_/g, ' '))), rows));
+    }
+
+    function paths(m, P) {
+      if (!P || typeof P !== 'object') return flatTable(m, P);
+      const known = { transitions: transitions(m, P.transitions), diversity: diversity(P.diversity),
+        sense_entropy: senseEntropy(P.sense_entropy), agreement: agreement(m, P.agreement) };
+      const rest = {};
+      for (const [k, v] of Object.entries(P)) if (!known[k]) rest[k] = v;
+      return h('div', {}, P.basis ? h('p', { class: 'muted' }, 'basis: ' + P.basis + (P.target ? '; target sub-token: ' + P.target : '')) : null,
+        Object.values(known), Object.keys(rest).length ? flatTable(m, rest) : null);
+    }
+
+    /** One user corpus: its sense-pair effect per layer as a figure and its headline numbers. */
+    function corpus(m, kind, C) {
+      const sp = C.sense_pairs, probe = C.probe, sub = C.substitutions;
+      const rows = [];
+      if (sp && sp.n_pairs) rows.push(['sense pairs', sp.n_pairs.same + ' same, ' + sp.n_pairs.different + ' different, over ' + sp.n_lemmas + ' lemmas']);
+      if (sp && sp.layer_mean && sp.layer_mean.delta) rows.push(['Δκ layer mean', ci(sp.layer_mean.delta)]);
+      if (sp && sp.peak) rows.push(['peak layer', 'MoE layer ' + sp.peak.layer + ': Δκ ' + ci({ estimate: sp.peak.delta, ci_low: sp.peak.ci_low, ci_high: sp.peak.ci_high })]);
+      if (sp && sp.survives) rows.push(['survives', 'raw: ' + sp.survives.raw + '; ' + Object.entries(sp.survives.controls || {}).map(([k, v]) => k + ': ' + v).join(', ')]);
+      if (probe && probe.accuracy) rows.push(['sense probe accuracy / most-frequent-sense', ci(probe.accuracy, 3, false) + ' / ' + ci(probe.mfs_accuracy, 3, false)]);
+      if (sub && sub.layer_mean && sub.layer_mean.delta) rows.push(['substitutions Δκ', ci(sub.layer_mean.delta)]);
+      const series = [];
+      if (sp && sp.delta && Array.isArray(sp.delta.estimate)) series.push(['Δκ raw', sp.delta, '#1f5fa8']);
+      for (const [name, c] of Object.entries((sp && sp.controls) || {})) if (c && c.delta && Array.isArray(c.delta.estimate)) series.push(['Δκ ' + name.replace(/_/g, ' '), c.delta, null]);
+      return h('div', { class: 'corpus', 'data-corpus': kind }, h('h3', {}, kind),
+        rows.length ? h('table', { class: 'corpus-table' }, h('tbody', {}, rows.map(([k, v]) => h('tr', {}, h('th', {}, k), h('td', { class: 'mono' }, v))))) :
+          h('p', { class: 'muted' }, 'no sense-pair metrics for this corpus'),
+        series.length ? h('figure', {}, lineChart(m, series, 'Δκ'), h('figcaption', {}, 'Δκ per MoE layer on ' + kind + ', raw and under each control (bands: 95% CI)')) : null);
+    }
+
+    function corpora(m, C) {
+      const entries = Object.entries(C || {});
+      if (!entries.length) return h('p', { class: 'muted' }, 'No user corpora in this atlas (atlas add-corpus).');
+      return h('div', {}, entries.map(([kind, v]) => (v && typeof v === 'object' ? corpus(m, kind, v) : null)));
+    }
+
+    return { flatTable, paths, corpora };
+  };
+})();
