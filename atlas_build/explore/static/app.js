@@ -104,6 +104,49 @@
     if (!iv || iv.estimate === undefined) return '–';
     return fmt(iv.estimate, digits, signed) + ' [' + fmt(iv.ci_low, digits, signed) + ', ' + fmt(iv.ci_high, digits, signed) + ']';
   }
+  // ---- tables: sort by a header click, export as CSV -------------------------------------------------
+  function csvCell(x) { const t = String(x === null || x === undefined ? '' : x); return /[",\n]/.test(t) ? '"' + t.replace(/"/g, '""') + '"' : t; }
+  function csvText(rows) { return rows.map((r) => r.map(csvCell).join(',')).join('\n') + '\n'; }
+  /** A link that downloads `rows()` (an array of arrays, header first) as `name`.csv. */
+  function csvLink(name, rows, label) {
+    const a = h('a', { class: 'csv-link', href: '#', download: name + '.csv', 'data-csv': name }, label || 'CSV');
+    a.addEventListener('click', () => { a.href = URL.createObjectURL(new Blob([csvText(rows())], { type: 'text/csv' })); });
+    return a;
+  }
+  function tableRows(table) {
+    return Array.from(table.querySelectorAll(':scope > thead > tr, :scope > tbody > tr')).map((tr) =>
+      Array.from(tr.children).map((c) => c.textContent.trim()));
+  }
+  function sortKey(text) { const x = parseFloat(text.replace(/[+,%]/g, '')); return Number.isNaN(x) ? null : x; }
+  /** Every top-level table of `root` with a header row: click a header to sort, a CSV link above it. */
+  function enhanceTables(root, page) {
+    root.querySelectorAll('table').forEach((table, i) => {
+      if (table.dataset.enhanced || table.closest('td')) return;
+      table.dataset.enhanced = '1';
+      const head = table.querySelector(':scope > thead > tr');
+      const name = (page + '-' + (table.id || table.className || 'table-' + i)).replace(/[^A-Za-z0-9._-]+/g, '_');
+      table.parentNode.insertBefore(h('div', { class: 'table-tools' }, csvLink(name, () => tableRows(table))), table);
+      if (!head) return;
+      Array.from(head.children).forEach((th, col) => {
+        th.classList.add('sortable');
+        th.title = (th.title ? th.title + ' · ' : '') + 'click to sort';
+        th.addEventListener('click', () => {
+          const body = table.querySelector(':scope > tbody');
+          const desc = th.classList.contains('sorted-asc');
+          head.querySelectorAll('th').forEach((x) => x.classList.remove('sorted-asc', 'sorted-desc'));
+          th.classList.add(desc ? 'sorted-desc' : 'sorted-asc');
+          const rows = Array.from(body.children).map((tr) => [tr, (tr.children[col] || {}).textContent || '']);
+          rows.sort(([, a], [, b]) => {
+            const x = sortKey(a), y = sortKey(b);
+            const c = x !== null && y !== null ? x - y : a.localeCompare(b);
+            return desc ? -c : c;
+          });
+          rows.forEach(([tr]) => body.appendChild(tr));
+        });
+      });
+    });
+  }
+
   function showError(view, message) { put(view, h('p', { class: 'error' }, message)); }
   function bytesOf(b64) {
     const bin = atob(b64);
@@ -219,6 +262,7 @@
       h('div', { class: 'controls' }, h('label', {}, 'Search ', search), count),
       table);
     draw();
+    enhanceTables(view, 'index');
   }
   function card(label, value) { return h('div', { class: 'card' }, h('div', { class: 'big' }, fmt(value)), h('div', { class: 'muted' }, label)); }
   function normalise(q) { return q.trim().toLowerCase().replace(/\s+/g, '_'); }
@@ -333,6 +377,24 @@
       data.senses.map((sense, si) => senseSection(data, sense, si, models, ctx)),
       h('h2', {}, 'Same- vs different-sense overlap'),
       models.length ? overlapSection(data, models) : null);
+    view.querySelector('#lemma-title').appendChild(csvLink(data.key + '-routing', () => lemmaCsv(data, models), 'CSV of the routing rows shown'));
+    enhanceTables(view, data.key);
+  }
+
+  /** Every target sub-token row behind this page's maps: one line per (model, example, layer, rank). */
+  function lemmaCsv(data, models) {
+    const out = [['model', 'source_id', 'sense_key', 'token_index', 'token', 'moe_layer', 'rank', 'expert', 'weight']];
+    for (const m of models) {
+      const dec = decodeRouting(data, m);
+      dec.r.example.forEach((ei, row) => {
+        const ex = data.examples[ei];
+        for (let l = 0; l < dec.L; l++) {
+          const e = expertsAt(dec, row, l), w = weightsAt(dec, row, l);
+          e.forEach((x, rank) => out.push([m.slug, ex.id, data.senses[ex.sense].sense_key, dec.r.token_index[row], tokenText(dec.r, row), m.moe_layers[l], rank + 1, x, w ? w[rank] : '']));
+        }
+      });
+    }
+    return out;
   }
 
   /** The decoded text of a routing row's token (older sites: the stored piece). */
@@ -628,6 +690,7 @@
       }
     }
     put(view, ...parts.filter(Boolean));
+    enhanceTables(view, m.slug);
   }
 
   /** `atlas intervene` results: one row per hypothesis x intervention x outcome, primary outcomes first. */
