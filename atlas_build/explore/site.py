@@ -5,6 +5,8 @@ Site layout (everything relative, so it opens from `file://` or any static host,
     SITE/index.html                       the page (hash routes: #/, #/lemma/<lemma.pos>, #/model/<slug>)
     SITE/assets/app.js, sections.js, style.css   the viewer; no library, no CDN
     SITE/data/index.js                    atlas summary, models, one line of counts per lemma
+    SITE/data/search.js                   per lemma: its glosses, sense keys, synsets and target tokens
+                                          (loaded only when the search box is used)
     SITE/data/lemmas/<n:05d>.js           one lemma: senses, examples, pairs, target routing per model
     SITE/data/models/<slug>.js            a model's row and its metrics.json entry
     SITE/data/models/<slug>/coact-<l>.js  P(j | i) at MoE layer l, when the metrics' .npz is there
@@ -38,6 +40,7 @@ STATIC_FILES = {
 }
 # Callbacks the data scripts call (defined in app.js).
 INDEX_CALLBACK = "atlasIndexLoaded"
+SEARCH_CALLBACK = "atlasSearchLoaded"
 LEMMA_CALLBACK = "atlasLemmaLoaded"
 MODEL_CALLBACK = "atlasModelLoaded"
 COACT_CALLBACK = "atlasCoactLoaded"
@@ -56,6 +59,7 @@ class SiteReport:
     lemma_bytes: list[int] = field(default_factory=list)  # per lemma file, index order
     model_bytes: int = 0  # model pages and their co-activation files
     static_bytes: int = 0
+    search_bytes: int = 0
     n_models: int = 0
 
     def summary(self) -> str:
@@ -151,6 +155,7 @@ def _write(content: AtlasContent, root: Path) -> SiteReport:
     report.index_bytes = writer.write(
         "data/index.js", js_call(INDEX_CALLBACK, "index", index_data(content, twins))
     )
+    report.search_bytes = writer.write("data/search.js", js_call(SEARCH_CALLBACK, "search", search_data(content)))
     writer.write(
         MARKER, json.dumps({"site": "routing-atlas explorer", "atlas": content.root.resolve().name}) + "\n"
     )
@@ -229,6 +234,24 @@ def index_data(content: AtlasContent, twins: dict[str, list[str]]) -> dict:
             "same": [sum(1 for *_, same in lemma.pairs if same) for lemma in lemmas],
             "different": [sum(1 for *_, same in lemma.pairs if not same) for lemma in lemmas],
         },
+    }
+
+
+def search_data(content: AtlasContent) -> dict:
+    """What the search box looks in besides lemma names, one entry per lemma (index order).
+
+    `glosses[i]` is the lemma's glosses joined by ' | ' (in sense order, so a hit can name its sense);
+    `keys[i]` its sense keys and synsets; `tokens[i]` the decoded target tokens of every model, distinct.
+    """
+    tokens: list[set[str]] = [set() for _ in content.lemmas]
+    for target in content.routing.values():
+        for i in range(len(content.lemmas)):
+            rows = target.lemma_slice(i)
+            tokens[i].update((decode_token(t) or "").strip() for t in target.tokens[rows])
+    return {
+        "glosses": [" | ".join(sense.gloss for sense in lemma.senses) for lemma in content.lemmas],
+        "keys": [" ".join(f"{s.sense_key} {s.synset}" for s in lemma.senses) for lemma in content.lemmas],
+        "tokens": [" ".join(sorted(t for t in found if t)) for found in tokens],
     }
 
 

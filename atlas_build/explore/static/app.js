@@ -14,7 +14,7 @@
     index: null, keyToFile: new Map(), models: new Map(), model: null, showTwins: true,
     subtoken: 'last', layer: 0, query: '', coactLayer: 0, expertView: null, l0: 0, l1: null,
   };
-  const cache = { lemma: new Map(), model: new Map(), coact: new Map() };
+  const cache = { lemma: new Map(), model: new Map(), coact: new Map(), search: new Map(), expert: new Map() };
   const pending = new Map(); // "kind:key" -> {resolve, reject}
 
   // ---- data loading ------------------------------------------------------------------------------
@@ -26,6 +26,8 @@
   window.atlasLemmaLoaded = (key, data) => settle('lemma', key, data);
   window.atlasModelLoaded = (key, data) => settle('model', key, data);
   window.atlasCoactLoaded = (key, data) => settle('coact', key, data);
+  window.atlasSearchLoaded = (key, data) => settle('search', key, data);
+  window.atlasExpertLoaded = (key, data) => settle('expert', key, data);
 
   function load(kind, key, src) {
     if (cache[kind].has(key)) return Promise.resolve(cache[kind].get(key));
@@ -239,12 +241,14 @@
         h('th', { class: 'num', title: 'senses with an example in the atlas / synsets in WordNet' }, 'senses'),
         h('th', { class: 'num' }, 'examples'), h('th', { class: 'num' }, 'same-sense pairs'),
         h('th', { class: 'num' }, 'different-sense pairs'))), tbody);
+    const textHits = h('div', { id: 'text-hits' });
     const draw = () => {
       state.query = search.value;
       const hits = matches(search.value);
       count.textContent = hits.length.toLocaleString('en-US') + ' of ' + idx.lemmas.key.length.toLocaleString('en-US') +
         ' lemmas' + (hits.length > MAX_ROWS ? ' (first ' + MAX_ROWS + ' shown; type to narrow)' : '');
       put(tbody, ...hits.slice(0, MAX_ROWS).map(lemmaRow));
+      drawTextHits(textHits, search.value, new Set(hits));
     };
     search.addEventListener('input', draw);
     const models = idx.models.map((m) => h('li', {},
@@ -259,11 +263,45 @@
         card('lemmas', a.n_lemmas), card('examples', a.n_examples), card('sense pairs', a.n_pairs), card('models', idx.models.length)),
       h('h3', {}, 'Models'), h('ul', { id: 'model-list' }, models),
       idx.metrics ? null : h('p', { class: 'muted' }, 'No metrics/metrics.json in this atlas: model pages show the models rows only (run `atlas metrics DIR --out DIR/metrics`, then `atlas explore` again).'),
-      h('div', { class: 'controls' }, h('label', {}, 'Search ', search), count),
-      table);
+      h('div', { class: 'controls' }, h('label', {}, 'Search ', search), count,
+        h('span', { class: 'muted' }, 'lemma names; below: glosses, sense keys, synsets, target tokens; "L3 E12" or "expert 12" opens an expert')),
+      table, textHits);
     draw();
     enhanceTables(view, 'index');
   }
+  /** Lemmas whose glosses, sense keys/synsets or target tokens hold the query (data/search.js, loaded on use). */
+  function drawTextHits(el, query, shown) {
+    const q = query.trim().toLowerCase();
+    if (q.length < 2) return put(el);
+    const expert = /^(?:l(?:ayer)?\s*(\d+)\s*[\/, ]?\s*)?e(?:xpert)?\s*(\d+)$/.exec(q);
+    load('search', 'search', 'data/search.js').then((S) => {
+      if (state.query.trim().toLowerCase() !== q) return;
+      const out = [];
+      const keys = state.index.lemmas.key;
+      for (let i = 0; i < keys.length && out.length < MAX_ROWS; i++) {
+        const where = [];
+        const g = S.glosses[i].toLowerCase(), at = g.indexOf(q);
+        if (at >= 0) where.push(['gloss', S.glosses[i].slice(Math.max(0, at - 30), at + q.length + 40)]);
+        if (S.keys[i].toLowerCase().includes(q)) where.push(['sense key / synset', S.keys[i].split(' ').filter((x) => x.toLowerCase().includes(q)).join(' ')]);
+        if ((' ' + S.tokens[i].toLowerCase() + ' ').includes(' ' + q + ' ')) where.push(['target token', q]);
+        if (where.length) out.push([i, where]);
+      }
+      const rows = out.map(([i, where]) => h('tr', { 'data-key': keys[i] },
+        h('td', {}, h('a', { class: 'lemma-link', href: '#/lemma/' + encodeURIComponent(keys[i]) }, keys[i])),
+        h('td', {}, where.map(([k]) => k).join(', ')), h('td', { class: 'hit-text' }, where.map(([, t]) => t).join(' · '))));
+      const models = state.index.models.filter((m) => m.has_routing);
+      const experts = expert ? models.map((m) => {
+        const e = Number(expert[2]);
+        const layers = expert[1] !== undefined ? [m.moe_layers.indexOf(Number(expert[1]))].filter((l) => l >= 0) : m.moe_layers.map((_, l) => l).slice(0, 8);
+        return e < m.n_routed_experts ? h('li', {}, m.slug + ': ', layers.map((l) => h('a', { class: 'expert-link', href: expertHref(m.slug, l, e) }, 'layer ' + m.moe_layers[l] + ' expert ' + e + ' '))) : null;
+      }) : [];
+      put(el, experts.length ? h('ul', { id: 'expert-hits' }, experts) : null,
+        h('h3', {}, rows.length + (rows.length === MAX_ROWS ? '+' : '') + ' lemma(s) with a gloss, sense key or target token matching ' + JSON.stringify(query.trim())),
+        rows.length ? h('table', { id: 'text-hit-table' }, h('thead', {}, h('tr', {}, h('th', {}, 'lemma'), h('th', {}, 'matched in'), h('th', {}, 'match'))), h('tbody', {}, rows)) : null);
+    }, (err) => put(el, h('p', { class: 'error' }, err.message)));
+  }
+  function expertHref(slug, l, e) { return '#/expert/' + encodeURIComponent(slug) + '/' + l + '/' + e; }
+
   function card(label, value) { return h('div', { class: 'card' }, h('div', { class: 'big' }, fmt(value)), h('div', { class: 'muted' }, label)); }
   function normalise(q) { return q.trim().toLowerCase().replace(/\s+/g, '_'); }
   function matches(query) {
