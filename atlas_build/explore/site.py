@@ -10,6 +10,7 @@ Site layout (everything relative, so it opens from `file://` or any static host,
     SITE/data/lemmas/<n:05d>.js           one lemma: senses, examples, pairs, target routing per model
     SITE/data/models/<slug>.js            a model's row and its metrics.json entry
     SITE/data/models/<slug>/coact-<l>.js  P(j | i) at MoE layer l, when the metrics' .npz is there
+    SITE/data/models/<slug>/experts-<l>.js  the expert pages of MoE layer l (`explore/experts.py`)
     SITE/.routing-atlas-explorer          marks the folder as a site, so a rerun may replace it
 
 The site is written into a temporary sibling folder and renamed into place: a failed run leaves the
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from atlas_build.explore.encode import b64, decode_token, expert_dtype, js_call
+from atlas_build.explore.experts import expert_layers
 from atlas_build.explore.read import AtlasContent, ExploreError, Lemma, read_atlas
 
 MARKER = ".routing-atlas-explorer"
@@ -44,6 +46,7 @@ SEARCH_CALLBACK = "atlasSearchLoaded"
 LEMMA_CALLBACK = "atlasLemmaLoaded"
 MODEL_CALLBACK = "atlasModelLoaded"
 COACT_CALLBACK = "atlasCoactLoaded"
+EXPERT_CALLBACK = "atlasExpertLoaded"
 # Fixed point of P(j | i) in the co-activation files: 1/65535 resolution, 2 bytes a cell.
 COACT_SCALE = 65535
 
@@ -151,7 +154,9 @@ def _write(content: AtlasContent, root: Path) -> SiteReport:
             writer.write(lemma_file(i), js_call(LEMMA_CALLBACK, lemma.key, lemma_data(content, i)))
         )
     for row in content.models:
-        report.model_bytes += _write_model(writer, content, row)
+        # Not `+=` on the call: _write_model adds its co-activation and expert files to model_bytes itself.
+        written = _write_model(writer, content, row)
+        report.model_bytes += written
     report.index_bytes = writer.write(
         "data/index.js", js_call(INDEX_CALLBACK, "index", index_data(content, twins))
     )
@@ -314,6 +319,14 @@ def _write_model(writer: _Writer, content: AtlasContent, row: dict) -> int:
     metrics = content.metrics or {}
     entry = (metrics.get("models") or {}).get(slug)
     coact_layers = _write_coactivation(writer, content, slug, entry)
+    expert_pages = []
+    if slug in content.routing:
+        for layer in expert_layers(content, slug):
+            writer.report.model_bytes += writer.write(
+                f"data/models/{slug}/experts-{layer['layer_index']}.js",
+                js_call(EXPERT_CALLBACK, f"{slug}/{layer['layer_index']}", layer),
+            )
+            expert_pages.append(layer["layer_index"])
     data = {
         "slug": slug,
         "row": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in row.items()},
@@ -323,6 +336,7 @@ def _write_model(writer: _Writer, content: AtlasContent, row: dict) -> int:
         "formulas": metrics.get("formulas"),
         "options": metrics.get("options"),
         "coactivation_layers": coact_layers,
+        "expert_layers": expert_pages,
         "interventions": content.interventions.get(slug, []),
     }
     # The co-activation files count themselves into report.model_bytes; this is the page's own file.

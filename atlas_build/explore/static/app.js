@@ -226,6 +226,7 @@
     window.scrollTo(0, 0);
     if (page === 'lemma') return renderLemma(view, arg);
     if (page === 'model') return renderModel(view, arg);
+    if (page === 'expert') return renderExpert(view, rest.map(decodeURIComponent));
     return renderIndex(view);
   }
 
@@ -618,8 +619,15 @@
       if (c.l < view.l0 || c.l > view.l1 || !pos.has(c.e)) continue;
       const rect = s('rect', Object.assign({ class: 'cell', x: left + pos.get(c.e) * cw, y: top + (c.l - view.l0) * ch, width: cw, height: ch,
         fill: shade(c.v, scale), 'data-layer-index': c.l, 'data-moe-layer': m.moe_layers[c.l], 'data-expert': c.e }, c.attrs));
-      rect.appendChild(s('title', {}, c.title));
+      rect.appendChild(s('title', {}, c.title + (m.has_routing ? ' (click: expert page)' : '')));
       svg.appendChild(rect);
+    }
+    if (m.has_routing) {
+      svg.classList.add('linked');
+      svg.addEventListener('click', (ev) => {
+        const r = ev.target.closest('rect.cell');
+        if (r) location.hash = expertHref(m.slug, Number(r.dataset.layerIndex), Number(r.dataset.expert));
+      });
     }
     return svg;
   }
@@ -684,6 +692,15 @@
       h('caption', { class: 'muted' }, 'mean κ over this lemma\'s pairs (' + counted.same + ' same, ' + counted.diff + ' different)'),
       h('thead', {}, h('tr', {}, h('th', {}, 'MoE layer'), h('th', { class: 'num' }, 'κ same'), h('th', { class: 'num' }, 'κ different'), h('th', { class: 'num' }, 'Δκ'))),
       h('tbody', {}, rows));
+  }
+
+  function renderExpert(view, [slug, li, e]) {
+    const m = state.models.get(slug);
+    if (!m || !m.has_routing) return showError(view, 'No routed model ' + JSON.stringify(slug) + ' in this atlas.');
+    const l = Number(li), x = Number(e);
+    if (!(l >= 0 && l < m.moe_layers.length) || !(x >= 0 && x < m.n_routed_experts)) return showError(view, 'No such layer/expert of ' + slug + '.');
+    document.title = 'expert ' + x + ', MoE layer ' + m.moe_layers[l] + ' · ' + slug;
+    sectionViews().expertPage(view, m, l, x);
   }
 
   // ---- model page --------------------------------------------------------------------------------
@@ -934,7 +951,10 @@
   let viewsCache = null;
   /** static/sections.js: figures and tables of the paths, corpora and other metrics sections. */
   function sectionViews() {
-    if (!viewsCache) viewsCache = window.atlasSections({ h, s, fmt, ci, lineChart, genericValue, PALETTE });
+    if (!viewsCache) {
+      viewsCache = window.atlasSections({ h, s, put, fmt, ci, lineChart, genericValue, PALETTE, load, uint16s, state,
+        randomInitBanner, enhanceTables, expertHref });
+    }
     return viewsCache;
   }
   function genericValue(v, m, depth) {

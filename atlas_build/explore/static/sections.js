@@ -141,6 +141,60 @@
       return h('div', {}, entries.map(([kind, v]) => (v && typeof v === 'object' ? corpus(m, kind, v) : null)));
     }
 
-    return { flatTable, paths, corpora };
+    /** #/expert/<slug>/<layer index>/<expert>: load, co-activation partners, what routes to it. */
+    function expertPage(view, m, li, e) {
+      const layers = m.moe_layers, key = m.slug + '/' + li;
+      const lemmaKey = (i) => kit.state.index.lemmas.key[i];
+      const lemmaLink = (i) => h('a', { class: 'lemma-link', href: '#/lemma/' + encodeURIComponent(lemmaKey(i)) }, lemmaKey(i));
+      const layerSel = h('select', { id: 'expert-layer' }, layers.map((ml, l) => h('option', { value: l, selected: l === li }, 'MoE layer ' + ml)));
+      const expertIn = h('input', { id: 'expert-number', type: 'number', min: 0, max: m.n_routed_experts - 1, value: e });
+      const go = () => { location.hash = kit.expertHref(m.slug, Number(layerSel.value), Math.max(0, Math.min(m.n_routed_experts - 1, Number(expertIn.value) || 0))); };
+      layerSel.addEventListener('change', go); expertIn.addEventListener('change', go);
+      const step = (d) => h('a', { href: kit.expertHref(m.slug, li, (e + d + m.n_routed_experts) % m.n_routed_experts) }, d < 0 ? '← expert ' + ((e - 1 + m.n_routed_experts) % m.n_routed_experts) : 'expert ' + ((e + 1) % m.n_routed_experts) + ' →');
+      const facts = h('table', { id: 'expert-facts' }, h('tbody', {}));
+      const partners = h('div', { id: 'expert-partners' });
+      const routed = h('div', { id: 'expert-routed' }, h('p', { class: 'muted' }, 'Loading…'));
+      kit.put(view, h('p', {}, h('a', { href: '#/model/' + encodeURIComponent(m.slug) }, '← ' + m.slug)), kit.randomInitBanner(m),
+        h('h1', { id: 'expert-title', 'data-layer-index': li, 'data-expert': e }, 'Expert ' + e + ' at MoE layer ' + layers[li], ' ', h('span', { class: 'muted' }, 'of ' + m.slug)),
+        h('div', { class: 'controls' }, h('label', {}, 'Layer ', layerSel), h('label', {}, 'Expert ', expertIn), step(-1), step(1)),
+        facts, partners, routed);
+      const addFact = (k, v) => facts.querySelector('tbody').appendChild(h('tr', {}, h('th', {}, k), h('td', { class: 'mono' }, v)));
+      kit.load('model', m.slug, 'data/models/' + encodeURIComponent(m.slug) + '.js').then((data) => {
+        const E = (data.metrics || {}).experts || {};
+        if (Array.isArray(E.load) && E.load[li]) {
+          addFact('load (share of top-k slots, all routed tokens)', fmt(E.load[li][e] * 100, 3) + '% (uniform ' + fmt(100 / m.n_routed_experts, 3) + '%)');
+        }
+        if ((data.coactivation_layers || []).includes(li)) {
+          kit.load('coact', key, 'data/models/' + encodeURIComponent(m.slug) + '/coact-' + li + '.js').then((c) => {
+            const P = kit.uint16s(c.p), N = c.n;
+            const row = Array.from({ length: N }, (_, j) => [j, P[e * N + j] / c.scale, P[j * N + e] / c.scale]).filter(([j]) => j !== e);
+            row.sort((a, b) => b[1] - a[1]);
+            addFact('chosen (all routed tokens)', fmt(c.load[e]) + '×');
+            kit.put(partners, h('h2', {}, 'Co-activation partners'),
+              h('table', { id: 'partner-table' }, h('thead', {}, h('tr', {}, h('th', {}, 'expert j'), h('th', { class: 'num' }, 'P(j | ' + e + ')'), h('th', { class: 'num' }, 'P(' + e + ' | j)'))),
+                h('tbody', {}, row.slice(0, 10).map(([j, pj, pi]) => h('tr', {}, h('td', {}, h('a', { class: 'expert-link', href: kit.expertHref(m.slug, li, j) }, String(j))), num(pj, 4), num(pi, 4))))));
+            kit.enhanceTables(partners, m.slug + '-L' + layers[li] + '-E' + e);
+          }, () => null);
+        } else kit.put(partners, h('p', { class: 'muted' }, 'No co-activation matrix for this layer (metrics/coactivation-' + m.slug + '.npz).'));
+      }, () => null);
+      kit.load('expert', key, 'data/models/' + encodeURIComponent(m.slug) + '/experts-' + li + '.js').then((L) => {
+        const X = L.experts[String(e)];
+        if (!X) return kit.put(routed, h('p', { class: 'muted', id: 'expert-unused' }, 'No target token of the senses corpus chose this expert at this layer (' + L.n_rows + ' target sub-token rows).'));
+        addFact('senses-corpus target sub-tokens choosing it', X.rows + ' of ' + L.n_rows + ' rows');
+        addFact('selectivity across senses', X.n_senses + ' senses; entropy of its rows over senses ' + fmt(X.sense_entropy_bits) + ' bits (max ' + fmt(Math.log2(Math.max(1, X.rows))) + ')');
+        const t = (id, head, rows) => h('table', { id }, h('thead', {}, h('tr', {}, head.map((x) => h('th', {}, x)))), h('tbody', {}, rows));
+        kit.put(routed, h('h2', {}, 'What routes to it (target tokens of the senses corpus, every sub-token)'),
+          h('div', { class: 'model-row' },
+            h('div', {}, h('h3', {}, 'Lemmas'), t('expert-lemmas', ['lemma', 'rows'], X.lemmas.map(([i, c]) => h('tr', {}, h('td', {}, lemmaLink(i)), num(c))))),
+            h('div', {}, h('h3', {}, 'Senses'), t('expert-senses', ['lemma', 'sense key', 'rows', 'share of the sense\'s rows'],
+              X.senses.map(([i, sk, c, n]) => h('tr', { 'data-sense-key': sk }, h('td', {}, lemmaLink(i)), h('td', { class: 'mono' }, sk), num(c), num(c / n))))),
+            h('div', {}, h('h3', {}, 'Tokens (decoded)'), t('expert-tokens', ['token', 'rows'], X.tokens.map(([tok, c]) => h('tr', {}, h('td', { class: 'mono' }, JSON.stringify(tok)), num(c)))))),
+          h('h3', {}, 'Example rows'), t('expert-examples', ['lemma', 'example', 'token index'], X.examples.map(([i, ex, ti]) =>
+            h('tr', {}, h('td', {}, lemmaLink(i)), h('td', {}, 'example ' + (ex + 1)), num(ti)))));
+        kit.enhanceTables(routed, m.slug + '-L' + layers[li] + '-E' + e);
+      }, (err) => kit.put(routed, h('p', { class: 'error' }, err.message)));
+    }
+
+    return { flatTable, paths, corpora, expertPage };
   };
 })();
