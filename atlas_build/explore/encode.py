@@ -44,7 +44,9 @@ def _byte_decoder() -> dict[str, int]:
     are shifted to U+0100 onwards ('Ġ' is a space, 'Ċ' a newline). The same table as GPT-2's
     `bytes_to_unicode`, written here so the explorer needs no tokenizer.
     """
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    )
     chars = list(printable)
     shifted = 0
     for b in range(256):

@@ -46,7 +46,9 @@ def expert_layers(content: AtlasContent, slug: str) -> list[dict]:
     lemma_of, sense_of, totals = _row_keys(content, target)
     # Lemma index and sense index within the lemma of each global sense id.
     sense_lemma = np.repeat(np.arange(len(content.lemmas)), [len(lemma.senses) for lemma in content.lemmas])
-    sense_local = np.array([sense.sense_key for lemma in content.lemmas for sense in lemma.senses], dtype=object)
+    sense_local = np.array(
+        [sense.sense_key for lemma in content.lemmas for sense in lemma.senses], dtype=object
+    )
     texts = np.array([(decode_token(t) or "") for t in target.tokens], dtype=object)
     n_rows, n_layers, k = target.experts.shape
     out = []
@@ -60,7 +62,9 @@ def expert_layers(content: AtlasContent, slug: str) -> list[dict]:
         experts = {}
         for a, b in zip(starts, ends, strict=True):
             hit = np.unique(rows[a:b])
-            experts[str(int(chosen[a]))] = _expert(hit, lemma_of, sense_of, totals, sense_lemma, sense_local, texts, target)
+            experts[str(int(chosen[a]))] = _expert(
+                hit, lemma_of, sense_of, totals, sense_lemma, sense_local, texts, target
+            )
         out.append({"layer_index": li, "n_rows": int(n_rows), "experts": experts})
     return out
 
@@ -78,9 +82,7 @@ def _expert(hit, lemma_of, sense_of, totals, sense_lemma, sense_local, texts, ta
     return {
         "rows": int(len(hit)),
         "lemmas": [[int(i), c] for i, c in _top(lemma_of[hit])],
-        "senses": [
-            [int(sense_lemma[s]), str(sense_local[s]), c, int(totals[s])] for s, c in _top(senses)
-        ],
+        "senses": [[int(sense_lemma[s]), str(sense_local[s]), c, int(totals[s])] for s, c in _top(senses)],
         "n_senses": int(len(per_sense)),
         "sense_entropy_bits": round(float(-(p * np.log2(p)).sum()), 6),
         "tokens": [[str(t), c] for t, c in _top(texts[hit])],

@@ -160,7 +160,9 @@ def _write(content: AtlasContent, root: Path) -> SiteReport:
     report.index_bytes = writer.write(
         "data/index.js", js_call(INDEX_CALLBACK, "index", index_data(content, twins))
     )
-    report.search_bytes = writer.write("data/search.js", js_call(SEARCH_CALLBACK, "search", search_data(content)))
+    report.search_bytes = writer.write(
+        "data/search.js", js_call(SEARCH_CALLBACK, "search", search_data(content))
+    )
     writer.write(
         MARKER, json.dumps({"site": "routing-atlas explorer", "atlas": content.root.resolve().name}) + "\n"
     )

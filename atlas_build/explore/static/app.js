@@ -12,7 +12,7 @@
   const WIDE = 64; // above this many experts a lemma's maps open on its top experts
   const state = {
     index: null, keyToFile: new Map(), models: new Map(), model: null, showTwins: true,
-    subtoken: 'last', layer: 0, query: '', coactLayer: 0, expertView: null, l0: 0, l1: null,
+    subtoken: 'last', layer: 0, query: '', coactLayer: 0, expertView: null, l0: 0, l1: null, also: null,
   };
   const cache = { lemma: new Map(), model: new Map(), coact: new Map(), search: new Map(), expert: new Map() };
   const pending = new Map(); // "kind:key" -> {resolve, reject}
@@ -227,6 +227,7 @@
     if (page === 'lemma') return renderLemma(view, arg);
     if (page === 'model') return renderModel(view, arg);
     if (page === 'expert') return renderExpert(view, rest.map(decodeURIComponent));
+    if (page === 'compare') return renderCompare(view, rest.map(decodeURIComponent));
     return renderIndex(view);
   }
 
@@ -263,6 +264,7 @@
       h('div', { class: 'summary-cards' },
         card('lemmas', a.n_lemmas), card('examples', a.n_examples), card('sense pairs', a.n_pairs), card('models', idx.models.length)),
       h('h3', {}, 'Models'), h('ul', { id: 'model-list' }, models),
+      idx.models.filter((m) => m.has_metrics).length > 1 ? h('p', {}, h('a', { id: 'compare-link', href: '#/compare' }, 'Compare two models side by side →')) : null,
       idx.metrics ? null : h('p', { class: 'muted' }, 'No metrics/metrics.json in this atlas: model pages show the models rows only (run `atlas metrics DIR --out DIR/metrics`, then `atlas explore` again).'),
       h('div', { class: 'controls' }, h('label', {}, 'Search ', search), count,
         h('span', { class: 'muted' }, 'lemma names; below: glosses, sense keys, synsets, target tokens; "L3 E12" or "expert 12" opens an expert')),
@@ -343,7 +345,8 @@
     let primary = routed(state.model) ? state.model : Object.keys(data.routing)[0];
     if (!primary) return [];
     const twins = state.showTwins ? state.models.get(primary).twins.filter(routed) : [];
-    return [primary].concat(twins).map((slug) => state.models.get(slug));
+    const also = routed(state.also) && state.also !== primary && !twins.includes(state.also) ? [state.also] : [];
+    return [primary].concat(twins, also).map((slug) => state.models.get(slug));
   }
 
   /** Per model: the chosen target sub-token's row of each example (or -1) and decoded arrays. */
@@ -398,6 +401,9 @@
     from.addEventListener('change', zoom); to.addEventListener('change', zoom);
     const full = h('button', { id: 'full-map', type: 'button', onclick: () => { state.expertView = 'id'; state.l0 = 0; state.l1 = null; drawLemma(view, data); } }, 'full map');
     const twinText = twinLabel(models[0]);
+    const also = h('select', { id: 'also-select' }, h('option', { value: '' }, '(none)'),
+      routedModels.filter((m) => models[0] && m.slug !== models[0].slug).map((m) => h('option', { value: m.slug, selected: m.slug === state.also }, modelLabel(m))));
+    also.addEventListener('change', () => { state.also = also.value || null; drawLemma(view, data); });
     put(view,
       h('p', {}, h('a', { href: '#/' }, '← all lemmas')),
       h('h1', { id: 'lemma-title', 'data-key': data.key }, data.lemma.replace(/_/g, ' '), ' ', h('span', { class: 'muted' }, '(' + data.pos + ')')),
@@ -406,6 +412,7 @@
       h('div', { class: 'controls' },
         h('label', {}, 'Model ', select),
         twinText ? h('label', { id: 'twin-label' }, twins, twinText) : h('span', { class: 'muted', id: 'twin-label' }, 'no twin of this model in the atlas'),
+        routedModels.length > 1 ? h('label', {}, 'also show ', also) : null,
         h('label', {}, 'Target sub-token ', sub), h('label', {}, 'Overlap at ', layer)),
       h('div', { class: 'controls' }, h('label', {}, 'Experts ', expertView),
         h('label', {}, 'MoE layers ', from, ' to ', to), full, legend(ctx.scale)),
@@ -694,6 +701,15 @@
       h('tbody', {}, rows));
   }
 
+  function renderCompare(view, [a, b]) {
+    const withMetrics = state.index.models.filter((m) => m.has_metrics).map((m) => m.slug);
+    if (!withMetrics.length) return showError(view, 'No model of this atlas has metrics: run `atlas metrics DIR --out DIR/metrics`, then `atlas explore` again.');
+    a = a || withMetrics[0];
+    b = b || withMetrics.find((x) => x !== a) || a;
+    document.title = 'compare ' + a + ' and ' + b + ' · routing-atlas explorer';
+    sectionViews().comparePage(view, a, b);
+  }
+
   function renderExpert(view, [slug, li, e]) {
     const m = state.models.get(slug);
     if (!m || !m.has_routing) return showError(view, 'No routed model ' + JSON.stringify(slug) + ' in this atlas.');
@@ -953,7 +969,7 @@
   function sectionViews() {
     if (!viewsCache) {
       viewsCache = window.atlasSections({ h, s, put, fmt, ci, lineChart, genericValue, PALETTE, load, uint16s, state,
-        randomInitBanner, enhanceTables, expertHref });
+        randomInitBanner, enhanceTables, expertHref, modelLabel });
     }
     return viewsCache;
   }

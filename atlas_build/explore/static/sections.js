@@ -195,6 +195,56 @@
       }, (err) => kit.put(routed, h('p', { class: 'error' }, err.message)));
     }
 
-    return { flatTable, paths, corpora, expertPage };
+    /** #/compare/<a>/<b>: two models' headline numbers and the controlled sense effect per layer, side by side. */
+    function comparePage(view, a, b) {
+      const routed = kit.state.index.models.filter((m) => m.has_metrics);
+      const pick = (id, sel) => {
+        const el = h('select', { id }, routed.map((m) => h('option', { value: m.slug, selected: m.slug === sel }, kit.modelLabel(m))));
+        el.addEventListener('change', () => { location.hash = '#/compare/' + encodeURIComponent(selA.value) + '/' + encodeURIComponent(selB.value); });
+        return el;
+      };
+      const selA = pick('compare-a', a), selB = pick('compare-b', b);
+      const body = h('div', { id: 'compare-body' }, h('p', { class: 'muted' }, 'Loading…'));
+      kit.put(view, h('p', {}, h('a', { href: '#/' }, '← all lemmas')), h('h1', {}, 'Compare two models'),
+        h('div', { class: 'controls' }, h('label', {}, 'Model A ', selA), h('label', {}, 'Model B ', selB)), body);
+      const ms = [a, b].map((slug) => kit.state.models.get(slug));
+      if (ms.some((m) => !m)) return kit.put(body, h('p', { class: 'error' }, 'Pick two models of this atlas that have metrics.'));
+      Promise.all(ms.map((m) => kit.load('model', m.slug, 'data/models/' + encodeURIComponent(m.slug) + '.js'))).then((datas) => {
+        const M = datas.map((d) => d.metrics || {});
+        const sp = M.map((x) => x.sense_pairs || {});
+        const lines = [
+          ['sense pairs (same / different)', (x) => (x.sense_pairs && x.sense_pairs.n_pairs ? x.sense_pairs.n_pairs.same + ' / ' + x.sense_pairs.n_pairs.different : '–')],
+          ['Δκ layer mean [95% CI]', (x) => ci(((x.sense_pairs || {}).layer_mean || {}).delta)],
+          ['κ same, layer mean', (x) => ci(((x.sense_pairs || {}).layer_mean || {}).kappa_same, 3, false)],
+          ['κ different, layer mean', (x) => ci(((x.sense_pairs || {}).layer_mean || {}).kappa_different, 3, false)],
+          ['sense probe accuracy', (x) => ci((x.probe || {}).accuracy, 3, false)],
+          ['most-frequent-sense accuracy', (x) => ci((x.probe || {}).mfs_accuracy, 3, false)],
+          ['routed tokens', (x) => fmt(x.n_tokens)],
+        ];
+        const controls = [...new Set(sp.flatMap((x) => Object.keys(x.controls || {})))]
+          .filter((c) => sp.some((x) => x.controls && x.controls[c] && x.controls[c].delta && Array.isArray(x.controls[c].delta.estimate)));
+        for (const c of controls) lines.push(['Δκ ' + c.replace(/_/g, ' ') + ', layer mean', (x) => { const lm = ((((x.sense_pairs || {}).controls || {})[c] || {}).layer_mean) || {}; return ci(lm.delta || lm); }]);
+        const head = h('tr', {}, h('th', {}, 'metric'), ms.map((m) => h('th', { 'data-model': m.slug }, m.slug, m.random_init ? h('span', { class: 'tag' }, 'RANDOM-INIT') : null)));
+        const summary = h('table', { id: 'compare-table' }, h('thead', {}, head),
+          h('tbody', {}, lines.map(([k, f]) => h('tr', {}, h('th', {}, k), M.map((x, i) => h('td', { class: 'mono', 'data-model': ms[i].slug }, f(x)))))));
+        // Per layer: raw Δκ and every control, A's columns then B's (layers of different depth: blank cells).
+        const series = (x) => [['raw', x.delta]].concat(controls.map((c) => [c, ((x.controls || {})[c] || {}).delta]));
+        const L = Math.max(...ms.map((m) => m.moe_layers.length));
+        const perLayer = h('table', { id: 'compare-layers' },
+          h('thead', {}, h('tr', {}, h('th', {}, 'layer #'), ms.flatMap((m, i) => series(sp[i]).map(([name]) => h('th', { class: 'num' }, (i ? 'B ' : 'A ') + 'Δκ ' + name.replace(/_/g, ' ')))))),
+          h('tbody', {}, Array.from({ length: L }, (_, l) => h('tr', { 'data-layer-index': l }, h('td', {}, String(l)),
+            ms.flatMap((m, i) => series(sp[i]).map(([name, d]) => h('td', { class: 'num mono', 'data-model': m.slug, 'data-series': name },
+              d && Array.isArray(d.estimate) && l < d.estimate.length ? fmt(d.estimate[l], 3, true) : '–')))))));
+        const charts = h('div', { class: 'model-row' }, ms.map((m, i) => h('div', { class: 'model-col' + (m.random_init ? ' random-init' : ''), 'data-model': m.slug },
+          h('h4', {}, m.slug), kit.randomInitBanner(m),
+          sp[i].delta && Array.isArray(sp[i].delta.estimate) ? lineChart(m, series(sp[i]).filter(([, d]) => d && Array.isArray(d.estimate)).map(([n, d], j) => ['Δκ ' + n.replace(/_/g, ' '), d, j ? null : '#1f5fa8']), 'Δκ') :
+            h('p', { class: 'muted' }, 'no per-layer sense effect'))));
+        kit.put(body, summary, h('h2', {}, 'Controlled sense effect per layer, side by side'), charts, perLayer,
+          h('p', { class: 'muted' }, 'One lemma in both models: open a lemma and pick the other model under "also show".'));
+        kit.enhanceTables(body, 'compare-' + a + '-' + b);
+      }, (err) => kit.put(body, h('p', { class: 'error' }, err.message)));
+    }
+
+    return { flatTable, paths, corpora, expertPage, comparePage };
   };
 })();

@@ -1,0 +1,166 @@
+"""The explorer's reading aids and pages in headless Chromium: legends, search, expert pages, sections.
+
+One site (the session's `site` fixture) serves every test; each number checked is recomputed here from
+the Parquet rows (pyarrow + numpy) or read from metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from explore_helpers import MODEL_SLUG, parquet_targets
+from test_explore_browser import _js_errors, _open, _pick_lemma, _wait
+
+pytestmark = pytest.mark.usefixtures("browser")
+
+
+def test_every_map_of_a_lemma_shares_one_legend_with_numeric_ticks(browser, site, twin_atlas):
+    from selenium.webdriver.common.by import By
+
+    key, _ = _pick_lemma(twin_atlas)
+    _open(browser, site, f"#/lemma/{key}")
+    _wait(browser, "section.sense")
+    legend = browser.find_element(By.CSS_SELECTOR, ".heatmap-legend")
+    ticks = [float(t.text) for t in legend.find_elements(By.CSS_SELECTOR, "text.legend-tick")]
+    assert len(ticks) >= 3 and ticks[0] == 0 and ticks == sorted(ticks)
+    vmax = float(legend.find_element(By.CSS_SELECTOR, "svg").get_attribute("data-vmax"))
+    assert ticks[-1] == pytest.approx(vmax)
+    # The scale is the page's: its top covers the largest gate weight of every shown model's rows.
+    weights = [
+        float(w)
+        for rows in parquet_targets(twin_atlas, MODEL_SLUG).values()
+        for r in rows
+        for w in r["weights"].ravel()
+    ]
+    maps = browser.find_elements(By.CSS_SELECTOR, "svg.heatmap")
+    assert maps and {float(svg.get_attribute("data-vmax")) for svg in maps} == {vmax}
+    shown = [
+        float(r.get_attribute("data-weight"))
+        for r in browser.find_elements(By.CSS_SELECTOR, "rect[data-weight]")
+    ]
+    assert max(shown) <= vmax and vmax < 2 * max(weights)
+    titles = {t.text for t in browser.find_elements(By.CSS_SELECTOR, "svg.heatmap text.axis-title")}
+    assert {"layer", "expert id"} <= titles
+    # Both models are random-init: the switcher does not call the twin "trained".
+    label = browser.find_element(By.ID, "twin-label").text
+    assert "both random-init" in label and "trained ↔" not in label
+    assert _js_errors(browser) == []
+
+
+def test_layer_zoom_and_top_experts_keep_the_parquet_cells(browser, site, twin_atlas):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    key, _ = _pick_lemma(twin_atlas)
+    _open(browser, site, f"#/lemma/{key}")
+    _wait(browser, "section.sense")
+    Select(browser.find_element(By.ID, "layer-from")).select_by_value("1")
+    Select(browser.find_element(By.ID, "layer-to")).select_by_value("2")
+    Select(browser.find_element(By.ID, "expert-view")).select_by_value("top")
+    rows = parquet_targets(twin_atlas, MODEL_SLUG)
+    figures = browser.find_elements(
+        By.CSS_SELECTOR, f'.model-col[data-model="{MODEL_SLUG}"] figure.example-heatmap[data-row]'
+    )
+    ids = {
+        li.get_attribute("data-example"): li.get_attribute("data-example-id")
+        for li in browser.find_elements(By.CSS_SELECTOR, "li.example")
+    }
+    assert figures
+    for figure in figures:
+        target = rows[ids[figure.get_attribute("data-example")]][-1]
+        cells = figure.find_elements(By.CSS_SELECTOR, "rect.cell")
+        layers = {int(c.get_attribute("data-layer-index")) for c in cells}
+        assert layers == {1, 2}
+        for layer in (1, 2):
+            shown = {
+                int(c.get_attribute("data-expert"))
+                for c in cells
+                if c.get_attribute("data-layer-index") == str(layer)
+            }
+            assert shown == set(target["experts"][layer].tolist())  # 8 of 32 experts: all within the top 48
+    browser.find_element(By.ID, "full-map").click()
+    svg = browser.find_element(By.CSS_SELECTOR, "svg.sense-map")
+    assert svg.get_attribute("data-columns") == "id"
+    assert {
+        int(r.get_attribute("data-layer-index")) for r in svg.find_elements(By.CSS_SELECTOR, "rect.cell")
+    } == set(range(5))
+    assert _js_errors(browser) == []
+
+
+def test_search_finds_a_gloss_word_and_a_sense_key(browser, site, twin_atlas):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    senses = pq.read_table(twin_atlas / "senses").to_pylist()
+    names = {r["lemma"] for r in senses}
+    # A gloss word that is no lemma's name, so only the gloss search can find it.
+    word, row = next(
+        (w, r)
+        for r in senses
+        for w in r["gloss"].lower().replace(";", " ").replace(",", " ").split()
+        if len(w) >= 6 and w.isalpha() and not any(w in n for n in names)
+    )
+    in_text = {
+        f"{r['lemma']}.{r['pos']}"
+        for r in senses
+        if word in r["gloss"].lower() or word in f"{r['sense_key']} {r['synset']}".lower()
+    }
+    # A target token equal to the word also matches (when the form is one token: not known here).
+    as_token = {f"{r['lemma']}.{r['pos']}" for r in senses if word == r["target_form"].lower()}
+    _open(browser, site)
+    browser.find_element(By.ID, "search").send_keys(word)
+    WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#text-hit-table tbody tr"))
+    shown = [
+        tr.get_attribute("data-key")
+        for tr in browser.find_elements(By.CSS_SELECTOR, "#text-hit-table tbody tr")
+    ]
+    assert in_text <= set(shown) <= in_text | as_token and len(shown) == len(set(shown))
+
+    search = browser.find_element(By.ID, "search")
+    search.clear()
+    search.send_keys(row["sense_key"])
+    WebDriverWait(browser, 20).until(
+        lambda d: (
+            f"{row['lemma']}.{row['pos']}"
+            in [
+                tr.get_attribute("data-key")
+                for tr in d.find_elements(By.CSS_SELECTOR, "#text-hit-table tbody tr")
+            ]
+        )
+    )
+    assert _js_errors(browser) == []
+
+
+def test_expert_page_counts_the_parquet_rows_and_shows_the_metrics_load(browser, site, twin_atlas):
+    from selenium.webdriver.common.by import By
+
+    rows = parquet_targets(twin_atlas, MODEL_SLUG)
+    layer = 2
+    counts = np.bincount(
+        np.concatenate([np.unique(r["experts"][layer]) for rs in rows.values() for r in rs]), minlength=32
+    )
+    expert = int(np.argmax(counts))
+    _open(browser, site, f"#/expert/{MODEL_SLUG}/{layer}/{expert}")
+    _wait(browser, "#expert-lemmas tbody tr")
+    facts = browser.find_element(By.ID, "expert-facts").text
+    assert f"{counts[expert]} of {sum(len(rs) for rs in rows.values())} rows" in facts
+    load = json.loads((twin_atlas / "metrics" / "metrics.json").read_text())["models"][MODEL_SLUG]["experts"][
+        "load"
+    ]
+    assert f"{load[layer][expert] * 100:.3f}%" in facts
+    # Lemma rows of the expert, recomputed: rows of the lemma's targets that chose it at this layer.
+    senses = pq.read_table(twin_atlas / "senses").to_pylist()
+    lemma_of = {r["example_id"]: f"{r['lemma']}.{r['pos']}" for r in senses}
+    per_lemma: dict[str, int] = {}
+    for example_id, rs in rows.items():
+        for r in rs:
+            if expert in r["experts"][layer]:
+                per_lemma[lemma_of[example_id]] = per_lemma.get(lemma_of[example_id], 0) + 1
+    for tr in browser.find_elements(By.CSS_SELECTOR, "#expert-lemmas tbody tr"):
+        name, count = (td.text for td in tr.find_elements(By.TAG_NAME, "td"))
+        assert per_lemma[name] == int(count)
+    _wait(browser, "#partner-table tbody tr")
+    assert _js_errors(browser) == []
