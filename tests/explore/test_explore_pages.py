@@ -164,3 +164,39 @@ def test_expert_page_counts_the_parquet_rows_and_shows_the_metrics_load(browser,
         assert per_lemma[name] == int(count)
     _wait(browser, "#partner-table tbody tr")
     assert _js_errors(browser) == []
+
+
+def test_comparison_shows_both_models_numbers_of_metrics_json(browser, site, twin_atlas):
+    from explore_helpers import TWIN_SLUG
+    from selenium.webdriver.common.by import By
+
+    metrics = json.loads((twin_atlas / "metrics" / "metrics.json").read_text())["models"]
+    _open(browser, site, f"#/compare/{MODEL_SLUG}/{TWIN_SLUG}")
+    _wait(browser, "#compare-layers tbody tr")
+    rows = {
+        tr.find_element(By.TAG_NAME, "th").text: tr
+        for tr in browser.find_elements(By.CSS_SELECTOR, "#compare-table tbody tr")
+    }
+    for slug in (MODEL_SLUG, TWIN_SLUG):
+        delta = metrics[slug]["sense_pairs"]["layer_mean"]["delta"]
+        cell = rows["Δκ layer mean [95% CI]"].find_element(By.CSS_SELECTOR, f'td[data-model="{slug}"]').text
+        assert cell == f"{delta['estimate']:+.3f} [{delta['ci_low']:+.3f}, {delta['ci_high']:+.3f}]"
+        per_layer = metrics[slug]["sense_pairs"]["delta"]["estimate"]
+        shown = [
+            td.text
+            for td in browser.find_elements(
+                By.CSS_SELECTOR, f'#compare-layers td[data-model="{slug}"][data-series="raw"]'
+            )
+        ]
+        assert shown == [f"{x:+.3f}" for x in per_layer]
+        for name, control in (metrics[slug]["sense_pairs"].get("controls") or {}).items():
+            if not (control and isinstance((control.get("delta") or {}).get("estimate"), list)):
+                continue
+            shown = [
+                td.text
+                for td in browser.find_elements(
+                    By.CSS_SELECTOR, f'#compare-layers td[data-model="{slug}"][data-series="{name}"]'
+                )
+            ]
+            assert shown == [f"{x:+.3f}" if x is not None else "–" for x in control["delta"]["estimate"]]
+    assert _js_errors(browser) == []
