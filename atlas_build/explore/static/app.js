@@ -1,7 +1,10 @@
 /* routing-atlas explorer. No libraries: the page must open from file:// with no network.
+ * Over 600 lines: one closure whose pages share its loaders, decoders and drawing helpers; the pages
+ * that need only those helpers live in sections.js (paths, corpora, expert and comparison pages).
  *
  * Data arrive as scripts that call the window.atlas*Loaded callbacks below (browsers refuse fetch() of
- * file:// URLs). Routes: #/ (lemma index), #/lemma/<lemma.pos>, #/model/<slug>.
+ * file:// URLs). Routes: #/ (lemma index), #/lemma/<lemma.pos>, #/model/<slug>,
+ * #/expert/<slug>/<layer index>/<expert>, #/compare/<slug a>/<slug b>.
  * Routing arrays are little-endian base64: expert ids uint8|uint16 [rows, layers, k], weights float16.
  */
 (function () {
