@@ -80,6 +80,16 @@ def _read(path: Path):
     return key, data
 
 
+def _sentence_rows(site: Path) -> tuple[int, int]:
+    """(bytes, token rows of one model) of the sentence-view files."""
+    files = sorted((site / "data" / "sentences").glob("*.js"))
+    rows = 0
+    for path in files:
+        routing = _read(path)[1]["routing"]
+        rows += max((r["rows"] for r in routing.values()), default=0)
+    return sum(p.stat().st_size for p in files), rows
+
+
 def measure_real(atlas: Path, work: Path) -> dict | None:
     from atlas_build.explore import build_site
 
@@ -88,6 +98,7 @@ def measure_real(atlas: Path, work: Path) -> dict | None:
     site = work / "real-site"
     build_site(atlas, site)
     parts = _site_parts(site)
+    parts["tokens_per_example"] = _sentence_rows(site)[1] / max(1, sum(parts["examples"]))
     n_models = max(len(r) for r in parts["rows"])
     total_rows = sum(sum(r) for r in parts["rows"])
     parts["n_models"] = n_models
@@ -128,6 +139,7 @@ def measure_r1_shape(work: Path) -> dict:
         "routing_bytes_per_row": sum(parts["routing_bytes"]) / rows,
         "coact_layer_bytes": len(js_call(COACT_CALLBACK, "slug/0", coact).encode()),
         "first_lemma": _read(sorted((site / "data" / "lemmas").glob("*.js"))[0])[0],
+        "sentence_bytes_per_row": (lambda b, r: b / max(1, r))(*_sentence_rows(site)),
         "expert_layer_bytes": float(
             np.mean([p.stat().st_size for p in site.glob("data/models/*/experts-*.js")])
         ),
@@ -316,6 +328,16 @@ def main(argv=None) -> int:
         expert_layer = r1["expert_layer_bytes"] * min(R1_LEMMAS / r1["n_lemmas"], 10)
         model_pages = R1_LAYERS * (r1["coact_layer_bytes"] + expert_layer) + 20_000
         search = search_bytes(index_lemmas) if index_lemmas is not None else None
+        tokens_per_example = real["tokens_per_example"] if real else 12.0
+        sentences_per_model = (
+            R1_LEMMAS * examples_per_lemma * tokens_per_example * r1["sentence_bytes_per_row"]
+        )
+        print(
+            f"  sentence view: {r1['sentence_bytes_per_row']:.0f} B per token and model at R1's shape (ids only), "
+            f"{tokens_per_example:.1f} tokens per example"
+            + (" (real atlas)" if real else " (assumed)")
+            + f": {sentences_per_model / 1e9:.2f} GB per model for the full corpus, one lemma's file loaded per view"
+        )
         print(
             f"  expert pages: {r1['expert_layer_bytes'] / 1e3:.1f} kB per layer file on {r1['n_lemmas']} lemmas, "
             f"at most {expert_layer / 1e3:.0f} kB at {R1_LEMMAS:,} (lists capped at 10 entries); search file "
@@ -339,7 +361,7 @@ def main(argv=None) -> int:
         )
         for n_models, label in ((1, "DeepSeek-R1 alone"), (2, "DeepSeek-R1 + its random-init twin")):
             lemma_total = R1_LEMMAS * (text_per_lemma + n_models * routing_per_lemma)
-            total = lemma_total + index_bytes + n_models * model_pages + (search or 0)
+            total = lemma_total + index_bytes + n_models * (model_pages + sentences_per_model) + (search or 0)
             print(
                 f"    {label}: {total / 1e9:.2f} GB ({R1_LEMMAS:,} lemma files of "
                 f"{lemma_total / R1_LEMMAS / 1e3:.1f} kB on average, {n_models} x {model_pages / 1e6:.1f} MB model pages); "

@@ -7,6 +7,7 @@ Shapes::
 
     AtlasContent.lemmas[i]          one (lemma, pos): senses -> examples, pairs between examples
     AtlasContent.routing[slug]      TargetRouting of the senses' target tokens, grouped by lemma
+    AtlasContent.sentences[slug]    TargetRouting of every token of the senses' examples (ids, no weights)
     TargetRouting.experts           int   [rows, moe_layers, top_k]  (rows = target sub-tokens)
     TargetRouting.weights           float16 [rows, moe_layers, top_k] or None (ids-only engines)
 """
@@ -31,6 +32,8 @@ from atlas_build.errors import AtlasError
 
 METRICS_JSON = "metrics/metrics.json"
 TARGET_COLUMNS = ["source_id", "token_index", "token", "char_start", "char_end", "experts", "weights"]
+# The sentence view: every token of the senses' examples, expert ids only (weights would double its size).
+SENTENCE_COLUMNS = TARGET_COLUMNS[:-1]
 
 
 # What the model page shows of each `interventions` row.
@@ -130,6 +133,8 @@ class AtlasContent:
     metrics_dir: Path | None
     # `atlas intervene` rows (the `interventions` config), per model slug: what the model page lists.
     interventions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Every token of the senses' examples, per model slug (the sentence view); weights are None.
+    sentences: dict[str, TargetRouting] = field(default_factory=dict)
 
 
 def read_config(root: Path, manifest: Manifest, config: str, columns=None, filter=None) -> pa.Table | None:
@@ -161,17 +166,22 @@ def read_atlas(root: Path, metrics_path: Path | None = None) -> AtlasContent:
         _attach_pairs(lemmas, pairs)
     models_table = read_config(root, manifest, MODELS)
     models = models_table.to_pylist() if models_table is not None else []
-    routing = {}
+    routing, sentences = {}, {}
     for row in models:
         config = routing_config_name(row["model_slug"])
         if manifest.config_files(config):
             routing[row["model_slug"]] = _target_routing(root, manifest, config, example_ids, lemmas)
+            sentences[row["model_slug"]] = _target_routing(
+                root, manifest, config, example_ids, lemmas, all_tokens=True
+            )
     metrics, metrics_dir = _metrics(root, metrics_path)
     interventions: dict[str, list[dict[str, Any]]] = {}
     table = read_config(root, manifest, INTERVENTIONS, columns=list(INTERVENTION_COLUMNS))
     for row in table.to_pylist() if table is not None else []:
         interventions.setdefault(row["model_slug"], []).append(row)
-    return AtlasContent(root, manifest, lemmas, models, routing, metrics, metrics_dir, interventions)
+    return AtlasContent(
+        root, manifest, lemmas, models, routing, metrics, metrics_dir, interventions, sentences
+    )
 
 
 def _lemmas(senses: pa.Table) -> tuple[list[Lemma], dict[str, tuple[int, int]]]:
@@ -214,11 +224,23 @@ def _attach_pairs(lemmas: list[Lemma], pairs: pa.Table) -> None:
 
 
 def _target_routing(
-    root: Path, manifest: Manifest, config: str, example_ids: dict[str, tuple[int, int]], lemmas: list[Lemma]
+    root: Path,
+    manifest: Manifest,
+    config: str,
+    example_ids: dict[str, tuple[int, int]],
+    lemmas: list[Lemma],
+    all_tokens: bool = False,
 ) -> TargetRouting:
-    """The routing rows of the senses' target tokens only (a filtered scan, never the whole config)."""
-    wanted = (pc.field("corpus") == SENSES) & pc.field("is_target")
-    table = read_config(root, manifest, config, columns=TARGET_COLUMNS, filter=wanted)
+    """The routing rows of the senses' target tokens (a filtered scan, never the whole config).
+
+    `all_tokens`: every token of the senses' examples instead, without weights (the sentence view).
+    """
+    wanted = pc.field("corpus") == SENSES
+    if not all_tokens:
+        wanted = wanted & pc.field("is_target")
+    table = read_config(
+        root, manifest, config, columns=SENTENCE_COLUMNS if all_tokens else TARGET_COLUMNS, filter=wanted
+    )
     ids = table.column("source_id").to_pylist()
     located = [example_ids.get(source_id) for source_id in ids]
     keep = np.array([loc is not None for loc in located], dtype=bool)
@@ -228,9 +250,9 @@ def _target_routing(
     order = np.lexsort((token_index, example_of, lemma_of))
     order = order[keep[order]]
     experts = routing_array(table.column("experts"))[order] if table.num_rows else np.zeros((0, 0, 0))
-    weights_column = table.column("weights")
     weights = None
-    if table.num_rows and weights_column.null_count < table.num_rows:
+    weights_column = None if all_tokens else table.column("weights")
+    if weights_column is not None and table.num_rows and weights_column.null_count < table.num_rows:
         weights = routing_array(weights_column, dtype=np.float32)[order].astype(np.float16)
     tokens = table.column("token").to_pylist()
     spans = np.stack([table.column("char_start").to_numpy(), table.column("char_end").to_numpy()], axis=1)

@@ -5,6 +5,7 @@ Site layout (everything relative, so it opens from `file://` or any static host,
     SITE/index.html                       the page (hash routes: #/, #/lemma/<lemma.pos>, #/model/<slug>)
     SITE/assets/app.js, sections.js, style.css   the viewer; no library, no CDN
     SITE/data/index.js                    atlas summary, models, one line of counts per lemma
+    SITE/data/sentences/<n:05d>.js        every token of lemma n's examples with its experts at every layer
     SITE/data/search.js                   per lemma: its glosses, sense keys, synsets and target tokens
                                           (loaded only when the search box is used)
     SITE/data/lemmas/<n:05d>.js           one lemma: senses, examples, pairs, target routing per model
@@ -43,6 +44,7 @@ STATIC_FILES = {
 # Callbacks the data scripts call (defined in app.js).
 INDEX_CALLBACK = "atlasIndexLoaded"
 SEARCH_CALLBACK = "atlasSearchLoaded"
+SENTENCE_CALLBACK = "atlasSentenceLoaded"
 LEMMA_CALLBACK = "atlasLemmaLoaded"
 MODEL_CALLBACK = "atlasModelLoaded"
 COACT_CALLBACK = "atlasCoactLoaded"
@@ -63,6 +65,7 @@ class SiteReport:
     model_bytes: int = 0  # model pages and their co-activation files
     static_bytes: int = 0
     search_bytes: int = 0
+    sentence_bytes: int = 0
     n_models: int = 0
 
     def summary(self) -> str:
@@ -153,6 +156,10 @@ def _write(content: AtlasContent, root: Path) -> SiteReport:
         report.lemma_bytes.append(
             writer.write(lemma_file(i), js_call(LEMMA_CALLBACK, lemma.key, lemma_data(content, i)))
         )
+    for i, lemma in enumerate(content.lemmas):
+        report.sentence_bytes += writer.write(
+            sentence_file(i), js_call(SENTENCE_CALLBACK, lemma.key, sentence_data(content, i))
+        )
     for row in content.models:
         # Not `+=` on the call: _write_model adds its co-activation and expert files to model_bytes itself.
         written = _write_model(writer, content, row)
@@ -171,6 +178,30 @@ def _write(content: AtlasContent, root: Path) -> SiteReport:
 
 def lemma_file(i: int) -> str:
     return f"data/lemmas/{i:05d}.js"
+
+
+def sentence_file(i: int) -> str:
+    return f"data/sentences/{i:05d}.js"
+
+
+def sentence_data(content: AtlasContent, i: int) -> dict:
+    """Every token of lemma i's examples per model: example index, token index, decoded text, span, ids."""
+    out = {}
+    for row in content.models:
+        slug = row["model_slug"]
+        if slug not in content.sentences:
+            continue
+        every = content.sentences[slug]
+        rows = every.lemma_slice(i)
+        out[slug] = {
+            "rows": rows.stop - rows.start,
+            "example": every.example[rows].tolist(),
+            "token_index": every.token_index[rows].tolist(),
+            "text": [decode_token(t) for t in every.tokens[rows]],
+            "span": every.char_spans[rows].tolist(),
+            "experts": b64(every.experts[rows], expert_dtype(row["n_routed_experts"])),
+        }
+    return {"key": content.lemmas[i].key, "routing": out}
 
 
 def twin_groups(models: list[dict]) -> dict[str, list[str]]:

@@ -200,3 +200,37 @@ def test_comparison_shows_both_models_numbers_of_metrics_json(browser, site, twi
             ]
             assert shown == [f"{x:+.3f}" if x is not None else "–" for x in control["delta"]["estimate"]]
     assert _js_errors(browser) == []
+
+
+def test_sentence_view_shows_every_token_at_every_layer_as_the_parquet_rows(browser, site, twin_atlas):
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    from selenium.webdriver.common.by import By
+
+    from atlas_build.atlas.manifest import Manifest
+    from atlas_build.atlas.routing import routing_array
+
+    key, _ = _pick_lemma(twin_atlas)
+    _open(browser, site, f"#/lemma/{key}")
+    link = _wait(browser, "li.example a.sentence-link")[0]
+    example_id = link.find_element(By.XPATH, "..").get_attribute("data-example-id")
+    link.click()
+    rows = _wait(browser, "#sentence-table tbody tr")
+    assert browser.find_element(By.ID, "sentence-title").get_attribute("data-example-id") == example_id
+
+    files = [str(twin_atlas / rel) for rel in Manifest.load(twin_atlas).config_files(f"routing-{MODEL_SLUG}")]
+    table = pads.dataset(files).to_table(
+        filter=(pc.field("corpus") == "senses") & (pc.field("source_id") == example_id)
+    )
+    order = np.argsort(table.column("token_index").to_numpy())
+    experts = routing_array(table.column("experts"))[order]
+    targets = np.asarray(table.column("is_target").to_pylist())[order]
+    assert len(rows) == table.num_rows > int(targets.sum())  # context tokens too, not only the target
+    for tr, want, is_target in zip(rows, experts, targets, strict=True):
+        cells = tr.find_elements(By.CSS_SELECTOR, "td.expert-cell")
+        assert [c.get_attribute("data-experts") for c in cells] == [
+            " ".join(map(str, e)) for e in want.tolist()
+        ]
+        assert [c.find_element(By.TAG_NAME, "a").text for c in cells] == [str(e[0]) for e in want.tolist()]
+        assert ("target-row" in (tr.get_attribute("class") or "")) == bool(is_target)
+    assert _js_errors(browser) == []

@@ -17,7 +17,7 @@
     index: null, keyToFile: new Map(), models: new Map(), model: null, showTwins: true,
     subtoken: 'last', layer: 0, query: '', coactLayer: 0, expertView: null, l0: 0, l1: null, also: null,
   };
-  const cache = { lemma: new Map(), model: new Map(), coact: new Map(), search: new Map(), expert: new Map() };
+  const cache = { lemma: new Map(), model: new Map(), coact: new Map(), search: new Map(), expert: new Map(), sentence: new Map() };
   const pending = new Map(); // "kind:key" -> {resolve, reject}
 
   // ---- data loading ------------------------------------------------------------------------------
@@ -31,6 +31,7 @@
   window.atlasCoactLoaded = (key, data) => settle('coact', key, data);
   window.atlasSearchLoaded = (key, data) => settle('search', key, data);
   window.atlasExpertLoaded = (key, data) => settle('expert', key, data);
+  window.atlasSentenceLoaded = (key, data) => settle('sentence', key, data);
 
   function load(kind, key, src) {
     if (cache[kind].has(key)) return Promise.resolve(cache[kind].get(key));
@@ -231,6 +232,11 @@
     if (page === 'model') return renderModel(view, arg);
     if (page === 'expert') return renderExpert(view, rest.map(decodeURIComponent));
     if (page === 'compare') return renderCompare(view, rest.map(decodeURIComponent));
+    if (page === 'sentence') {
+      const key = decodeURIComponent(rest[0] || '');
+      if (!state.keyToFile.has(key)) return showError(view, 'No lemma ' + JSON.stringify(key) + ' in this atlas.');
+      return sectionViews().sentencePage(view, key, Number(rest[1]));
+    }
     return renderIndex(view);
   }
 
@@ -509,7 +515,8 @@
       const ex = data.examples[ei];
       const row = dec0 ? rowOf(dec0, ei) : -1;
       const spans = row >= 0 ? [dec0.r.span[row]] : [];
-      return h('li', { class: 'example', 'data-example': ei, 'data-example-id': ex.id }, highlighted(ex, spans));
+      return h('li', { class: 'example', 'data-example': ei, 'data-example-id': ex.id }, highlighted(ex, spans), ' ',
+        h('a', { class: 'sentence-link', href: '#/sentence/' + encodeURIComponent(data.key) + '/' + ei, title: 'every token of this example at every layer' }, 'tokens ›'));
     });
     return h('section', { class: 'sense', 'data-sense': si, 'data-synset': sense.synset },
       h('div', { class: 'sense-head' }, h('span', { class: 'num' }, 'Sense ' + sense.sense_number),
@@ -972,7 +979,7 @@
   function sectionViews() {
     if (!viewsCache) {
       viewsCache = window.atlasSections({ h, s, put, fmt, ci, lineChart, genericValue, PALETTE, load, uint16s, state,
-        randomInitBanner, enhanceTables, expertHref, modelLabel });
+        randomInitBanner, synthBanner, enhanceTables, expertHref, modelLabel, bytesOf });
     }
     return viewsCache;
   }

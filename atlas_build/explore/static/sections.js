@@ -245,6 +245,48 @@
       }, (err) => kit.put(body, h('p', { class: 'error' }, err.message)));
     }
 
-    return { flatTable, paths, corpora, expertPage, comparePage };
+    /** #/sentence/<lemma.pos>/<example>: every token of one example with its experts at every MoE layer. */
+    function sentencePage(view, key, ei) {
+      const i = kit.state.keyToFile.get(key), file = String(i).padStart(5, '0') + '.js';
+      kit.put(view, h('p', { class: 'muted' }, 'Loading…'));
+      Promise.all([kit.load('lemma', key, 'data/lemmas/' + file), kit.load('sentence', key, 'data/sentences/' + file)]).then(([data, S]) => {
+        const ex = data.examples[ei];
+        if (!ex) return kit.put(view, h('p', { class: 'error' }, 'No example ' + ei + ' of ' + key + '.'));
+        const sense = data.senses[ex.sense];
+        const slugs = Object.keys(S.routing).filter((slug) => kit.state.models.get(slug));
+        if (!slugs.includes(kit.state.model)) kit.state.model = slugs[0];
+        const m = kit.state.models.get(kit.state.model);
+        const modelSel = h('select', { id: 'sentence-model' }, slugs.map((slug) => h('option', { value: slug, selected: slug === m.slug }, kit.modelLabel(kit.state.models.get(slug)))));
+        modelSel.addEventListener('change', () => { kit.state.model = modelSel.value; sentencePage(view, key, ei); });
+        const showAll = h('input', { id: 'sentence-topk', type: 'checkbox', checked: !!kit.state.sentenceTopK });
+        showAll.addEventListener('change', () => { kit.state.sentenceTopK = showAll.checked; sentencePage(view, key, ei); });
+        const R = S.routing[m.slug], L = m.moe_layers.length, k = m.top_k;
+        const ids = m.n_routed_experts <= 256 ? kit.bytesOf(R.experts) : kit.uint16s(R.experts);
+        const rows = [];
+        R.example.forEach((x, row) => { if (x === ei) rows.push(row); });
+        const [t0, t1] = ex.target;
+        const body = rows.map((row) => {
+          const [a, b] = R.span[row], target = b > t0 && a < t1;
+          return h('tr', { 'data-token-index': R.token_index[row], class: target ? 'target-row' : null },
+            h('td', { class: 'num' }, String(R.token_index[row])), h('td', { class: 'mono token-text' }, JSON.stringify(R.text[row])),
+            Array.from({ length: L }, (_, l) => {
+              const base = (row * L + l) * k, top = Array.from(ids.subarray(base, base + k));
+              return h('td', { class: 'mono expert-cell', 'data-layer-index': l, 'data-experts': top.join(' '), title: 'MoE layer ' + m.moe_layers[l] + ': top-' + k + ' ' + top.join(', ') },
+                h('a', { href: kit.expertHref(m.slug, l, top[0]) }, String(top[0])), kit.state.sentenceTopK ? h('span', { class: 'muted' }, ' ' + top.slice(1).join(' ')) : null);
+            }));
+        });
+        kit.put(view, h('p', {}, h('a', { href: '#/lemma/' + encodeURIComponent(key) }, '← ' + key)), kit.randomInitBanner(m), kit.synthBanner(m),
+          h('h1', { id: 'sentence-title', 'data-example-id': ex.id }, 'Every token of an example of ', h('code', {}, key)),
+          h('p', { class: 'sentence-text' }, ex.text.slice(0, t0), h('mark', { class: 'target' }, ex.text.slice(t0, t1)), ex.text.slice(t1)),
+          h('p', { class: 'muted' }, 'Sense ' + sense.sense_number + ' (' + sense.sense_key + '): ' + sense.gloss + ' · source id ' + ex.id),
+          h('div', { class: 'controls' }, h('label', {}, 'Model ', modelSel), h('label', {}, showAll, 'show the whole top-' + k + ' (else the top-1; hover a cell for all)')),
+          rows.length ? h('div', { class: 'wide' }, h('table', { id: 'sentence-table' },
+            h('thead', {}, h('tr', {}, h('th', {}, '#'), h('th', {}, 'token'), m.moe_layers.map((ml) => h('th', { class: 'num' }, 'L' + ml)))), h('tbody', {}, body))) :
+            h('p', { class: 'muted' }, 'This model has no routing rows of this example.'));
+        kit.enhanceTables(view, key + '-example-' + ei + '-' + m.slug);
+      }, (err) => kit.put(view, h('p', { class: 'error' }, err.message)));
+    }
+
+    return { flatTable, paths, corpora, expertPage, comparePage, sentencePage };
   };
 })();
