@@ -27,13 +27,23 @@ import pyarrow.compute as pc
 from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.routing import routing_array
 from atlas_build.atlas.rows import RowsMismatchError, read_verified
-from atlas_build.atlas.schema import INTERVENTIONS, MODELS, SENSE_PAIRS, SENSES, routing_config_name
+from atlas_build.atlas.schema import INTERVENTIONS, MODELS, SENSE_PAIRS, SENSES, TRACES, routing_config_name
 from atlas_build.errors import AtlasError
 
 METRICS_JSON = "metrics/metrics.json"
 TARGET_COLUMNS = ["source_id", "token_index", "token", "char_start", "char_end", "experts", "weights"]
 # The sentence view: every token of the senses' examples, expert ids only (weights would double its size).
 SENTENCE_COLUMNS = TARGET_COLUMNS[:-1]
+TRACE_COLUMNS = [
+    "source_id",
+    "token_index",
+    "token",
+    "char_start",
+    "char_end",
+    "segment",
+    "marker",
+    "experts",
+]
 
 
 # What the model page shows of each `interventions` row.
@@ -135,6 +145,22 @@ class AtlasContent:
     interventions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Every token of the senses' examples, per model slug (the sentence view); weights are None.
     sentences: dict[str, TargetRouting] = field(default_factory=dict)
+    # The `traces` config's rows (trace_id, model_slug, text, template, segments, source), in config order,
+    # and per model slug each trace's token rows: trace id -> TraceTokens.
+    traces: list[dict[str, Any]] = field(default_factory=list)
+    trace_routing: dict[str, dict[str, TraceTokens]] = field(default_factory=dict)
+
+
+@dataclass
+class TraceTokens:
+    """Every token of one trace routed by one model, in token order (expert ids only)."""
+
+    token_index: np.ndarray  # int [tokens]
+    tokens: list[str]
+    char_spans: np.ndarray  # int [tokens, 2]
+    segment: list[str | None]
+    marker: list[str | None]
+    experts: np.ndarray  # int [tokens, moe_layers, top_k]
 
 
 def read_config(root: Path, manifest: Manifest, config: str, columns=None, filter=None) -> pa.Table | None:
@@ -179,9 +205,56 @@ def read_atlas(root: Path, metrics_path: Path | None = None) -> AtlasContent:
     table = read_config(root, manifest, INTERVENTIONS, columns=list(INTERVENTION_COLUMNS))
     for row in table.to_pylist() if table is not None else []:
         interventions.setdefault(row["model_slug"], []).append(row)
+    trace_columns = ["trace_id", "model_slug", "text", "template", "segments", "source"]
+    traces_table = read_config(root, manifest, TRACES, columns=trace_columns)
+    traces = traces_table.to_pylist() if traces_table is not None else []
+    trace_routing = {}
+    if traces:
+        for row in models:
+            config = routing_config_name(row["model_slug"])
+            if manifest.config_files(config):
+                trace_routing[row["model_slug"]] = _trace_routing(root, manifest, config)
     return AtlasContent(
-        root, manifest, lemmas, models, routing, metrics, metrics_dir, interventions, sentences
+        root,
+        manifest,
+        lemmas,
+        models,
+        routing,
+        metrics,
+        metrics_dir,
+        interventions,
+        sentences,
+        traces,
+        trace_routing,
     )
+
+
+def _trace_routing(root: Path, manifest: Manifest, config: str) -> dict[str, TraceTokens]:
+    """trace id -> its tokens' rows in this routing config (a filtered scan of the traces corpus)."""
+    table = read_config(root, manifest, config, columns=TRACE_COLUMNS, filter=pc.field("corpus") == TRACES)
+    if table is None or table.num_rows == 0:
+        return {}
+    ids = np.asarray(table.column("source_id").to_pylist(), dtype=object)
+    token_index = table.column("token_index").to_numpy()
+    order = np.lexsort((token_index, ids.astype(str)))
+    experts = routing_array(table.column("experts"))[order]
+    tokens = table.column("token").to_pylist()
+    spans = np.stack([table.column("char_start").to_numpy(), table.column("char_end").to_numpy()], axis=1)
+    segment, marker = table.column("segment").to_pylist(), table.column("marker").to_pylist()
+    out: dict[str, TraceTokens] = {}
+    sorted_ids = ids[order]
+    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        rows = order[a:b]
+        out[str(sorted_ids[a])] = TraceTokens(
+            token_index=token_index[rows],
+            tokens=[tokens[i] for i in rows],
+            char_spans=spans[rows],
+            segment=[segment[i] for i in rows],
+            marker=[marker[i] for i in rows],
+            experts=experts[a:b],
+        )
+    return out
 
 
 def _lemmas(senses: pa.Table) -> tuple[list[Lemma], dict[str, tuple[int, int]]]:

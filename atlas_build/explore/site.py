@@ -6,6 +6,7 @@ Site layout (everything relative, so it opens from `file://` or any static host,
     SITE/assets/app.js, sections.js, style.css   the viewer; no library, no CDN
     SITE/data/index.js                    atlas summary, models, one line of counts per lemma
     SITE/data/sentences/<n:05d>.js        every token of lemma n's examples with its experts at every layer
+    SITE/data/traces/<n:05d>.js           trace n of the traces config: text, segments, every token's experts
     SITE/data/search.js                   per lemma: its glosses, sense keys, synsets and target tokens
                                           (loaded only when the search box is used)
     SITE/data/lemmas/<n:05d>.js           one lemma: senses, examples, pairs, target routing per model
@@ -45,6 +46,7 @@ STATIC_FILES = {
 INDEX_CALLBACK = "atlasIndexLoaded"
 SEARCH_CALLBACK = "atlasSearchLoaded"
 SENTENCE_CALLBACK = "atlasSentenceLoaded"
+TRACE_CALLBACK = "atlasTraceLoaded"
 LEMMA_CALLBACK = "atlasLemmaLoaded"
 MODEL_CALLBACK = "atlasModelLoaded"
 COACT_CALLBACK = "atlasCoactLoaded"
@@ -160,6 +162,10 @@ def _write(content: AtlasContent, root: Path) -> SiteReport:
         report.sentence_bytes += writer.write(
             sentence_file(i), js_call(SENTENCE_CALLBACK, lemma.key, sentence_data(content, i))
         )
+    for i in range(len(content.traces)):
+        report.sentence_bytes += writer.write(
+            f"data/traces/{i:05d}.js", js_call(TRACE_CALLBACK, str(i), trace_data(content, i))
+        )
     for row in content.models:
         # Not `+=` on the call: _write_model adds its co-activation and expert files to model_bytes itself.
         written = _write_model(writer, content, row)
@@ -182,6 +188,34 @@ def lemma_file(i: int) -> str:
 
 def sentence_file(i: int) -> str:
     return f"data/sentences/{i:05d}.js"
+
+
+def trace_data(content: AtlasContent, i: int) -> dict:
+    """Trace i: its text and segments, and per model every token (decoded) with segment, marker and ids."""
+    trace = content.traces[i]
+    routing = {}
+    for row in content.models:
+        found = content.trace_routing.get(row["model_slug"], {}).get(trace["trace_id"])
+        if found is None:
+            continue
+        routing[row["model_slug"]] = {
+            "rows": len(found.tokens),
+            "token_index": found.token_index.tolist(),
+            "text": [decode_token(t) for t in found.tokens],
+            "span": found.char_spans.tolist(),
+            "segment": found.segment,
+            "marker": found.marker,
+            "experts": b64(found.experts, expert_dtype(row["n_routed_experts"])),
+        }
+    return {
+        "id": trace["trace_id"],
+        "model_slug": trace["model_slug"],
+        "text": trace["text"],
+        "template": trace["template"],
+        "source": trace["source"],
+        "segments": [dict(s) for s in trace["segments"] or []],
+        "routing": routing,
+    }
 
 
 def sentence_data(content: AtlasContent, i: int) -> dict:
@@ -262,6 +296,10 @@ def index_data(content: AtlasContent, twins: dict[str, list[str]]) -> dict:
                 "twins": twins.get(row["model_slug"], []),
             }
             for row in content.models
+        ],
+        "traces": [
+            {"id": t["trace_id"], "source": t["source"], "template": t["template"], "chars": len(t["text"])}
+            for t in content.traces
         ],
         # Columns, one entry per lemma: the index stays small (about 60 B a lemma) for 12,475 lemmas.
         "lemmas": {

@@ -234,3 +234,67 @@ def test_sentence_view_shows_every_token_at_every_layer_as_the_parquet_rows(brow
         assert [c.find_element(By.TAG_NAME, "a").text for c in cells] == [str(e[0]) for e in want.tolist()]
         assert ("target-row" in (tr.get_attribute("class") or "")) == bool(is_target)
     assert _js_errors(browser) == []
+
+
+@pytest.fixture(scope="module")
+def trace_site(twin_atlas, tmp_path_factory):
+    """twin_atlas + the sample traces routed by tiny-deepseek-v3 (RANDOM-INIT), and its site."""
+    import shutil
+    from pathlib import Path
+
+    from atlas_build.builder import BuildConfig, run_build
+    from atlas_build.explore import build_site
+
+    root = tmp_path_factory.mktemp("explore-traces") / "atlas"
+    shutil.copytree(twin_atlas, root)
+    sample = Path(__file__).resolve().parents[1] / "fixtures" / "traces" / "sample.jsonl"
+    run_build(
+        BuildConfig(model="tiny-deepseek-v3", out=root, corpus="traces", traces=str(sample), progress=False),
+        log=lambda *_: None,
+    )
+    site = root.parent / "site"
+    build_site(root, site)
+    return root, site
+
+
+def test_trace_view_shows_its_segments_markers_and_every_token(browser, trace_site):
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    from selenium.webdriver.common.by import By
+
+    from atlas_build.atlas.manifest import Manifest
+    from atlas_build.atlas.routing import routing_array
+
+    root, site = trace_site
+    manifest = Manifest.load(root)
+    traces = pads.dataset([str(root / rel) for rel in manifest.config_files("traces")]).to_table().to_pylist()
+    _open(browser, site)
+    links = _wait(browser, "#trace-list a.trace-link", len(traces))
+    assert [a.text for a in links] == [t["trace_id"] for t in traces]
+    trace = traces[0]
+    links[0].click()
+    rows = _wait(browser, "#sentence-table tbody tr")
+    assert browser.find_element(By.ID, "trace-title").get_attribute("data-trace-id") == trace["trace_id"]
+    spans = browser.find_elements(By.CSS_SELECTOR, "pre.trace-text span.segment")
+    expected = sorted(trace["segments"], key=lambda s: s["start"])
+    assert [s.get_attribute("data-segment") for s in spans] == [s["name"] for s in expected]
+    for span, segment in zip(spans, expected, strict=True):
+        assert span.text.endswith(trace["text"][segment["start"] : segment["end"]].strip())
+
+    files = [str(root / rel) for rel in manifest.config_files(f"routing-{MODEL_SLUG}")]
+    table = pads.dataset(files).to_table(
+        filter=(pc.field("corpus") == "traces") & (pc.field("source_id") == trace["trace_id"])
+    )
+    order = np.argsort(table.column("token_index").to_numpy())
+    experts = routing_array(table.column("experts"))[order]
+    segments = [table.column("segment").to_pylist()[i] for i in order]
+    markers = [table.column("marker").to_pylist()[i] for i in order]
+    assert len(rows) == table.num_rows and any(markers)
+    for tr, want, segment, marker in zip(rows, experts, segments, markers, strict=True):
+        assert tr.find_element(By.CSS_SELECTOR, "td.segment-cell").text == (segment or "")
+        assert tr.find_element(By.CSS_SELECTOR, "td.marker-cell").text == (marker or "")
+        cells = tr.find_elements(By.CSS_SELECTOR, "td.expert-cell")
+        assert [c.get_attribute("data-experts") for c in cells] == [
+            " ".join(map(str, e)) for e in want.tolist()
+        ]
+    assert _js_errors(browser) == []

@@ -17,7 +17,7 @@
     index: null, keyToFile: new Map(), models: new Map(), model: null, showTwins: true,
     subtoken: 'last', layer: 0, query: '', coactLayer: 0, expertView: null, l0: 0, l1: null, also: null,
   };
-  const cache = { lemma: new Map(), model: new Map(), coact: new Map(), search: new Map(), expert: new Map(), sentence: new Map() };
+  const cache = { lemma: new Map(), model: new Map(), coact: new Map(), search: new Map(), expert: new Map(), sentence: new Map(), trace: new Map() };
   const pending = new Map(); // "kind:key" -> {resolve, reject}
 
   // ---- data loading ------------------------------------------------------------------------------
@@ -32,6 +32,7 @@
   window.atlasSearchLoaded = (key, data) => settle('search', key, data);
   window.atlasExpertLoaded = (key, data) => settle('expert', key, data);
   window.atlasSentenceLoaded = (key, data) => settle('sentence', key, data);
+  window.atlasTraceLoaded = (key, data) => settle('trace', key, data);
 
   function load(kind, key, src) {
     if (cache[kind].has(key)) return Promise.resolve(cache[kind].get(key));
@@ -232,6 +233,7 @@
     if (page === 'model') return renderModel(view, arg);
     if (page === 'expert') return renderExpert(view, rest.map(decodeURIComponent));
     if (page === 'compare') return renderCompare(view, rest.map(decodeURIComponent));
+    if (page === 'trace') return sectionViews().tracePage(view, Number(rest[0]));
     if (page === 'sentence') {
       const key = decodeURIComponent(rest[0] || '');
       if (!state.keyToFile.has(key)) return showError(view, 'No lemma ' + JSON.stringify(key) + ' in this atlas.');
@@ -273,6 +275,8 @@
       h('div', { class: 'summary-cards' },
         card('lemmas', a.n_lemmas), card('examples', a.n_examples), card('sense pairs', a.n_pairs), card('models', idx.models.length)),
       h('h3', {}, 'Models'), h('ul', { id: 'model-list' }, models),
+      (idx.traces || []).length ? h('div', { id: 'trace-list' }, h('h3', {}, 'Traces'), h('ul', {}, idx.traces.map((t, i) =>
+        h('li', {}, h('a', { class: 'trace-link', href: '#/trace/' + i }, t.id), h('span', { class: 'muted' }, ' ' + t.template + ', ' + fmt(t.chars) + ' characters, ' + t.source))))) : null,
       idx.models.filter((m) => m.has_metrics).length > 1 ? h('p', {}, h('a', { id: 'compare-link', href: '#/compare' }, 'Compare two models side by side →')) : null,
       idx.metrics ? null : h('p', { class: 'muted' }, 'No metrics/metrics.json in this atlas: model pages show the models rows only (run `atlas metrics DIR --out DIR/metrics`, then `atlas explore` again).'),
       h('div', { class: 'controls' }, h('label', {}, 'Search ', search), count,

@@ -245,6 +245,58 @@
       }, (err) => kit.put(body, h('p', { class: 'error' }, err.message)));
     }
 
+    /** Rows of a token table: index, decoded token, `extra(row)` cells, then the experts at every layer. */
+    function tokenRows(m, R, rows, rowClass, extra) {
+      const L = m.moe_layers.length, k = m.top_k;
+      const ids = m.n_routed_experts <= 256 ? kit.bytesOf(R.experts) : kit.uint16s(R.experts);
+      return rows.map((row, at) => h('tr', { 'data-token-index': R.token_index[row], class: rowClass(row) },
+        h('td', { class: 'num' }, String(R.token_index[row])), h('td', { class: 'mono token-text' }, JSON.stringify(R.text[row])), extra(row),
+        Array.from({ length: L }, (_, l) => {
+          // Sentence rows index the lemma's arrays; a trace's arrays are its own (row = position).
+          const base = ((R.example ? row : at) * L + l) * k, top = Array.from(ids.subarray(base, base + k));
+          return h('td', { class: 'mono expert-cell', 'data-layer-index': l, 'data-experts': top.join(' '), title: 'MoE layer ' + m.moe_layers[l] + ': top-' + k + ' ' + top.join(', ') },
+            h('a', { href: kit.expertHref(m.slug, l, top[0]) }, String(top[0])), kit.state.sentenceTopK ? h('span', { class: 'muted' }, ' ' + top.slice(1).join(' ')) : null);
+        })));
+    }
+
+    /** #/trace/<n>: a trace's text with its segments, and every token with segment, marker and experts. */
+    function tracePage(view, n) {
+      kit.put(view, h('p', { class: 'muted' }, 'Loading…'));
+      kit.load('trace', String(n), 'data/traces/' + String(n).padStart(5, '0') + '.js').then((T) => {
+        const slugs = Object.keys(T.routing).filter((slug) => kit.state.models.get(slug));
+        if (!slugs.length) return kit.put(view, h('p', { class: 'error' }, 'No model of this atlas routed trace ' + T.id + '.'));
+        if (!slugs.includes(kit.state.model)) kit.state.model = slugs[0];
+        const m = kit.state.models.get(kit.state.model), R = T.routing[m.slug];
+        const modelSel = h('select', { id: 'trace-model' }, slugs.map((slug) => h('option', { value: slug, selected: slug === m.slug }, kit.modelLabel(kit.state.models.get(slug)))));
+        modelSel.addEventListener('change', () => { kit.state.model = modelSel.value; tracePage(view, n); });
+        const showAll = h('input', { id: 'sentence-topk', type: 'checkbox', checked: !!kit.state.sentenceTopK });
+        showAll.addEventListener('change', () => { kit.state.sentenceTopK = showAll.checked; tracePage(view, n); });
+        // The text, cut at segment bounds: each segment a coloured, named span.
+        const segs = T.segments.slice().sort((a, b) => a.start - b.start);
+        const parts = [];
+        let at = 0;
+        for (const sg of segs) {
+          if (sg.start > at) parts.push(T.text.slice(at, sg.start));
+          parts.push(h('span', { class: 'segment seg-' + sg.name, 'data-segment': sg.name, title: sg.name + ' [' + sg.start + ', ' + sg.end + ')' },
+            h('span', { class: 'segment-name' }, sg.name), T.text.slice(sg.start, sg.end)));
+          at = Math.max(at, sg.end);
+        }
+        if (at < T.text.length) parts.push(T.text.slice(at));
+        const rows = Array.from({ length: R.rows }, (_, i) => i);
+        const body = tokenRows(m, R, rows, (row) => (R.segment[row] ? 'seg-' + R.segment[row] : null),
+          (row) => [h('td', { class: 'segment-cell' }, R.segment[row] || ''), h('td', { class: 'marker-cell' }, R.marker[row] || '')]);
+        kit.put(view, h('p', {}, h('a', { href: '#/' }, '← all lemmas')), kit.randomInitBanner(m), kit.synthBanner(m),
+          h('h1', { id: 'trace-title', 'data-trace-id': T.id }, 'Trace ', h('code', {}, T.id)),
+          h('p', { class: 'muted' }, 'template ' + T.template + ' (of ' + T.model_slug + '), source ' + T.source + '; segments: ' + segs.map((x) => x.name).join(', ')),
+          h('pre', { class: 'trace-text' }, parts),
+          h('div', { class: 'controls' }, h('label', {}, 'Model ', modelSel), h('label', {}, showAll, 'show the whole top-' + m.top_k)),
+          h('div', { class: 'wide' }, h('table', { id: 'sentence-table' },
+            h('thead', {}, h('tr', {}, h('th', {}, '#'), h('th', {}, 'token'), h('th', {}, 'segment'), h('th', {}, 'marker'), m.moe_layers.map((ml) => h('th', { class: 'num' }, 'L' + ml)))),
+            h('tbody', {}, body))));
+        kit.enhanceTables(view, 'trace-' + n + '-' + m.slug);
+      }, (err) => kit.put(view, h('p', { class: 'error' }, err.message)));
+    }
+
     /** #/sentence/<lemma.pos>/<example>: every token of one example with its experts at every MoE layer. */
     function sentencePage(view, key, ei) {
       const i = kit.state.keyToFile.get(key), file = String(i).padStart(5, '0') + '.js';
@@ -260,21 +312,11 @@
         modelSel.addEventListener('change', () => { kit.state.model = modelSel.value; sentencePage(view, key, ei); });
         const showAll = h('input', { id: 'sentence-topk', type: 'checkbox', checked: !!kit.state.sentenceTopK });
         showAll.addEventListener('change', () => { kit.state.sentenceTopK = showAll.checked; sentencePage(view, key, ei); });
-        const R = S.routing[m.slug], L = m.moe_layers.length, k = m.top_k;
-        const ids = m.n_routed_experts <= 256 ? kit.bytesOf(R.experts) : kit.uint16s(R.experts);
+        const R = S.routing[m.slug], k = m.top_k;
         const rows = [];
         R.example.forEach((x, row) => { if (x === ei) rows.push(row); });
         const [t0, t1] = ex.target;
-        const body = rows.map((row) => {
-          const [a, b] = R.span[row], target = b > t0 && a < t1;
-          return h('tr', { 'data-token-index': R.token_index[row], class: target ? 'target-row' : null },
-            h('td', { class: 'num' }, String(R.token_index[row])), h('td', { class: 'mono token-text' }, JSON.stringify(R.text[row])),
-            Array.from({ length: L }, (_, l) => {
-              const base = (row * L + l) * k, top = Array.from(ids.subarray(base, base + k));
-              return h('td', { class: 'mono expert-cell', 'data-layer-index': l, 'data-experts': top.join(' '), title: 'MoE layer ' + m.moe_layers[l] + ': top-' + k + ' ' + top.join(', ') },
-                h('a', { href: kit.expertHref(m.slug, l, top[0]) }, String(top[0])), kit.state.sentenceTopK ? h('span', { class: 'muted' }, ' ' + top.slice(1).join(' ')) : null);
-            }));
-        });
+        const body = tokenRows(m, R, rows, (row) => { const [a, b] = R.span[row]; return b > t0 && a < t1 ? 'target-row' : null; }, () => []);
         kit.put(view, h('p', {}, h('a', { href: '#/lemma/' + encodeURIComponent(key) }, '← ' + key)), kit.randomInitBanner(m), kit.synthBanner(m),
           h('h1', { id: 'sentence-title', 'data-example-id': ex.id }, 'Every token of an example of ', h('code', {}, key)),
           h('p', { class: 'sentence-text' }, ex.text.slice(0, t0), h('mark', { class: 'target' }, ex.text.slice(t0, t1)), ex.text.slice(t1)),
@@ -287,6 +329,6 @@
       }, (err) => kit.put(view, h('p', { class: 'error' }, err.message)));
     }
 
-    return { flatTable, paths, corpora, expertPage, comparePage, sentencePage };
+    return { flatTable, paths, corpora, expertPage, comparePage, sentencePage, tracePage };
   };
 })();
