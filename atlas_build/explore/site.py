@@ -288,6 +288,8 @@ def index_data(content: AtlasContent, twins: dict[str, list[str]]) -> dict:
                 "moe_layers": list(row["moe_layers"]),
                 "n_routed_experts": row["n_routed_experts"],
                 "top_k": row["top_k"],
+                # DeepSeek's expert groups (n_group groups of consecutive ids), when the router has them.
+                "n_group": row.get("n_group"),
                 "weights_dtype": row["weights_dtype"],
                 "engine": row["engine"],
                 "synthetic": row["model_id"] == "synthetic",

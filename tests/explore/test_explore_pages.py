@@ -298,3 +298,71 @@ def test_trace_view_shows_its_segments_markers_and_every_token(browser, trace_si
             " ".join(map(str, e)) for e in want.tolist()
         ]
     assert _js_errors(browser) == []
+
+
+def test_a_lemma_at_r1_shape_opens_on_its_top_experts_and_groups(browser, tmp_path):
+    """SYNTHETIC atlas at R1's shape (256 experts, 58 MoE layers, top-8, 8 expert groups)."""
+    import pyarrow as pa
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from atlas_build.atlas.manifest import Manifest
+    from atlas_build.atlas.routing import routing_array
+    from atlas_build.atlas.schema import MODELS, MODELS_SCHEMA
+    from atlas_build.atlas.store import write_config
+    from atlas_build.atlas.synthetic import SYNTHETIC_SLUG, write_synthetic_data
+    from atlas_build.explore import build_site
+
+    atlas = write_synthetic_data(tmp_path / "atlas", n_lemmas=2, n_experts=256, n_layers=58, top_k=8)
+    manifest = Manifest.load(atlas)
+    models = pq.read_table(atlas / "models").to_pylist()
+    models[0]["n_group"] = 8
+    write_config(atlas, manifest, MODELS, pa.Table.from_pylist(models, schema=MODELS_SCHEMA), MODELS_SCHEMA)
+    manifest.save(atlas)
+    site = tmp_path / "site"
+    build_site(atlas, site)
+    table = pa.concat_tables(
+        pq.read_table(atlas / rel) for rel in manifest.config_files(f"routing-{SYNTHETIC_SLUG}")
+    )
+    mask = np.asarray(table.column("is_target").to_pylist())
+    experts = dict(
+        zip(
+            np.asarray(table.column("source_id").to_pylist())[mask],
+            routing_array(table.column("experts"))[mask],
+            strict=True,
+        )
+    )
+
+    _open(browser, site, "#/lemma/lemma00000.n")
+    _wait(browser, "section.sense")
+    svg = browser.find_element(By.CSS_SELECTOR, "svg.sense-map")
+    assert svg.get_attribute("data-columns") == "sorted"  # the lemma's top experts, not 256 columns
+    assert int(svg.get_attribute("width")) < 1000
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".heatmap-legend text.legend-tick")) >= 3
+    # Each example map holds exactly the Parquet experts that are among the columns shown.
+    li = browser.find_element(By.CSS_SELECTOR, "li.example")
+    example, example_id = li.get_attribute("data-example"), li.get_attribute("data-example-id")
+    figure = browser.find_element(By.CSS_SELECTOR, f'figure.example-heatmap[data-example="{example}"]')
+    want = experts[example_id]
+    shown = {
+        (int(r.get_attribute("data-layer-index")), int(r.get_attribute("data-expert")))
+        for r in figure.find_elements(By.CSS_SELECTOR, "rect.cell")
+    }
+    assert shown <= {(layer, int(e)) for layer in range(58) for e in want[layer]} and shown
+
+    Select(browser.find_element(By.ID, "expert-view")).select_by_value("groups")
+    svg = browser.find_element(By.CSS_SELECTOR, "svg.sense-map")
+    assert (
+        svg.get_attribute("data-columns") == "groups"
+        and len(svg.find_elements(By.CSS_SELECTOR, "line.group-line")) == 7
+    )
+    Select(browser.find_element(By.ID, "layer-from")).select_by_value("50")
+    figure = browser.find_element(By.CSS_SELECTOR, f'figure.example-heatmap[data-example="{example}"]')
+    shown = {
+        (int(r.get_attribute("data-layer-index")), int(r.get_attribute("data-expert")))
+        for r in figure.find_elements(By.CSS_SELECTOR, "rect.cell")
+    }
+    assert shown == {
+        (layer, int(e)) for layer in range(50, 58) for e in want[layer]
+    }  # all experts, layers 50-57
+    assert _js_errors(browser) == []

@@ -404,9 +404,11 @@
     layer.addEventListener('change', () => { state.layer = Number(layer.value); drawLemma(view, data); });
     const nSame = data.pairs.filter((p) => p[2]).length;
     const ctx = lemmaContext(data, models);
+    const grouped = models.some((m) => m.n_group > 1);
     const expertView = h('select', { id: 'expert-view' },
-      [['top', 'top ' + TOP_EXPERTS + ' experts of this lemma'], ['sorted', 'all, most used first'], ['id', 'all, in id order (full map)']]
-        .map(([v, t]) => h('option', { value: v, selected: v === ctx.expertView }, t)));
+      [['top', 'top ' + TOP_EXPERTS + ' experts of this lemma'], ['sorted', 'all, most used first'],
+        grouped ? ['groups', 'all, by expert group, most used group first'] : null, ['id', 'all, in id order (full map)']]
+        .filter(Boolean).map(([v, t]) => h('option', { value: v, selected: v === ctx.expertView }, t)));
     expertView.addEventListener('change', () => { state.expertView = expertView.value; drawLemma(view, data); });
     const layerOptions = (sel) => (models[0] ? models[0].moe_layers : []).map((ml, li) => h('option', { value: li, selected: li === sel }, String(ml)));
     const from = h('select', { id: 'layer-from' }, layerOptions(ctx.l0)), to = h('select', { id: 'layer-to' }, layerOptions(ctx.l1));
@@ -610,11 +612,19 @@
     const l0 = Math.max(0, Math.min(L - 1, state.l0 || 0));
     const l1 = state.l1 === null || state.l1 === undefined ? L - 1 : Math.max(l0, Math.min(L - 1, state.l1));
     let columns = null;
-    if (usage && state.expertView !== 'id') {
+    let groups = null;
+    if (usage && state.expertView === 'groups' && m.n_group > 1 && N % m.n_group === 0) {
+      // DeepSeek's groups: n_group blocks of consecutive ids; blocks by the lemma's use, ids inside in order.
+      const size = N / m.n_group, use = new Float64Array(m.n_group);
+      for (let e = 0; e < N; e++) use[Math.floor(e / size)] += usage[e];
+      const order = Array.from({ length: m.n_group }, (_, g) => g).sort((a, b) => (use[b] - use[a]) || (a - b));
+      columns = order.flatMap((g) => Array.from({ length: size }, (_, i) => g * size + i));
+      groups = { size, order };
+    } else if (usage && state.expertView !== 'id') {
       const order = Array.from({ length: N }, (_, e) => e).sort((a, b) => (usage[b] - usage[a]) || (a - b));
       columns = state.expertView === 'top' ? order.filter((e) => usage[e] > 0).slice(0, TOP_EXPERTS) : order;
     }
-    return { columns, l0, l1 };
+    return { columns, l0, l1, groups };
   }
 
   /** SVG layers x experts; cells = [{l, e, v, title, attrs}], coloured on the shared `scale` (opts.scale). */
@@ -628,14 +638,23 @@
     const left = 40, top = 26;
     const scale = opts.scale;
     const svg = s('svg', { class: 'heatmap ' + opts.kind + '-map', 'data-model': m.slug, 'data-vmax': scale.vmax,
-      'data-columns': view.columns ? 'sorted' : 'id', width: left + N * cw + 4, height: top + L * ch + 4, role: 'img' });
+      'data-columns': view.groups ? 'groups' : view.columns ? 'sorted' : 'id', width: left + N * cw + 4, height: top + L * ch + 4, role: 'img' });
     svg.appendChild(s('rect', { x: left, y: top, width: N * cw, height: L * ch, fill: '#eef1f4' }));
-    svg.appendChild(s('text', { class: 'axis-title', x: left, y: 9 }, view.columns ? 'expert (most used by this lemma first)' : 'expert id'));
+    svg.appendChild(s('text', { class: 'axis-title', x: left, y: 9 }, view.groups ? 'expert group (most used first), ids inside in order' :
+      view.columns ? 'expert (most used by this lemma first)' : 'expert id'));
+    const overlay = [];
+    if (view.groups) {
+      view.groups.order.forEach((g, i) => {
+        const x = left + i * view.groups.size * cw;
+        if (i) overlay.push(s('line', { class: 'group-line', x1: x, x2: x, y1: top - 4, y2: top + L * ch, stroke: '#5b6673', 'stroke-width': 1 }));
+        svg.appendChild(s('text', { x: x + 1, y: 21 }, 'g' + g));
+      });
+    }
     svg.appendChild(s('text', { class: 'axis-title', x: 0, y: 9 }, 'layer'));
     const step = L > 16 ? Math.ceil(L / 8) : 1;
     for (let l = 0; l < L; l += step) svg.appendChild(s('text', { x: 2, y: top + l * ch + ch - 1 }, String(m.moe_layers[view.l0 + l])));
     const eStep = Math.max(1, Math.ceil(N / (opts.small ? 6 : 10)));
-    for (let i = 0; i < N; i += eStep) svg.appendChild(s('text', { x: left + i * cw, y: 21 }, String(cols[i])));
+    if (!view.groups) for (let i = 0; i < N; i += eStep) svg.appendChild(s('text', { x: left + i * cw, y: 21 }, String(cols[i])));
     for (const c of cells) {
       if (c.l < view.l0 || c.l > view.l1 || !pos.has(c.e)) continue;
       const rect = s('rect', Object.assign({ class: 'cell', x: left + pos.get(c.e) * cw, y: top + (c.l - view.l0) * ch, width: cw, height: ch,
@@ -643,6 +662,7 @@
       rect.appendChild(s('title', {}, c.title + (m.has_routing ? ' (click: expert page)' : '')));
       svg.appendChild(rect);
     }
+    overlay.forEach((el) => svg.appendChild(el)); // group bounds drawn over the cells
     if (m.has_routing) {
       svg.classList.add('linked');
       svg.addEventListener('click', (ev) => {
