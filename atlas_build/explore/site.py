@@ -76,7 +76,8 @@ class SiteReport:
         return (
             f"{self.files} files, {self.total_bytes / 1e6:.2f} MB: index {self.index_bytes / 1e3:.1f} kB, "
             f"{n} lemma files ({sum(self.lemma_bytes) / 1e6:.2f} MB, {mean / 1e3:.1f} kB each on average, "
-            f"{self.n_models} model(s)), model pages {self.model_bytes / 1e6:.2f} MB"
+            f"{self.n_models} model(s)), model and expert pages {self.model_bytes / 1e6:.2f} MB, sentence and "
+            f"trace files {self.sentence_bytes / 1e6:.2f} MB, search {self.search_bytes / 1e3:.1f} kB"
         )
 
 
