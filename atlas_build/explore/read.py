@@ -27,7 +27,15 @@ import pyarrow.compute as pc
 from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.routing import routing_array
 from atlas_build.atlas.rows import RowsMismatchError, read_verified
-from atlas_build.atlas.schema import INTERVENTIONS, MODELS, SENSE_PAIRS, SENSES, TRACES, routing_config_name
+from atlas_build.atlas.schema import (
+    INTERVENTIONS,
+    MODELS,
+    SENSE_PAIRS,
+    SENSES,
+    SUBSTITUTIONS,
+    TRACES,
+    routing_config_name,
+)
 from atlas_build.errors import AtlasError
 
 METRICS_JSON = "metrics/metrics.json"
@@ -103,6 +111,8 @@ class Lemma:
     senses: list[Sense] = field(default_factory=list)
     # (example index a, example index b, same sense), indices into `examples()` order.
     pairs: list[tuple[int, int, bool]] = field(default_factory=list)
+    # `substitutions` rows of this lemma's examples: id, example (index), relation, substitute, text, target.
+    substitutions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -149,6 +159,9 @@ class AtlasContent:
     # and per model slug each trace's token rows: trace id -> TraceTokens.
     traces: list[dict[str, Any]] = field(default_factory=list)
     trace_routing: dict[str, dict[str, TraceTokens]] = field(default_factory=dict)
+    # Per model every token of the lemmas' substitutions (`Lemma.substitutions`): a TargetRouting whose
+    # `example` is the substitution's index within its lemma.
+    substitution_routing: dict[str, TargetRouting] = field(default_factory=dict)
 
 
 @dataclass
@@ -205,6 +218,15 @@ def read_atlas(root: Path, metrics_path: Path | None = None) -> AtlasContent:
     table = read_config(root, manifest, INTERVENTIONS, columns=list(INTERVENTION_COLUMNS))
     for row in table.to_pylist() if table is not None else []:
         interventions.setdefault(row["model_slug"], []).append(row)
+    substitution_ids = _attach_substitutions(root, manifest, lemmas)
+    substitution_routing = {}
+    if substitution_ids:
+        for row in models:
+            config = routing_config_name(row["model_slug"])
+            if manifest.config_files(config):
+                substitution_routing[row["model_slug"]] = _target_routing(
+                    root, manifest, config, substitution_ids, lemmas, all_tokens=True, corpus=SUBSTITUTIONS
+                )
     trace_columns = ["trace_id", "model_slug", "text", "template", "segments", "source"]
     traces_table = read_config(root, manifest, TRACES, columns=trace_columns)
     traces = traces_table.to_pylist() if traces_table is not None else []
@@ -226,7 +248,45 @@ def read_atlas(root: Path, metrics_path: Path | None = None) -> AtlasContent:
         sentences,
         traces,
         trace_routing,
+        substitution_routing,
     )
+
+
+def _attach_substitutions(root: Path, manifest: Manifest, lemmas: list[Lemma]) -> dict[str, tuple[int, int]]:
+    """Put each `substitutions` row on its base example's lemma; substitution_id -> (lemma, its index)."""
+    columns = [
+        "substitution_id",
+        "example_id",
+        "relation",
+        "substitute",
+        "text",
+        "target_start",
+        "target_end",
+    ]
+    table = read_config(root, manifest, SUBSTITUTIONS, columns=columns)
+    if table is None or table.num_rows == 0:
+        return {}
+    where = {}
+    for li, lemma in enumerate(lemmas):
+        for ei, example in enumerate(lemma.examples()):
+            where[example.example_id] = (li, ei)
+    ids = {}
+    for row in table.to_pylist():
+        if row["example_id"] not in where:
+            continue
+        li, ei = where[row["example_id"]]
+        ids[row["substitution_id"]] = (li, len(lemmas[li].substitutions))
+        lemmas[li].substitutions.append(
+            {
+                "id": row["substitution_id"],
+                "example": ei,
+                "relation": row["relation"],
+                "substitute": row["substitute"],
+                "text": row["text"],
+                "target": [int(row["target_start"]), int(row["target_end"])],
+            }
+        )
+    return ids
 
 
 def _trace_routing(root: Path, manifest: Manifest, config: str) -> dict[str, TraceTokens]:
@@ -303,12 +363,13 @@ def _target_routing(
     example_ids: dict[str, tuple[int, int]],
     lemmas: list[Lemma],
     all_tokens: bool = False,
+    corpus: str = SENSES,
 ) -> TargetRouting:
     """The routing rows of the senses' target tokens (a filtered scan, never the whole config).
 
     `all_tokens`: every token of the senses' examples instead, without weights (the sentence view).
     """
-    wanted = pc.field("corpus") == SENSES
+    wanted = pc.field("corpus") == corpus
     if not all_tokens:
         wanted = wanted & pc.field("is_target")
     table = read_config(

@@ -236,7 +236,27 @@ def sentence_data(content: AtlasContent, i: int) -> dict:
             "span": every.char_spans[rows].tolist(),
             "experts": b64(every.experts[rows], expert_dtype(row["n_routed_experts"])),
         }
-    return {"key": content.lemmas[i].key, "routing": out}
+    substituted = {}
+    for row in content.models:
+        slug = row["model_slug"]
+        if slug not in content.substitution_routing:
+            continue
+        every = content.substitution_routing[slug]
+        rows = every.lemma_slice(i)
+        substituted[slug] = {
+            "rows": rows.stop - rows.start,
+            "example": every.example[rows].tolist(),  # the substitution's index in `substitutions`
+            "token_index": every.token_index[rows].tolist(),
+            "text": [decode_token(t) for t in every.tokens[rows]],
+            "span": every.char_spans[rows].tolist(),
+            "experts": b64(every.experts[rows], expert_dtype(row["n_routed_experts"])),
+        }
+    return {
+        "key": content.lemmas[i].key,
+        "routing": out,
+        "substitutions": content.lemmas[i].substitutions,
+        "substitution_routing": substituted,
+    }
 
 
 def twin_groups(models: list[dict]) -> dict[str, list[str]]:

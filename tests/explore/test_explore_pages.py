@@ -366,3 +366,37 @@ def test_a_lemma_at_r1_shape_opens_on_its_top_experts_and_groups(browser, tmp_pa
         (layer, int(e)) for layer in range(50, 58) for e in want[layer]
     }  # all experts, layers 50-57
     assert _js_errors(browser) == []
+
+
+def test_a_substitution_has_its_sentence_view_from_its_base_example(browser, site, twin_atlas):
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    from selenium.webdriver.common.by import By
+    from test_explore_browser import _lemma_examples
+
+    from atlas_build.atlas.manifest import Manifest
+    from atlas_build.atlas.routing import routing_array
+
+    substitution = pq.read_table(twin_atlas / "substitutions").to_pylist()[0]
+    key = f"{substitution['lemma']}.{substitution['pos']}"
+    _, example_ids = _lemma_examples(site, key)
+    _open(browser, site, f"#/sentence/{key}/{example_ids.index(substitution['example_id'])}")
+    link = _wait(browser, f'a.substitution-link[data-substitution-id="{substitution["substitution_id"]}"]')[0]
+    link.click()
+    _wait(browser, f'#sentence-title[data-example-id="{substitution["substitution_id"]}"]')
+    rows = browser.find_elements(By.CSS_SELECTOR, "#sentence-table tbody tr")
+    assert substitution["substitute"] in browser.find_element(By.ID, "sentence-title").text
+
+    files = [str(twin_atlas / rel) for rel in Manifest.load(twin_atlas).config_files(f"routing-{MODEL_SLUG}")]
+    table = pads.dataset(files).to_table(
+        filter=(pc.field("corpus") == "substitutions")
+        & (pc.field("source_id") == substitution["substitution_id"])
+    )
+    experts = routing_array(table.column("experts"))[np.argsort(table.column("token_index").to_numpy())]
+    assert len(rows) == table.num_rows > 0
+    for tr, want in zip(rows, experts, strict=True):
+        cells = tr.find_elements(By.CSS_SELECTOR, "td.expert-cell")
+        assert [c.get_attribute("data-experts") for c in cells] == [
+            " ".join(map(str, e)) for e in want.tolist()
+        ]
+    assert _js_errors(browser) == []

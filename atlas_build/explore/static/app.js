@@ -237,7 +237,7 @@
     if (page === 'sentence') {
       const key = decodeURIComponent(rest[0] || '');
       if (!state.keyToFile.has(key)) return showError(view, 'No lemma ' + JSON.stringify(key) + ' in this atlas.');
-      return sectionViews().sentencePage(view, key, Number(rest[1]));
+      return sectionViews().sentencePage(view, key, decodeURIComponent(rest[1] || '0'));
     }
     return renderIndex(view);
   }

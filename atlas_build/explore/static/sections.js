@@ -298,34 +298,44 @@
     }
 
     /** #/sentence/<lemma.pos>/<example>: every token of one example with its experts at every MoE layer. */
-    function sentencePage(view, key, ei) {
+    /** `which`: an example index, or 's<j>' for substitution j of the lemma (its base example's text changed). */
+    function sentencePage(view, key, which) {
       const i = kit.state.keyToFile.get(key), file = String(i).padStart(5, '0') + '.js';
+      const sub = /^s(\d+)$/.exec(String(which)), j = sub ? Number(sub[1]) : null, ei = sub ? null : Number(which);
       kit.put(view, h('p', { class: 'muted' }, 'Loading…'));
       Promise.all([kit.load('lemma', key, 'data/lemmas/' + file), kit.load('sentence', key, 'data/sentences/' + file)]).then(([data, S]) => {
-        const ex = data.examples[ei];
-        if (!ex) return kit.put(view, h('p', { class: 'error' }, 'No example ' + ei + ' of ' + key + '.'));
-        const sense = data.senses[ex.sense];
-        const slugs = Object.keys(S.routing).filter((slug) => kit.state.models.get(slug));
+        const substitution = sub ? (S.substitutions || [])[j] : null;
+        const base = sub ? (substitution ? data.examples[substitution.example] : null) : data.examples[ei];
+        if (!base) return kit.put(view, h('p', { class: 'error' }, 'No ' + (sub ? 'substitution ' + j : 'example ' + ei) + ' of ' + key + '.'));
+        const ex = substitution || base, id = ex.id, at = sub ? j : ei;
+        const sense = data.senses[base.sense];
+        const routing = sub ? S.substitution_routing || {} : S.routing;
+        const slugs = Object.keys(routing).filter((slug) => kit.state.models.get(slug));
+        if (!slugs.length) return kit.put(view, h('p', { class: 'error' }, 'No model routed ' + id + '.'));
         if (!slugs.includes(kit.state.model)) kit.state.model = slugs[0];
         const m = kit.state.models.get(kit.state.model);
         const modelSel = h('select', { id: 'sentence-model' }, slugs.map((slug) => h('option', { value: slug, selected: slug === m.slug }, kit.modelLabel(kit.state.models.get(slug)))));
-        modelSel.addEventListener('change', () => { kit.state.model = modelSel.value; sentencePage(view, key, ei); });
+        modelSel.addEventListener('change', () => { kit.state.model = modelSel.value; sentencePage(view, key, which); });
         const showAll = h('input', { id: 'sentence-topk', type: 'checkbox', checked: !!kit.state.sentenceTopK });
-        showAll.addEventListener('change', () => { kit.state.sentenceTopK = showAll.checked; sentencePage(view, key, ei); });
-        const R = S.routing[m.slug], k = m.top_k;
+        showAll.addEventListener('change', () => { kit.state.sentenceTopK = showAll.checked; sentencePage(view, key, which); });
+        const R = routing[m.slug], k = m.top_k;
         const rows = [];
-        R.example.forEach((x, row) => { if (x === ei) rows.push(row); });
+        R.example.forEach((x, row) => { if (x === at) rows.push(row); });
+        const baseIndex = sub ? substitution.example : ei;
+        const subs = (S.substitutions || []).map((x, n) => [x, n]).filter(([x]) => x.example === baseIndex);
         const [t0, t1] = ex.target;
         const body = tokenRows(m, R, rows, (row) => { const [a, b] = R.span[row]; return b > t0 && a < t1 ? 'target-row' : null; }, () => []);
         kit.put(view, h('p', {}, h('a', { href: '#/lemma/' + encodeURIComponent(key) }, '← ' + key)), kit.randomInitBanner(m), kit.synthBanner(m),
-          h('h1', { id: 'sentence-title', 'data-example-id': ex.id }, 'Every token of an example of ', h('code', {}, key)),
+          h('h1', { id: 'sentence-title', 'data-example-id': id }, 'Every token of ' + (sub ? 'a substitution (' + ex.relation + ': ' + ex.substitute + ') in an example' : 'an example') + ' of ', h('code', {}, key)),
           h('p', { class: 'sentence-text' }, ex.text.slice(0, t0), h('mark', { class: 'target' }, ex.text.slice(t0, t1)), ex.text.slice(t1)),
-          h('p', { class: 'muted' }, 'Sense ' + sense.sense_number + ' (' + sense.sense_key + '): ' + sense.gloss + ' · source id ' + ex.id),
+          h('p', { class: 'muted' }, 'Sense ' + sense.sense_number + ' (' + sense.sense_key + '): ' + sense.gloss + ' · source id ' + id),
+          subs.length || sub ? h('p', { id: 'substitution-links' }, sub ? h('a', { href: '#/sentence/' + encodeURIComponent(key) + '/' + baseIndex }, 'the original example') : 'Substitutions: ',
+            subs.filter(([, n]) => n !== j).map(([x, n]) => h('a', { class: 'substitution-link', href: '#/sentence/' + encodeURIComponent(key) + '/s' + n, 'data-substitution-id': x.id }, ' ' + x.relation + ': ' + x.substitute + ' '))) : null,
           h('div', { class: 'controls' }, h('label', {}, 'Model ', modelSel), h('label', {}, showAll, 'show the whole top-' + k + ' (else the top-1; hover a cell for all)')),
           rows.length ? h('div', { class: 'wide' }, h('table', { id: 'sentence-table' },
             h('thead', {}, h('tr', {}, h('th', {}, '#'), h('th', {}, 'token'), m.moe_layers.map((ml) => h('th', { class: 'num' }, 'L' + ml)))), h('tbody', {}, body))) :
             h('p', { class: 'muted' }, 'This model has no routing rows of this example.'));
-        kit.enhanceTables(view, key + '-example-' + ei + '-' + m.slug);
+        kit.enhanceTables(view, key + '-' + (sub ? 'substitution-' + j : 'example-' + ei) + '-' + m.slug);
       }, (err) => kit.put(view, h('p', { class: 'error' }, err.message)));
     }
 
