@@ -28,6 +28,7 @@ from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.routing import routing_array
 from atlas_build.atlas.rows import RowsMismatchError, read_verified
 from atlas_build.atlas.schema import (
+    CUSTOM_TEXT_CONFIGS,
     INTERVENTIONS,
     MODELS,
     SENSE_PAIRS,
@@ -236,6 +237,7 @@ def read_atlas(root: Path, metrics_path: Path | None = None) -> AtlasContent:
             config = routing_config_name(row["model_slug"])
             if manifest.config_files(config):
                 trace_routing[row["model_slug"]] = _trace_routing(root, manifest, config)
+    traces.extend(_user_texts(root, manifest, models, trace_routing))
     return AtlasContent(
         root,
         manifest,
@@ -289,9 +291,51 @@ def _attach_substitutions(root: Path, manifest: Manifest, lemmas: list[Lemma]) -
     return ids
 
 
-def _trace_routing(root: Path, manifest: Manifest, config: str) -> dict[str, TraceTokens]:
-    """trace id -> its tokens' rows in this routing config (a filtered scan of the traces corpus)."""
-    table = read_config(root, manifest, config, columns=TRACE_COLUMNS, filter=pc.field("corpus") == TRACES)
+def _user_texts(root: Path, manifest: Manifest, models: list[dict], trace_routing: dict) -> list[dict]:
+    """The user corpora's routed texts as trace-like rows (their target, when given, as a "target" segment).
+
+    Each has `routing_key` "<config>/<id>" (ids of two configs may coincide); their token rows are added to
+    `trace_routing[slug]` under that key.
+    """
+    out = []
+    for config in CUSTOM_TEXT_CONFIGS:
+        if not manifest.config_files(config):
+            continue
+        table = read_config(root, manifest, config)
+        names = table.schema.names
+        id_column = next((c for c in ("substitution_id", "example_id", "text_id") if c in names), None)
+        if id_column is None or "text" not in names:
+            continue
+        for row in table.to_pylist():
+            start, end = row.get("target_start"), row.get("target_end")
+            out.append(
+                {
+                    "trace_id": row[id_column],
+                    "model_slug": None,
+                    "text": row["text"],
+                    "template": config,
+                    "segments": []
+                    if start is None or end is None
+                    else [{"name": "target", "start": start, "end": end}],
+                    "source": row.get("source") or config,
+                    "routing_key": f"{config}/{row[id_column]}",
+                }
+            )
+        for row in models:
+            routing = routing_config_name(row["model_slug"])
+            if manifest.config_files(routing):
+                found = _trace_routing(root, manifest, routing, corpus=config)
+                trace_routing.setdefault(row["model_slug"], {}).update(
+                    {f"{config}/{k}": v for k, v in found.items()}
+                )
+    return out
+
+
+def _trace_routing(
+    root: Path, manifest: Manifest, config: str, corpus: str = TRACES
+) -> dict[str, TraceTokens]:
+    """source id -> its tokens' rows in this routing config (a filtered scan of one corpus, traces by default)."""
+    table = read_config(root, manifest, config, columns=TRACE_COLUMNS, filter=pc.field("corpus") == corpus)
     if table is None or table.num_rows == 0:
         return {}
     ids = np.asarray(table.column("source_id").to_pylist(), dtype=object)

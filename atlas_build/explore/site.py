@@ -7,6 +7,7 @@ Site layout (everything relative, so it opens from `file://` or any static host,
     SITE/data/index.js                    atlas summary, models, one line of counts per lemma
     SITE/data/sentences/<n:05d>.js        every token of lemma n's examples with its experts at every layer
     SITE/data/traces/<n:05d>.js           trace n of the traces config: text, segments, every token's experts
+    SITE/data/texts.js                    the user corpora's texts (each one a data/traces/<n>.js page too)
     SITE/data/search.js                   per lemma: its glosses, sense keys, synsets and target tokens
                                           (loaded only when the search box is used)
     SITE/data/lemmas/<n:05d>.js           one lemma: senses, examples, pairs, target routing per model
@@ -47,6 +48,7 @@ INDEX_CALLBACK = "atlasIndexLoaded"
 SEARCH_CALLBACK = "atlasSearchLoaded"
 SENTENCE_CALLBACK = "atlasSentenceLoaded"
 TRACE_CALLBACK = "atlasTraceLoaded"
+TEXTS_CALLBACK = "atlasTextsLoaded"
 LEMMA_CALLBACK = "atlasLemmaLoaded"
 MODEL_CALLBACK = "atlasModelLoaded"
 COACT_CALLBACK = "atlasCoactLoaded"
@@ -167,6 +169,13 @@ def _write(content: AtlasContent, root: Path) -> SiteReport:
         report.sentence_bytes += writer.write(
             f"data/traces/{i:05d}.js", js_call(TRACE_CALLBACK, str(i), trace_data(content, i))
         )
+    texts = [
+        {"n": n, "id": t["trace_id"], "config": t["template"], "text": t["text"][:120]}
+        for n, t in enumerate(content.traces)
+        if "routing_key" in t
+    ]
+    if texts:
+        writer.write("data/texts.js", js_call(TEXTS_CALLBACK, "texts", {"texts": texts}))
     for row in content.models:
         # Not `+=` on the call: _write_model adds its co-activation and expert files to model_bytes itself.
         written = _write_model(writer, content, row)
@@ -196,7 +205,8 @@ def trace_data(content: AtlasContent, i: int) -> dict:
     trace = content.traces[i]
     routing = {}
     for row in content.models:
-        found = content.trace_routing.get(row["model_slug"], {}).get(trace["trace_id"])
+        key = trace.get("routing_key", trace["trace_id"])
+        found = content.trace_routing.get(row["model_slug"], {}).get(key)
         if found is None:
             continue
         routing[row["model_slug"]] = {
@@ -320,10 +330,19 @@ def index_data(content: AtlasContent, twins: dict[str, list[str]]) -> dict:
             }
             for row in content.models
         ],
+        # Traces of the traces config here; the user corpora's texts (many) in data/texts.js, loaded on use.
         "traces": [
-            {"id": t["trace_id"], "source": t["source"], "template": t["template"], "chars": len(t["text"])}
-            for t in content.traces
+            {
+                "n": n,
+                "id": t["trace_id"],
+                "source": t["source"],
+                "template": t["template"],
+                "chars": len(t["text"]),
+            }
+            for n, t in enumerate(content.traces)
+            if "routing_key" not in t
         ],
+        "n_user_texts": sum(1 for t in content.traces if "routing_key" in t),
         # Columns, one entry per lemma: the index stays small (about 60 B a lemma) for 12,475 lemmas.
         "lemmas": {
             "key": [lemma.key for lemma in lemmas],

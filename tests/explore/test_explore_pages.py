@@ -238,7 +238,7 @@ def test_sentence_view_shows_every_token_at_every_layer_as_the_parquet_rows(brow
 
 @pytest.fixture(scope="module")
 def trace_site(twin_atlas, tmp_path_factory):
-    """twin_atlas + the sample traces routed by tiny-deepseek-v3 (RANDOM-INIT), and its site."""
+    """twin_atlas + the sample traces and the jsonl probe routed by tiny-deepseek-v3 (RANDOM-INIT), and its site."""
     import shutil
     from pathlib import Path
 
@@ -250,6 +250,11 @@ def trace_site(twin_atlas, tmp_path_factory):
     sample = Path(__file__).resolve().parents[1] / "fixtures" / "traces" / "sample.jsonl"
     run_build(
         BuildConfig(model="tiny-deepseek-v3", out=root, corpus="traces", traces=str(sample), progress=False),
+        log=lambda *_: None,
+    )
+    probe = Path(__file__).resolve().parents[1] / "fixtures" / "jsonl" / "probe.jsonl"
+    run_build(
+        BuildConfig(model="tiny-deepseek-v3", out=root, corpus="jsonl", texts=str(probe), progress=False),
         log=lambda *_: None,
     )
     site = root.parent / "site"
@@ -395,6 +400,46 @@ def test_a_substitution_has_its_sentence_view_from_its_base_example(browser, sit
     experts = routing_array(table.column("experts"))[np.argsort(table.column("token_index").to_numpy())]
     assert len(rows) == table.num_rows > 0
     for tr, want in zip(rows, experts, strict=True):
+        cells = tr.find_elements(By.CSS_SELECTOR, "td.expert-cell")
+        assert [c.get_attribute("data-experts") for c in cells] == [
+            " ".join(map(str, e)) for e in want.tolist()
+        ]
+    assert _js_errors(browser) == []
+
+
+def test_a_user_corpus_line_has_its_every_token_view(browser, trace_site):
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    from selenium.webdriver.common.by import By
+
+    from atlas_build.atlas.manifest import Manifest
+    from atlas_build.atlas.routing import routing_array
+
+    root, site = trace_site
+    manifest = Manifest.load(root)
+    lines = (
+        pads.dataset([str(root / rel) for rel in manifest.config_files("jsonl-examples")])
+        .to_table()
+        .to_pylist()
+    )
+    _open(browser, site, "#/texts")
+    rows = _wait(browser, "#texts-table tbody tr", len(lines))
+    assert sorted(r.get_attribute("data-id") for r in rows) == sorted(x["example_id"] for x in lines)
+    line = next(x for x in lines if x["target_start"] is not None)
+    browser.find_element(
+        By.CSS_SELECTOR, f'#texts-table tr[data-id="{line["example_id"]}"] a.text-link'
+    ).click()
+    tokens = _wait(browser, "#sentence-table tbody tr")
+    target = browser.find_element(By.CSS_SELECTOR, 'pre.trace-text span.segment[data-segment="target"]')
+    assert target.text.endswith(line["text"][line["target_start"] : line["target_end"]])
+
+    files = [str(root / rel) for rel in manifest.config_files(f"routing-{MODEL_SLUG}")]
+    table = pads.dataset(files).to_table(
+        filter=(pc.field("corpus") == "jsonl-examples") & (pc.field("source_id") == line["example_id"])
+    )
+    experts = routing_array(table.column("experts"))[np.argsort(table.column("token_index").to_numpy())]
+    assert len(tokens) == table.num_rows > 0
+    for tr, want in zip(tokens, experts, strict=True):
         cells = tr.find_elements(By.CSS_SELECTOR, "td.expert-cell")
         assert [c.get_attribute("data-experts") for c in cells] == [
             " ".join(map(str, e)) for e in want.tolist()

@@ -17,7 +17,7 @@
     index: null, keyToFile: new Map(), models: new Map(), model: null, showTwins: true,
     subtoken: 'last', layer: 0, query: '', coactLayer: 0, expertView: null, l0: 0, l1: null, also: null,
   };
-  const cache = { lemma: new Map(), model: new Map(), coact: new Map(), search: new Map(), expert: new Map(), sentence: new Map(), trace: new Map() };
+  const cache = { lemma: new Map(), model: new Map(), coact: new Map(), search: new Map(), expert: new Map(), sentence: new Map(), trace: new Map(), texts: new Map() };
   const pending = new Map(); // "kind:key" -> {resolve, reject}
 
   // ---- data loading ------------------------------------------------------------------------------
@@ -33,6 +33,7 @@
   window.atlasExpertLoaded = (key, data) => settle('expert', key, data);
   window.atlasSentenceLoaded = (key, data) => settle('sentence', key, data);
   window.atlasTraceLoaded = (key, data) => settle('trace', key, data);
+  window.atlasTextsLoaded = (key, data) => settle('texts', key, data);
 
   function load(kind, key, src) {
     if (cache[kind].has(key)) return Promise.resolve(cache[kind].get(key));
@@ -234,6 +235,7 @@
     if (page === 'expert') return renderExpert(view, rest.map(decodeURIComponent));
     if (page === 'compare') return renderCompare(view, rest.map(decodeURIComponent));
     if (page === 'trace') return sectionViews().tracePage(view, Number(rest[0]));
+    if (page === 'texts') return renderTexts(view);
     if (page === 'sentence') {
       const key = decodeURIComponent(rest[0] || '');
       if (!state.keyToFile.has(key)) return showError(view, 'No lemma ' + JSON.stringify(key) + ' in this atlas.');
@@ -276,7 +278,8 @@
         card('lemmas', a.n_lemmas), card('examples', a.n_examples), card('sense pairs', a.n_pairs), card('models', idx.models.length)),
       h('h3', {}, 'Models'), h('ul', { id: 'model-list' }, models),
       (idx.traces || []).length ? h('div', { id: 'trace-list' }, h('h3', {}, 'Traces'), h('ul', {}, idx.traces.map((t, i) =>
-        h('li', {}, h('a', { class: 'trace-link', href: '#/trace/' + i }, t.id), h('span', { class: 'muted' }, ' ' + t.template + ', ' + fmt(t.chars) + ' characters, ' + t.source))))) : null,
+        h('li', {}, h('a', { class: 'trace-link', href: '#/trace/' + t.n }, t.id), h('span', { class: 'muted' }, ' ' + t.template + ', ' + fmt(t.chars) + ' characters, ' + t.source))))) : null,
+      idx.n_user_texts ? h('p', {}, h('a', { id: 'texts-link', href: '#/texts' }, 'Your corpora\'s ' + fmt(idx.n_user_texts) + ' texts, every token at every layer →')) : null,
       idx.models.filter((m) => m.has_metrics).length > 1 ? h('p', {}, h('a', { id: 'compare-link', href: '#/compare' }, 'Compare two models side by side →')) : null,
       idx.metrics ? null : h('p', { class: 'muted' }, 'No metrics/metrics.json in this atlas: model pages show the models rows only (run `atlas metrics DIR --out DIR/metrics`, then `atlas explore` again).'),
       h('div', { class: 'controls' }, h('label', {}, 'Search ', search), count,
@@ -733,6 +736,18 @@
       h('caption', { class: 'muted' }, 'mean κ over this lemma\'s pairs (' + counted.same + ' same, ' + counted.diff + ' different)'),
       h('thead', {}, h('tr', {}, h('th', {}, 'MoE layer'), h('th', { class: 'num' }, 'κ same'), h('th', { class: 'num' }, 'κ different'), h('th', { class: 'num' }, 'Δκ'))),
       h('tbody', {}, rows));
+  }
+
+  /** The user corpora's texts (data/texts.js), each linked to its every-token view. */
+  function renderTexts(view) {
+    put(view, h('p', { class: 'muted' }, 'Loading…'));
+    load('texts', 'texts', 'data/texts.js').then((T) => {
+      put(view, h('p', {}, h('a', { href: '#/' }, '← all lemmas')), h('h1', {}, 'Your corpora\'s texts'),
+        h('table', { id: 'texts-table' }, h('thead', {}, h('tr', {}, h('th', {}, 'corpus config'), h('th', {}, 'id'), h('th', {}, 'text'))),
+          h('tbody', {}, T.texts.map((t) => h('tr', { 'data-id': t.id }, h('td', { class: 'mono' }, t.config),
+            h('td', {}, h('a', { class: 'text-link', href: '#/trace/' + t.n }, t.id)), h('td', {}, t.text))))));
+      enhanceTables(view, 'texts');
+    }, (err) => showError(view, err.message));
   }
 
   function renderCompare(view, [a, b]) {

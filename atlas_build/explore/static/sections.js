@@ -286,8 +286,8 @@
         const body = tokenRows(m, R, rows, (row) => (R.segment[row] ? 'seg-' + R.segment[row] : null),
           (row) => [h('td', { class: 'segment-cell' }, R.segment[row] || ''), h('td', { class: 'marker-cell' }, R.marker[row] || '')]);
         kit.put(view, h('p', {}, h('a', { href: '#/' }, '← all lemmas')), kit.randomInitBanner(m), kit.synthBanner(m),
-          h('h1', { id: 'trace-title', 'data-trace-id': T.id }, 'Trace ', h('code', {}, T.id)),
-          h('p', { class: 'muted' }, 'template ' + T.template + ' (of ' + T.model_slug + '), source ' + T.source + '; segments: ' + segs.map((x) => x.name).join(', ')),
+          h('h1', { id: 'trace-title', 'data-trace-id': T.id }, T.model_slug ? 'Trace ' : 'Text of ' + T.template + ' ', h('code', {}, T.id)),
+          h('p', { class: 'muted' }, (T.model_slug ? 'template ' + T.template + ' (of ' + T.model_slug + '), ' : 'config ' + T.template + ', ') + 'source ' + T.source + '; segments: ' + (segs.map((x) => x.name).join(', ') || 'none')),
           h('pre', { class: 'trace-text' }, parts),
           h('div', { class: 'controls' }, h('label', {}, 'Model ', modelSel), h('label', {}, showAll, 'show the whole top-' + m.top_k)),
           h('div', { class: 'wide' }, h('table', { id: 'sentence-table' },
