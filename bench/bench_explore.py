@@ -1,7 +1,9 @@
 """Benchmark the explorer site: its size for a real atlas, the projected size for the full DeepSeek-R1
 WordNet atlas, and how long the index takes to open from local disk in headless Chromium.
 
-    .venv/bin/python bench/bench_explore.py [--atlas atlas-demo] [--repeats 5] [--keep DIR]
+    .venv/bin/python bench/bench_explore.py [--atlas atlas-demo] [--repeats 5] [--quick] [--keep DIR]
+
+`--quick` times each page once (the sizes are the same).
 
 1. Real atlas (`--atlas`, default `atlas-demo` when it exists, e.g. after `make demo`; tiny-deepseek-v3 is
    RANDOM-INIT, which changes no byte count): `atlas explore` into a temporary folder; total size, bytes per
@@ -17,7 +19,10 @@ WordNet atlas, and how long the index takes to open from local disk in headless 
 4. Index load time: a site whose index holds 12,475 lemmas (the full corpus's lemma list, padded with
    suffixed copies to 12,475 when WordNet yields fewer) opened from file:// in headless Chromium, `--repeats`
    times; the time from navigation start to the first 200 rows drawn (target: under 1 s), then a search
-   and a lemma page at R1's shape.
+   and a lemma page and an expert page at R1's shape.
+5. Expert pages (one file per model and MoE layer, measured at R1's shape on the 60-lemma atlas and scaled
+   by lemmas) and the search file (glosses, sense keys and synsets of every lemma of the full corpus,
+   written as `atlas explore` writes them; target tokens add a few bytes a lemma).
 """
 
 from __future__ import annotations
@@ -75,6 +80,16 @@ def _read(path: Path):
     return key, data
 
 
+def _sentence_rows(site: Path) -> tuple[int, int]:
+    """(bytes, token rows of one model) of the sentence-view files."""
+    files = sorted((site / "data" / "sentences").glob("*.js"))
+    rows = 0
+    for path in files:
+        routing = _read(path)[1]["routing"]
+        rows += max((r["rows"] for r in routing.values()), default=0)
+    return sum(p.stat().st_size for p in files), rows
+
+
 def measure_real(atlas: Path, work: Path) -> dict | None:
     from atlas_build.explore import build_site
 
@@ -83,6 +98,7 @@ def measure_real(atlas: Path, work: Path) -> dict | None:
     site = work / "real-site"
     build_site(atlas, site)
     parts = _site_parts(site)
+    parts["tokens_per_example"] = _sentence_rows(site)[1] / max(1, sum(parts["examples"]))
     n_models = max(len(r) for r in parts["rows"])
     total_rows = sum(sum(r) for r in parts["rows"])
     parts["n_models"] = n_models
@@ -123,7 +139,25 @@ def measure_r1_shape(work: Path) -> dict:
         "routing_bytes_per_row": sum(parts["routing_bytes"]) / rows,
         "coact_layer_bytes": len(js_call(COACT_CALLBACK, "slug/0", coact).encode()),
         "first_lemma": _read(sorted((site / "data" / "lemmas").glob("*.js"))[0])[0],
+        "sentence_bytes_per_row": (lambda b, r: b / max(1, r))(*_sentence_rows(site)),
+        "expert_layer_bytes": float(
+            np.mean([p.stat().st_size for p in site.glob("data/models/*/experts-*.js")])
+        ),
+        "n_lemmas": 60,
+        "slug": next(p.name for p in (site / "data" / "models").iterdir() if p.is_dir()),
     }
+
+
+def search_bytes(lemmas) -> int:
+    """data/search.js of these lemmas without target tokens (no routing at hand), as the site writes it."""
+    from types import SimpleNamespace
+
+    from atlas_build.explore.encode import js_call
+    from atlas_build.explore.site import SEARCH_CALLBACK, search_data
+
+    return len(
+        js_call(SEARCH_CALLBACK, "search", search_data(SimpleNamespace(lemmas=lemmas, routing={}))).encode()
+    )
 
 
 def full_corpus_lemmas():
@@ -180,8 +214,10 @@ def write_index(site: Path, lemmas, models: list[dict]) -> int:
     return len(text.encode())
 
 
-def time_in_browser(index_site: Path, lemma_site: Path, repeats: int, lemma_key: str) -> dict | str:
-    """Seconds: index load (navigation start -> first rows), a search, a lemma page (hash -> drawn)."""
+def time_in_browser(
+    index_site: Path, lemma_site: Path, repeats: int, lemma_key: str, slug: str = ""
+) -> dict | str:
+    """Seconds: index load (navigation start -> first rows), a search, a lemma page and an expert page."""
     from atlas_build.explore.browser import chromium, find_browser
 
     _, _, reason = find_browser()
@@ -189,7 +225,7 @@ def time_in_browser(index_site: Path, lemma_site: Path, repeats: int, lemma_key:
         return reason
     from selenium.webdriver.support.ui import WebDriverWait
 
-    loads, searches, lemma_pages = [], [], []
+    loads, searches, lemma_pages, expert_pages = [], [], [], []
     with chromium() as driver:
         driver.set_script_timeout(120)
         for _ in range(repeats):
@@ -219,7 +255,18 @@ def time_in_browser(index_site: Path, lemma_site: Path, repeats: int, lemma_key:
                     " else setTimeout(poll, 5); })();"
                 )
             )
-    return {"load": loads, "search": searches, "lemma": lemma_pages}
+            if slug:
+                expert_pages.append(
+                    driver.execute_async_script(
+                        "const done = arguments[arguments.length - 1]; const t0 = performance.now();"
+                        f"location.hash = '#/expert/' + encodeURIComponent({json.dumps(slug)}) + '/0/0';"
+                        "(function poll() { if (document.querySelector('#expert-lemmas, #expert-unused'))"
+                        " done((performance.now() - t0) / 1000);"
+                        " else if (document.querySelector('#view .error')) done(null);"
+                        " else setTimeout(poll, 5); })();"
+                    )
+                )
+    return {"load": loads, "search": searches, "lemma": lemma_pages, "expert": expert_pages}
 
 
 def main(argv=None) -> int:
@@ -230,8 +277,11 @@ def main(argv=None) -> int:
         "--atlas", type=Path, default=ROOT / "atlas-demo", help="a real atlas (default: atlas-demo)"
     )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="time each page once")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work folder here")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = 1
     work = Path(tempfile.mkdtemp(prefix="bench-explore-"))
     try:
         print("bench_explore: explorer site sizes and index load time (SYNTHETIC routing at R1's shape; the")
@@ -273,7 +323,30 @@ def main(argv=None) -> int:
             return 1
         per_example = real["rows_per_example"] if real else 1.0
         routing_per_lemma = examples_per_lemma * per_example * r1["routing_bytes_per_row"]
-        model_pages = R1_LAYERS * r1["coact_layer_bytes"] + 20_000
+        # Expert pages grow with the lemmas routed to each expert, capped at 10 per list: scaled linearly
+        # from the 60-lemma atlas, at most the cap's worth (an upper bound).
+        expert_layer = r1["expert_layer_bytes"] * min(R1_LEMMAS / r1["n_lemmas"], 10)
+        model_pages = R1_LAYERS * (r1["coact_layer_bytes"] + expert_layer) + 20_000
+        search = search_bytes(index_lemmas) if index_lemmas is not None else None
+        tokens_per_example = real["tokens_per_example"] if real else 12.0
+        sentences_per_model = (
+            R1_LEMMAS * examples_per_lemma * tokens_per_example * r1["sentence_bytes_per_row"]
+        )
+        print(
+            f"  sentence view: {r1['sentence_bytes_per_row']:.0f} B per token and model at R1's shape (ids only), "
+            f"{tokens_per_example:.1f} tokens per example"
+            + (" (real atlas)" if real else " (assumed)")
+            + f": {sentences_per_model / 1e9:.2f} GB per model for the full corpus, one lemma's file loaded per view"
+        )
+        print(
+            f"  expert pages: {r1['expert_layer_bytes'] / 1e3:.1f} kB per layer file on {r1['n_lemmas']} lemmas, "
+            f"at most {expert_layer / 1e3:.0f} kB at {R1_LEMMAS:,} (lists capped at 10 entries); search file "
+            + (
+                f"{search / 1e6:.2f} MB for the full corpus (loaded on the first search only)"
+                if search
+                else "not measured"
+            )
+        )
         # Index at full size, also used for the timing below (real lemma names where WordNet is there).
         from atlas_build.atlas.synthetic import synthetic_models_row
 
@@ -288,13 +361,13 @@ def main(argv=None) -> int:
         )
         for n_models, label in ((1, "DeepSeek-R1 alone"), (2, "DeepSeek-R1 + its random-init twin")):
             lemma_total = R1_LEMMAS * (text_per_lemma + n_models * routing_per_lemma)
-            total = lemma_total + index_bytes + n_models * model_pages
+            total = lemma_total + index_bytes + n_models * (model_pages + sentences_per_model) + (search or 0)
             print(
                 f"    {label}: {total / 1e9:.2f} GB ({R1_LEMMAS:,} lemma files of "
                 f"{lemma_total / R1_LEMMAS / 1e3:.1f} kB on average, {n_models} x {model_pages / 1e6:.1f} MB model pages); "
                 "a page loads only the index and one lemma or model file"
             )
-        times = time_in_browser(index_site, r1["site"], args.repeats, r1["first_lemma"])
+        times = time_in_browser(index_site, r1["site"], args.repeats, r1["first_lemma"], r1["slug"])
         if isinstance(times, str):
             print(f"  index load time: not measured ({times})")
         else:
@@ -303,7 +376,8 @@ def main(argv=None) -> int:
                 f"  index of {R1_LEMMAS:,} lemmas from file:// in headless Chromium: {load * 1000:.0f} ms to the first "
                 f"rows (median of {args.repeats}; {load / INDEX_TARGET_S:.2f} x the 1 s target); search "
                 f"{statistics.median(times['search']) * 1000:.0f} ms; an R1-shape lemma page "
-                f"{statistics.median(times['lemma']) * 1000:.0f} ms"
+                f"{statistics.median(times['lemma']) * 1000:.0f} ms; an R1-shape expert page "
+                f"{statistics.median(times['expert']) * 1000:.0f} ms"
             )
         if args.keep:
             shutil.copytree(work, args.keep, dirs_exist_ok=True)

@@ -7,6 +7,7 @@ Shapes::
 
     AtlasContent.lemmas[i]          one (lemma, pos): senses -> examples, pairs between examples
     AtlasContent.routing[slug]      TargetRouting of the senses' target tokens, grouped by lemma
+    AtlasContent.sentences[slug]    TargetRouting of every token of the senses' examples (ids, no weights)
     TargetRouting.experts           int   [rows, moe_layers, top_k]  (rows = target sub-tokens)
     TargetRouting.weights           float16 [rows, moe_layers, top_k] or None (ids-only engines)
 """
@@ -27,11 +28,32 @@ import pyarrow.compute as pc
 from atlas_build.atlas.manifest import Manifest
 from atlas_build.atlas.routing import routing_array
 from atlas_build.atlas.rows import RowsMismatchError, read_verified
-from atlas_build.atlas.schema import INTERVENTIONS, MODELS, SENSE_PAIRS, SENSES, routing_config_name
+from atlas_build.atlas.schema import (
+    CUSTOM_TEXT_CONFIGS,
+    INTERVENTIONS,
+    MODELS,
+    SENSE_PAIRS,
+    SENSES,
+    SUBSTITUTIONS,
+    TRACES,
+    routing_config_name,
+)
 from atlas_build.errors import AtlasError
 
 METRICS_JSON = "metrics/metrics.json"
 TARGET_COLUMNS = ["source_id", "token_index", "token", "char_start", "char_end", "experts", "weights"]
+# The sentence view: every token of the senses' examples, expert ids only (weights would double its size).
+SENTENCE_COLUMNS = TARGET_COLUMNS[:-1]
+TRACE_COLUMNS = [
+    "source_id",
+    "token_index",
+    "token",
+    "char_start",
+    "char_end",
+    "segment",
+    "marker",
+    "experts",
+]
 
 
 # What the model page shows of each `interventions` row.
@@ -91,6 +113,8 @@ class Lemma:
     senses: list[Sense] = field(default_factory=list)
     # (example index a, example index b, same sense), indices into `examples()` order.
     pairs: list[tuple[int, int, bool]] = field(default_factory=list)
+    # `substitutions` rows of this lemma's examples: id, example (index), relation, substitute, text, target.
+    substitutions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -131,6 +155,27 @@ class AtlasContent:
     metrics_dir: Path | None
     # `atlas intervene` rows (the `interventions` config), per model slug: what the model page lists.
     interventions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Every token of the senses' examples, per model slug (the sentence view); weights are None.
+    sentences: dict[str, TargetRouting] = field(default_factory=dict)
+    # The `traces` config's rows (trace_id, model_slug, text, template, segments, source), in config order,
+    # and per model slug each trace's token rows: trace id -> TraceTokens.
+    traces: list[dict[str, Any]] = field(default_factory=list)
+    trace_routing: dict[str, dict[str, TraceTokens]] = field(default_factory=dict)
+    # Per model every token of the lemmas' substitutions (`Lemma.substitutions`): a TargetRouting whose
+    # `example` is the substitution's index within its lemma.
+    substitution_routing: dict[str, TargetRouting] = field(default_factory=dict)
+
+
+@dataclass
+class TraceTokens:
+    """Every token of one trace routed by one model, in token order (expert ids only)."""
+
+    token_index: np.ndarray  # int [tokens]
+    tokens: list[str]
+    char_spans: np.ndarray  # int [tokens, 2]
+    segment: list[str | None]
+    marker: list[str | None]
+    experts: np.ndarray  # int [tokens, moe_layers, top_k]
 
 
 def read_config(root: Path, manifest: Manifest, config: str, columns=None, filter=None) -> pa.Table | None:
@@ -162,17 +207,159 @@ def read_atlas(root: Path, metrics_path: Path | None = None) -> AtlasContent:
         _attach_pairs(lemmas, pairs)
     models_table = read_config(root, manifest, MODELS)
     models = models_table.to_pylist() if models_table is not None else []
-    routing = {}
+    routing, sentences = {}, {}
     for row in models:
         config = routing_config_name(row["model_slug"])
         if manifest.config_files(config):
             routing[row["model_slug"]] = _target_routing(root, manifest, config, example_ids, lemmas)
+            sentences[row["model_slug"]] = _target_routing(
+                root, manifest, config, example_ids, lemmas, all_tokens=True
+            )
     metrics, metrics_dir = _metrics(root, metrics_path)
     interventions: dict[str, list[dict[str, Any]]] = {}
     table = read_config(root, manifest, INTERVENTIONS, columns=list(INTERVENTION_COLUMNS))
     for row in table.to_pylist() if table is not None else []:
         interventions.setdefault(row["model_slug"], []).append(row)
-    return AtlasContent(root, manifest, lemmas, models, routing, metrics, metrics_dir, interventions)
+    substitution_ids = _attach_substitutions(root, manifest, lemmas)
+    substitution_routing = {}
+    if substitution_ids:
+        for row in models:
+            config = routing_config_name(row["model_slug"])
+            if manifest.config_files(config):
+                substitution_routing[row["model_slug"]] = _target_routing(
+                    root, manifest, config, substitution_ids, lemmas, all_tokens=True, corpus=SUBSTITUTIONS
+                )
+    trace_columns = ["trace_id", "model_slug", "text", "template", "segments", "source"]
+    traces_table = read_config(root, manifest, TRACES, columns=trace_columns)
+    traces = traces_table.to_pylist() if traces_table is not None else []
+    trace_routing = {}
+    if traces:
+        for row in models:
+            config = routing_config_name(row["model_slug"])
+            if manifest.config_files(config):
+                trace_routing[row["model_slug"]] = _trace_routing(root, manifest, config)
+    traces.extend(_user_texts(root, manifest, models, trace_routing))
+    return AtlasContent(
+        root,
+        manifest,
+        lemmas,
+        models,
+        routing,
+        metrics,
+        metrics_dir,
+        interventions,
+        sentences,
+        traces,
+        trace_routing,
+        substitution_routing,
+    )
+
+
+def _attach_substitutions(root: Path, manifest: Manifest, lemmas: list[Lemma]) -> dict[str, tuple[int, int]]:
+    """Put each `substitutions` row on its base example's lemma; substitution_id -> (lemma, its index)."""
+    columns = [
+        "substitution_id",
+        "example_id",
+        "relation",
+        "substitute",
+        "text",
+        "target_start",
+        "target_end",
+    ]
+    table = read_config(root, manifest, SUBSTITUTIONS, columns=columns)
+    if table is None or table.num_rows == 0:
+        return {}
+    where = {}
+    for li, lemma in enumerate(lemmas):
+        for ei, example in enumerate(lemma.examples()):
+            where[example.example_id] = (li, ei)
+    ids = {}
+    for row in table.to_pylist():
+        if row["example_id"] not in where:
+            continue
+        li, ei = where[row["example_id"]]
+        ids[row["substitution_id"]] = (li, len(lemmas[li].substitutions))
+        lemmas[li].substitutions.append(
+            {
+                "id": row["substitution_id"],
+                "example": ei,
+                "relation": row["relation"],
+                "substitute": row["substitute"],
+                "text": row["text"],
+                "target": [int(row["target_start"]), int(row["target_end"])],
+            }
+        )
+    return ids
+
+
+def _user_texts(root: Path, manifest: Manifest, models: list[dict], trace_routing: dict) -> list[dict]:
+    """The user corpora's routed texts as trace-like rows (their target, when given, as a "target" segment).
+
+    Each has `routing_key` "<config>/<id>" (ids of two configs may coincide); their token rows are added to
+    `trace_routing[slug]` under that key.
+    """
+    out = []
+    for config in CUSTOM_TEXT_CONFIGS:
+        if not manifest.config_files(config):
+            continue
+        table = read_config(root, manifest, config)
+        names = table.schema.names
+        id_column = next((c for c in ("substitution_id", "example_id", "text_id") if c in names), None)
+        if id_column is None or "text" not in names:
+            continue
+        for row in table.to_pylist():
+            start, end = row.get("target_start"), row.get("target_end")
+            out.append(
+                {
+                    "trace_id": row[id_column],
+                    "model_slug": None,
+                    "text": row["text"],
+                    "template": config,
+                    "segments": []
+                    if start is None or end is None
+                    else [{"name": "target", "start": start, "end": end}],
+                    "source": row.get("source") or config,
+                    "routing_key": f"{config}/{row[id_column]}",
+                }
+            )
+        for row in models:
+            routing = routing_config_name(row["model_slug"])
+            if manifest.config_files(routing):
+                found = _trace_routing(root, manifest, routing, corpus=config)
+                trace_routing.setdefault(row["model_slug"], {}).update(
+                    {f"{config}/{k}": v for k, v in found.items()}
+                )
+    return out
+
+
+def _trace_routing(
+    root: Path, manifest: Manifest, config: str, corpus: str = TRACES
+) -> dict[str, TraceTokens]:
+    """source id -> its tokens' rows in this routing config (a filtered scan of one corpus, traces by default)."""
+    table = read_config(root, manifest, config, columns=TRACE_COLUMNS, filter=pc.field("corpus") == corpus)
+    if table is None or table.num_rows == 0:
+        return {}
+    ids = np.asarray(table.column("source_id").to_pylist(), dtype=object)
+    token_index = table.column("token_index").to_numpy()
+    order = np.lexsort((token_index, ids.astype(str)))
+    experts = routing_array(table.column("experts"))[order]
+    tokens = table.column("token").to_pylist()
+    spans = np.stack([table.column("char_start").to_numpy(), table.column("char_end").to_numpy()], axis=1)
+    segment, marker = table.column("segment").to_pylist(), table.column("marker").to_pylist()
+    out: dict[str, TraceTokens] = {}
+    sorted_ids = ids[order]
+    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        rows = order[a:b]
+        out[str(sorted_ids[a])] = TraceTokens(
+            token_index=token_index[rows],
+            tokens=[tokens[i] for i in rows],
+            char_spans=spans[rows],
+            segment=[segment[i] for i in rows],
+            marker=[marker[i] for i in rows],
+            experts=experts[a:b],
+        )
+    return out
 
 
 def _lemmas(senses: pa.Table) -> tuple[list[Lemma], dict[str, tuple[int, int]]]:
@@ -215,11 +402,24 @@ def _attach_pairs(lemmas: list[Lemma], pairs: pa.Table) -> None:
 
 
 def _target_routing(
-    root: Path, manifest: Manifest, config: str, example_ids: dict[str, tuple[int, int]], lemmas: list[Lemma]
+    root: Path,
+    manifest: Manifest,
+    config: str,
+    example_ids: dict[str, tuple[int, int]],
+    lemmas: list[Lemma],
+    all_tokens: bool = False,
+    corpus: str = SENSES,
 ) -> TargetRouting:
-    """The routing rows of the senses' target tokens only (a filtered scan, never the whole config)."""
-    wanted = (pc.field("corpus") == SENSES) & pc.field("is_target")
-    table = read_config(root, manifest, config, columns=TARGET_COLUMNS, filter=wanted)
+    """The routing rows of the senses' target tokens (a filtered scan, never the whole config).
+
+    `all_tokens`: every token of the senses' examples instead, without weights (the sentence view).
+    """
+    wanted = pc.field("corpus") == corpus
+    if not all_tokens:
+        wanted = wanted & pc.field("is_target")
+    table = read_config(
+        root, manifest, config, columns=SENTENCE_COLUMNS if all_tokens else TARGET_COLUMNS, filter=wanted
+    )
     ids = table.column("source_id").to_pylist()
     located = [example_ids.get(source_id) for source_id in ids]
     keep = np.array([loc is not None for loc in located], dtype=bool)
@@ -229,9 +429,9 @@ def _target_routing(
     order = np.lexsort((token_index, example_of, lemma_of))
     order = order[keep[order]]
     experts = routing_array(table.column("experts"))[order] if table.num_rows else np.zeros((0, 0, 0))
-    weights_column = table.column("weights")
     weights = None
-    if table.num_rows and weights_column.null_count < table.num_rows:
+    weights_column = None if all_tokens else table.column("weights")
+    if weights_column is not None and table.num_rows and weights_column.null_count < table.num_rows:
         weights = routing_array(weights_column, dtype=np.float32)[order].astype(np.float16)
     tokens = table.column("token").to_pylist()
     spans = np.stack([table.column("char_start").to_numpy(), table.column("char_end").to_numpy()], axis=1)

@@ -3,11 +3,17 @@
 Site layout (everything relative, so it opens from `file://` or any static host, offline)::
 
     SITE/index.html                       the page (hash routes: #/, #/lemma/<lemma.pos>, #/model/<slug>)
-    SITE/assets/app.js, style.css         the viewer; no library, no CDN
+    SITE/assets/app.js, sections.js, style.css   the viewer; no library, no CDN
     SITE/data/index.js                    atlas summary, models, one line of counts per lemma
+    SITE/data/sentences/<n:05d>.js        every token of lemma n's examples with its experts at every layer
+    SITE/data/traces/<n:05d>.js           trace n of the traces config: text, segments, every token's experts
+    SITE/data/texts.js                    the user corpora's texts (each one a data/traces/<n>.js page too)
+    SITE/data/search.js                   per lemma: its glosses, sense keys, synsets and target tokens
+                                          (loaded only when the search box is used)
     SITE/data/lemmas/<n:05d>.js           one lemma: senses, examples, pairs, target routing per model
     SITE/data/models/<slug>.js            a model's row and its metrics.json entry
     SITE/data/models/<slug>/coact-<l>.js  P(j | i) at MoE layer l, when the metrics' .npz is there
+    SITE/data/models/<slug>/experts-<l>.js  the expert pages of MoE layer l (`explore/experts.py`)
     SITE/.routing-atlas-explorer          marks the folder as a site, so a rerun may replace it
 
 The site is written into a temporary sibling folder and renamed into place: a failed run leaves the
@@ -26,16 +32,27 @@ from pathlib import Path
 
 import numpy as np
 
-from atlas_build.explore.encode import b64, expert_dtype, js_call
+from atlas_build.explore.encode import b64, decode_token, expert_dtype, js_call
+from atlas_build.explore.experts import expert_layers
 from atlas_build.explore.read import AtlasContent, ExploreError, Lemma, read_atlas
 
 MARKER = ".routing-atlas-explorer"
-STATIC_FILES = {"index.html": "index.html", "app.js": "assets/app.js", "style.css": "assets/style.css"}
+STATIC_FILES = {
+    "index.html": "index.html",
+    "app.js": "assets/app.js",
+    "sections.js": "assets/sections.js",
+    "style.css": "assets/style.css",
+}
 # Callbacks the data scripts call (defined in app.js).
 INDEX_CALLBACK = "atlasIndexLoaded"
+SEARCH_CALLBACK = "atlasSearchLoaded"
+SENTENCE_CALLBACK = "atlasSentenceLoaded"
+TRACE_CALLBACK = "atlasTraceLoaded"
+TEXTS_CALLBACK = "atlasTextsLoaded"
 LEMMA_CALLBACK = "atlasLemmaLoaded"
 MODEL_CALLBACK = "atlasModelLoaded"
 COACT_CALLBACK = "atlasCoactLoaded"
+EXPERT_CALLBACK = "atlasExpertLoaded"
 # Fixed point of P(j | i) in the co-activation files: 1/65535 resolution, 2 bytes a cell.
 COACT_SCALE = 65535
 
@@ -51,6 +68,8 @@ class SiteReport:
     lemma_bytes: list[int] = field(default_factory=list)  # per lemma file, index order
     model_bytes: int = 0  # model pages and their co-activation files
     static_bytes: int = 0
+    search_bytes: int = 0
+    sentence_bytes: int = 0
     n_models: int = 0
 
     def summary(self) -> str:
@@ -59,7 +78,8 @@ class SiteReport:
         return (
             f"{self.files} files, {self.total_bytes / 1e6:.2f} MB: index {self.index_bytes / 1e3:.1f} kB, "
             f"{n} lemma files ({sum(self.lemma_bytes) / 1e6:.2f} MB, {mean / 1e3:.1f} kB each on average, "
-            f"{self.n_models} model(s)), model pages {self.model_bytes / 1e6:.2f} MB"
+            f"{self.n_models} model(s)), model and expert pages {self.model_bytes / 1e6:.2f} MB, sentence and "
+            f"trace files {self.sentence_bytes / 1e6:.2f} MB, search {self.search_bytes / 1e3:.1f} kB"
         )
 
 
@@ -170,10 +190,30 @@ def _write(content: AtlasContent, root: Path) -> SiteReport:
         report.lemma_bytes.append(
             writer.write(lemma_file(i), js_call(LEMMA_CALLBACK, lemma.key, lemma_data(content, i)))
         )
+    for i, lemma in enumerate(content.lemmas):
+        report.sentence_bytes += writer.write(
+            sentence_file(i), js_call(SENTENCE_CALLBACK, lemma.key, sentence_data(content, i))
+        )
+    for i in range(len(content.traces)):
+        report.sentence_bytes += writer.write(
+            f"data/traces/{i:05d}.js", js_call(TRACE_CALLBACK, str(i), trace_data(content, i))
+        )
+    texts = [
+        {"n": n, "id": t["trace_id"], "config": t["template"], "text": t["text"][:120]}
+        for n, t in enumerate(content.traces)
+        if "routing_key" in t
+    ]
+    if texts:
+        writer.write("data/texts.js", js_call(TEXTS_CALLBACK, "texts", {"texts": texts}))
     for row in content.models:
-        report.model_bytes += _write_model(writer, content, row)
+        # Not `+=` on the call: _write_model adds its co-activation and expert files to model_bytes itself.
+        written = _write_model(writer, content, row)
+        report.model_bytes += written
     report.index_bytes = writer.write(
         "data/index.js", js_call(INDEX_CALLBACK, "index", index_data(content, twins))
+    )
+    report.search_bytes = writer.write(
+        "data/search.js", js_call(SEARCH_CALLBACK, "search", search_data(content))
     )
     writer.write(
         MARKER, json.dumps({"site": "routing-atlas explorer", "atlas": content.root.resolve().name}) + "\n"
@@ -183,6 +223,79 @@ def _write(content: AtlasContent, root: Path) -> SiteReport:
 
 def lemma_file(i: int) -> str:
     return f"data/lemmas/{i:05d}.js"
+
+
+def sentence_file(i: int) -> str:
+    return f"data/sentences/{i:05d}.js"
+
+
+def trace_data(content: AtlasContent, i: int) -> dict:
+    """Trace i: its text and segments, and per model every token (decoded) with segment, marker and ids."""
+    trace = content.traces[i]
+    routing = {}
+    for row in content.models:
+        key = trace.get("routing_key", trace["trace_id"])
+        found = content.trace_routing.get(row["model_slug"], {}).get(key)
+        if found is None:
+            continue
+        routing[row["model_slug"]] = {
+            "rows": len(found.tokens),
+            "token_index": found.token_index.tolist(),
+            "text": [decode_token(t) for t in found.tokens],
+            "span": found.char_spans.tolist(),
+            "segment": found.segment,
+            "marker": found.marker,
+            "experts": b64(found.experts, expert_dtype(row["n_routed_experts"])),
+        }
+    return {
+        "id": trace["trace_id"],
+        "model_slug": trace["model_slug"],
+        "text": trace["text"],
+        "template": trace["template"],
+        "source": trace["source"],
+        "segments": [dict(s) for s in trace["segments"] or []],
+        "routing": routing,
+    }
+
+
+def sentence_data(content: AtlasContent, i: int) -> dict:
+    """Every token of lemma i's examples per model: example index, token index, decoded text, span, ids."""
+    out = {}
+    for row in content.models:
+        slug = row["model_slug"]
+        if slug not in content.sentences:
+            continue
+        every = content.sentences[slug]
+        rows = every.lemma_slice(i)
+        out[slug] = {
+            "rows": rows.stop - rows.start,
+            "example": every.example[rows].tolist(),
+            "token_index": every.token_index[rows].tolist(),
+            "text": [decode_token(t) for t in every.tokens[rows]],
+            "span": every.char_spans[rows].tolist(),
+            "experts": b64(every.experts[rows], expert_dtype(row["n_routed_experts"])),
+        }
+    substituted = {}
+    for row in content.models:
+        slug = row["model_slug"]
+        if slug not in content.substitution_routing:
+            continue
+        every = content.substitution_routing[slug]
+        rows = every.lemma_slice(i)
+        substituted[slug] = {
+            "rows": rows.stop - rows.start,
+            "example": every.example[rows].tolist(),  # the substitution's index in `substitutions`
+            "token_index": every.token_index[rows].tolist(),
+            "text": [decode_token(t) for t in every.tokens[rows]],
+            "span": every.char_spans[rows].tolist(),
+            "experts": b64(every.experts[rows], expert_dtype(row["n_routed_experts"])),
+        }
+    return {
+        "key": content.lemmas[i].key,
+        "routing": out,
+        "substitutions": content.lemmas[i].substitutions,
+        "substitution_routing": substituted,
+    }
 
 
 def twin_groups(models: list[dict]) -> dict[str, list[str]]:
@@ -235,6 +348,8 @@ def index_data(content: AtlasContent, twins: dict[str, list[str]]) -> dict:
                 "moe_layers": list(row["moe_layers"]),
                 "n_routed_experts": row["n_routed_experts"],
                 "top_k": row["top_k"],
+                # DeepSeek's expert groups (n_group groups of consecutive ids), when the router has them.
+                "n_group": row.get("n_group"),
                 "weights_dtype": row["weights_dtype"],
                 "engine": row["engine"],
                 "synthetic": row["model_id"] == "synthetic",
@@ -244,6 +359,19 @@ def index_data(content: AtlasContent, twins: dict[str, list[str]]) -> dict:
             }
             for row in content.models
         ],
+        # Traces of the traces config here; the user corpora's texts (many) in data/texts.js, loaded on use.
+        "traces": [
+            {
+                "n": n,
+                "id": t["trace_id"],
+                "source": t["source"],
+                "template": t["template"],
+                "chars": len(t["text"]),
+            }
+            for n, t in enumerate(content.traces)
+            if "routing_key" not in t
+        ],
+        "n_user_texts": sum(1 for t in content.traces if "routing_key" in t),
         # Columns, one entry per lemma: the index stays small (about 60 B a lemma) for 12,475 lemmas.
         "lemmas": {
             "key": [lemma.key for lemma in lemmas],
@@ -253,6 +381,24 @@ def index_data(content: AtlasContent, twins: dict[str, list[str]]) -> dict:
             "same": [sum(1 for *_, same in lemma.pairs if same) for lemma in lemmas],
             "different": [sum(1 for *_, same in lemma.pairs if not same) for lemma in lemmas],
         },
+    }
+
+
+def search_data(content: AtlasContent) -> dict:
+    """What the search box looks in besides lemma names, one entry per lemma (index order).
+
+    `glosses[i]` is the lemma's glosses joined by ' | ' (in sense order, so a hit can name its sense);
+    `keys[i]` its sense keys and synsets; `tokens[i]` the decoded target tokens of every model, distinct.
+    """
+    tokens: list[set[str]] = [set() for _ in content.lemmas]
+    for target in content.routing.values():
+        for i in range(len(content.lemmas)):
+            rows = target.lemma_slice(i)
+            tokens[i].update((decode_token(t) or "").strip() for t in target.tokens[rows])
+    return {
+        "glosses": [" | ".join(sense.gloss for sense in lemma.senses) for lemma in content.lemmas],
+        "keys": [" ".join(f"{s.sense_key} {s.synset}" for s in lemma.senses) for lemma in content.lemmas],
+        "tokens": [" ".join(sorted(t for t in found if t)) for found in tokens],
     }
 
 
@@ -292,6 +438,8 @@ def lemma_data(content: AtlasContent, i: int) -> dict:
             "example": target.example[rows].tolist(),
             "token_index": target.token_index[rows].tolist(),
             "token": target.tokens[rows],
+            # What the page prints: the piece decoded to text ('Ġbank' -> ' bank'); the piece stays above.
+            "text": [decode_token(t) for t in target.tokens[rows]],
             "span": target.char_spans[rows].tolist(),
             "experts": b64(target.experts[rows], expert_dtype(row["n_routed_experts"])),
             "weights": None if target.weights is None else b64(target.weights[rows], "float16"),
@@ -313,6 +461,14 @@ def _write_model(writer: _Writer, content: AtlasContent, row: dict) -> int:
     metrics = content.metrics or {}
     entry = (metrics.get("models") or {}).get(slug)
     coact_layers = _write_coactivation(writer, content, slug, entry)
+    expert_pages = []
+    if slug in content.routing:
+        for layer in expert_layers(content, slug):
+            writer.report.model_bytes += writer.write(
+                f"data/models/{slug}/experts-{layer['layer_index']}.js",
+                js_call(EXPERT_CALLBACK, f"{slug}/{layer['layer_index']}", layer),
+            )
+            expert_pages.append(layer["layer_index"])
     data = {
         "slug": slug,
         "row": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in row.items()},
@@ -322,6 +478,7 @@ def _write_model(writer: _Writer, content: AtlasContent, row: dict) -> int:
         "formulas": metrics.get("formulas"),
         "options": metrics.get("options"),
         "coactivation_layers": coact_layers,
+        "expert_layers": expert_pages,
         "interventions": content.interventions.get(slug, []),
     }
     # The co-activation files count themselves into report.model_bytes; this is the page's own file.

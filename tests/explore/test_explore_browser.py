@@ -127,9 +127,14 @@ def _check_example_maps(browser, slug: str, expected: dict[str, list[dict]], whi
                 assert set(experts) == set(target["experts"][layer].tolist())
                 for rank, expert in enumerate(target["experts"][layer].tolist()):
                     assert abs(experts[expert] - float(target["weights"][layer][rank])) < 1e-5
-            assert json.dumps(target["token"], ensure_ascii=False) in figure.text
+            assert json.dumps(_decoded(target["token"]), ensure_ascii=False) in figure.text
             checked += 1
     return checked
+
+
+def _decoded(piece: str) -> str:
+    """The text a byte-level piece stands for, for the pieces of English words: 'Ġ' is a space, 'Ċ' a newline."""
+    return piece.replace("\u0120", " ").replace("\u010a", "\n")
 
 
 def test_heatmap_cells_are_the_parquet_experts_and_the_switcher_shows_the_twin(browser, site, twin_atlas):
@@ -383,6 +388,10 @@ def test_ids_only_routing_with_uint16_ids(browser, tmp_path):
     _open(browser, site, "#/lemma/lemma00001.n")
     _wait(browser, "section.sense")
     assert browser.find_elements(By.CSS_SELECTOR, "#view .synthetic-banner")
+    # 300 experts open on the lemma's top experts; the full map is one click away.
+    assert browser.find_element(By.CSS_SELECTOR, "svg.sense-map").get_attribute("data-columns") == "sorted"
+    browser.find_element(By.ID, "full-map").click()
+    assert browser.find_element(By.CSS_SELECTOR, "svg.sense-map").get_attribute("data-columns") == "id"
     for li in browser.find_elements(By.CSS_SELECTOR, "li.example"):
         figure = browser.find_element(
             By.CSS_SELECTOR, f'figure.example-heatmap[data-example="{li.get_attribute("data-example")}"]'

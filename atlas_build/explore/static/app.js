@@ -1,18 +1,23 @@
 /* routing-atlas explorer. No libraries: the page must open from file:// with no network.
+ * Over 600 lines: one closure whose pages share its loaders, decoders and drawing helpers; the pages
+ * that need only those helpers live in sections.js (paths, corpora, expert and comparison pages).
  *
  * Data arrive as scripts that call the window.atlas*Loaded callbacks below (browsers refuse fetch() of
- * file:// URLs). Routes: #/ (lemma index), #/lemma/<lemma.pos>, #/model/<slug>.
+ * file:// URLs). Routes: #/ (lemma index), #/lemma/<lemma.pos>, #/model/<slug>,
+ * #/expert/<slug>/<layer index>/<expert>, #/compare/<slug a>/<slug b>.
  * Routing arrays are little-endian base64: expert ids uint8|uint16 [rows, layers, k], weights float16.
  */
 (function () {
   'use strict';
 
   const MAX_ROWS = 200; // index rows drawn at once; the search narrows the rest
+  const TOP_EXPERTS = 48; // columns of the "top experts" view: legible at 256 experts
+  const WIDE = 64; // above this many experts a lemma's maps open on its top experts
   const state = {
     index: null, keyToFile: new Map(), models: new Map(), model: null, showTwins: true,
-    subtoken: 'last', layer: 0, query: '', coactLayer: 0,
+    subtoken: 'last', layer: 0, query: '', coactLayer: 0, expertView: null, l0: 0, l1: null, also: null,
   };
-  const cache = { lemma: new Map(), model: new Map(), coact: new Map() };
+  const cache = { lemma: new Map(), model: new Map(), coact: new Map(), search: new Map(), expert: new Map(), sentence: new Map(), trace: new Map(), texts: new Map() };
   const pending = new Map(); // "kind:key" -> {resolve, reject}
 
   // ---- data loading ------------------------------------------------------------------------------
@@ -24,6 +29,11 @@
   window.atlasLemmaLoaded = (key, data) => settle('lemma', key, data);
   window.atlasModelLoaded = (key, data) => settle('model', key, data);
   window.atlasCoactLoaded = (key, data) => settle('coact', key, data);
+  window.atlasSearchLoaded = (key, data) => settle('search', key, data);
+  window.atlasExpertLoaded = (key, data) => settle('expert', key, data);
+  window.atlasSentenceLoaded = (key, data) => settle('sentence', key, data);
+  window.atlasTraceLoaded = (key, data) => settle('trace', key, data);
+  window.atlasTextsLoaded = (key, data) => settle('texts', key, data);
 
   function load(kind, key, src) {
     if (cache[kind].has(key)) return Promise.resolve(cache[kind].get(key));
@@ -102,6 +112,49 @@
     if (!iv || iv.estimate === undefined) return '–';
     return fmt(iv.estimate, digits, signed) + ' [' + fmt(iv.ci_low, digits, signed) + ', ' + fmt(iv.ci_high, digits, signed) + ']';
   }
+  // ---- tables: sort by a header click, export as CSV -------------------------------------------------
+  function csvCell(x) { const t = String(x === null || x === undefined ? '' : x); return /[",\n]/.test(t) ? '"' + t.replace(/"/g, '""') + '"' : t; }
+  function csvText(rows) { return rows.map((r) => r.map(csvCell).join(',')).join('\n') + '\n'; }
+  /** A link that downloads `rows()` (an array of arrays, header first) as `name`.csv. */
+  function csvLink(name, rows, label) {
+    const a = h('a', { class: 'csv-link', href: '#', download: name + '.csv', 'data-csv': name }, label || 'CSV');
+    a.addEventListener('click', () => { a.href = URL.createObjectURL(new Blob([csvText(rows())], { type: 'text/csv' })); });
+    return a;
+  }
+  function tableRows(table) {
+    return Array.from(table.querySelectorAll(':scope > thead > tr, :scope > tbody > tr')).map((tr) =>
+      Array.from(tr.children).map((c) => c.textContent.trim()));
+  }
+  function sortKey(text) { const x = parseFloat(text.replace(/[+,%]/g, '')); return Number.isNaN(x) ? null : x; }
+  /** Every top-level table of `root` with a header row: click a header to sort, a CSV link above it. */
+  function enhanceTables(root, page) {
+    root.querySelectorAll('table').forEach((table, i) => {
+      if (table.dataset.enhanced || table.closest('td')) return;
+      table.dataset.enhanced = '1';
+      const head = table.querySelector(':scope > thead > tr');
+      const name = (page + '-' + (table.id || table.className || 'table-' + i)).replace(/[^A-Za-z0-9._-]+/g, '_');
+      table.parentNode.insertBefore(h('div', { class: 'table-tools' }, csvLink(name, () => tableRows(table))), table);
+      if (!head) return;
+      Array.from(head.children).forEach((th, col) => {
+        th.classList.add('sortable');
+        th.title = (th.title ? th.title + ' · ' : '') + 'click to sort';
+        th.addEventListener('click', () => {
+          const body = table.querySelector(':scope > tbody');
+          const desc = th.classList.contains('sorted-asc');
+          head.querySelectorAll('th').forEach((x) => x.classList.remove('sorted-asc', 'sorted-desc'));
+          th.classList.add(desc ? 'sorted-desc' : 'sorted-asc');
+          const rows = Array.from(body.children).map((tr) => [tr, (tr.children[col] || {}).textContent || '']);
+          rows.sort(([, a], [, b]) => {
+            const x = sortKey(a), y = sortKey(b);
+            const c = x !== null && y !== null ? x - y : a.localeCompare(b);
+            return desc ? -c : c;
+          });
+          rows.forEach(([tr]) => body.appendChild(tr));
+        });
+      });
+    });
+  }
+
   function showError(view, message) { put(view, h('p', { class: 'error' }, message)); }
   function bytesOf(b64) {
     const bin = atob(b64);
@@ -179,6 +232,15 @@
     window.scrollTo(0, 0);
     if (page === 'lemma') return renderLemma(view, arg);
     if (page === 'model') return renderModel(view, arg);
+    if (page === 'expert') return renderExpert(view, rest.map(decodeURIComponent));
+    if (page === 'compare') return renderCompare(view, rest.map(decodeURIComponent));
+    if (page === 'trace') return sectionViews().tracePage(view, Number(rest[0]));
+    if (page === 'texts') return renderTexts(view);
+    if (page === 'sentence') {
+      const key = decodeURIComponent(rest[0] || '');
+      if (!state.keyToFile.has(key)) return showError(view, 'No lemma ' + JSON.stringify(key) + ' in this atlas.');
+      return sectionViews().sentencePage(view, key, decodeURIComponent(rest[1] || '0'));
+    }
     return renderIndex(view);
   }
 
@@ -194,12 +256,14 @@
         h('th', { class: 'num', title: 'senses with an example in the atlas / synsets in WordNet' }, 'senses'),
         h('th', { class: 'num' }, 'examples'), h('th', { class: 'num' }, 'same-sense pairs'),
         h('th', { class: 'num' }, 'different-sense pairs'))), tbody);
+    const textHits = h('div', { id: 'text-hits' });
     const draw = () => {
       state.query = search.value;
       const hits = matches(search.value);
       count.textContent = hits.length.toLocaleString('en-US') + ' of ' + idx.lemmas.key.length.toLocaleString('en-US') +
         ' lemmas' + (hits.length > MAX_ROWS ? ' (first ' + MAX_ROWS + ' shown; type to narrow)' : '');
       put(tbody, ...hits.slice(0, MAX_ROWS).map(lemmaRow));
+      drawTextHits(textHits, search.value, new Set(hits));
     };
     search.addEventListener('input', draw);
     const models = idx.models.map((m) => h('li', {},
@@ -213,11 +277,50 @@
       h('div', { class: 'summary-cards' },
         card('lemmas', a.n_lemmas), card('examples', a.n_examples), card('sense pairs', a.n_pairs), card('models', idx.models.length)),
       h('h3', {}, 'Models'), h('ul', { id: 'model-list' }, models),
+      (idx.traces || []).length ? h('div', { id: 'trace-list' }, h('h3', {}, 'Traces'), h('ul', {}, idx.traces.map((t, i) =>
+        h('li', {}, h('a', { class: 'trace-link', href: '#/trace/' + t.n }, t.id), h('span', { class: 'muted' }, ' ' + t.template + ', ' + fmt(t.chars) + ' characters, ' + t.source))))) : null,
+      idx.n_user_texts ? h('p', {}, h('a', { id: 'texts-link', href: '#/texts' }, 'Your corpora\'s ' + fmt(idx.n_user_texts) + ' texts, every token at every layer →')) : null,
+      idx.models.filter((m) => m.has_metrics).length > 1 ? h('p', {}, h('a', { id: 'compare-link', href: '#/compare' }, 'Compare two models side by side →')) : null,
       idx.metrics ? null : h('p', { class: 'muted' }, 'No metrics/metrics.json in this atlas: model pages show the models rows only (run `atlas metrics DIR --out DIR/metrics`, then `atlas explore` again).'),
-      h('div', { class: 'controls' }, h('label', {}, 'Search ', search), count),
-      table);
+      h('div', { class: 'controls' }, h('label', {}, 'Search ', search), count,
+        h('span', { class: 'muted' }, 'lemma names; below: glosses, sense keys, synsets, target tokens; "L3 E12" or "expert 12" opens an expert')),
+      table, textHits);
     draw();
+    enhanceTables(view, 'index');
   }
+  /** Lemmas whose glosses, sense keys/synsets or target tokens hold the query (data/search.js, loaded on use). */
+  function drawTextHits(el, query, shown) {
+    const q = query.trim().toLowerCase();
+    if (q.length < 2) return put(el);
+    const expert = /^(?:l(?:ayer)?\s*(\d+)\s*[\/, ]?\s*)?e(?:xpert)?\s*(\d+)$/.exec(q);
+    load('search', 'search', 'data/search.js').then((S) => {
+      if (state.query.trim().toLowerCase() !== q) return;
+      const out = [];
+      const keys = state.index.lemmas.key;
+      for (let i = 0; i < keys.length && out.length < MAX_ROWS; i++) {
+        const where = [];
+        const g = S.glosses[i].toLowerCase(), at = g.indexOf(q);
+        if (at >= 0) where.push(['gloss', S.glosses[i].slice(Math.max(0, at - 30), at + q.length + 40)]);
+        if (S.keys[i].toLowerCase().includes(q)) where.push(['sense key / synset', S.keys[i].split(' ').filter((x) => x.toLowerCase().includes(q)).join(' ')]);
+        if ((' ' + S.tokens[i].toLowerCase() + ' ').includes(' ' + q + ' ')) where.push(['target token', q]);
+        if (where.length) out.push([i, where]);
+      }
+      const rows = out.map(([i, where]) => h('tr', { 'data-key': keys[i] },
+        h('td', {}, h('a', { class: 'lemma-link', href: '#/lemma/' + encodeURIComponent(keys[i]) }, keys[i])),
+        h('td', {}, where.map(([k]) => k).join(', ')), h('td', { class: 'hit-text' }, where.map(([, t]) => t).join(' · '))));
+      const models = state.index.models.filter((m) => m.has_routing);
+      const experts = expert ? models.map((m) => {
+        const e = Number(expert[2]);
+        const layers = expert[1] !== undefined ? [m.moe_layers.indexOf(Number(expert[1]))].filter((l) => l >= 0) : m.moe_layers.map((_, l) => l).slice(0, 8);
+        return e < m.n_routed_experts ? h('li', {}, m.slug + ': ', layers.map((l) => h('a', { class: 'expert-link', href: expertHref(m.slug, l, e) }, 'layer ' + m.moe_layers[l] + ' expert ' + e + ' '))) : null;
+      }) : [];
+      put(el, experts.length ? h('ul', { id: 'expert-hits' }, experts) : null,
+        h('h3', {}, rows.length + (rows.length === MAX_ROWS ? '+' : '') + ' lemma(s) with a gloss, sense key or target token matching ' + JSON.stringify(query.trim())),
+        rows.length ? h('table', { id: 'text-hit-table' }, h('thead', {}, h('tr', {}, h('th', {}, 'lemma'), h('th', {}, 'matched in'), h('th', {}, 'match'))), h('tbody', {}, rows)) : null);
+    }, (err) => put(el, h('p', { class: 'error' }, err.message)));
+  }
+  function expertHref(slug, l, e) { return '#/expert/' + encodeURIComponent(slug) + '/' + l + '/' + e; }
+
   function card(label, value) { return h('div', { class: 'card' }, h('div', { class: 'big' }, fmt(value)), h('div', { class: 'muted' }, label)); }
   function normalise(q) { return q.trim().toLowerCase().replace(/\s+/g, '_'); }
   function matches(query) {
@@ -258,7 +361,8 @@
     let primary = routed(state.model) ? state.model : Object.keys(data.routing)[0];
     if (!primary) return [];
     const twins = state.showTwins ? state.models.get(primary).twins.filter(routed) : [];
-    return [primary].concat(twins).map((slug) => state.models.get(slug));
+    const also = routed(state.also) && state.also !== primary && !twins.includes(state.also) ? [state.also] : [];
+    return [primary].concat(twins, also).map((slug) => state.models.get(slug));
   }
 
   /** Per model: the chosen target sub-token's row of each example (or -1) and decoded arrays. */
@@ -302,21 +406,100 @@
       h('option', { value: li, selected: li === state.layer }, 'MoE layer ' + ml + ' (#' + li + ')')));
     layer.addEventListener('change', () => { state.layer = Number(layer.value); drawLemma(view, data); });
     const nSame = data.pairs.filter((p) => p[2]).length;
+    const ctx = lemmaContext(data, models);
+    const grouped = models.some((m) => m.n_group > 1);
+    const expertView = h('select', { id: 'expert-view' },
+      [['top', 'top ' + TOP_EXPERTS + ' experts of this lemma'], ['sorted', 'all, most used first'],
+        grouped ? ['groups', 'all, by expert group, most used group first'] : null, ['id', 'all, in id order (full map)']]
+        .filter(Boolean).map(([v, t]) => h('option', { value: v, selected: v === ctx.expertView }, t)));
+    expertView.addEventListener('change', () => { state.expertView = expertView.value; drawLemma(view, data); });
+    const layerOptions = (sel) => (models[0] ? models[0].moe_layers : []).map((ml, li) => h('option', { value: li, selected: li === sel }, String(ml)));
+    const from = h('select', { id: 'layer-from' }, layerOptions(ctx.l0)), to = h('select', { id: 'layer-to' }, layerOptions(ctx.l1));
+    const zoom = () => { state.l0 = Number(from.value); state.l1 = Math.max(state.l0, Number(to.value)); drawLemma(view, data); };
+    from.addEventListener('change', zoom); to.addEventListener('change', zoom);
+    const full = h('button', { id: 'full-map', type: 'button', onclick: () => { state.expertView = 'id'; state.l0 = 0; state.l1 = null; drawLemma(view, data); } }, 'full map');
+    const twinText = twinLabel(models[0]);
+    const also = h('select', { id: 'also-select' }, h('option', { value: '' }, '(none)'),
+      routedModels.filter((m) => models[0] && m.slug !== models[0].slug).map((m) => h('option', { value: m.slug, selected: m.slug === state.also }, modelLabel(m))));
+    also.addEventListener('change', () => { state.also = also.value || null; drawLemma(view, data); });
     put(view,
       h('p', {}, h('a', { href: '#/' }, '← all lemmas')),
       h('h1', { id: 'lemma-title', 'data-key': data.key }, data.lemma.replace(/_/g, ' '), ' ', h('span', { class: 'muted' }, '(' + data.pos + ')')),
       h('p', { class: 'muted' }, data.senses.length + ' senses with examples (of ' + data.wordnet_senses + ' in WordNet), ' +
         data.examples.length + ' examples, ' + nSame + ' same-sense and ' + (data.pairs.length - nSame) + ' different-sense pairs.'),
       h('div', { class: 'controls' },
-        h('label', {}, 'Model ', select), h('label', {}, twins, 'show its twin beside (trained ↔ random-init)'),
+        h('label', {}, 'Model ', select),
+        twinText ? h('label', { id: 'twin-label' }, twins, twinText) : h('span', { class: 'muted', id: 'twin-label' }, 'no twin of this model in the atlas'),
+        routedModels.length > 1 ? h('label', {}, 'also show ', also) : null,
         h('label', {}, 'Target sub-token ', sub), h('label', {}, 'Overlap at ', layer)),
+      h('div', { class: 'controls' }, h('label', {}, 'Experts ', expertView),
+        h('label', {}, 'MoE layers ', from, ' to ', to), full, legend(ctx.scale)),
       models.map((m) => h('div', {}, randomInitBanner(m), synthBanner(m))),
       models.length ? null : h('p', { class: 'muted' }, 'No model routed this lemma.'),
       h('h2', {}, 'Senses and their routing'),
-      h('p', { class: 'muted' }, 'Heatmaps: rows are MoE layers, columns experts; a cell is coloured by the gate weight of that expert for the target token (ids-only atlases: by how often it is chosen). The sense map averages over the sense\'s examples (an unchosen expert counts 0).'),
-      data.senses.map((sense, si) => senseSection(data, sense, si, models)),
+      h('p', { class: 'muted' }, 'Heatmaps: rows are MoE layers, columns experts; a cell is coloured by the gate weight of that expert for the target token (ids-only atlases: by how often it is chosen). The sense map averages over the sense\'s examples (an unchosen expert counts 0). Every map on this page uses the one colour scale of the legend above.'),
+      data.senses.map((sense, si) => senseSection(data, sense, si, models, ctx)),
       h('h2', {}, 'Same- vs different-sense overlap'),
       models.length ? overlapSection(data, models) : null);
+    view.querySelector('#lemma-title').appendChild(csvLink(data.key + '-routing', () => lemmaCsv(data, models), 'CSV of the routing rows shown'));
+    enhanceTables(view, data.key);
+  }
+
+  /** Every target sub-token row behind this page's maps: one line per (model, example, layer, rank). */
+  function lemmaCsv(data, models) {
+    const out = [['model', 'source_id', 'sense_key', 'token_index', 'token', 'moe_layer', 'rank', 'expert', 'weight']];
+    for (const m of models) {
+      const dec = decodeRouting(data, m);
+      dec.r.example.forEach((ei, row) => {
+        const ex = data.examples[ei];
+        for (let l = 0; l < dec.L; l++) {
+          const e = expertsAt(dec, row, l), w = weightsAt(dec, row, l);
+          e.forEach((x, rank) => out.push([m.slug, ex.id, data.senses[ex.sense].sense_key, dec.r.token_index[row], tokenText(dec.r, row), m.moe_layers[l], rank + 1, x, w ? w[rank] : '']));
+        }
+      });
+    }
+    return out;
+  }
+
+  /** The decoded text of a routing row's token (older sites: the stored piece). */
+  function tokenText(r, row) { return r.text ? r.text[row] : r.token[row]; }
+
+  /** What the model switcher offers beside `m`: names what its twins are, or null when it has none. */
+  function twinLabel(m) {
+    if (!m || !m.twins.length) return null;
+    const twins = m.twins.map((t) => state.models.get(t)).filter(Boolean);
+    const kinds = new Set([m].concat(twins).map((x) => x.random_init));
+    if (kinds.size === 2) return 'show its twin beside (same architecture: trained ↔ random-init)';
+    if (m.random_init) return 'show its twin beside (same architecture, both random-init, other seeds: a null vs a null)';
+    return 'show its twin beside (same architecture, both trained)';
+  }
+
+  /** One colour scale for every map of the page and each model's column order and layer range. */
+  function lemmaContext(data, models) {
+    let vmax = 0, weighted = false;
+    const views = new Map();
+    const wide = models.some((m) => m.n_routed_experts > WIDE);
+    const expertView = state.expertView || (wide ? 'top' : 'id');
+    const saved = state.expertView;
+    state.expertView = expertView;
+    for (const m of models) {
+      const dec = decodeRouting(data, m);
+      if (dec.weights) { weighted = true; for (const w of dec.weights) if (w > vmax) vmax = w; }
+      // Usage of each expert by this lemma's chosen target sub-tokens, over all layers.
+      const usage = new Float64Array(dec.N);
+      data.examples.forEach((_, ei) => {
+        const row = rowOf(dec, ei);
+        if (row < 0) return;
+        for (let l = 0; l < dec.L; l++) for (const e of expertsAt(dec, row, l)) usage[e] += 1;
+      });
+      views.set(m.slug, mapView(m, usage));
+    }
+    state.expertView = saved;
+    const L = models.length ? models[0].moe_layers.length : 1;
+    const first = views.get((models[0] || {}).slug) || { l0: 0, l1: L - 1 };
+    const scale = weighted ? { vmax: niceCeil(vmax), label: 'gate weight (sense maps: mean over examples, unchosen = 0)' } :
+      { vmax: 1, label: 'share of examples choosing the expert (example maps: 1 = chosen)' };
+    return { scale, views, expertView, l0: first.l0, l1: first.l1 };
   }
 
   function highlighted(ex, spans) {
@@ -335,23 +518,24 @@
     return [text.slice(0, start), mark, text.slice(end)];
   }
 
-  function senseSection(data, sense, si, models) {
+  function senseSection(data, sense, si, models, ctx) {
     const dec0 = models.length ? decodeRouting(data, models[0]) : null;
     const examples = sense.examples.map((ei) => {
       const ex = data.examples[ei];
       const row = dec0 ? rowOf(dec0, ei) : -1;
       const spans = row >= 0 ? [dec0.r.span[row]] : [];
-      return h('li', { class: 'example', 'data-example': ei, 'data-example-id': ex.id }, highlighted(ex, spans));
+      return h('li', { class: 'example', 'data-example': ei, 'data-example-id': ex.id }, highlighted(ex, spans), ' ',
+        h('a', { class: 'sentence-link', href: '#/sentence/' + encodeURIComponent(data.key) + '/' + ei, title: 'every token of this example at every layer' }, 'tokens ›'));
     });
     return h('section', { class: 'sense', 'data-sense': si, 'data-synset': sense.synset },
       h('div', { class: 'sense-head' }, h('span', { class: 'num' }, 'Sense ' + sense.sense_number),
         h('code', {}, sense.synset), h('code', { class: 'sense-key' }, sense.sense_key), h('span', { class: 'muted' }, sense.lexname)),
       h('p', { class: 'gloss' }, sense.gloss),
       h('ol', { class: 'examples' }, examples),
-      h('div', { class: 'model-row' }, models.map((m) => senseModelColumn(data, sense, m))));
+      h('div', { class: 'model-row' }, models.map((m) => senseModelColumn(data, sense, m, ctx))));
   }
 
-  function senseModelColumn(data, sense, m) {
+  function senseModelColumn(data, sense, m, ctx) {
     const dec = decodeRouting(data, m);
     const routedExamples = sense.examples.filter((ei) => rowOf(dec, ei) >= 0);
     const n = routedExamples.length;
@@ -385,36 +569,109 @@
           title: 'MoE layer ' + m.moe_layers[l] + ', expert ' + e + ' (rank ' + (rank + 1) + ')' + (w ? ', gate weight ' + w[rank].toFixed(4) : '') }));
       }
       return h('figure', { class: 'example-heatmap', 'data-example': ei, 'data-row': row },
-        heatmap(m, exCells, { small: true, kind: 'example' }),
-        h('figcaption', {}, 'example ' + (j + 1) + ': ', h('code', {}, JSON.stringify(dec.r.token[row])), ' (token ' + dec.r.token_index[row] + ')'));
+        heatmap(m, exCells, { small: true, kind: 'example', scale: ctx.scale, view: ctx.views.get(m.slug) }),
+        h('figcaption', {}, 'example ' + (j + 1) + ': ', h('code', { class: 'token-text', title: 'stored piece ' + JSON.stringify(dec.r.token[row]) }, JSON.stringify(tokenText(dec.r, row))), ' (token ' + dec.r.token_index[row] + ')'));
     });
     return h('div', { class: 'model-col' + (m.random_init ? ' random-init' : ''), 'data-model': m.slug },
       h('h4', {}, m.slug, m.random_init ? h('span', { class: 'tag' }, 'RANDOM-INIT') : null),
-      n ? h('figure', { class: 'sense-heatmap' }, heatmap(m, cells, { kind: 'sense' }),
+      n ? h('figure', { class: 'sense-heatmap' }, heatmap(m, cells, { kind: 'sense', scale: ctx.scale, view: ctx.views.get(m.slug) }),
         h('figcaption', {}, 'sense map over ' + n + ' example(s)' + (dec.weights ? ': mean gate weight' : ': share of examples'))) :
         h('p', { class: 'muted' }, 'no routed example'),
       h('details', { open: true }, h('summary', {}, 'per example'), h('div', { class: 'example-maps' }, maps)));
   }
 
-  /** SVG layers x experts; cells = [{l, e, v, title, attrs}], colour = v / max v. */
+  /** A nice upper end of a colour scale: the smallest of 1, 2, 2.5, 5 x 10^n at or above x. */
+  function niceCeil(x) {
+    if (!(x > 0)) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(x)));
+    for (const f of [1, 2, 2.5, 5, 10]) if (f * p >= x * (1 - 1e-9)) return f * p;
+    return 10 * p;
+  }
+  const SHADE_FLOOR = 0.15; // a chosen expert's lightest shade, so it stands out of the grey "not chosen"
+  function shade(v, scale) { return colour(SHADE_FLOOR + (1 - SHADE_FLOOR) * Math.max(0, Math.min(1, v / scale.vmax))); }
+
+  /** The colour legend of a scale {vmax, label, percent}: a ramp with numeric ticks and a "not chosen" swatch. */
+  function legend(scale) {
+    const W = 200, ticks = 5, svg = s('svg', { class: 'legend-svg', width: W + 150, height: 30, 'data-vmax': scale.vmax, role: 'img' });
+    const grad = 'g' + Math.random().toString(36).slice(2);
+    const defs = s('defs', {}), lg = s('linearGradient', { id: grad });
+    for (let i = 0; i <= 10; i++) lg.appendChild(s('stop', { offset: (i * 10) + '%', 'stop-color': colour(SHADE_FLOOR + (1 - SHADE_FLOOR) * i / 10) }));
+    defs.appendChild(lg); svg.appendChild(defs);
+    svg.appendChild(s('rect', { x: 6, y: 2, width: W, height: 10, fill: 'url(#' + grad + ')', stroke: '#d8dee5' }));
+    for (let i = 0; i < ticks; i++) {
+      const v = scale.vmax * i / (ticks - 1), x = 6 + W * i / (ticks - 1);
+      svg.appendChild(s('line', { x1: x, x2: x, y1: 12, y2: 16, stroke: '#5b6673' }));
+      const label = scale.percent ? (v * 100).toFixed(v * 100 < 10 && v > 0 ? 1 : 0) + '%' : String(+v.toFixed(4));
+      svg.appendChild(s('text', { class: 'legend-tick', x: x - (i === ticks - 1 ? 14 : i ? 8 : 0), y: 27, 'data-value': v }, label));
+    }
+    svg.appendChild(s('rect', { x: W + 20, y: 2, width: 10, height: 10, fill: '#eef1f4', stroke: '#d8dee5' }));
+    svg.appendChild(s('text', { x: W + 34, y: 11 }, scale.zeroLabel || 'not chosen'));
+    return h('div', { class: 'legend heatmap-legend' }, h('span', { class: 'legend-label' }, scale.label), svg);
+  }
+
+  /** The columns and rows a lemma's maps show: state.expertView over the lemma's own use of the experts. */
+  function mapView(m, usage) {
+    const N = m.n_routed_experts, L = m.moe_layers.length;
+    const l0 = Math.max(0, Math.min(L - 1, state.l0 || 0));
+    const l1 = state.l1 === null || state.l1 === undefined ? L - 1 : Math.max(l0, Math.min(L - 1, state.l1));
+    let columns = null;
+    let groups = null;
+    if (usage && state.expertView === 'groups' && m.n_group > 1 && N % m.n_group === 0) {
+      // DeepSeek's groups: n_group blocks of consecutive ids; blocks by the lemma's use, ids inside in order.
+      const size = N / m.n_group, use = new Float64Array(m.n_group);
+      for (let e = 0; e < N; e++) use[Math.floor(e / size)] += usage[e];
+      const order = Array.from({ length: m.n_group }, (_, g) => g).sort((a, b) => (use[b] - use[a]) || (a - b));
+      columns = order.flatMap((g) => Array.from({ length: size }, (_, i) => g * size + i));
+      groups = { size, order };
+    } else if (usage && state.expertView !== 'id') {
+      const order = Array.from({ length: N }, (_, e) => e).sort((a, b) => (usage[b] - usage[a]) || (a - b));
+      columns = state.expertView === 'top' ? order.filter((e) => usage[e] > 0).slice(0, TOP_EXPERTS) : order;
+    }
+    return { columns, l0, l1, groups };
+  }
+
+  /** SVG layers x experts; cells = [{l, e, v, title, attrs}], coloured on the shared `scale` (opts.scale). */
   function heatmap(m, cells, opts) {
-    const L = m.moe_layers.length, N = m.n_routed_experts;
+    const Lall = m.moe_layers.length, view = opts.view || { columns: null, l0: 0, l1: Lall - 1 };
+    const cols = view.columns || Array.from({ length: m.n_routed_experts }, (_, e) => e);
+    const pos = new Map(cols.map((e, i) => [e, i]));
+    const L = view.l1 - view.l0 + 1, N = cols.length;
     const width = opts.small ? 300 : 560, height = opts.small ? 110 : 200;
     const cw = Math.max(1, Math.min(14, Math.floor(width / N))), ch = Math.max(2, Math.min(14, Math.floor(height / L)));
-    const left = 26, top = 12;
-    const vmax = cells.reduce((a, c) => Math.max(a, c.v), 0) || 1;
-    const svg = s('svg', { class: 'heatmap ' + opts.kind + '-map', 'data-model': m.slug, 'data-vmax': vmax.toFixed(6),
-      width: left + N * cw + 2, height: top + L * ch + 2, role: 'img' });
+    const left = 40, top = 26;
+    const scale = opts.scale;
+    const svg = s('svg', { class: 'heatmap ' + opts.kind + '-map', 'data-model': m.slug, 'data-vmax': scale.vmax,
+      'data-columns': view.groups ? 'groups' : view.columns ? 'sorted' : 'id', width: left + N * cw + 4, height: top + L * ch + 4, role: 'img' });
     svg.appendChild(s('rect', { x: left, y: top, width: N * cw, height: L * ch, fill: '#eef1f4' }));
+    svg.appendChild(s('text', { class: 'axis-title', x: left, y: 9 }, view.groups ? 'expert group (most used first), ids inside in order' :
+      view.columns ? 'expert (most used by this lemma first)' : 'expert id'));
+    const overlay = [];
+    if (view.groups) {
+      view.groups.order.forEach((g, i) => {
+        const x = left + i * view.groups.size * cw;
+        if (i) overlay.push(s('line', { class: 'group-line', x1: x, x2: x, y1: top - 4, y2: top + L * ch, stroke: '#5b6673', 'stroke-width': 1 }));
+        svg.appendChild(s('text', { x: x + 1, y: 21 }, 'g' + g));
+      });
+    }
+    svg.appendChild(s('text', { class: 'axis-title', x: 0, y: 9 }, 'layer'));
     const step = L > 16 ? Math.ceil(L / 8) : 1;
-    for (let l = 0; l < L; l += step) svg.appendChild(s('text', { x: 2, y: top + l * ch + ch - 1 }, String(m.moe_layers[l])));
-    const eStep = Math.max(1, Math.ceil(N / 8));
-    for (let e = 0; e < N; e += eStep) svg.appendChild(s('text', { x: left + e * cw, y: 9 }, String(e)));
+    for (let l = 0; l < L; l += step) svg.appendChild(s('text', { x: 2, y: top + l * ch + ch - 1 }, String(m.moe_layers[view.l0 + l])));
+    const eStep = Math.max(1, Math.ceil(N / (opts.small ? 6 : 10)));
+    if (!view.groups) for (let i = 0; i < N; i += eStep) svg.appendChild(s('text', { x: left + i * cw, y: 21 }, String(cols[i])));
     for (const c of cells) {
-      const rect = s('rect', Object.assign({ class: 'cell', x: left + c.e * cw, y: top + c.l * ch, width: cw, height: ch,
-        fill: colour(0.15 + 0.85 * c.v / vmax), 'data-layer-index': c.l, 'data-moe-layer': m.moe_layers[c.l], 'data-expert': c.e }, c.attrs));
-      rect.appendChild(s('title', {}, c.title));
+      if (c.l < view.l0 || c.l > view.l1 || !pos.has(c.e)) continue;
+      const rect = s('rect', Object.assign({ class: 'cell', x: left + pos.get(c.e) * cw, y: top + (c.l - view.l0) * ch, width: cw, height: ch,
+        fill: shade(c.v, scale), 'data-layer-index': c.l, 'data-moe-layer': m.moe_layers[c.l], 'data-expert': c.e }, c.attrs));
+      rect.appendChild(s('title', {}, c.title + (m.has_routing ? ' (click: expert page)' : '')));
       svg.appendChild(rect);
+    }
+    overlay.forEach((el) => svg.appendChild(el)); // group bounds drawn over the cells
+    if (m.has_routing) {
+      svg.classList.add('linked');
+      svg.addEventListener('click', (ev) => {
+        const r = ev.target.closest('rect.cell');
+        if (r) location.hash = expertHref(m.slug, Number(r.dataset.layerIndex), Number(r.dataset.expert));
+      });
     }
     return svg;
   }
@@ -481,6 +738,36 @@
       h('tbody', {}, rows));
   }
 
+  /** The user corpora's texts (data/texts.js), each linked to its every-token view. */
+  function renderTexts(view) {
+    put(view, h('p', { class: 'muted' }, 'Loading…'));
+    load('texts', 'texts', 'data/texts.js').then((T) => {
+      put(view, h('p', {}, h('a', { href: '#/' }, '← all lemmas')), h('h1', {}, 'Your corpora\'s texts'),
+        h('table', { id: 'texts-table' }, h('thead', {}, h('tr', {}, h('th', {}, 'corpus config'), h('th', {}, 'id'), h('th', {}, 'text'))),
+          h('tbody', {}, T.texts.map((t) => h('tr', { 'data-id': t.id }, h('td', { class: 'mono' }, t.config),
+            h('td', {}, h('a', { class: 'text-link', href: '#/trace/' + t.n }, t.id)), h('td', {}, t.text))))));
+      enhanceTables(view, 'texts');
+    }, (err) => showError(view, err.message));
+  }
+
+  function renderCompare(view, [a, b]) {
+    const withMetrics = state.index.models.filter((m) => m.has_metrics).map((m) => m.slug);
+    if (!withMetrics.length) return showError(view, 'No model of this atlas has metrics: run `atlas metrics DIR --out DIR/metrics`, then `atlas explore` again.');
+    a = a || withMetrics[0];
+    b = b || withMetrics.find((x) => x !== a) || a;
+    document.title = 'compare ' + a + ' and ' + b + ' · routing-atlas explorer';
+    sectionViews().comparePage(view, a, b);
+  }
+
+  function renderExpert(view, [slug, li, e]) {
+    const m = state.models.get(slug);
+    if (!m || !m.has_routing) return showError(view, 'No routed model ' + JSON.stringify(slug) + ' in this atlas.');
+    const l = Number(li), x = Number(e);
+    if (!(l >= 0 && l < m.moe_layers.length) || !(x >= 0 && x < m.n_routed_experts)) return showError(view, 'No such layer/expert of ' + slug + '.');
+    document.title = 'expert ' + x + ', MoE layer ' + m.moe_layers[l] + ' · ' + slug;
+    sectionViews().expertPage(view, m, l, x);
+  }
+
   // ---- model page --------------------------------------------------------------------------------
   function renderModel(view, slug) {
     const m = state.models.get(slug);
@@ -523,6 +810,7 @@
       }
     }
     put(view, ...parts.filter(Boolean));
+    enhanceTables(view, m.slug);
   }
 
   /** `atlas intervene` results: one row per hypothesis x intervention x outcome, primary outcomes first. */
@@ -618,8 +906,8 @@
   }
 
   const PALETTE = ['#1f5fa8', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#17becf'];
-  function lineChart(m, series) {
-    const L = m.moe_layers.length, W = 560, H = 200, left = 44, right = 150, top = 10, bottom = 24;
+  function lineChart(m, series, yTitle) {
+    const L = m.moe_layers.length, W = 600, H = 210, left = 54, right = 190, top = 10, bottom = 34;
     const vals = series.flatMap(([, d]) => [].concat(d.estimate, d.ci_low || [], d.ci_high || [])).filter((x) => typeof x === 'number');
     let lo = Math.min(0, ...vals), hi = Math.max(0, ...vals);
     if (hi - lo < 1e-9) hi = lo + 1;
@@ -630,7 +918,9 @@
     svg.appendChild(s('text', { x: 2, y: y(hi) + 8 }, fmt(hi)));
     svg.appendChild(s('text', { x: 2, y: y(lo) }, fmt(lo)));
     const lStep = Math.max(1, Math.ceil(L / 10));
-    for (let l = 0; l < L; l += lStep) svg.appendChild(s('text', { x: x(l) - 4, y: H - 6 }, String(m.moe_layers[l])));
+    for (let l = 0; l < L; l += lStep) svg.appendChild(s('text', { x: x(l) - 4, y: H - 20 }, String(m.moe_layers[l])));
+    svg.appendChild(s('text', { class: 'axis-title', x: left + (W - left - right) / 2 - 20, y: H - 4 }, 'MoE layer'));
+    svg.appendChild(s('text', { class: 'axis-title', x: 2, y: (top + H - bottom) / 2 + 4 }, yTitle || 'Δκ'));
     series.forEach(([name, d, col], i) => {
       const c = col || PALETTE[i % PALETTE.length];
       if (Array.isArray(d.ci_low) && Array.isArray(d.ci_high)) {
@@ -652,12 +942,13 @@
     E.load.forEach((loads, l) => loads.forEach((v, e) => {
       if (v > 0) cells.push({ l, e, v, attrs: { 'data-load': v }, title: 'MoE layer ' + m.moe_layers[l] + ', expert ' + e + ': load ' + (v * 100).toFixed(2) + '%' });
     }));
+    const loadScale = { vmax: niceCeil(Math.max(0, ...cells.map((c) => c.v))), percent: true, label: 'load (share of top-k slots)', zeroLabel: 'never chosen' };
     const rows = m.moe_layers.map((ml, l) => h('tr', { 'data-layer-index': l }, h('td', {}, String(ml)),
       h('td', { class: 'num mono' }, fmt((E.entropy || [])[l])), h('td', { class: 'num mono' }, fmt((E.max_load_ratio || [])[l], 2)),
       h('td', { class: 'num mono' }, fmt(((E.coactivation || {}).max_conditional || [])[l])),
       h('td', { class: 'mono' }, (((E.coactivation || {}).top_pairs || [])[l] || []).slice(0, 3).map((p) => p.i + '→' + p.j + ' ' + fmt(p.p)).join(', '))));
     return h('section', { id: 'experts' }, h('h2', {}, 'Expert load and co-activation per layer'),
-      h('figure', { id: 'load-map' }, heatmap(m, cells, { kind: 'load' }), h('figcaption', {}, 'load: share of top-k slots per expert (uniform: 1/' + m.n_routed_experts + ')')),
+      h('figure', { id: 'load-map' }, legend(loadScale), heatmap(m, cells, { kind: 'load', scale: loadScale }), h('figcaption', {}, 'load: share of top-k slots per expert (uniform: 1/' + m.n_routed_experts + ')')),
       h('table', { id: 'experts-table' }, h('thead', {}, h('tr', {}, h('th', {}, 'MoE layer'), h('th', { class: 'num' }, 'entropy (1 = balanced)'),
         h('th', { class: 'num' }, 'max load / uniform'), h('th', { class: 'num' }, 'max P(j | i)'), h('th', {}, 'top pairs P(j | i)'))), h('tbody', {}, rows)),
       coactivationView(m, data));
@@ -684,12 +975,23 @@
           if (i < 0 || j < 0 || i >= N || j >= N) return '';
           return 'P(expert ' + j + ' | expert ' + i + ') = ' + (P[i * N + j] / c.scale).toFixed(4) + ' (expert ' + i + ' chosen ' + c.load[i] + '×)';
         });
-        put(holder, canvas, h('div', { class: 'legend' }, 'P(column | row): 0', h('span', { class: 'ramp' }), '1'));
+        put(holder, h('div', { class: 'legend coact-legend' }, 'P(j | i), row i, column j (expert ids):', legendRamp([0, 0.25, 0.5, 0.75, 1])), canvas);
       }, (err) => put(holder, h('p', { class: 'error' }, err.message)));
     };
     select.addEventListener('change', draw);
     draw();
     return h('div', {}, h('h3', {}, 'Co-activation P(j | i)'), h('div', { class: 'controls' }, h('label', {}, 'Layer ', select)), holder);
+  }
+
+  /** A plain 0..1 ramp (colour(t) itself) with numeric ticks. */
+  function legendRamp(ticks) {
+    const W = 200, svg = s('svg', { class: 'legend-svg', width: W + 20, height: 30, role: 'img' });
+    for (let i = 0; i < 50; i++) svg.appendChild(s('rect', { x: 6 + i * W / 50, y: 2, width: W / 50 + 0.5, height: 10, fill: colour(i / 49) }));
+    for (const t of ticks) {
+      svg.appendChild(s('line', { x1: 6 + W * t, x2: 6 + W * t, y1: 12, y2: 16, stroke: '#5b6673' }));
+      svg.appendChild(s('text', { class: 'legend-tick', x: 6 + W * t - (t === 1 ? 6 : t ? 8 : 0), y: 27, 'data-value': t }, String(t)));
+    }
+    return svg;
   }
 
   function specialisationSection(m, M) {
@@ -706,7 +1008,19 @@
 
   /** Sections the viewer does not know (paths, traces, ...): shown as they are, per-layer lists as rows. */
   function genericSection(key, value, m) {
-    return h('section', { class: 'generic', 'data-key': key, id: 'section-' + key }, h('h2', {}, key.replace(/_/g, ' ')), randomInitBanner(m), genericValue(value, m, 0));
+    const views = sectionViews();
+    const body = key === 'paths' ? views.paths(m, value) : key === 'corpora' ? views.corpora(m, value) : views.flatTable(m, value);
+    return h('section', { class: 'generic', 'data-key': key, id: 'section-' + key }, h('h2', {}, SECTION_TITLES[key] || key.replace(/_/g, ' ')), randomInitBanner(m), body);
+  }
+  const SECTION_TITLES = { paths: 'Routing paths across layers', scores: 'Router scores beyond the top-k', corpora: 'Your corpora (atlas add-corpus)', traces: 'Traces', routed_corpora: 'Routed corpora' };
+  let viewsCache = null;
+  /** static/sections.js: figures and tables of the paths, corpora and other metrics sections. */
+  function sectionViews() {
+    if (!viewsCache) {
+      viewsCache = window.atlasSections({ h, s, put, fmt, ci, lineChart, genericValue, PALETTE, load, uint16s, state,
+        randomInitBanner, synthBanner, enhanceTables, expertHref, modelLabel, bytesOf });
+    }
+    return viewsCache;
   }
   function genericValue(v, m, depth) {
     if (v === null || v === undefined) return h('span', { class: 'muted' }, '–');
