@@ -110,7 +110,7 @@ def test_odd_manifest_paths_are_one_line(atlas_v1, tmp_path, bad):
     (root / "manifest.json").write_text(json.dumps(data))
     for command in (["card", root], ["verify", root], ["audit", root]):
         result = _run(*command)
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == 3, result.output  # an untrustworthy manifest: a damaged atlas
         assert "not a plain relative path" in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1
 

@@ -99,7 +99,7 @@ def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path, fak
     (atlas / ".atlas").mkdir(exist_ok=True)
     (atlas / ".atlas" / "lock").symlink_to(victim)
     # Every reader refuses a link in the build state (issue 31), before the lock would.
-    refused(fake_build(atlas), atlas, ".atlas/lock is a symbolic link", "refused")
+    refused(fake_build(atlas), atlas, ".atlas/lock is a symbolic link", "refused", code=3)
     assert victim.read_text() == "export PATH=...\n"
 
 

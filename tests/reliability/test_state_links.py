@@ -31,7 +31,7 @@ def _linked_state(tmp_path, fakes_ok=True):
 def test_a_resumed_build_refuses_a_linked_state_folder(tmp_path, fakes):
     out, config, outside = _linked_state(tmp_path)
     result = cli(["build", "--out", str(out), *FAKE_ARGS])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, result.output  # an unsafe atlas
     assert f".atlas/shards/{config} is a symbolic link" in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in outside.iterdir()) == ["00000.json"]
     assert (outside / "00000.json").read_text() == "precious\n"
@@ -40,7 +40,7 @@ def test_a_resumed_build_refuses_a_linked_state_folder(tmp_path, fakes):
 def test_verify_reports_a_linked_state_folder(tmp_path, fakes):
     out, config, _ = _linked_state(tmp_path)
     result = cli(["verify", str(out)])
-    assert result.exit_code == 2 and f".atlas/shards/{config} is a symbolic link" in result.output
+    assert result.exit_code == 3 and f".atlas/shards/{config} is a symbolic link" in result.output
 
 
 def test_the_layout_never_follows_a_state_link(tmp_path):

@@ -66,7 +66,9 @@ def test_build_validates_and_describes_the_family(name, built, tiny_checkpoint):
     assert (row["scoring_func"], row["topk_method"], row["norm_topk_prob"]) == (scoring, method, norm)
     assert 0 < row["active_params"] < row["total_params"]
 
-    result = CliRunner().invoke(main, ["validate", str(out), "--problems-only"])
+    # A local checkpoint's tokenizer: given as its directory (the atlas names the model by a portable id).
+    validate = ["validate", str(out), "--problems-only", "--tokenizer", str(tiny_checkpoint(name))]
+    result = CliRunner().invoke(main, validate)
     assert result.exit_code == 0, result.output
 
     card = (out / "README.md").read_text(encoding="utf-8")

@@ -281,7 +281,8 @@ def test_atlas_build_with_scores_stores_the_recomputed_routing(
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(main, ["validate", str(out), "--problems-only"])
+    # A local checkpoint's tokenizer: given as its directory (the atlas names the model by a portable id).
+    result = CliRunner().invoke(main, ["validate", str(out), "--problems-only", "--tokenizer", str(path)])
     assert result.exit_code == 0, result.output
     (row,) = datasets.load_dataset(str(out), "models", split="train").to_list()
     assert row["routing_kind"] == list(FAMILY_CASES[name].routing_kind)

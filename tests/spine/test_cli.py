@@ -108,5 +108,9 @@ def test_the_demo_snippet_pastes_into_python_as_it_is(tmp_path):
     code = printed.strip("\n")
     tree = ast.parse(code)  # IndentationError for the old, indented snippet
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
-    assert [call.args[0].value for call in calls] == [str(demo), str(demo)]
-    assert {call.args[1].value for call in calls} == {"routing-tiny-deepseek-v3", "senses"}
+    paths = [c.args[0].value for c in calls if ast.unparse(c.func) == "pathlib.Path" and c.args]
+    assert paths == [str(demo)]
+    loads = [c for c in calls if ast.unparse(c.func) == "load_dataset"]
+    assert {c.args[1].value for c in loads} == {"routing-tiny-deepseek-v3", "senses"}
+    # Every load reads through a cache keyed by manifest.json (exact reads): never another atlas's rows.
+    assert all(any(k.arg == "cache_dir" for k in c.keywords) for c in loads)
