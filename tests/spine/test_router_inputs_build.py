@@ -106,6 +106,24 @@ def test_validation_passes_and_catches_a_wrong_seed(vector_atlas, tmp_path):
     assert result.status == "failed" and "not reproducible" in " ".join(result.failing_examples)
 
 
+def _record_in_manifest(root, rel):
+    """Record a rewritten file in manifest.json as the build would have (hash, size, rows, fingerprint)."""
+    import hashlib
+    import json
+
+    from atlas_build.atlas.rows import METHOD, file_fingerprints
+
+    path = root / rel
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["files"][rel].update(
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        bytes=path.stat().st_size,
+        rows=pq.read_metadata(path).num_rows,
+        rows_fingerprint={"method": METHOD, "columns": file_fingerprints(path)},
+    )
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
 def test_audit_compares_the_vectors(vector_atlas, tmp_path):
     lines: list[str] = []
     result = audit_atlas(vector_atlas, sample=10, record=False, log=lines.append)
@@ -122,6 +140,7 @@ def test_audit_compares_the_vectors(vector_atlas, tmp_path):
         column = nested_fixed_list(values, pa.float16())
         index = table.schema.get_field_index("router_inputs")
         pq.write_table(table.set_column(index, table.schema.field(index), column), copy / rel)
+        _record_in_manifest(copy, rel)  # a consistent forgery: only re-routing can tell
     with pytest.raises(RouterInputAuditError, match="differ from the model's"):
         audit_atlas(copy, sample=10, record=False, log=lambda *_: None)
 

@@ -370,7 +370,7 @@ def unexpected_data_file(ed):
 
 CATALOG = [
     # routing: shape and experts
-    (every_row_of_one_text_deleted, {f"{R}:text-coverage"}),
+    (every_row_of_one_text_deleted, {f"{R}:text-coverage", f"{R}:corpus-coverage"}),
     (dropped_last_token, {f"{R}:token-coverage", f"{R}:tokenization", f"{R}:text-coverage"}),
     (all_zero_expert_ids, {f"{R}:experts-top-k", f"{R}:routing-not-degenerate"}),
     (duplicate_expert_in_top_k, {f"{R}:experts-top-k"}),
