@@ -28,3 +28,31 @@ def model_loading_options(function):
     ):
         function = option(function)
     return function
+
+
+# `--tokenizer [SLUG=]DIR` of validate and publish: the atlas names a local checkpoint by a portable id, so
+# its tokenizer is given as a folder where the token checks run (they fail without one, never pass silently).
+TOKENIZER = click.option(
+    "--tokenizer",
+    "tokenizers",
+    multiple=True,
+    metavar="[SLUG=]DIR",
+    help="A local tokenizer directory for the token checks, for every model or for routing-SLUG (repeatable): "
+    "where the tokenizer the atlas names cannot be loaded here (offline), those checks fail without one.",
+)
+
+
+def tokenizer_dirs(values: tuple[str, ...]) -> dict:
+    """`--tokenizer` values -> {slug or None: directory}; a value that is not a directory is a usage error."""
+    from pathlib import Path
+
+    dirs: dict = {}
+    for given in values:
+        slug, _, folder = given.partition("=") if "=" in given else (None, "", given)
+        path = Path(folder)
+        if not path.is_dir():
+            raise click.BadParameter(
+                f"{folder} is not a directory holding a tokenizer", param_hint="--tokenizer"
+            )
+        dirs[slug or None] = path
+    return dirs

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from atlas_build.commands._options import TOKENIZER, tokenizer_dirs
+
 
 @click.command("publish")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
@@ -28,6 +30,7 @@ import click
     is_flag=True,
     help="Refuse unless every routing config passed `atlas audit` on its current files.",
 )
+@TOKENIZER
 def command(
     directory: Path,
     version: str,
@@ -36,6 +39,7 @@ def command(
     private: bool,
     dry_run: bool,
     require_audit: bool,
+    tokenizers: tuple[str, ...],
 ) -> None:
     """Publish the atlas in DIRECTORY as version X.Y.Z, after it passes validation.
 
@@ -45,7 +49,10 @@ def command(
     `hf auth login`.
     """
     from atlas_build.publish import publish
+    from atlas_build.publish.staging import run_validation_gate
 
+    folders = tokenizer_dirs(tokenizers)
+    extra = {"validate": lambda root: run_validation_gate(root, tokenizer_dirs=folders)} if folders else {}
     result = publish(
         directory,
         version,
@@ -55,6 +62,7 @@ def command(
         private=private or None,
         log=click.echo,
         require_audit=require_audit,
+        **extra,
     )
     if result.dry_run:
         click.echo(f"dry run: would publish {result.tag} of {directory} to {result.destination}")

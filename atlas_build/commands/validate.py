@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from atlas_build.commands._options import TOKENIZER, tokenizer_dirs
 from atlas_build.errors import EXIT_BAD_INPUT, EXIT_CHECKS_FAILED
 
 EXIT_FAILED = EXIT_CHECKS_FAILED  # the atlas has defects
@@ -38,14 +39,7 @@ EXIT_NOT_AN_ATLAS = EXIT_BAD_INPUT  # nothing to validate (missing directory, no
     is_flag=True,
     help="Skip the token-strings and tokenization checks (no tokenizer is loaded; the report says so).",
 )
-@click.option(
-    "--tokenizer",
-    "tokenizers",
-    multiple=True,
-    metavar="[SLUG=]DIR",
-    help="A local tokenizer directory for the token checks, for every model or for routing-SLUG (repeatable): "
-    "where the tokenizer the atlas names cannot be loaded here (offline), those checks fail without one.",
-)
+@TOKENIZER
 def command(
     directory: Path,
     json_path: Path | None,
@@ -69,16 +63,8 @@ def command(
     from validation import AtlasNotFoundError, run_validation, verify_files
     from validation.runner import REPORT_NAME
 
-    tokenizer_dirs: dict[str | None, Path] = {}
-    for given in tokenizers:
-        slug, _, folder = given.partition("=") if "=" in given else (None, "", given)
-        path = Path(folder)
-        if not path.is_dir():
-            raise click.BadParameter(
-                f"{folder} is not a directory holding a tokenizer", param_hint="--tokenizer"
-            )
-        tokenizer_dirs[slug or None] = path
-    if tokenizer_dirs and no_tokenizer:
+    tokenizer_folders = tokenizer_dirs(tokenizers)
+    if tokenizer_folders and no_tokenizer:
         raise click.UsageError("--tokenizer and --no-tokenizer contradict each other: pass one")
     report_path = json_path or directory / REPORT_NAME
     release = published_release(directory) if directory.is_dir() else None
@@ -108,7 +94,7 @@ def command(
             tokenizers=not no_tokenizer,
             tokenizer_loader=load_tokenizer,
             checkpoint_marker=checkpoint_marker,
-            tokenizer_dirs=tokenizer_dirs,
+            tokenizer_dirs=tokenizer_folders,
         )
     except AtlasNotFoundError as error:
         click.echo(f"error: {error}", err=True)

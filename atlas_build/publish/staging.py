@@ -41,8 +41,11 @@ from dataset_cards.render import (
 )
 
 
-def run_validation_gate(root: Path):
-    """`validation.run_validation(root)`; publishing is refused, never skipped, without the validation package."""
+def run_validation_gate(root: Path, tokenizer_dirs: dict | None = None):
+    """`validation.run_validation(root)`; publishing is refused, never skipped, without the validation package.
+
+    `tokenizer_dirs`: `atlas publish --tokenizer [SLUG=]DIR`, for models whose tokenizer cannot be loaded by name.
+    """
     try:
         from validation import run_validation
     except ImportError as error:
@@ -54,7 +57,10 @@ def run_validation_gate(root: Path):
         from atlas_build.models import checkpoint_marker, load_tokenizer
 
         return run_validation(
-            Path(root), tokenizer_loader=load_tokenizer, checkpoint_marker=checkpoint_marker
+            Path(root),
+            tokenizer_loader=load_tokenizer,
+            checkpoint_marker=checkpoint_marker,
+            tokenizer_dirs=tokenizer_dirs,
         )
     except AtlasError:
         raise
