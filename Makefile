@@ -97,4 +97,4 @@ gpu-check:
 	$(OFFLINE) $(GPU_CHECK_PYTHON) bench/gpu_check.py --inputs $(GPU_CHECK_INPUTS) --out "$(OUT)" --device $(GPU_CHECK_DEVICE) $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(DEMO_DIR) $(DEMO_DIR)-explorer .pytest_cache
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-explorer $(DEMO_DIR)-plan.json .pytest_cache
