@@ -378,24 +378,10 @@ def part_verdict(agree: int, trials: int, threshold: float, checked: bool = True
 
 def _engine_for(row: dict, builds: list[dict], model: str | None, device: str, batch_size: int):
     """The reference engine: hf, the recorded model (a random-init twin rebuilt from its seed) or `model`."""
-    from atlas_build.engines import ENGINES
+    from atlas_build.engines.recorded import recorded_engine
 
-    engine_cls = ENGINES.get("hf")
-    dtype = row.get("dtype") if row.get("dtype") in ("float32", "bfloat16", "float16") else "auto"
-    if model is not None:
-        return engine_cls(model, dtype=dtype, device=device, batch_size=batch_size), model
     twin = bool(((builds[-1] if builds else {}).get("engine") or {}).get("random_init"))
-    recorded = row["model_id"] + (f"@{row['revision']}" if row.get("revision") else "")
-    engine = engine_cls(
-        row["model_id"],
-        revision=row.get("revision"),
-        dtype=dtype,
-        device=device,
-        batch_size=batch_size,
-        random_init=twin,
-        seed=int(row.get("seed") or 0),
-    )
-    return engine, recorded
+    return recorded_engine(row, model, device, batch_size, random_init=twin)
 
 
 def audit_atlas(

@@ -72,34 +72,23 @@ def recorded_plan_hash(root: Path, manifest: Manifest, name: str) -> str | None:
 
 def _engine(row: dict, manifest: Manifest, model: str | None, device: str, batch_size: int):
     """The hf engine of the recorded model (its random-init twin rebuilt from the seed), or of `model`."""
-    from atlas_build.engines import ENGINES
+    from atlas_build.engines.base import ModelLoadError
+    from atlas_build.engines.recorded import recorded_engine
 
-    engine_cls = ENGINES.get("hf")
-    dtype = row.get("dtype") if row.get("dtype") in ("float32", "bfloat16", "float16") else "auto"
-    if model is not None:
-        return engine_cls(model, dtype=dtype, device=device, batch_size=batch_size), model
     builds = [b for b in manifest.builds if b.get("model_slug") == row["model_slug"]]
     twin = bool(((builds[-1] if builds else {}).get("engine") or {}).get("random_init")) or bool(
         row.get("random_init")
     )
-    from atlas_build.engines.base import ModelLoadError
-
     try:
-        engine = engine_cls(
-            row["model_id"],
-            revision=row.get("revision"),
-            dtype=dtype,
-            device=device,
-            batch_size=batch_size,
-            random_init=twin,
-            seed=int(row.get("seed") or 0),
-        )
+        engine, _ = recorded_engine(row, model, device, batch_size, random_init=twin)
     except ModelLoadError as error:
+        if model is not None:
+            raise
         raise InterveneError(
             f"the atlas's model {row['model_id']!r} cannot be loaded ({error}); pass --model with the checkpoint "
             "that built it"
         ) from None
-    return engine, row["model_id"]
+    return engine, model if model is not None else row["model_id"]
 
 
 def intervene_atlas(
